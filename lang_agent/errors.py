@@ -38,6 +38,14 @@ class InvalidRequest(LangAgentError):
         self.param = param
 
 
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class NotFound(LangAgentError):
+    code = "not_found"
+
+
 class AuthError(LangAgentError):
     code = "invalid_api_key"
 

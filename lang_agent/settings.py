@@ -36,6 +36,21 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the agent API binds to.")
     port: int = Field(8588, description="Port of the agent API (OpenAI and DashScope paths).")
     viewer_port: int = Field(8590, description="Port of the conversation viewer.")
+    viewer_host: str = Field(
+        "127.0.0.1",
+        description="Address the viewer binds to; beyond loopback it needs VIEWER_KEYS or "
+        "FAST_AUTH_KEYS.",
+    )
+    viewer_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated viewer login keys. Empty: FAST_AUTH_KEYS; both empty: "
+        "loopback only.",
+    )
+    viewer_conn_str: SecretStr | None = Field(
+        None,
+        description="Postgres DSN of a read-only role for the viewer. Empty: the viewer makes "
+        "a read-only role `lang_agent_viewer` with the main DSN.",
+    )
     fast_auth_keys: SecretStr = Field(
         SecretStr(""),
         description="Comma-separated API keys clients send as `Authorization: Bearer <key>`. "
@@ -43,6 +58,14 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(2_000_000, description="Largest accepted request body, bytes.")
     max_messages: int = Field(2000, description="Most messages accepted in one request.")
+
+    dashscope_fallback_text: str = Field(
+        "抱歉，我这边出了点问题，请稍后再试。",
+        description="Spoken on DashScope streams when the model fails, so the speaker is heard.",
+    )
+    dashscope_fake_stream: bool = Field(
+        False, description="DashScope: finish each turn first, then stream it in small pieces."
+    )
 
     # --- storage
     conn_str: SecretStr | None = Field(
@@ -104,11 +127,60 @@ class Settings(BaseSettings):
     prompts_dir: Path = Field(CONFIGS / "route_sys_prompts", description="System prompt files.")
     models_file: Path = Field(CONFIGS / "models.json", description="Context windows and prices.")
     mcp_config: Path = Field(CONFIGS / "mcp_config.json", description="MCP server connections.")
+    mcp_retry_s: float = Field(1.0, description="First MCP reconnect delay; doubles per failure.")
+    mcp_retry_max_s: float = Field(30.0, description="Longest MCP reconnect delay, seconds.")
+    mcp_connect_timeout_s: float = Field(
+        10.0, description="Budget to connect to one MCP server and list its tools, seconds."
+    )
+    mcp_ping_s: float = Field(15.0, description="Ping interval that finds dead MCP sessions.")
+    device_map: Path | None = Field(
+        None,
+        description='JSON file {"<thread_id>": "<device_id>", "*": "<fallback>"}: the device '
+        "a thread's tool calls go to when the turn names none.",
+    )
     profiles_file: Path = Field(
         CONFIGS / "profiles.json", description="Named pipeline profiles (DashScope app_id)."
     )
     default_profile: str = Field("default", description="Profile used for unknown app ids.")
 
+    # --- capture (every model call recorded in llm_calls) and the standalone proxy
+    capture: bool = Field(True, description="Record every model call in the llm_calls table.")
+    capture_queue_size: int = Field(
+        10000, description="Capture rows waiting for the writer; beyond this they are dropped."
+    )
+    capture_batch_size: int = Field(200, description="Most capture rows written in one batch.")
+    capture_max_body_bytes: int = Field(
+        1_000_000, description="Request/response bytes kept per call; the rest is cut (flagged)."
+    )
+    redact_headers: str = Field(
+        "",
+        description="Extra comma-separated header names redacted in captures (Authorization, "
+        "api-key, x-api-key, cookies and any *key*/*token*/*secret* header always are).",
+    )
+    force_stream: bool = Field(
+        False, description="Send non-stream chat calls upstream as streams; merge them back."
+    )
+    detect_repeat: bool = Field(
+        False, description="Cut a looping stream and end it with finish_reason `repeat`."
+    )
+    repeat_threshold: float = Field(
+        0.5, description="Repeat verdict when the share of new text in the recent output is below."
+    )
+    repeat_min_length: int = Field(
+        200, description="Characters of recent output the repeat detector judges at once."
+    )
+    proxy_port: int = Field(9988, description="Port of `lang-agent proxy start` (127.0.0.1).")
+    proxy_upstream: str = Field(
+        "https://api.moonshot.cn/v1", description="Base URL the proxy forwards to."
+    )
+    proxy_key: SecretStr | None = Field(
+        None, description="API key the proxy sends upstream instead of the client's."
+    )
+    proxy_read_timeout_s: float = Field(
+        300.0, description="Proxy idle-read timeout: longest silence inside a response, seconds."
+    )
+
+    timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
     log_level: str = Field("INFO", description="Python logging level.")
 
     @model_validator(mode="after")
@@ -119,6 +191,22 @@ class Settings(BaseSettings):
                 "or bind 127.0.0.1"
             )
         return self
+
+    @model_validator(mode="after")
+    def _refuse_open_viewer_without_keys(self) -> Settings:
+        if not self.viewer_auth_keys and not is_loopback(self.viewer_host):
+            raise ValueError(
+                f"refusing to serve the viewer on {self.viewer_host} without VIEWER_KEYS or "
+                "FAST_AUTH_KEYS: set one or bind 127.0.0.1"
+            )
+        return self
+
+    @property
+    def viewer_auth_keys(self) -> list[str]:
+        """The viewer's login keys: VIEWER_KEYS, else FAST_AUTH_KEYS."""
+        raw = self.viewer_keys.get_secret_value()
+        keys = [k.strip() for k in raw.split(",") if k.strip()]
+        return keys or self.auth_keys
 
     @property
     def auth_keys(self) -> list[str]:

@@ -1,0 +1,34 @@
+"""API-key check for the agent APIs: Bearer keys from FAST_AUTH_KEYS, compared in constant time."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from lang_agent.errors import AuthError
+
+
+def key_matches(presented: str, keys: list[str]) -> bool:
+    """True if `presented` equals one of `keys`; every key is compared, so timing tells nothing."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented.encode(), key.encode())
+    return found
+
+
+def presented_key(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return ""
+    return value.strip()
+
+
+async def require_api_key(request: Request) -> None:
+    """FastAPI dependency. With no keys configured the server is loopback-only and open."""
+    keys = request.app.state.settings.auth_keys
+    if not keys:
+        return
+    if not key_matches(presented_key(request), keys):
+        raise AuthError("Invalid API-key provided.")

@@ -1,0 +1,49 @@
+"""Reading a request body: size limit, JSON parsing and validation, all as InvalidRequest."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from lang_agent.errors import InvalidRequest, PayloadTooLarge
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    return bytes(body)
+
+
+def _location(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error.get("loc", ())) or "body"
+
+
+async def parse_json(request: Request, model: type[Model], *, limit: int) -> Model:
+    raw = await read_body(request, limit=limit)
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("the request body is not valid UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("the JSON body is nested too deeply") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _location(first)
+        raise InvalidRequest(f"{where}: {first['msg']}", param=where) from exc

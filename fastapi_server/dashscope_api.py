@@ -1,0 +1,288 @@
+"""DashScope Application API front end (xiaozhi's AliBL provider): request → TurnRequest,
+TurnEvent → cumulative or incremental `output.text` frames."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal, assert_never
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from fastapi_server import dashscope_frames as frames
+from fastapi_server.auth import require_api_key
+from fastapi_server.bodies import parse_json
+from fastapi_server.sse import EventStream
+from lang_agent.agent.events import (
+    AnswerDelta,
+    Done,
+    Failed,
+    Filler,
+    InputMessage,
+    RouteChosen,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnRequest,
+)
+from lang_agent.errors import InvalidRequest
+
+# Failures the speaker should hear about instead of falling silent.
+SPOKEN_FAILURES = {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout",
+                   "internal_error"}  # fmt: skip
+
+
+class DashMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class DashInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[DashMessage] | None = None
+    prompt: str | None = None
+    session_id: str | None = Field(None, max_length=200)
+    memory_id: str | None = None
+    biz_params: dict[str, Any] | None = None
+
+
+class DashParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    incremental_output: bool | None = None
+    stream: bool | None = None
+
+
+class DashRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    input: DashInput
+    parameters: DashParameters | None = None
+    stream: bool | None = None
+
+
+def wants_stream(request: Request, body: DashRequest) -> bool:
+    """Headers decide (the SDK never sends a body flag); hand-written clients may use the body."""
+    if request.headers.get("x-dashscope-sse", "").lower() == "enable":
+        return True
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return True
+    return bool(body.stream or (body.parameters and body.parameters.stream))
+
+
+def unwrap_voiceprint(content: str) -> tuple[str, str | None]:
+    """xiaozhi sends `{"speaker": …, "content": …}` the first time it recognises a speaker."""
+    text = content.strip()
+    if text.startswith("{") and text.endswith("}"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return content, None
+        if isinstance(data, dict) and isinstance(data.get("content"), str) and "speaker" in data:
+            return data["content"], str(data["speaker"])
+    return content, None
+
+
+def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
+    """The dialogue as InputMessages, plus the speaker if a voiceprint named one."""
+    raw = list(body.messages or [])
+    if body.prompt and not raw:
+        raw = [DashMessage(role="user", content=body.prompt)]
+    # The SDK appends `prompt` to `messages` when memory_id/prompt is set: answer it once.
+    if len(raw) >= 2 and raw[-1].role == raw[-2].role == "user":
+        if raw[-1].content == raw[-2].content:
+            raw.pop()
+    speaker = None
+    messages = []
+    for message in raw:
+        content = message.content or ""
+        if message.role == "user":
+            content, named = unwrap_voiceprint(content)
+            speaker = named or speaker
+        messages.append(
+            InputMessage(
+                role=message.role,
+                content=content,
+                tool_calls=tuple(message.tool_calls or ()),
+                tool_call_id=message.tool_call_id,
+                name=message.name,
+            )
+        )
+    if not messages:
+        raise InvalidRequest("input.messages or input.prompt is required", param="input")
+    return tuple(messages), speaker
+
+
+class SpokenText:
+    """What the speaker has been sent. Cumulative text only grows; a piece that is exactly
+    "content" waits for the next one (xiaozhi's function-call mode chokes on that delta)."""
+
+    def __init__(self, *, incremental: bool) -> None:
+        self.incremental = incremental
+        self.text = ""
+        self._pending = ""
+
+    def add(self, piece: str) -> str | None:
+        """The `output.text` to send for this piece, or None to send nothing yet."""
+        self._pending += piece
+        if not self._pending or self._pending == "content":
+            return None
+        new, self._pending = self._pending, ""
+        self.text += new
+        return new if self.incremental else self.text
+
+    def final(self) -> str:
+        """The `output.text` of the closing event."""
+        new = self._pending + (" " if self._pending == "content" else "")
+        self._pending = ""
+        self.text += new
+        return new if self.incremental else self.text
+
+
+class Reply:
+    """One response's identifiers and text, turned into frames."""
+
+    def __init__(self, *, session_id: str, incremental: bool, fallback: str) -> None:
+        self.request_id = str(uuid.uuid4())
+        self.session_id = session_id
+        self.fallback = fallback
+        self.spoken = SpokenText(incremental=incremental)
+        self.event_id = 0
+
+    def frame(self, text: str, finish_reason: str, usage=None) -> str:
+        self.event_id += 1
+        body = frames.output_body(
+            text=text,
+            finish_reason=finish_reason,
+            session_id=self.session_id,
+            usage=usage,
+            request_id=self.request_id,
+        )
+        return frames.result_frame(self.event_id, body)
+
+    def error(self, code: str, message: str) -> str:
+        self.event_id += 1
+        return frames.error_frame(self.event_id, code, message, self.request_id)
+
+
+async def _stream(
+    first: TurnEvent, events: AsyncIterator[TurnEvent], reply: Reply
+) -> AsyncIterator[str]:
+    try:
+        event: TurnEvent | None = first
+        while event is not None:
+            match event:
+                case Filler(text=text) | AnswerDelta(text=text):
+                    shown = reply.spoken.add(text)
+                    if shown is not None:
+                        yield reply.frame(shown, "null")
+                case RouteChosen() | ToolStarted() | ToolFinished():
+                    pass
+                case Done(usage=usage, finish_reason=finish):
+                    yield reply.frame(reply.spoken.final(), finish, usage)
+                case Failed(code=code, message=message):
+                    if code in SPOKEN_FAILURES:
+                        reply.spoken.add(reply.fallback)
+                        yield reply.frame(reply.spoken.final(), "stop")
+                    yield reply.error(code, message)
+                case _:
+                    assert_never(event)
+            event = None if isinstance(event, Done | Failed) else await anext(events, None)
+    finally:
+        await events.aclose()
+
+
+async def _collect(first: TurnEvent, events: AsyncIterator[TurnEvent]) -> list[TurnEvent]:
+    collected = [first]
+    try:
+        while not isinstance(collected[-1], Done | Failed):
+            collected.append(await anext(events))
+    finally:
+        await events.aclose()
+    return collected
+
+
+async def _replayed(collected: list[TurnEvent], *, piece_chars: int) -> AsyncIterator[TurnEvent]:
+    """A finished turn re-cut into small pieces, for the fake-stream debugging server."""
+    for event in collected:
+        if isinstance(event, AnswerDelta | Filler):
+            for start in range(0, len(event.text), piece_chars):
+                yield type(event)(event.text[start : start + piece_chars])
+        else:
+            yield event
+
+
+async def _complete(first: TurnEvent, events: AsyncIterator[TurnEvent], reply: Reply) -> Response:
+    collected = await _collect(first, events)
+    last = collected[-1]
+    if isinstance(last, Failed):
+        return frames.error_response(last.code, last.message, request_id=reply.request_id)
+    assert isinstance(last, Done)
+    text = "".join(e.text for e in collected if isinstance(e, AnswerDelta))
+    body = frames.output_body(
+        text=text,
+        finish_reason=last.finish_reason,
+        session_id=reply.session_id,
+        usage=last.usage,
+        request_id=reply.request_id,
+    )
+    return JSONResponse(body, headers={"x-request-id": reply.request_id})
+
+
+router = APIRouter(tags=["dashscope"], dependencies=[Depends(require_api_key)])
+
+
+@router.post("/api/apps/{app_id}/completion")
+@router.post("/api/v1/apps/{app_id}/completion")
+async def completion(app_id: str, request: Request) -> Response:
+    settings = request.app.state.settings
+    body = await parse_json(request, DashRequest, limit=settings.max_body_bytes)
+    messages, speaker = to_inputs(body.input)
+    if len(messages) > settings.max_messages:
+        raise InvalidRequest(f"at most {settings.max_messages} messages", param="input.messages")
+    stream = wants_stream(request, body)
+    incremental = bool(body.parameters and body.parameters.incremental_output)
+    metadata = {"app_id": app_id}
+    if speaker:
+        metadata["speaker"] = speaker
+    turn = TurnRequest(
+        messages=messages,
+        thread_id=body.input.session_id or None,
+        stream=stream,
+        history="seed",
+        profile=app_id,
+        front_end="dashscope",
+        metadata=metadata,
+    )
+    reply = Reply(
+        session_id=body.input.session_id or uuid.uuid4().hex,
+        incremental=incremental,
+        fallback=settings.dashscope_fallback_text,
+    )
+    events = request.app.state.service.agent.run_turn(turn)
+    first = await anext(events)
+    if isinstance(first, Failed) and not (stream and first.code in SPOKEN_FAILURES):
+        await events.aclose()
+        return frames.error_response(first.code, first.message, request_id=reply.request_id)
+    if not stream:
+        return await _complete(first, events, reply)
+    if settings.dashscope_fake_stream:
+        collected = await _collect(first, events)
+        events = _replayed(collected, piece_chars=2)
+        first = await anext(events)
+    return EventStream(_stream(first, events, reply), headers={"x-request-id": reply.request_id})
+
+
+def dashscope_error(code: str, message: str) -> Response:
+    """Errors raised before a handler could answer (auth, bad JSON), in the flat DashScope shape."""
+    return frames.error_response(code, message, request_id=str(uuid.uuid4()))

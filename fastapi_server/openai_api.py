@@ -1,0 +1,269 @@
+"""OpenAI chat-completions front end: request → TurnRequest, TurnEvent → chat.completion(.chunk)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal, assert_never
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from fastapi_server.auth import require_api_key
+from fastapi_server.bodies import parse_json
+from fastapi_server.sse import EventStream, data_frame
+from lang_agent.agent.events import (
+    AnswerDelta,
+    Done,
+    Failed,
+    Filler,
+    InputMessage,
+    RouteChosen,
+    ToolFinished,
+    ToolStarted,
+    TurnEvent,
+    TurnRequest,
+    Usage,
+)
+from lang_agent.errors import InvalidRequest, NotFound
+
+# code → (HTTP status, OpenAI error type)
+OPENAI_ERRORS: dict[str, tuple[int, str]] = {
+    "invalid_request": (400, "invalid_request_error"),
+    "payload_too_large": (413, "invalid_request_error"),
+    "invalid_api_key": (401, "invalid_request_error"),
+    "not_found": (404, "invalid_request_error"),
+    "thread_busy": (409, "conflict_error"),
+    "upstream_error": (502, "upstream_error"),
+    "upstream_status": (502, "upstream_error"),
+    "upstream_timeout": (504, "upstream_error"),
+    "turn_timeout": (504, "timeout_error"),
+    "internal_error": (500, "server_error"),
+}
+
+
+def openai_error_body(code: str, message: str, *, param: str | None = None) -> dict[str, Any]:
+    _, kind = OPENAI_ERRORS.get(code, OPENAI_ERRORS["internal_error"])
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def openai_error(code: str, message: str, *, param: str | None = None) -> JSONResponse:
+    status, _ = OPENAI_ERRORS.get(code, OPENAI_ERRORS["internal_error"])
+    return JSONResponse(openai_error_body(code, message, param=param), status_code=status)
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def to_input(self) -> InputMessage:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return InputMessage(
+            role=role,
+            content=content or "",
+            tool_calls=tuple(self.tool_calls or ()),
+            tool_call_id=self.tool_call_id,
+            name=self.name,
+        )
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = "lang-agent"
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    thread_id: StrictStr | StrictInt | None = None
+    metadata: dict[str, StrictStr] | None = None
+    # lang-agent extension: also stream tool events (chunks with empty choices).
+    events: StrictBool = False
+
+    @field_validator("thread_id")
+    @classmethod
+    def _thread_id_text(cls, value: str | int | None) -> str | None:
+        if value is None:
+            return None
+        text = str(value).strip()
+        if not text or len(text) > 200:
+            raise ValueError("thread_id must be 1 to 200 characters")
+        return text
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+class ChunkBuilder:
+    """chat.completion.chunk objects for one response."""
+
+    def __init__(self, model: str, thread_id: str | None) -> None:
+        self.base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        if thread_id is not None:
+            self.base["thread_id"] = thread_id
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return data_frame({**self.base, "choices": [choice], **extra})
+
+    def bare(self, **extra: Any) -> str:
+        return data_frame({**self.base, "choices": [], **extra})
+
+
+async def _stream(
+    first: TurnEvent, events: AsyncIterator[TurnEvent], body: ChatRequest
+) -> AsyncIterator[str]:
+    chunks = ChunkBuilder(body.model, body.thread_id)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    try:
+        yield chunks.delta({"role": "assistant", "content": ""})
+        event: TurnEvent | None = first
+        while event is not None:
+            match event:
+                case RouteChosen(route=route):
+                    if body.events:
+                        yield chunks.bare(x_lang_agent={"kind": "route", "route": route})
+                case Filler(text=text):
+                    yield chunks.delta({"content": text}, x_lang_agent={"kind": "filler"})
+                case AnswerDelta(text=text):
+                    yield chunks.delta({"content": text})
+                case ToolStarted(call_id=call_id, name=name, args=args):
+                    if body.events:
+                        kind = {"kind": "tool_started", "id": call_id, "name": name, "args": args}
+                        yield chunks.bare(x_lang_agent=kind)
+                case ToolFinished(call_id=call_id, name=name, result=result, error=error):
+                    if body.events:
+                        kind = {"kind": "tool_finished", "id": call_id, "name": name}
+                        yield chunks.bare(x_lang_agent={**kind, "result": result, "error": error})
+                case Done(usage=usage, finish_reason=finish):
+                    yield chunks.delta({}, finish)
+                    if include_usage:
+                        yield chunks.bare(usage=_usage(usage))
+                case Failed(code=code, message=message):
+                    yield data_frame(openai_error_body(code, message))
+                case _:
+                    assert_never(event)
+            event = None if isinstance(event, Done | Failed) else await anext(events, None)
+        yield "data: [DONE]\n\n"
+    finally:
+        await events.aclose()
+
+
+async def _complete(
+    first: TurnEvent, events: AsyncIterator[TurnEvent], body: ChatRequest
+) -> Response:
+    text: list[str] = []
+    event: TurnEvent | None = first
+    try:
+        while event is not None and not isinstance(event, Done | Failed):
+            if isinstance(event, AnswerDelta):
+                text.append(event.text)
+            event = await anext(events, None)
+    finally:
+        await events.aclose()
+    if not isinstance(event, Done):
+        failed = event if isinstance(event, Failed) else Failed("internal_error", "no answer")
+        return openai_error(failed.code, failed.message)
+    payload: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(text)},
+                "finish_reason": event.finish_reason,
+            }
+        ],
+        "usage": _usage(event.usage),
+    }
+    if body.thread_id is not None:
+        payload["thread_id"] = body.thread_id
+    return JSONResponse(payload)
+
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)])
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    settings = request.app.state.settings
+    body = await parse_json(request, ChatRequest, limit=settings.max_body_bytes)
+    if len(body.messages) > settings.max_messages:
+        raise InvalidRequest(f"at most {settings.max_messages} messages", param="messages")
+    turn = TurnRequest(
+        messages=tuple(m.to_input() for m in body.messages),
+        thread_id=body.thread_id,
+        stream=body.stream,
+        history="append",
+        front_end="openai",
+        metadata=dict(body.metadata or {}),
+    )
+    events = request.app.state.service.agent.run_turn(turn)
+    first = await anext(events)
+    if isinstance(first, Failed):
+        await events.aclose()
+        return openai_error(first.code, first.message)
+    if body.stream:
+        return EventStream(_stream(first, events, body))
+    return await _complete(first, events, body)
+
+
+@router.get("/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    specs = request.app.state.service.agent.deps.models.specs
+    names = sorted({"lang-agent", *(spec.model for spec in specs.values())})
+    return {
+        "object": "list",
+        "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "lang-agent"} for n in names
+        ],
+    }
+
+
+ThreadId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+@router.delete("/threads/{thread_id}")
+async def delete_thread(thread_id: ThreadId, request: Request) -> dict[str, Any]:
+    deleted = await request.app.state.service.agent.forget(thread_id)
+    if not deleted:
+        raise NotFound(f"no thread {thread_id!r}")
+    return {"id": thread_id, "object": "thread.deleted", "deleted": True}

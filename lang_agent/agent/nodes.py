@@ -1,0 +1,196 @@
+"""The graph's nodes: router_call, chat_model_call and tool_model_call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, Field
+
+from lang_agent.agent.calls import model_name, stream_reply, text_of
+from lang_agent.agent.chatty import FillerTask
+from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
+from lang_agent.agent.history import client_instructions, fit_window, new_messages
+from lang_agent.agent.state import LogEntry, TurnContext, TurnState
+from lang_agent.errors import upstream_errors
+from lang_agent.llm.context import calling
+
+logger = logging.getLogger(__name__)
+
+
+class RouteDecision(BaseModel):
+    """Choose how the assistant handles the user's latest message."""
+
+    route: Literal["chat", "tool"] = Field(
+        description="'tool' if a listed tool is needed to act or look something up, else 'chat'."
+    )
+
+
+def _system(ctx: TurnContext, name: str, **values: str) -> str:
+    prompt = ctx.deps.prompts.render(name, current_time=ctx.deps.now(), **values)
+    extra = client_instructions(ctx.request.messages)
+    return f"{prompt}\n\n{extra}" if extra else prompt
+
+
+def _fit(ctx: TurnContext, role: Literal["chat", "tool"], messages: list[AnyMessage], system: str):
+    window = ctx.deps.window(model_name(ctx, role))
+    return fit_window(
+        messages, system=system, window=window, max_tokens=ctx.deps.settings.max_tokens
+    )
+
+
+def _tool_catalogue(tools: list[BaseTool]) -> str:
+    lines = [f"  - {t.name}: {(t.description or '').strip().splitlines()[0][:120]}" for t in tools]
+    return "\n".join(lines) or "  (no tools are available right now)"
+
+
+def _router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
+    """Recent turns as plain text: the router needs the gist, not tool-call plumbing."""
+    plain: list[AnyMessage] = []
+    for message in messages:
+        text = text_of(message.content)
+        if isinstance(message, HumanMessage):
+            plain.append(HumanMessage(text))
+        elif isinstance(message, AIMessage) and text:
+            plain.append(AIMessage(text))
+    recent = plain[-keep:]
+    while recent and not isinstance(recent[0], HumanMessage):
+        recent = recent[1:]
+    return recent
+
+
+async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    memory = state.get("messages") or []
+    new = new_messages(
+        state["turn_input"], history=ctx.request.history, thread_has_memory=bool(memory)
+    )
+    ctx.log.extend(LogEntry("user", text_of(m.content)) for m in new if isinstance(m, HumanMessage))
+    settings = ctx.deps.settings
+    system = ctx.deps.prompts.render(
+        "route_prompt",
+        current_time=ctx.deps.now(),
+        tools=_tool_catalogue(ctx.deps.tools.tools()),
+    )
+    view = _router_view([*memory, *new], settings.router_history)
+    llm = ctx.deps.models.model("router", model=ctx.profile.models.get("router"))
+    structured = llm.with_structured_output(
+        RouteDecision, method="function_calling", include_raw=True
+    )
+    with calling(node="router_call"), upstream_errors():
+        result = await structured.ainvoke(_fit(ctx, "chat", view, system))
+    ctx.add_usage(model_name(ctx, "router"), getattr(result["raw"], "usage_metadata", None))
+    decision = result.get("parsed")
+    if isinstance(decision, RouteDecision):
+        route = decision.route
+    else:
+        route = settings.route_fallback
+        logger.warning("turn %s: router answer unparseable, taking %s", ctx.turn_id, route)
+    ctx.route = route
+    ctx.emit(RouteChosen(route))
+    return {"turn_input": new, "route": route}
+
+
+async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    new = state["turn_input"]
+    messages = _fit(
+        ctx, "chat", [*(state.get("messages") or []), *new], _system(ctx, "chat_prompt")
+    )
+    answer = await stream_reply(ctx, "chat", messages)
+    ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, "chat")))
+    return {"messages": [*new, answer]}
+
+
+def _result_text(output: Any) -> str:
+    if isinstance(output, ToolMessage):
+        return text_of(output.content)
+    return output if isinstance(output, str) else text_of(output)
+
+
+async def _run_tool(
+    ctx: TurnContext, call: dict[str, Any], tools: dict[str, BaseTool]
+) -> ToolMessage:
+    name, args, call_id = call["name"], call.get("args") or {}, call.get("id") or ""
+    ctx.emit(ToolStarted(call_id, name, args))
+    tool = tools.get(name)
+    error: str | None = None
+    result = ""
+    if tool is None:
+        error = f"no tool named {name}"
+    else:
+        timeout = (tool.metadata or {}).get("timeout_s", ctx.deps.settings.tool_timeout_s)
+        config = {
+            "configurable": {
+                "thread_id": ctx.request.thread_id,
+                "turn_metadata": ctx.request.metadata,
+            }
+        }
+        try:
+            output = await asyncio.wait_for(
+                tool.ainvoke(
+                    {"type": "tool_call", "name": name, "args": args, "id": call_id}, config
+                ),
+                timeout,
+            )
+            result = _result_text(output)
+            if getattr(output, "status", "success") == "error":
+                error = result
+        except TimeoutError:
+            error = f"the tool did not answer within {timeout:g} s"
+        except Exception as exc:  # a broken tool is reported to the model, never raised
+            logger.exception("tool %s failed in turn %s", name, ctx.turn_id)
+            error = f"the tool failed ({type(exc).__name__})"
+    content = f"Error: {error}" if error is not None else result
+    ctx.emit(ToolFinished(call_id, name, result=None if error else result, error=error))
+    ctx.log.append(LogEntry("tool", content, tool_call_id=call_id, tool_name=name))
+    return ToolMessage(
+        content, tool_call_id=call_id, name=name, status="error" if error else "success"
+    )
+
+
+async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    settings = ctx.deps.settings
+    new = state["turn_input"]
+    memory = state.get("messages") or []
+    tools = ctx.deps.tools.tools()
+    by_name = {tool.name: tool for tool in tools}
+    system = _system(ctx, "tool_prompt")
+    filler = None
+    if ctx.request.stream and settings.filler and ctx.profile.filler:
+        filler = FillerTask(ctx, user_text=text_of(new[-1].content) if new else "")
+        filler.start()
+    finish_filler = filler.finish if filler else None
+    transcript: list[AnyMessage] = list(new)
+    try:
+        for step in range(settings.max_tool_steps + 1):
+            offer = tools if step < settings.max_tool_steps else None
+            messages = _fit(ctx, "tool", [*memory, *transcript], system)
+            reply = await stream_reply(
+                ctx, "tool", messages, tools=offer, before_speaking=finish_filler
+            )
+            transcript.append(reply)
+            if not reply.tool_calls:
+                break
+            ctx.log.append(
+                LogEntry(
+                    "assistant",
+                    text_of(reply.content),
+                    tool_calls=reply.tool_calls,
+                    model=model_name(ctx, "tool"),
+                )
+            )
+            results = await asyncio.gather(*(_run_tool(ctx, c, by_name) for c in reply.tool_calls))
+            transcript.extend(results)
+    finally:
+        if filler is not None:
+            await filler.finish()
+    ctx.log.append(
+        LogEntry("assistant", text_of(transcript[-1].content), model=model_name(ctx, "tool"))
+    )
+    return {"messages": transcript}

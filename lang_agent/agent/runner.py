@@ -1,0 +1,146 @@
+"""run_turn: one user turn through the graph, under the thread's lock, as a stream of TurnEvents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from datetime import UTC, datetime
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+
+from lang_agent.agent.events import Done, Failed, TurnEvent, TurnRequest
+from lang_agent.agent.graph import build_graph
+from lang_agent.agent.history import client_dialogue
+from lang_agent.agent.state import AgentDeps, Profile, TurnContext
+from lang_agent.agent.threads import ThreadLocks
+from lang_agent.conversations import ConversationLog, TurnRecord
+from lang_agent.errors import LangAgentError, TurnTimeout
+from lang_agent.llm.context import calling
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(start: float, end: float | None) -> float | None:
+    return None if end is None else round((end - start) * 1000, 1)
+
+
+class Agent:
+    """The turn engine. Front ends call `run_turn` and translate its events."""
+
+    def __init__(
+        self,
+        deps: AgentDeps,
+        *,
+        checkpointer: BaseCheckpointSaver,
+        locks: ThreadLocks,
+        log: ConversationLog,
+        profiles: dict[str, Profile],
+    ) -> None:
+        self.deps = deps
+        self.checkpointer = checkpointer
+        self.locks = locks
+        self.log = log
+        self.profiles = profiles
+        self._memory_graph = build_graph(checkpointer=checkpointer)
+        self._stateless_graph = build_graph()
+
+    def profile(self, name: str | None) -> Profile:
+        default = self.profiles.get(self.deps.settings.default_profile, Profile())
+        return self.profiles.get(name or "", default)
+
+    async def forget(self, thread_id: str) -> bool:
+        """Delete a thread's memory (exact id). False if there was none."""
+        config = {"configurable": {"thread_id": thread_id}}
+        async with self.locks.hold(thread_id):
+            if await self.checkpointer.aget_tuple(config) is None:
+                return False
+            await self.checkpointer.adelete_thread(thread_id)
+        return True
+
+    async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
+        """Yield the turn's events; the last one is always Done or Failed. Closing the
+        iterator early (a client hung up) cancels the turn and leaves memory untouched."""
+        ctx = TurnContext(
+            deps=self.deps,
+            request=request,
+            profile=self.profile(request.profile),
+            turn_id=str(uuid.uuid4()),
+        )
+        started_at = datetime.now(UTC)
+        events: asyncio.Queue[TurnEvent] = asyncio.Queue()
+        ctx.emit = events.put_nowait
+        with calling(thread_id=request.thread_id, turn_id=ctx.turn_id):
+            task = asyncio.create_task(self._drive(ctx), name=f"turn-{ctx.turn_id}")
+        last: TurnEvent | None = None
+        try:
+            while not isinstance(last, Done | Failed):
+                last = await events.get()
+                yield last
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.log.record(self._record(ctx, started_at, last))
+
+    async def _drive(self, ctx: TurnContext) -> None:
+        request = ctx.request
+        try:
+            if request.thread_id is None:
+                await self._invoke(ctx, self._stateless_graph, {}, durability=None)
+            else:
+                async with self.locks.hold(request.thread_id):
+                    config = {"configurable": {"thread_id": request.thread_id}}
+                    # Saved once at the end: a failed turn never reaches memory.
+                    await self._invoke(ctx, self._memory_graph, config, durability="exit")
+            ctx.emit(Done(ctx.total_usage(), "length" if ctx.finish_reason == "length" else "stop"))
+        except LangAgentError as exc:
+            logger.warning("turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
+            ctx.emit(Failed(exc.code, exc.message))
+        except Exception:  # the edge of the engine: anything unexpected becomes Failed
+            logger.exception("turn %s failed unexpectedly", ctx.turn_id)
+            ctx.emit(Failed("internal_error", "the turn failed unexpectedly"))
+
+    async def _invoke(
+        self, ctx: TurnContext, graph: CompiledStateGraph, config: dict, *, durability: str | None
+    ) -> None:
+        state = {"turn_input": client_dialogue(ctx.request.messages)}
+        try:
+            async with asyncio.timeout(self.deps.settings.turn_timeout_s):
+                await graph.ainvoke(state, config, context=ctx, durability=durability)
+        except TimeoutError as exc:
+            raise TurnTimeout("the turn ran out of time") from exc
+
+    def _record(self, ctx: TurnContext, started_at: datetime, last: TurnEvent | None) -> TurnRecord:
+        usage = ctx.total_usage()
+        match last:
+            case Done():
+                status, code, error = "ok", None, None
+            case Failed(code=code, message=error):
+                status = "failed"
+            case _:
+                status, code, error = "cancelled", "client_closed", "the client went away"
+        return TurnRecord(
+            turn_id=ctx.turn_id,
+            thread_id=ctx.request.thread_id,
+            front_end=ctx.request.front_end,
+            profile=ctx.profile.name,
+            started_at=started_at,
+            status=status,
+            route=ctx.route,
+            error_code=code,
+            error=error,
+            ttft_ms=_ms(ctx.started, ctx.first_text_at),
+            latency_ms=_ms(ctx.started, time.perf_counter()),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            models=[asdict(m) for m in usage.models],
+            metadata=dict(ctx.request.metadata),
+            entries=list(ctx.log),
+        )

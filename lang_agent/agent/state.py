@@ -1,0 +1,95 @@
+"""Graph state (what memory keeps) and the per-turn runtime context (what it does not)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+from lang_agent.agent.events import AnswerDelta, Filler, ModelUsage, TurnEvent, TurnRequest, Usage
+from lang_agent.llm.factory import ModelFactory
+from lang_agent.prompts import Prompts
+from lang_agent.settings import Settings
+from lang_agent.tools.registry import ToolRegistry
+
+
+class TurnState(TypedDict, total=False):
+    # Memory: only the answering node writes it, in one step, so a failed turn adds nothing.
+    messages: Annotated[list[AnyMessage], add_messages]
+    # This turn's input as the client sent it; overwritten every turn.
+    turn_input: list[Any]
+    route: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named pipeline variant (DashScope app_id): filler on/off and per-role models."""
+
+    name: str = "default"
+    filler: bool = True
+    models: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AgentDeps:
+    """What every turn shares: built once in the app lifespan."""
+
+    settings: Settings
+    models: ModelFactory
+    tools: ToolRegistry
+    prompts: Prompts
+    window: Callable[[str], int]
+    now: Callable[[], str]
+
+
+@dataclass
+class LogEntry:
+    role: str
+    content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    is_filler: bool = False
+    model: str | None = None
+
+
+@dataclass
+class TurnContext:
+    """Per-turn runtime context (LangGraph `context=`): deps, the request, and what the turn
+    measures and logs on the way."""
+
+    deps: AgentDeps
+    request: TurnRequest
+    profile: Profile
+    turn_id: str
+    emit: Callable[[TurnEvent], None] = lambda event: None
+    started: float = field(default_factory=time.perf_counter)
+    first_text_at: float | None = None
+    route: str | None = None
+    usage: dict[str, ModelUsage] = field(default_factory=dict)
+    log: list[LogEntry] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+    def say(self, event: AnswerDelta | Filler) -> None:
+        if self.first_text_at is None:
+            self.first_text_at = time.perf_counter()
+        self.emit(event)
+
+    def add_usage(self, model: str, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        before = self.usage.get(model, ModelUsage(model))
+        details = usage.get("input_token_details") or {}
+        self.usage[model] = ModelUsage(
+            model,
+            before.input_tokens + int(usage.get("input_tokens") or 0),
+            before.output_tokens + int(usage.get("output_tokens") or 0),
+            before.cached_tokens + int(details.get("cache_read") or 0),
+        )
+
+    def total_usage(self) -> Usage:
+        return Usage(tuple(self.usage.values()))

@@ -1,0 +1,89 @@
+"""One turn per thread at a time: an in-process FIFO lock, then a Postgres lease for processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from lang_agent.db import Database
+from lang_agent.errors import ThreadBusy
+
+logger = logging.getLogger(__name__)
+
+# A lease whose holder died expires, so a crashed worker cannot wedge a thread for ever.
+ACQUIRE_LEASE_SQL = """
+INSERT INTO thread_leases (thread_id, owner, expires_at)
+VALUES (%(thread_id)s, %(owner)s, now() + make_interval(secs => %(ttl)s))
+ON CONFLICT (thread_id) DO UPDATE
+    SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE thread_leases.expires_at < now()
+RETURNING owner
+"""
+RELEASE_LEASE_SQL = "DELETE FROM thread_leases WHERE thread_id = %s AND owner = %s"
+
+POLL_START_S = 0.02
+POLL_MAX_S = 0.25
+
+
+class ThreadLocks:
+    """`async with locks.hold(thread_id):` runs the block as the thread's only turn."""
+
+    def __init__(self, db: Database, *, mode: str, wait_s: float, lease_ttl_s: float) -> None:
+        self.db = db
+        self.mode = mode
+        self.wait_s = wait_s
+        self.lease_ttl_s = lease_ttl_s
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+        lock, users = self._local.get(thread_id, (asyncio.Lock(), 0))
+        self._local[thread_id] = (lock, users + 1)
+        try:
+            if self.mode == "reject" and lock.locked():
+                raise ThreadBusy("another turn is running on this thread")
+            deadline = time.monotonic() + self.wait_s
+            try:
+                async with asyncio.timeout(self.wait_s):
+                    await lock.acquire()
+            except TimeoutError as exc:
+                raise ThreadBusy("the thread stayed busy for too long") from exc
+            try:
+                owner = await self._acquire_lease(thread_id, deadline)
+                try:
+                    yield
+                finally:
+                    await self._release_lease(thread_id, owner)
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._local[thread_id]
+            if users <= 1:
+                del self._local[thread_id]
+            else:
+                self._local[thread_id] = (lock, users - 1)
+
+    async def _acquire_lease(self, thread_id: str, deadline: float) -> str:
+        owner = uuid.uuid4().hex
+        params = {"thread_id": thread_id, "owner": owner, "ttl": self.lease_ttl_s}
+        pause = POLL_START_S
+        while True:
+            async with self.db.connection() as conn:
+                row = await (await conn.execute(ACQUIRE_LEASE_SQL, params)).fetchone()
+            if row is not None:
+                return owner
+            if self.mode == "reject" or time.monotonic() + pause > deadline:
+                raise ThreadBusy("another turn is running on this thread")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_S)
+
+    async def _release_lease(self, thread_id: str, owner: str) -> None:
+        try:
+            async with self.db.connection() as conn:
+                await conn.execute(RELEASE_LEASE_SQL, (thread_id, owner))
+        except Exception:  # the lease expires by itself; a failed release must not fail the turn
+            logger.exception("could not release the lease on thread %s", thread_id)

@@ -1,0 +1,145 @@
+"""The model factory: one chat model per role (router, chat, tool, chatty), driven by settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from lang_agent.settings import ROLES, Role, Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS: dict[str, dict[Role, str]] = {
+    "sim": {"router": "sim-router", "chat": "sim-chat", "tool": "sim-tool", "chatty": "sim-chatty"},
+    "ali": {
+        "router": "qwen-flash",
+        "chat": "qwen-plus",
+        "tool": "qwen-plus",
+        "chatty": "qwen-flash",
+    },
+    "moonshot": {
+        "router": "moonshot-v1-8k",
+        "chat": "kimi-k2-0905-preview",
+        "tool": "kimi-k2-0905-preview",
+        "chatty": "moonshot-v1-8k",
+    },
+    "openai": {
+        "router": "gpt-4o-mini",
+        "chat": "gpt-4o-mini",
+        "tool": "gpt-4o-mini",
+        "chatty": "gpt-4o-mini",
+    },
+}
+PROVIDERS = tuple(DEFAULT_MODELS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    role: Role
+    provider: str
+    model: str
+    base_url: str
+    api_key: SecretStr | None
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model} @ {self.base_url}"
+
+
+def default_provider(settings: Settings) -> str:
+    if settings.llm_provider != "auto":
+        return settings.llm_provider
+    if settings.ali_api_key:
+        return "ali"
+    if settings.moonshot_api_key:
+        return "moonshot"
+    if settings.openai_api_key:
+        return "openai"
+    return "sim"
+
+
+def parse_model(text: str, *, default: str) -> tuple[str, str]:
+    """`provider:name` or bare `name` → (provider, name)."""
+    provider, sep, name = text.partition(":")
+    if sep and provider in PROVIDERS:
+        return provider, name
+    return default, text
+
+
+def resolve_specs(
+    settings: Settings, *, sim_url: str | None, overrides: dict[str, str] | None = None
+) -> dict[Role, ModelSpec]:
+    """Which provider, model and endpoint each role uses."""
+    fallback = default_provider(settings)
+    endpoints: dict[str, tuple[str | None, SecretStr | None]] = {
+        "sim": (sim_url, SecretStr("sim")),
+        "ali": (settings.ali_base_url, settings.ali_api_key),
+        "moonshot": (settings.moonshot_base_url, settings.moonshot_api_key),
+        "openai": (settings.openai_base_url, settings.openai_api_key),
+    }
+    specs: dict[Role, ModelSpec] = {}
+    for role in ROLES:
+        configured = (overrides or {}).get(role) or getattr(settings, f"{role}_model")
+        if configured:
+            provider, model = parse_model(configured, default=fallback)
+        else:
+            provider, model = fallback, DEFAULT_MODELS[fallback][role]
+        base_url, key = endpoints[provider]
+        specs[role] = ModelSpec(role, provider, model, base_url or "", key)
+    return specs
+
+
+def uses_sim(settings: Settings) -> bool:
+    specs = resolve_specs(settings, sim_url=None)
+    return any(spec.provider == "sim" for spec in specs.values())
+
+
+class ModelFactory:
+    """Builds (and caches) a ChatOpenAI per role on the shared, capturing HTTP client."""
+
+    def __init__(
+        self, settings: Settings, *, http_client: httpx.AsyncClient, sim_url: str | None
+    ) -> None:
+        self.settings = settings
+        self.http_client = http_client
+        self.sim_url = sim_url
+        self.specs = resolve_specs(settings, sim_url=sim_url)
+        self._cache: dict[tuple[Role, str], ChatOpenAI] = {}
+        for spec in self.specs.values():
+            if spec.provider != "sim" and spec.api_key is None:
+                logger.warning("role %s uses %s but no API key is set", spec.role, spec)
+
+    def spec(self, role: Role, *, model: str | None = None) -> ModelSpec:
+        if model is None:
+            return self.specs[role]
+        return resolve_specs(self.settings, sim_url=self.sim_url, overrides={role: model})[role]
+
+    def model(self, role: Role, *, model: str | None = None) -> ChatOpenAI:
+        spec = self.spec(role, model=model)
+        key = (role, str(spec))
+        if key not in self._cache:
+            self._cache[key] = self._build(spec)
+        return self._cache[key]
+
+    def _build(self, spec: ModelSpec) -> ChatOpenAI:
+        extra_body: dict[str, Any] = {}
+        if spec.provider == "ali":
+            # Voice wants no reasoning; Qwen3 open models think by default.
+            extra_body["enable_thinking"] = False
+        return ChatOpenAI(
+            model=spec.model,
+            base_url=spec.base_url,
+            api_key=spec.api_key or SecretStr("missing"),
+            http_async_client=self.http_client,
+            streaming=True,
+            stream_usage=True,
+            max_retries=self.settings.llm_retries,
+            max_tokens=self.settings.max_tokens,
+            timeout=httpx.Timeout(self.settings.llm_timeout_s, connect=5.0),
+            extra_body=extra_body or None,
+            tags=[spec.role],
+        )

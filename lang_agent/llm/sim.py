@@ -1,0 +1,427 @@
+"""The built-in model simulator: a deterministic OpenAI-compatible upstream for keyless runs.
+
+A small asyncio HTTP/1.1 server (keep-alive, chunked streams flushed per event) that answers
+`POST /v1/chat/completions` in Qwen's compatible-mode wire format, with replies from
+`sim_replies` (role detection, tool calls, answers) and `sim_intents` (what a request asks for).
+Faults queued with `Simulator.inject` or `POST /_sim/faults` produce real errors, resets, cut
+and endless streams. Latency comes from a `SimProfile`; see `SimProfile` for the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from lang_agent.llm import sim_replies
+from lang_agent.llm.sim_wire import (
+    ChatPlan,
+    HttpError,
+    Peer,
+    Request,
+    ResponseHead,
+    error_body,
+    fault_error,
+    parse_chat,
+    read_request,
+    reset,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("router", "chat", "tool", "chatty")
+MODELS = tuple(f"sim-{role}" for role in ROLES)
+FAULTS = ("429", "500", "timeout", "reset", "cut", "loop", "length", "slow")
+TIMEOUT_FAULT_S = 120.0  # a `timeout` fault holds the request this long at most
+SLOW_TTFT_MS = 2000.0  # time to first byte of a `slow` fault
+CUT_AFTER = 3  # content chunks a `cut` stream sends before it drops the connection
+YIELD_EVERY = 64  # unpaced streams flush and look for a departed client this often
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One role's timing."""
+
+    ttft_ms: float = 0.0  # delay before the first byte of the answer
+    tokens_per_s: float = 0.0  # 0 = all chunks at once
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    """Timing per role.
+
+    ``fast`` (the default): no delays at all. ``original`` mimics the reference system's models:
+    router 250 ms to the first byte + 80 tokens/s (its ~4-fragment route call ≈ 0.3 s in all);
+    chat 350 ms + 60 tokens/s (a 40-token answer ≈ 1 s); tool like chat; chatty filler 200 ms
+    + 60 tokens/s (a short clause ≈ 0.3 s).
+    """
+
+    router: Latency = Latency()
+    chat: Latency = Latency()
+    tool: Latency = Latency()
+    chatty: Latency = Latency()
+
+    @classmethod
+    def named(cls, name: str) -> SimProfile:
+        if name == "fast":
+            return cls()
+        if name == "original":
+            return cls(
+                router=Latency(250, 80),
+                chat=Latency(350, 60),
+                tool=Latency(350, 60),
+                chatty=Latency(200, 60),
+            )
+        raise ValueError(f"unknown simulator profile {name!r} (fast or original)")
+
+    def updated(self, changes: dict[str, Any]) -> SimProfile:
+        """A copy with `{"profile": name}` and/or `{role: {"ttft_ms": …, "tokens_per_s": …}}`."""
+        base = SimProfile.named(str(changes["profile"])) if "profile" in changes else self
+        roles: dict[str, Latency] = {}
+        for role, values in changes.items():
+            if role == "profile":
+                continue
+            if role not in ROLES or not isinstance(values, dict):
+                raise ValueError(f"unknown profile setting {role!r}")
+            for key, number in values.items():
+                if key not in ("ttft_ms", "tokens_per_s") or not _non_negative(number):
+                    raise ValueError(f"{role}.{key} must be ttft_ms or tokens_per_s, a number >= 0")
+            roles[role] = replace(getattr(base, role), **values)
+        return replace(base, **roles)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return asdict(self)
+
+
+def _non_negative(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+class Simulator:
+    """The simulator server. Start it in a running loop; `inject` may be called from any thread."""
+
+    def __init__(self, *, profile: SimProfile | None = None, api_key: str | None = None) -> None:
+        self.profile = profile or SimProfile()
+        self.api_key = api_key
+        self.base_url = ""
+        self.stats: dict[str, Any] = {
+            "requests": 0,
+            "calls": dict.fromkeys(ROLES, 0),
+            "faults": {},
+            "cancelled": 0,
+            "in_flight": 0,
+        }
+        self._faults: list[list[Any]] = []  # [fault, role or None, remaining]
+        self._lock = threading.Lock()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._routes: dict[tuple[str, str], Callable[[Request], dict[str, Any]]] = {
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/_sim/stats"): lambda _: self.snapshot(),
+            ("POST", "/_sim/faults"): self._post_faults,
+            ("DELETE", "/_sim/faults"): lambda _: {"queued": self.clear_faults()},
+            ("GET", "/_sim/profile"): lambda _: self.profile.as_dict(),
+            ("POST", "/_sim/profile"): self._post_profile,
+        }
+
+    async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 = a free port) and return the base URL, ending in /v1."""
+        self._server = await asyncio.start_server(self._connection, host, port)
+        bound = self._server.sockets[0].getsockname()[1]
+        shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.base_url = f"http://{shown}:{bound}/v1"
+        logger.info("model simulator listening on %s", self.base_url)
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Stop listening and end open connections, streams in progress included."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+        logger.info("model simulator at %s stopped", self.base_url)
+
+    def inject(self, fault: str, *, count: int = 1, role: str | None = None) -> None:
+        """Queue `count` faults for the next requests of `role` (any role if None)."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError("count must be a positive integer")
+        if role is not None and role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        with self._lock:
+            self._faults.append([fault, role, count])
+
+    def clear_faults(self) -> int:
+        """Drop every queued fault; returns how many are left (0)."""
+        with self._lock:
+            self._faults.clear()
+        return 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The stats counters plus the number of faults still queued."""
+        with self._lock:
+            queued = sum(entry[2] for entry in self._faults)
+        stats = self.stats
+        return {
+            **stats,
+            "calls": dict(stats["calls"]),
+            "faults": dict(stats["faults"]),
+            "queued_faults": queued,
+        }
+
+    def _take_fault(self, role: str) -> str | None:
+        with self._lock:
+            for entry in self._faults:
+                if entry[1] in (None, role):
+                    entry[2] -= 1
+                    if entry[2] == 0:
+                        self._faults.remove(entry)
+                    faults = self.stats["faults"]
+                    faults[entry[0]] = faults.get(entry[0], 0) + 1
+                    return str(entry[0])
+        return None
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)  # type: ignore[arg-type]
+        buf = bytearray()
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, buf)
+                except HttpError as exc:
+                    head = ResponseHead(exc.status, str(uuid.uuid4()), time.monotonic())
+                    writer.write(head.json(error_body(exc, rid=head.rid), keep=False))
+                    await writer.drain()
+                    break
+                if request is None or not await self._respond(request, reader, writer, buf):
+                    break
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or idled out; nothing to answer
+        except asyncio.CancelledError:
+            pass  # stop() ends connections; Python 3.11's stream callback would log a cancel
+        finally:
+            if task is not None:
+                self._tasks.discard(task)  # type: ignore[arg-type]
+            writer.close()
+
+    def _authorised(self, header: str) -> bool:
+        expected = f"Bearer {self.api_key}".encode()
+        return hmac.compare_digest(header.encode("utf-8", "replace"), expected)
+
+    async def _respond(
+        self,
+        request: Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        buf: bytearray,
+    ) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        self.stats["requests"] += 1
+        head = ResponseHead(200, str(uuid.uuid4()), request.started)
+        keep = request.keep_alive
+        try:
+            if self.api_key is not None and not self._authorised(
+                request.headers.get("authorization", "")
+            ):
+                raise HttpError(
+                    401,
+                    "Incorrect API key provided.",
+                    code="invalid_api_key",
+                    kind="invalid_request_error",
+                )
+            if (request.method, request.path) == ("POST", "/v1/chat/completions"):
+                return await self._completion(request, head, reader, writer, buf)
+            handler = self._routes.get((request.method, request.path))
+            if handler is None:
+                paths = {path for _, path in self._routes} | {"/v1/chat/completions"}
+                known = request.path in paths
+                status, what = (405, "Method not allowed") if known else (404, "Not found")
+                raise HttpError(status, f"{what}: {request.method} {request.path}")
+            payload = handler(request)
+        except HttpError as exc:
+            writer.write(
+                replace(head, status=exc.status).json(error_body(exc, rid=head.rid), keep=keep)
+            )
+        else:
+            writer.write(head.json(payload, keep=keep))
+        await writer.drain()
+        return keep
+
+    def _models(self, _: Request) -> dict[str, Any]:
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "lang-agent"} for m in MODELS
+        ]
+        return {"object": "list", "data": data}
+
+    def _post_faults(self, request: Request) -> dict[str, Any]:
+        body = _json_object(request.body)
+        try:
+            self.inject(str(body.get("fault")), count=body.get("count", 1), role=body.get("role"))
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+        return {"queued": self.snapshot()["queued_faults"]}
+
+    def _post_profile(self, request: Request) -> dict[str, Any]:
+        try:
+            self.profile = self.profile.updated(_json_object(request.body))
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+        return self.profile.as_dict()
+
+    async def _completion(
+        self,
+        request: Request,
+        head: ResponseHead,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        buf: bytearray,
+    ) -> bool:
+        body = parse_chat(request.body)
+        role = sim_replies.detect_role(body)
+        self.stats["calls"][role] += 1
+        fault = self._take_fault(role)
+        if fault in ("429", "500"):
+            raise fault_error(fault)
+        if fault == "reset":
+            reset(writer)
+            return False
+        latency: Latency = getattr(self.profile, role)
+        if fault == "slow":
+            latency = replace(latency, ttft_ms=SLOW_TTFT_MS)
+        self.stats["in_flight"] += 1
+        peer = Peer(reader, buf)
+        try:
+            if fault == "timeout":
+                if await peer.wait(TIMEOUT_FAULT_S):
+                    self.stats["cancelled"] += 1
+                return False
+            plan = ChatPlan.build(
+                body, sim_replies.reply_for(body, role), rid=head.rid, fault=fault, role=role
+            )
+            done = await self._deliver(
+                plan, head=head, latency=latency, peer=peer, writer=writer, keep=request.keep_alive
+            )
+            return done and request.keep_alive
+        except ConnectionError:
+            self.stats["cancelled"] += 1
+            return False
+        finally:
+            self.stats["in_flight"] -= 1
+            await peer.close()
+
+    async def _deliver(
+        self,
+        plan: ChatPlan,
+        *,
+        head: ResponseHead,
+        latency: Latency,
+        peer: Peer,
+        writer: asyncio.StreamWriter,
+        keep: bool,
+    ) -> bool:
+        """Send the planned answer at the profile's pace; False if the connection must close.
+        Raises ConnectionError when the client leaves."""
+        interval = 1.0 / latency.tokens_per_s if latency.tokens_per_s > 0 else 0.0
+        if not plan.stream:
+            pause = latency.ttft_ms / 1000 + interval * plan.token_count()
+            if pause and await peer.wait(pause):
+                raise ConnectionResetError("client left")
+            data = plan.completion_json()
+            if plan.fault == "cut":
+                writer.write(head.raw(len(data), keep=False) + data[: len(data) // 2])
+                await writer.drain()
+                return False
+            writer.write(head.json_bytes(data, keep=keep))
+            await writer.drain()
+            return True
+        if latency.ttft_ms and await peer.wait(latency.ttft_ms / 1000):
+            raise ConnectionResetError("client left")
+        writer.write(head.stream_start(keep=keep) + plan.role_event())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sent = 0
+        transport = writer.transport
+        for event in plan.token_events():
+            if transport.is_closing():  # the socket failed: stop before asyncio warns per write
+                raise ConnectionResetError("client left")
+            writer.write(event)
+            sent += 1
+            if plan.fault == "cut" and sent >= CUT_AFTER:
+                break
+            if interval:
+                await writer.drain()
+                delay = start + sent * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif sent % YIELD_EVERY == 0:
+                await writer.drain()
+                await asyncio.sleep(0)
+            else:
+                continue
+            if peer.left():
+                raise ConnectionResetError("client left")
+        if plan.fault == "cut":  # no finish chunk, no [DONE], no terminating chunk
+            await writer.drain()
+            return False
+        writer.write(plan.tail_events())
+        await writer.drain()
+        return True
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise HttpError(400, "the body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return body
+
+
+def run(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8599,
+    profile: str = "fast",
+    api_key: str | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the simulator until interrupted; `on_ready` gets the base URL once it listens."""
+
+    async def serve() -> None:
+        simulator = Simulator(profile=SimProfile.named(profile), api_key=api_key)
+        url = await simulator.start(host=host, port=port)
+        if on_ready is not None:
+            on_ready(url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await simulator.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())

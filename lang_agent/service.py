@@ -1,0 +1,119 @@
+"""Opening and closing everything a running server needs, in order, on one AsyncExitStack."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+from lang_agent.agent.profiles import load_profiles
+from lang_agent.agent.runner import Agent
+from lang_agent.agent.state import AgentDeps
+from lang_agent.agent.threads import ThreadLocks
+from lang_agent.conversations import ConversationLog
+from lang_agent.db import Database, resolve_dsn
+from lang_agent.llm.factory import ModelFactory, uses_sim
+from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.prompts import Prompts
+from lang_agent.settings import Settings
+from lang_agent.tools.builtin import BuiltinTools, now_text
+from lang_agent.tools.registry import ToolRegistry
+
+logger = logging.getLogger(__name__)
+
+LEASE_GRACE_S = 30.0
+
+
+@dataclass
+class Service:
+    """The running parts, shared by the front ends through `app.state.service`."""
+
+    settings: Settings
+    db: Database
+    agent: Agent
+    tools: ToolRegistry
+    log: ConversationLog
+    http_client: httpx.AsyncClient
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def health(self) -> dict[str, Any]:
+        specs = self.agent.deps.models.specs
+        return {
+            "status": "ok",
+            "models": {role: str(spec) for role, spec in specs.items()},
+            "tools": self.tools.health(),
+            "conversation_log": {"written": self.log.written, "dropped": self.log.dropped},
+        }
+
+
+async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
+    from lang_agent.llm.sim import Simulator
+
+    simulator = Simulator()
+    base_url = await simulator.start(host="127.0.0.1", port=0)
+    stack.push_async_callback(simulator.stop)
+    logger.warning(
+        "no provider API key set: answers are SIMULATED by the built-in simulator at %s "
+        "(set ALI_API_KEY, MOONSHOT_API_KEY or OPENAI_API_KEY for real models)",
+        base_url,
+    )
+    return base_url
+
+
+@contextlib.asynccontextmanager
+async def open_service(settings: Settings) -> AsyncIterator[Service]:
+    async with contextlib.AsyncExitStack() as stack:
+        dsn, _embedded = await resolve_dsn(settings)
+        db = Database(dsn, max_size=settings.db_pool_size)
+        await db.open()
+        stack.push_async_callback(db.close)
+
+        checkpointer = AsyncPostgresSaver(db.pool)
+        await checkpointer.setup()
+
+        sim_url = settings.sim_url
+        if sim_url is None and uses_sim(settings):
+            sim_url = await _start_simulator(stack)
+
+        http_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.llm_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        stack.push_async_callback(http_client.aclose)
+
+        catalog = ModelCatalog.load(settings.models_file)
+        zone = ZoneInfo(settings.timezone)
+        tools = ToolRegistry([BuiltinTools(timezone=settings.timezone)])
+        deps = AgentDeps(
+            settings=settings,
+            models=ModelFactory(settings, http_client=http_client, sim_url=sim_url),
+            tools=tools,
+            prompts=Prompts.load(settings.prompts_dir),
+            window=catalog.window,
+            now=lambda: now_text(zone),
+        )
+        log = await stack.enter_async_context(ConversationLog(db))
+        locks = ThreadLocks(
+            db,
+            mode=settings.busy_thread,
+            wait_s=settings.busy_wait_s,
+            lease_ttl_s=settings.turn_timeout_s + LEASE_GRACE_S,
+        )
+        agent = Agent(
+            deps,
+            checkpointer=checkpointer,
+            locks=locks,
+            log=log,
+            profiles=load_profiles(settings.profiles_file),
+        )
+        for role, spec in deps.models.specs.items():
+            logger.info("role %s → %s", role, spec)
+        yield Service(
+            settings=settings, db=db, agent=agent, tools=tools, log=log, http_client=http_client
+        )

@@ -1,0 +1,57 @@
+"""Built-in tools: the calculator and the current date and time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from langchain_core.tools import BaseTool, StructuredTool
+
+from lang_agent.tools.calculator import CalculatorError, calculate
+
+WEEKDAYS_ZH = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
+
+
+def _calculator(expression: str) -> str:
+    try:
+        return calculate(expression)
+    except CalculatorError as exc:
+        return f"Error: {exc}"
+
+
+def now_text(zone: ZoneInfo) -> str:
+    """The local date and time as a prompt or a tool result shows it."""
+    now = datetime.now(zone)
+    return f"{now:%Y-%m-%d %H:%M} {WEEKDAYS_ZH[now.weekday()]} ({zone.key})"
+
+
+class BuiltinTools:
+    """The tool source for the tools that ship with lang-agent."""
+
+    name = "builtin"
+
+    def __init__(self, *, timezone: str = "Asia/Shanghai") -> None:
+        zone = ZoneInfo(timezone)
+        self._tools: list[BaseTool] = [
+            StructuredTool.from_function(
+                _calculator,
+                name="calculator",
+                description=(
+                    "Evaluate an arithmetic expression exactly. Supports + - * / // % ** "
+                    "(or ^), parentheses, decimals and percentages like 15%. "
+                    "Example: expression='(3+5)*2^3'."
+                ),
+            ),
+            StructuredTool.from_function(
+                lambda: now_text(zone),
+                name="current_time",
+                description="The current local date, weekday and time.",
+            ),
+        ]
+
+    def tools(self) -> list[BaseTool]:
+        return self._tools
+
+    def health(self) -> dict[str, Any]:
+        return {"name": self.name, "state": "up", "tools": len(self._tools)}

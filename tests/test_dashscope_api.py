@@ -1,0 +1,225 @@
+"""End to end: the DashScope front end driven exactly as xiaozhi's AliBL provider drives it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import dashscope
+import httpx
+import pytest
+from dashscope import Application
+
+from tests.conftest import TEST_KEY
+from tests.support import set_latency
+
+
+@pytest.fixture
+def server(live_server):
+    return live_server()
+
+
+@pytest.fixture
+def base_url(server):
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    return server.url
+
+
+def alibl_call(text_or_messages, *, session_id=None, api_key=TEST_KEY, **kwargs):
+    """Call like AliBL.py and consume like it: diff cumulative text, skip non-200 items."""
+    messages = (
+        [{"role": "user", "content": text_or_messages}]
+        if isinstance(text_or_messages, str)
+        else text_or_messages
+    )
+    responses = Application.call(
+        api_key=api_key,
+        app_id="lang-agent",
+        session_id=session_id,
+        messages=messages,
+        stream=True,
+        **kwargs,
+    )
+    spoken, last, items = [], "", []
+    for response in responses:
+        items.append(response)
+        if response.status_code != 200:
+            continue
+        current = response.output.text or ""
+        spoken.append(current[len(last) :] if len(current) >= len(last) else current)
+        last = current
+    return "".join(spoken), items
+
+
+def test_stream_speaks_every_character_once(base_url):
+    for text in ("你好，今天过得怎么样？", "hello, how are you today?"):
+        spoken, items = alibl_call(text, session_id=uuid.uuid4().hex)
+        assert all(item.status_code == 200 for item in items)
+        assert spoken == items[-1].output.text
+        assert text.rstrip("？?") in spoken
+        assert [i.output.finish_reason for i in items][-1] == "stop"
+        assert all(i.output.finish_reason == "null" for i in items[:-1])
+        assert len(items) > 2
+
+
+def test_every_event_carries_ids_and_usage(base_url):
+    session = uuid.uuid4().hex
+    _, items = alibl_call("你好", session_id=session)
+    assert {i.output.session_id for i in items} == {session}
+    assert len({i.request_id for i in items}) == 1
+    models = items[-1].usage.models
+    assert models and models[0].model_id and models[0].output_tokens > 0
+
+
+def test_memory_across_calls_with_one_session_id(base_url):
+    session = uuid.uuid4().hex
+    alibl_call("我叫小明", session_id=session)
+    spoken, _ = alibl_call("我叫什么名字", session_id=session)
+    assert "小明" in spoken
+
+
+def test_xiaozhi_resends_history_and_only_the_new_turn_is_answered(base_url):
+    session = uuid.uuid4().hex
+    first = [{"role": "user", "content": "我叫小明"}]
+    spoken, _ = alibl_call(first, session_id=session)
+    dialogue = [
+        *first,
+        {"role": "assistant", "content": spoken},
+        {"role": "user", "content": "我叫什么名字"},
+    ]
+    spoken, _ = alibl_call(dialogue, session_id=session)
+    assert "小明" in spoken
+
+
+def test_new_session_is_seeded_from_client_history(base_url):
+    dialogue = [
+        {"role": "user", "content": '{"speaker": "小明", "content": "我叫小明"}'},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "index": 0,
+                    "function": {"name": "self_get_device_status", "arguments": "{}"},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"audio_speaker":{"volume":70}}'},
+        {"role": "assistant", "content": "好的。"},
+        {"role": "user", "content": "我叫什么名字"},
+        {"role": "user", "content": "我叫什么名字"},
+    ]
+    spoken, items = alibl_call(dialogue, session_id=uuid.uuid4().hex)
+    assert all(item.status_code == 200 for item in items)
+    assert "小明" in spoken
+    assert spoken.count("你叫") == 1
+
+
+def test_prompt_only_and_no_session_is_stateless(base_url):
+    response = Application.call(api_key=TEST_KEY, app_id="x", prompt="你好")
+    assert response.status_code == 200
+    assert response.output.text and response.output.finish_reason == "stop"
+    assert response.output.session_id
+
+
+def test_non_stream(base_url):
+    response = Application.call(
+        api_key=TEST_KEY, app_id="any-app", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert response.status_code == 200
+    assert "hello" in response.output.text
+    assert response.usage.models[0].input_tokens > 0
+
+
+def test_incremental_output(base_url):
+    responses = Application.call(
+        api_key=TEST_KEY,
+        app_id="lang-agent",
+        messages=[{"role": "user", "content": "给我讲一个很短的故事"}],
+        stream=True,
+        incremental_output=True,
+    )
+    pieces = [r.output.text for r in responses]
+    assert len(pieces) > 2
+    assert "".join(pieces).startswith("好的，")
+    assert max(len(p) for p in pieces) < len("".join(pieces))
+
+
+def test_bad_key_is_a_401_item(base_url):
+    _, items = alibl_call("你好", api_key="wrong")
+    assert [item.status_code for item in items] == [401]
+    assert items[0].code == "InvalidApiKey"
+
+
+def test_upstream_failure_is_spoken_then_reported(base_url, simulator):
+    simulator.inject("500", role="router")
+    spoken, items = alibl_call("你好", session_id=uuid.uuid4().hex)
+    assert spoken == "抱歉，我这边出了点问题，请稍后再试。"
+    assert items[-1].status_code == 502 and items[-1].code == "InternalError"
+
+
+def test_tool_turn_streams_filler_then_answer(base_url, simulator):
+    set_latency(simulator, "tool", ttft_ms=300)
+    try:
+        spoken, items = alibl_call("帮我算一下 3加5乘2 等于多少", session_id=uuid.uuid4().hex)
+    finally:
+        set_latency(simulator, "tool", ttft_ms=0)
+    assert all(item.status_code == 200 for item in items)
+    first = items[0].output.text
+    assert first and first[-1] in "，,"
+    assert "13" in spoken and spoken.index(first) == 0
+
+
+def test_raw_frame_format(server):
+    body = {"input": {"messages": [{"role": "user", "content": "你好"}], "session_id": "raw-1"}}
+    headers = {"Authorization": f"Bearer {TEST_KEY}", "X-DashScope-SSE": "enable"}
+    with httpx.stream(
+        "POST", f"{server.url}/api/v1/apps/whatever/completion", json=body, headers=headers
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert "content-encoding" not in response.headers
+        raw = response.read().decode()
+    assert "[DONE]" not in raw
+    events = [block for block in raw.split("\n\n") if block]
+    for number, block in enumerate(events, start=1):
+        lines = block.split("\n")
+        assert lines[:3] == [f"id:{number}", "event:result", ":HTTP_STATUS/200"]
+        assert len(lines) == 4 and lines[3].startswith("data:")
+        data = json.loads(lines[3][len("data:") :])
+        assert data["output"]["session_id"] == "raw-1"
+        assert set(data) == {"output", "usage", "request_id"}
+
+
+def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
+    body = {"input": {"prompt": "你好"}, "parameters": {}}
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    response = httpx.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["output"]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{oops", b'{"input": {}}', b'{"input": {"messages": [{"role": "robot"}]}}', b'{"nope": 1}'],
+)
+def test_bad_input_is_a_flat_400(server, body):
+    response = httpx.post(
+        f"{server.url}/api/apps/x/completion",
+        content=body,
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    error = response.json()
+    assert error["code"] == "InvalidParameter" and error["message"] and error["request_id"]
+
+
+def test_unknown_dashscope_path_is_a_flat_404(server):
+    response = httpx.post(
+        f"{server.url}/api/v1/services/aigc/multimodal-generation/generation",
+        json={},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert response.status_code == 404
+    assert response.json()["code"] == "NotFound"

@@ -1,0 +1,89 @@
+"""Which client messages are new, and trimming history to the context window."""
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from lang_agent.agent.events import InputMessage
+from lang_agent.agent.history import (
+    approx_tokens,
+    client_dialogue,
+    client_instructions,
+    fit_window,
+    new_messages,
+)
+from lang_agent.errors import InvalidRequest
+
+XIAOZHI_DIALOGUE = (
+    InputMessage("system", "你是小智"),
+    InputMessage("user", "现在几点"),
+    InputMessage(
+        "assistant",
+        tool_calls=(
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "self_audio_speaker_set_volume", "arguments": '{"volume":50}'},
+            },
+        ),
+    ),
+    InputMessage("tool", "true", tool_call_id="call_1"),
+    InputMessage("assistant", "好的。"),
+    InputMessage("user", "再大一点"),
+)
+
+
+def test_dialogue_converts_tool_calls_and_drops_system():
+    dialogue = client_dialogue(XIAOZHI_DIALOGUE)
+    assert [type(m) for m in dialogue] == [
+        HumanMessage,
+        AIMessage,
+        ToolMessage,
+        AIMessage,
+        HumanMessage,
+    ]
+    assert dialogue[1].tool_calls[0]["args"] == {"volume": 50}
+    assert client_instructions(XIAOZHI_DIALOGUE) == "你是小智"
+
+
+def test_seed_on_new_thread_keeps_everything_but_existing_thread_takes_the_tail():
+    dialogue = client_dialogue(XIAOZHI_DIALOGUE)
+    assert len(new_messages(dialogue, history="seed", thread_has_memory=False)) == 5
+    tail = new_messages(dialogue, history="seed", thread_has_memory=True)
+    assert [m.content for m in tail] == ["再大一点"]
+    assert len(new_messages(dialogue, history="append", thread_has_memory=True)) == 5
+
+
+def test_no_user_message_is_refused():
+    with pytest.raises(InvalidRequest):
+        new_messages([AIMessage("hi")], history="append", thread_has_memory=False)
+
+
+def test_bad_tool_call_arguments_become_empty():
+    message = InputMessage(
+        "assistant", tool_calls=({"id": "c", "function": {"name": "f", "arguments": "{{"}},)
+    )
+    assert client_dialogue([message])[0].tool_calls[0]["args"] == {}
+
+
+def test_fit_window_keeps_newest_turns_within_budget():
+    history = []
+    for i in range(50):
+        history += [HumanMessage(f"问题{i}" * 20), AIMessage(f"回答{i}" * 20)]
+    history.append(HumanMessage("最后的问题"))
+    fitted = fit_window(history, system="系统", window=1000, max_tokens=300)
+    assert isinstance(fitted[0], SystemMessage)
+    assert fitted[-1].content == "最后的问题"
+    assert isinstance(fitted[1], HumanMessage)
+    used = sum(approx_tokens(m.content) + 4 for m in fitted)
+    assert used + 300 <= 1000
+    assert len(fitted) < len(history)
+
+
+def test_fit_window_refuses_a_message_larger_than_the_window():
+    with pytest.raises(InvalidRequest):
+        fit_window([HumanMessage("字" * 5000)], system="s", window=1000, max_tokens=100)
+
+
+def test_approx_tokens_counts_cjk_per_character():
+    assert approx_tokens("你好世界") == 4
+    assert approx_tokens("hello world!") == 3

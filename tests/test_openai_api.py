@@ -1,0 +1,313 @@
+"""End to end: the OpenAI front end under uvicorn, driven by the real openai SDK."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import httpx
+import openai
+import psycopg
+import pytest
+from langgraph.checkpoint.postgres import PostgresSaver
+from psycopg.rows import dict_row
+
+from tests.conftest import TEST_KEY
+from tests.support import set_latency, wait_until
+
+THREAD_LOG_SQL = """
+SELECT role, content, turn_id FROM messages
+WHERE thread_id = %s AND NOT is_filler ORDER BY turn_started_at, turn_id, seq
+"""
+
+
+@pytest.fixture
+def server(live_server):
+    return live_server()
+
+
+@pytest.fixture
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+
+
+def ask(client: openai.OpenAI, text: str, *, thread_id: str | None = None, **kwargs) -> str:
+    extra = {"thread_id": thread_id} if thread_id is not None else {}
+    reply = client.chat.completions.create(
+        model="lang-agent", messages=[{"role": "user", "content": text}], extra_body=extra, **kwargs
+    )
+    return reply.choices[0].message.content
+
+
+def stream_chunks(client: openai.OpenAI, text: str, **kwargs) -> list:
+    stream = client.chat.completions.create(
+        model="lang-agent", messages=[{"role": "user", "content": text}], stream=True, **kwargs
+    )
+    return list(stream)
+
+
+def test_chat_turn_non_stream(client):
+    reply = client.chat.completions.create(
+        model="lang-agent", messages=[{"role": "user", "content": "你好"}]
+    )
+    assert reply.object == "chat.completion"
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.choices[0].message.content.startswith("好的，")
+    assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+
+
+def test_chat_turn_stream_role_first_usage_last(client):
+    chunks = stream_chunks(client, "hello there", stream_options={"include_usage": True})
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "hello there" in text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+
+
+def test_tool_turn_filler_comes_before_answer(client, simulator):
+    set_latency(simulator, "tool", ttft_ms=400)
+    try:
+        chunks = stream_chunks(client, "帮我算一下 3加5乘2 等于多少", extra_body={"events": True})
+    finally:
+        set_latency(simulator, "tool", ttft_ms=0)
+    kinds = []
+    for chunk in chunks:
+        marker = (chunk.model_extra or {}).get("x_lang_agent") or {}
+        if marker.get("kind") == "filler":
+            kinds.append("filler")
+        elif marker.get("kind") in ("tool_started", "tool_finished"):
+            kinds.append(marker["kind"])
+        elif chunk.choices and chunk.choices[0].delta.content:
+            kinds.append("answer")
+    assert kinds.index("filler") < kinds.index("tool_started") < kinds.index("answer")
+    answer = "".join(
+        c.choices[0].delta.content
+        for c in chunks
+        if c.choices
+        and c.choices[0].delta.content
+        and not (c.model_extra or {}).get("x_lang_agent")
+    )
+    assert "13" in answer
+
+
+def test_non_stream_tool_turn_has_no_filler(client):
+    assert "13" in ask(client, "3加5乘2等于多少")
+
+
+def test_memory_across_turns_and_restart(live_server, thread_id):
+    first = live_server()
+    client = openai.OpenAI(base_url=f"{first.url}/v1", api_key=TEST_KEY, max_retries=0)
+    ask(client, "我叫小明", thread_id=thread_id)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+    first.stop()
+
+    second = live_server()
+    client = openai.OpenAI(base_url=f"{second.url}/v1", api_key=TEST_KEY, max_retries=0)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+
+
+def test_numeric_thread_id_is_its_string(client, thread_id):
+    number = int(thread_id.encode().hex()[:12], 16)
+    ask(client, "my name is Ada", thread_id=number)
+    assert "Ada" in ask(client, "what is my name", thread_id=str(number))
+
+
+def test_without_thread_id_the_request_is_the_whole_context(client):
+    ask(client, "我叫小红")
+    assert "小红" not in ask(client, "我叫什么名字")
+    reply = client.chat.completions.create(
+        model="lang-agent",
+        messages=[
+            {"role": "user", "content": "我叫小红"},
+            {"role": "assistant", "content": "好的。"},
+            {"role": "user", "content": "我叫什么名字"},
+        ],
+    )
+    assert "小红" in reply.choices[0].message.content
+
+
+def test_failed_turn_leaves_memory_unchanged(client, simulator, thread_id):
+    ask(client, "我叫小明", thread_id=thread_id)
+    simulator.inject("500", role="chat")
+    with pytest.raises(openai.APIStatusError) as failure:
+        ask(client, "我叫小红", thread_id=thread_id)
+    assert failure.value.status_code == 502
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+
+
+def test_upstream_cut_after_first_token_ends_with_error_chunk(client, simulator, thread_id):
+    ask(client, "我叫小明", thread_id=thread_id)
+    simulator.inject("cut", role="chat")
+    with pytest.raises(openai.APIError):
+        stream_chunks(client, "我叫小红", extra_body={"thread_id": thread_id})
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+
+
+def test_upstream_timeout_is_504(live_server, simulator):
+    server = live_server(llm_timeout_s=0.5)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    simulator.inject("timeout", role="router")
+    with pytest.raises(openai.APIStatusError) as failure:
+        ask(client, "你好")
+    assert failure.value.status_code == 504
+
+
+def test_auth_is_required(server):
+    for key in ("wrong", TEST_KEY + "x", TEST_KEY[:-1]):
+        bad = openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            ask(bad, "你好")
+    for headers in ({}, {"Authorization": ""}, {"Authorization": f"Basic {TEST_KEY}"}):
+        response = httpx.post(f"{server.url}/v1/chat/completions", json={}, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b"[]", 400),
+        (b'{"messages": []}', 400),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 400),
+        (b'{"messages": [{"role": "user", "content": 5}]}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "thread_id": true}', 400),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 400),
+        (b'{"messages": [{"role": "assistant", "content": "only me"}]}', 400),
+        (b"\xff\xfe", 400),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(server, body, status):
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_oversized_body_is_413(live_server):
+    server = live_server(max_body_bytes=10_000)
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "x" * 20_000}]},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unknown_path_is_404_in_openai_shape(server):
+    response = httpx.get(
+        f"{server.url}/v1/nothing", headers={"Authorization": f"Bearer {TEST_KEY}"}
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_delete_thread(client, server, thread_id):
+    ask(client, "我叫小明", thread_id=thread_id)
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    deleted = httpx.delete(f"{server.url}/v1/threads/{thread_id}", headers=headers)
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+    assert "小明" not in ask(client, "我叫什么名字", thread_id=thread_id)
+    missing = httpx.delete(f"{server.url}/v1/threads/{thread_id}-nope", headers=headers)
+    assert missing.status_code == 404
+
+
+def test_concurrent_turns_on_one_thread_never_interleave(client, pg_dsn, thread_id):
+    texts = [f"第{i}句话" for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        replies = list(pool.map(lambda t: ask(client, t, thread_id=thread_id), texts))
+    assert all(reply for reply in replies)
+
+    def logged():
+        rows = psycopg.connect(pg_dsn).execute(THREAD_LOG_SQL, (thread_id,)).fetchall()
+        return rows if len(rows) == 2 * len(texts) else None
+
+    rows = wait_until(logged)
+    # Each turn is a user message followed by its own answer: nothing lost, nothing interleaved.
+    for user, answer in zip(rows[::2], rows[1::2], strict=True):
+        assert user[0] == "user" and answer[0] == "assistant"
+        assert user[2] == answer[2]
+        assert user[1] in answer[1]
+    assert sorted(row[1] for row in rows[::2]) == sorted(texts)
+
+
+def test_busy_thread_rejected_when_configured(live_server, simulator, thread_id):
+    server = live_server(busy_thread="reject")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    set_latency(simulator, "chat", ttft_ms=800)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(ask, client, "慢一点", thread_id=thread_id)
+            wait_for_busy = pool.submit(_ask_when_busy, client, thread_id)
+            assert slow.result()
+            assert wait_for_busy.result() == 409
+    finally:
+        set_latency(simulator, "chat", ttft_ms=0)
+
+
+def _ask_when_busy(client: openai.OpenAI, thread_id: str) -> int:
+    import time
+
+    time.sleep(0.3)
+    try:
+        ask(client, "插一句", thread_id=thread_id)
+    except openai.APIStatusError as exc:
+        return exc.status_code
+    return 200
+
+
+def test_health_lists_models_and_tools(server):
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok"
+    assert set(health["models"]) == {"router", "chat", "tool", "chatty"}
+    assert any(source["name"] == "builtin" for source in health["tools"])
+
+
+def test_two_servers_on_one_database_serialise_a_thread(live_server, pg_dsn, thread_id):
+    """Two app instances stand in for two worker processes: only the Postgres lease is shared."""
+    urls = [live_server().url, live_server().url]
+    clients = [openai.OpenAI(base_url=f"{u}/v1", api_key=TEST_KEY, max_retries=0) for u in urls]
+    texts = [f"消息{i}" for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as pool:
+        list(pool.map(lambda i: ask(clients[i % 2], texts[i], thread_id=thread_id), range(8)))
+
+    def logged():
+        rows = psycopg.connect(pg_dsn).execute(THREAD_LOG_SQL, (thread_id,)).fetchall()
+        return rows if len(rows) == 2 * len(texts) else None
+
+    rows = wait_until(logged)
+    for user, answer in zip(rows[::2], rows[1::2], strict=True):
+        assert (user[0], answer[0]) == ("user", "assistant") and user[2] == answer[2]
+
+
+def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_id):
+    set_latency(simulator, "tool", ttft_ms=300)
+    try:
+        chunks = stream_chunks(client, "现在几点了", extra_body={"thread_id": thread_id})
+    finally:
+        set_latency(simulator, "tool", ttft_ms=0)
+    filler = "".join(
+        c.choices[0].delta.content or ""
+        for c in chunks
+        if (c.model_extra or {}).get("x_lang_agent", {}).get("kind") == "filler"
+    )
+    assert filler
+
+    def logged_filler():
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(
+                "SELECT content FROM messages WHERE thread_id = %s AND is_filler", (thread_id,)
+            ).fetchall()
+
+    assert wait_until(logged_filler)[0][0] == filler
+    with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
+    remembered = [m.content for m in state.checkpoint["channel_values"]["messages"]]
+    assert remembered[0] == "现在几点了"
+    assert all(filler not in str(content) for content in remembered)
