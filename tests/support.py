@@ -74,8 +74,9 @@ def wait_until(predicate, *, within_s: float = 10.0, every_s: float = 0.05) -> A
         time.sleep(every_s)
 
 
-def set_latency(simulator, role: str, *, ttft_ms: float) -> None:
-    """Change one role's time to first token on a running simulator, over its HTTP knob."""
+def set_latency(simulator, role: str, *, ttft_ms: float, tokens_per_s: float = 0) -> None:
+    """Change one role's timing on a running simulator, over its HTTP knob."""
     root = simulator.base_url.removesuffix("/v1")
-    response = httpx.post(f"{root}/_sim/profile", json={role: {"ttft_ms": ttft_ms}}, timeout=5)
+    timing = {"ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s}
+    response = httpx.post(f"{root}/_sim/profile", json={role: timing}, timeout=5)
     response.raise_for_status()

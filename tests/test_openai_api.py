@@ -311,3 +311,25 @@ def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_i
     remembered = [m.content for m in state.checkpoint["channel_values"]["messages"]]
     assert remembered[0] == "现在几点了"
     assert all(filler not in str(content) for content in remembered)
+
+
+def test_client_disconnect_cancels_the_upstream_call(client, simulator, thread_id):
+    ask(client, "我叫小明", thread_id=thread_id)
+    before = simulator.snapshot()["cancelled"]
+    simulator.inject("loop", role="chat")
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
+    try:
+        stream = client.chat.completions.create(
+            model="lang-agent",
+            messages=[{"role": "user", "content": "讲个故事"}],
+            stream=True,
+            extra_body={"thread_id": thread_id},
+        )
+        for number, _ in enumerate(stream):
+            if number == 5:
+                break
+        stream.close()
+        wait_until(lambda: simulator.snapshot()["cancelled"] > before)
+    finally:
+        set_latency(simulator, "chat", ttft_ms=0)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)

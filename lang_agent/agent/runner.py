@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -85,8 +84,9 @@ class Agent:
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # asyncio.wait, not `await task`: our own cancellation (a client hang-up)
+                # must not cancel the turn's clean-up a second time.
+                await asyncio.wait([task])
             self.log.record(self._record(ctx, started_at, last))
 
     async def _drive(self, ctx: TurnContext) -> None:

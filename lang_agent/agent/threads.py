@@ -57,7 +57,8 @@ class ThreadLocks:
                 try:
                     yield
                 finally:
-                    await self._release_lease(thread_id, owner)
+                    # Shielded: a cancelled turn must still give the thread back.
+                    await asyncio.shield(self._release_lease(thread_id, owner))
             finally:
                 lock.release()
         finally:
