@@ -23,6 +23,7 @@ from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.prompts import Prompts
 from lang_agent.settings import Settings
 from lang_agent.tools.builtin import BuiltinTools, now_text
+from lang_agent.tools.mcp import MCPManager
 from lang_agent.tools.registry import ToolRegistry
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         catalog = ModelCatalog.load(settings.models_file)
         zone = ZoneInfo(settings.timezone)
         tools = ToolRegistry([BuiltinTools(timezone=settings.timezone)])
+        tools.add(await stack.enter_async_context(MCPManager.from_settings(settings)))
         deps = AgentDeps(
             settings=settings,
             models=ModelFactory(settings, http_client=http_client, sim_url=sim_url),
