@@ -333,3 +333,21 @@ def test_client_disconnect_cancels_the_upstream_call(client, simulator, thread_i
     finally:
         set_latency(simulator, "chat", ttft_ms=0)
     assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+
+
+def test_speculative_chat_answer_never_leaks_into_a_tool_turn(client, simulator):
+    # The router answers last, so the speculative chat answer is complete before it is dropped.
+    set_latency(simulator, "router", ttft_ms=300)
+    try:
+        chunks = stream_chunks(client, "3加5乘2等于多少")
+    finally:
+        set_latency(simulator, "router", ttft_ms=0)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "13" in text and "「" not in text
+
+
+def test_chat_without_speculation(live_server, thread_id):
+    server = live_server(speculative_chat=False)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    ask(client, "我叫小明", thread_id=thread_id)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)

@@ -45,10 +45,11 @@ async def stream_reply(
     messages: Sequence[BaseMessage],
     *,
     tools: Sequence[BaseTool] | None = None,
-    speak: Callable[[str], AnswerDelta | Filler] | None = AnswerDelta,
+    speak: Callable[[str], AnswerDelta | Filler | None] | None = AnswerDelta,
     before_speaking: Callable[[], Awaitable[None]] | None = None,
 ) -> AIMessage:
-    """Stream one model call; each text piece is spoken as `speak(text)` as it arrives."""
+    """Stream one model call; each text piece is spoken as `speak(text)` as it arrives
+    (a `speak` that returns None holds the piece back)."""
     llm = ctx.deps.models.model(role, model=ctx.profile.models.get(role))
     runnable = llm.bind_tools(list(tools)) if tools else llm
     reply: AIMessageChunk | None = None
@@ -61,7 +62,9 @@ async def stream_reply(
                 if not spoken and before_speaking is not None:
                     await before_speaking()
                 spoken = True
-                ctx.say(speak(piece))
+                event = speak(piece)
+                if event is not None:
+                    ctx.say(event)
     if reply is None:
         raise UpstreamError("the model returned an empty stream")
     ctx.add_usage(model_name(ctx, role), reply.usage_metadata)

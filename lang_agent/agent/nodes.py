@@ -15,6 +15,7 @@ from lang_agent.agent.calls import model_name, stream_reply, text_of
 from lang_agent.agent.chatty import FillerTask
 from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
 from lang_agent.agent.history import client_instructions, fit_window, new_messages
+from lang_agent.agent.speculation import SpeculativeChat
 from lang_agent.agent.state import LogEntry, TurnContext, TurnState
 from lang_agent.errors import upstream_errors
 from lang_agent.llm.context import calling
@@ -63,6 +64,12 @@ def _router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     return recent
 
 
+async def _discard_speculation(ctx: TurnContext) -> None:
+    if ctx.speculation is not None:
+        await ctx.speculation.discard()
+        ctx.speculation = None
+
+
 async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     ctx = runtime.context
     memory = state.get("messages") or []
@@ -81,8 +88,15 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
     structured = llm.with_structured_output(
         RouteDecision, method="function_calling", include_raw=True
     )
-    with calling(node="router_call"), upstream_errors():
-        result = await structured.ainvoke(_fit(ctx, "chat", view, system))
+    if settings.speculative_chat:
+        chat = _fit(ctx, "chat", [*memory, *new], _system(ctx, "chat_prompt"))
+        ctx.speculation = SpeculativeChat(ctx, chat)
+    try:
+        with calling(node="router_call"), upstream_errors():
+            result = await structured.ainvoke(_fit(ctx, "chat", view, system))
+    except BaseException:
+        await _discard_speculation(ctx)
+        raise
     ctx.add_usage(model_name(ctx, "router"), getattr(result["raw"], "usage_metadata", None))
     decision = result.get("parsed")
     if isinstance(decision, RouteDecision):
@@ -91,6 +105,8 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
         route = settings.route_fallback
         logger.warning("turn %s: router answer unparseable, taking %s", ctx.turn_id, route)
     ctx.route = route
+    if route == "tool":
+        await _discard_speculation(ctx)
     ctx.emit(RouteChosen(route))
     return {"turn_input": new, "route": route}
 
@@ -98,10 +114,13 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
 async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     ctx = runtime.context
     new = state["turn_input"]
-    messages = _fit(
-        ctx, "chat", [*(state.get("messages") or []), *new], _system(ctx, "chat_prompt")
-    )
-    answer = await stream_reply(ctx, "chat", messages)
+    if ctx.speculation is not None:
+        answer = await ctx.speculation.answer()
+    else:
+        history = [*(state.get("messages") or []), *new]
+        answer = await stream_reply(
+            ctx, "chat", _fit(ctx, "chat", history, _system(ctx, "chat_prompt"))
+        )
     ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, "chat")))
     return {"messages": [*new, answer]}
 

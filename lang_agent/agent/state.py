@@ -73,6 +73,7 @@ class TurnContext:
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     log: list[LogEntry] = field(default_factory=list)
     finish_reason: str = "stop"
+    speculation: Any = None  # a SpeculativeChat while the router decides
 
     def say(self, event: AnswerDelta | Filler) -> None:
         if self.first_text_at is None:

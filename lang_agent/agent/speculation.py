@@ -1,0 +1,45 @@
+"""The speculative chat answer: started while the router decides, spoken only on the chat route."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from lang_agent.agent.calls import stream_reply
+from lang_agent.agent.events import AnswerDelta
+from lang_agent.agent.state import TurnContext
+
+
+class SpeculativeChat:
+    """Time to first text becomes max(router, chat first token) instead of their sum. Text is
+    held until `answer()`; `discard()` cancels the call when the route turns out to be tool."""
+
+    def __init__(self, ctx: TurnContext, messages: Sequence[BaseMessage]) -> None:
+        self.ctx = ctx
+        self._held: list[str] = []
+        self._released = False
+        self._task = asyncio.create_task(
+            stream_reply(ctx, "chat", messages, speak=self._speak),
+            name=f"speculative-chat-{ctx.turn_id}",
+        )
+
+    def _speak(self, text: str) -> AnswerDelta | None:
+        if self._released:
+            return AnswerDelta(text)
+        self._held.append(text)
+        return None
+
+    async def answer(self) -> AIMessage:
+        self._released = True
+        for text in self._held:
+            self.ctx.say(AnswerDelta(text))
+        self._held.clear()
+        return await self._task
+
+    async def discard(self) -> None:
+        self._task.cancel()
+        await asyncio.wait([self._task])
+        if not self._task.cancelled():
+            self._task.exception()  # retrieved, so a failed guess is not logged as unhandled
