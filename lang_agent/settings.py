@@ -111,6 +111,11 @@ class Settings(BaseSettings):
         "chat", description="Route taken when the router's decision cannot be parsed."
     )
     router_history: int = Field(6, description="Recent messages the router sees.")
+    speculative_chat: bool = Field(
+        True,
+        description="Start the chat answer while the router decides; discarded on the tool "
+        "route. Faster first text, a few wasted tokens per tool turn.",
+    )
     max_tool_steps: int = Field(4, description="Most model→tool rounds in one turn.")
     tool_timeout_s: float = Field(30.0, description="Default timeout of one tool call, seconds.")
     filler: bool = Field(True, description="Stream filler speech while tools run (streams only).")
@@ -178,6 +183,22 @@ class Settings(BaseSettings):
     )
     proxy_read_timeout_s: float = Field(
         300.0, description="Proxy idle-read timeout: longest silence inside a response, seconds."
+    )
+
+    # --- retention (`lang-agent cleanup`, and the server's periodic job)
+    keep_checkpoints: int = Field(
+        20,
+        ge=0,
+        description="Checkpoints kept per thread (the latest); older ones are pruned. 0: keep all.",
+    )
+    log_retention_days: float = Field(
+        0, ge=0, description="Conversation log (turns, messages) kept this many days. 0: forever."
+    )
+    capture_retention_days: float = Field(
+        30, ge=0, description="Captured model calls (llm_calls) kept this many days. 0: forever."
+    )
+    retention_interval_h: float = Field(
+        0, ge=0, description="The server prunes by the rules above every this many hours. 0: never."
     )
 
     timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
