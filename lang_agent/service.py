@@ -16,6 +16,7 @@ from lang_agent.agent.profiles import load_profiles
 from lang_agent.agent.runner import Agent
 from lang_agent.agent.state import AgentDeps
 from lang_agent.agent.threads import ThreadLocks
+from lang_agent.capture import CapturingTransport, Recorder
 from lang_agent.conversations import ConversationLog
 from lang_agent.db import Database, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
@@ -40,6 +41,7 @@ class Service:
     agent: Agent
     tools: ToolRegistry
     log: ConversationLog
+    recorder: Recorder
     http_client: httpx.AsyncClient
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +52,11 @@ class Service:
             "models": {role: str(spec) for role, spec in specs.items()},
             "tools": self.tools.health(),
             "conversation_log": {"written": self.log.written, "dropped": self.log.dropped},
+            "capture": {
+                "written": self.recorder.written,
+                "dropped": self.recorder.dropped,
+                "queued": self.recorder.queued,
+            },
         }
 
 
@@ -82,13 +89,17 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         if sim_url is None and uses_sim(settings):
             sim_url = await _start_simulator(stack)
 
+        catalog = ModelCatalog.load(settings.models_file)
+        recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         http_client = httpx.AsyncClient(
+            transport=CapturingTransport(
+                httpx.AsyncHTTPTransport(limits=limits), recorder=recorder, catalog=catalog
+            ),
             timeout=httpx.Timeout(settings.llm_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
         stack.push_async_callback(http_client.aclose)
 
-        catalog = ModelCatalog.load(settings.models_file)
         zone = ZoneInfo(settings.timezone)
         tools = ToolRegistry([BuiltinTools(timezone=settings.timezone)])
         tools.add(await stack.enter_async_context(MCPManager.from_settings(settings)))
@@ -117,5 +128,11 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         for role, spec in deps.models.specs.items():
             logger.info("role %s → %s", role, spec)
         yield Service(
-            settings=settings, db=db, agent=agent, tools=tools, log=log, http_client=http_client
+            settings=settings,
+            db=db,
+            agent=agent,
+            tools=tools,
+            log=log,
+            recorder=recorder,
+            http_client=http_client,
         )

@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     tool_timeout_s: float = Field(30.0, description="Default timeout of one tool call, seconds.")
     filler: bool = Field(True, description="Stream filler speech while tools run (streams only).")
     filler_delay_ms: int = Field(
-        300, description="Start filler only if the tool path has not answered within this."
+        0,
+        description="Wait this long on the tool route before filler starts; a tool path that "
+        "answers sooner gets no filler (e.g. 300). 0: filler starts with the tool call.",
     )
     turn_timeout_s: float = Field(25.0, description="Budget of one whole turn, seconds.")
     busy_thread: Literal["wait", "reject"] = Field(

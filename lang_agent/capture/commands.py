@@ -1,0 +1,145 @@
+"""What `lang-agent calls …` does: one function per subcommand, returning the text to print."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from psycopg import AsyncConnection
+
+from lang_agent.capture.export import (
+    calls_json,
+    calls_table,
+    case_json,
+    curl_command,
+    render_call,
+    write_cases,
+)
+from lang_agent.capture.query import (
+    STATEMENT_TIMEOUT_SQL,
+    CallFilter,
+    count_calls,
+    delete_calls,
+    get_calls,
+    label_call,
+    list_calls,
+)
+from lang_agent.capture.replay import ReplayCase, ReplayServer
+from lang_agent.db import CONNECTION_KWARGS, migrate, resolve_dsn
+from lang_agent.settings import Settings
+
+EXPORT_LIMIT = 10000
+
+
+class CallsError(Exception):
+    """A calls command cannot do what was asked; the message is for the user."""
+
+
+@contextlib.asynccontextmanager
+async def calls_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
+    """One connection to the configured (or embedded) database, schema applied."""
+    dsn, _embedded = await resolve_dsn(settings)
+    async with await AsyncConnection.connect(dsn, **CONNECTION_KWARGS) as conn:
+        await migrate(conn)
+        await conn.execute(STATEMENT_TIMEOUT_SQL)
+        yield conn
+
+
+def _needs_selector(filters: CallFilter) -> None:
+    if filters.id is None and filters.chatcmpl is None and filters.request_id is None:
+        raise CallsError("say which call: --id, --chatcmpl or --requestid")
+
+
+async def list_command(
+    settings: Settings, *, filters: CallFilter, limit: int = 20, as_json: bool = False
+) -> str:
+    async with calls_connection(settings) as conn:
+        rows = await list_calls(conn, filters, limit=limit)
+    return calls_json(rows) if as_json else calls_table(rows)
+
+
+async def inspect_command(
+    settings: Settings, *, filters: CallFilter, sections: Sequence[str] = ("metadata",)
+) -> str:
+    _needs_selector(filters)
+    async with calls_connection(settings) as conn:
+        rows = await get_calls(conn, filters, limit=1)
+    if not rows:
+        raise CallsError("no such call")
+    try:
+        return render_call(rows[0], sections=sections)
+    except ValueError as exc:
+        raise CallsError(str(exc)) from exc
+
+
+async def export_command(
+    settings: Settings,
+    *,
+    filters: CallFilter,
+    directory: Path | None = None,
+    category: str | None = None,
+    tags: Sequence[str] = (),
+    curl: bool = False,
+    limit: int = EXPORT_LIMIT,
+) -> str:
+    """Case JSON (stdout for one call, files in `directory` for many) or curl commands."""
+    if not filters.predicates and filters.thread_id is None:
+        _needs_selector(filters)
+    async with calls_connection(settings) as conn:
+        rows = await get_calls(conn, filters, limit=limit)
+        if not rows:
+            raise CallsError("no call matches")
+        if category is not None or tags:
+            for row in rows:
+                await label_call(conn, call_id=row["id"], category=category, tags=list(tags))
+                row["category"], row["tags"] = category, list(tags)
+    if curl:
+        return "\n\n".join(curl_command(row) for row in rows)
+    if directory is not None:
+        return "\n".join(
+            str(p) for p in write_cases(rows, directory=directory, category=category, tags=tags)
+        )
+    if len(rows) > 1:
+        raise CallsError(f"{len(rows)} calls match: give --directory to export them as files")
+    return json.dumps(case_json(rows[0]), ensure_ascii=False, indent=2, default=str)
+
+
+async def cleanup_command(
+    settings: Settings,
+    *,
+    before: str | None,
+    everything: bool = False,
+    confirm: Callable[[int], bool],
+) -> int:
+    """Delete calls older than `before` (or all); `confirm(n)` is asked first. Returns n deleted."""
+    if (before is None) == (not everything):
+        raise CallsError("give --before DATE or --all")
+    filters = CallFilter(before=before)
+    async with calls_connection(settings) as conn:
+        count = await count_calls(conn, filters)
+        if count == 0 or not confirm(count):
+            return 0
+        return await delete_calls(conn, filters)
+
+
+async def replay_command(
+    settings: Settings,
+    *,
+    call_id: int,
+    port: int = 0,
+    speed: float = 1.0,
+    on_ready: Callable[[str], None],
+) -> None:
+    """Serve one recorded response until interrupted; `on_ready` gets the base_url."""
+    async with calls_connection(settings) as conn:
+        rows = await get_calls(conn, CallFilter(id=call_id), limit=1)
+    if not rows:
+        raise CallsError("no such call")
+    server = ReplayServer(ReplayCase.from_row(rows[0]), speed=speed)
+    on_ready(await server.start(port=port))
+    try:
+        await server.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,265 @@
+"""The standalone capture proxy: any OpenAI-compatible client changes its base_url to use it.
+
+Every method, path and query string is forwarded to the upstream (`/v1/...` maps onto the
+upstream base URL) through the same CapturingTransport the agent uses. Stream chunks are relayed
+as they arrive, one ASGI message each, so every event is flushed. There is a connect timeout and
+an idle-read timeout, never a total one. Hop-by-hop headers are dropped; `--key` replaces the
+client's Authorization, which is logged at start and flagged on every call. GET /metrics is
+answered by the proxy itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import tomllib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
+from lang_agent.capture.record import CallRecord
+from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
+from lang_agent.db import resolve_dsn
+from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+DECODABLE_ENCODINGS = ("gzip", "deflate")
+CONNECT_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 30.0
+# Config-file keys that are flag names of `proxy start` rather than setting names.
+CONFIG_KEYS = {
+    "port": "proxy_port",
+    "upstream": "proxy_upstream",
+    "key": "proxy_key",
+    "read_timeout_s": "proxy_read_timeout_s",
+}
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Settings from a TOML or JSON file; keys are flag names (`upstream`) or setting names."""
+    text = path.read_text(encoding="utf-8")
+    raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    if isinstance(raw.get("proxy"), dict):
+        raw = raw["proxy"]
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        values[CONFIG_KEYS.get(name, name)] = value
+    return values
+
+
+def upstream_url(upstream: str, *, path: str, query: str = "") -> str:
+    """`/v1/x` → `<upstream base>/x`; any other path is appended to the base as it is."""
+    relative = path[3:] if path == "/v1" or path.startswith("/v1/") else path
+    url = upstream.rstrip("/") + relative
+    return f"{url}?{query}" if query else url
+
+
+def _accept_encoding(value: str | None) -> str:
+    """Only encodings the capture can read; the client still decodes what it asked for."""
+    wanted = [part.split(";")[0].strip().lower() for part in (value or "").split(",")]
+    kept = [enc for enc in DECODABLE_ENCODINGS if enc in wanted]
+    return ", ".join(kept) or "identity"
+
+
+def _error_response(status: int, code: str, message: str) -> JSONResponse:
+    body = {"error": {"type": "proxy_error", "code": code, "message": message}}
+    return JSONResponse(body, status_code=status)
+
+
+def log_call(record: CallRecord) -> None:
+    """One line per call: method, path, status, ids, tokens, latency."""
+    logger.info(
+        "%s %s -> %s %s request_id=%s chatcmpl=%s tokens=%s/%s latency=%sms",
+        record.method,
+        httpx.URL(record.url).path,
+        record.status_code if record.status_code is not None else "-",
+        record.status,
+        record.upstream_request_id or "-",
+        record.chatcmpl_id or "-",
+        record.prompt_tokens if record.prompt_tokens is not None else "-",
+        record.completion_tokens if record.completion_tokens is not None else "-",
+        round(record.latency_ms) if record.latency_ms is not None else "-",
+    )
+
+
+class CaptureProxy:
+    """The proxy as a plain ASGI app over a capturing httpx client."""
+
+    def __init__(
+        self, *, upstream: str, client: httpx.AsyncClient, metrics: Metrics, key: str | None
+    ) -> None:
+        self.upstream = upstream
+        self.client = client
+        self.metrics = metrics
+        self._key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        if request.method == "GET" and request.url.path == "/metrics":
+            response: Response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
+        else:
+            response = await self._forward(request)
+        await response(scope, receive, send)
+
+    def _headers(self, request: Request) -> list[tuple[str, str]]:
+        headers = [
+            (k, v)
+            for k, v in request.headers.items()
+            if k not in HOP_BY_HOP and k != "accept-encoding"
+        ]
+        headers.append(
+            ("accept-encoding", _accept_encoding(request.headers.get("accept-encoding")))
+        )
+        if self._key is not None:
+            headers = [(k, v) for k, v in headers if k != "authorization"]
+            headers.append(("authorization", f"Bearer {self._key}"))
+        return headers
+
+    async def _forward(self, request: Request) -> Response:
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
+        extensions = {FLAGS_EXTENSION: {"key_override": True}} if self._key is not None else {}
+        outgoing = self.client.build_request(
+            request.method,
+            url,
+            headers=self._headers(request),
+            content=await request.body(),
+            extensions=extensions,
+        )
+        try:
+            upstream = await self.client.send(outgoing, stream=True)
+        except httpx.TimeoutException as exc:
+            return _error_response(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
+        except httpx.HTTPError as exc:
+            return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        plain = "content-encoding" not in upstream.headers
+        response = StreamingResponse(
+            _relay(upstream, error_frame=sse and plain), status_code=upstream.status_code
+        )
+        response.raw_headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in upstream.headers.multi_items()
+            if k.lower() not in HOP_BY_HOP
+        ]
+        return response
+
+
+async def _relay(upstream: httpx.Response, *, error_frame: bool) -> AsyncIterator[bytes]:
+    """Upstream bytes to the client as they come; a failure mid-stream ends with an error frame."""
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        logger.warning("upstream stream failed mid-way: %r", exc)
+        if error_frame:
+            error = {"error": {"type": "proxy_error", "code": "upstream_stream_error"}}
+            error["error"]["message"] = f"the upstream stream failed: {type(exc).__name__}"
+            yield f"data: {json.dumps(error)}\n\n".encode()
+    finally:
+        await upstream.aclose()
+
+
+@dataclass
+class RunningProxy:
+    base_url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    recorder: Recorder
+
+    async def wait(self) -> None:
+        await self.task
+
+
+@contextlib.asynccontextmanager
+async def running_proxy(
+    settings: Settings, *, dsn: str | None, port: int | None = None
+) -> AsyncIterator[RunningProxy]:
+    """The proxy listening on 127.0.0.1 (port 0 = a free one) until the block ends."""
+    key = settings.proxy_key.get_secret_value() if settings.proxy_key else None
+    if key is not None:
+        logger.warning(
+            "--key is set: every call goes upstream with the configured key instead of the "
+            "client's Authorization header"
+        )
+    catalog = ModelCatalog.load(settings.models_file)
+    async with Recorder.open(settings, dsn=dsn) as recorder:
+        transport = CapturingTransport(
+            httpx.AsyncHTTPTransport(),
+            recorder=recorder,
+            catalog=catalog,
+            source="proxy",
+            on_finish=log_call,
+        )
+        timeout = httpx.Timeout(
+            connect=CONNECT_TIMEOUT_S, read=settings.proxy_read_timeout_s, write=30.0, pool=30.0
+        )
+        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+            app = CaptureProxy(
+                upstream=settings.proxy_upstream, client=client, metrics=recorder.metrics, key=key
+            )
+            config = uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=settings.proxy_port if port is None else port,
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+            )
+            server = uvicorn.Server(config)
+            task = asyncio.create_task(server.serve(), name="capture-proxy")
+            try:
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    while not server.started:
+                        if task.done():
+                            await task
+                            raise RuntimeError("the proxy did not start")
+                        await asyncio.sleep(0.01)
+                bound = server.servers[0].sockets[0].getsockname()[1]
+                yield RunningProxy(f"http://127.0.0.1:{bound}/v1", server, task, recorder)
+            finally:
+                server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def run_proxy(settings: Settings, *, on_ready: Callable[[str], None]) -> None:
+    """Serve until interrupted; `on_ready` gets the base_url clients should use."""
+    dsn, _embedded = await resolve_dsn(settings) if settings.capture else (None, None)
+    async with running_proxy(settings, dsn=dsn) as proxy:
+        logger.info("capture proxy for %s at %s", settings.proxy_upstream, proxy.base_url)
+        on_ready(proxy.base_url)
+        await proxy.wait()

@@ -1,0 +1,134 @@
+"""Queries over llm_calls: a filter (shortcuts plus predicates), list, get, count, delete, label."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+from lang_agent.capture.predicate import PredicateError, compile_predicate
+
+# PredicateError is re-exported: callers catch it from here.
+__all__ = [
+    "CallFilter",
+    "PredicateError",
+    "compile_predicate",
+    "count_calls",
+    "delete_calls",
+    "get_calls",
+    "label_call",
+    "list_calls",
+]
+
+LIST_CALLS_SQL = """
+SELECT id, status, status_code, chatcmpl_id, upstream_request_id, model, latency_ms, ttft_ms,
+       prompt_tokens, completion_tokens, cached_tokens, cost, created_at, thread_id, turn_id,
+       node, finish_reason, flags
+FROM llm_calls WHERE {where} ORDER BY id DESC LIMIT %s
+"""
+SELECT_CALLS_SQL = "SELECT * FROM llm_calls WHERE {where} ORDER BY id DESC LIMIT %s"
+COUNT_CALLS_SQL = "SELECT count(*) AS n FROM llm_calls WHERE {where}"
+DELETE_BATCH_SQL = """
+DELETE FROM llm_calls WHERE id IN (
+    SELECT id FROM llm_calls WHERE {where} ORDER BY id LIMIT %s
+)
+"""
+UPDATE_LABELS_SQL = "UPDATE llm_calls SET category = %s, tags = %s WHERE id = %s"
+STATEMENT_TIMEOUT_SQL = "SET statement_timeout = 30000"
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    """Which calls: predicates (ANDed, each parenthesised) and the common shortcuts."""
+
+    predicates: tuple[str, ...] = ()
+    id: int | None = None
+    chatcmpl: str | None = None
+    request_id: str | None = None
+    thread_id: str | None = None
+    turn_id: str | None = None
+    since: str | None = None
+    before: str | None = None
+
+    def where(self) -> tuple[sql.Composable, list[Any]]:
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        for column, value in (
+            ("id", self.id),
+            ("chatcmpl_id", self.chatcmpl),
+            ("upstream_request_id", self.request_id),
+            ("thread_id", self.thread_id),
+            ("turn_id", self.turn_id),
+        ):
+            if value is not None:
+                parts.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        for operator, value in ((">=", self.since), ("<", self.before)):
+            if value is not None:
+                parts.append(sql.SQL("created_at {} %s::timestamptz").format(sql.SQL(operator)))
+                params.append(_time_param(value))
+        for text in self.predicates:
+            condition, values = compile_predicate(text)
+            parts.append(sql.SQL("({})").format(condition))
+            params.extend(values)
+        if not parts:
+            return sql.SQL("true"), params
+        return sql.SQL(" AND ").join(parts), params
+
+
+def _time_param(value: str) -> str:
+    """A time for Postgres: absolute text as given, or `30m`/`2h`/`7d` ago."""
+    match = _RELATIVE.match(value)
+    if not match:
+        return value
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+async def list_calls(conn: AsyncConnection, filters: CallFilter, *, limit: int = 20) -> list[dict]:
+    """Summary rows, newest first; `limit` 0 means all."""
+    return await _select(conn, LIST_CALLS_SQL, filters, limit=limit)
+
+
+async def get_calls(conn: AsyncConnection, filters: CallFilter, *, limit: int = 1) -> list[dict]:
+    """Whole rows, newest first."""
+    return await _select(conn, SELECT_CALLS_SQL, filters, limit=limit)
+
+
+async def count_calls(conn: AsyncConnection, filters: CallFilter) -> int:
+    where, params = filters.where()
+    cursor = await conn.execute(sql.SQL(COUNT_CALLS_SQL).format(where=where), params)
+    row = await cursor.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def delete_calls(conn: AsyncConnection, filters: CallFilter, *, batch: int = 5000) -> int:
+    """Delete in batches (short locks, a healthy table); returns how many went."""
+    where, params = filters.where()
+    statement = sql.SQL(DELETE_BATCH_SQL).format(where=where)
+    total = 0
+    while True:
+        cursor = await conn.execute(statement, [*params, batch])
+        total += cursor.rowcount
+        if cursor.rowcount < batch:
+            return total
+
+
+async def label_call(
+    conn: AsyncConnection, *, call_id: int, category: str | None, tags: list[str]
+) -> None:
+    """Store an export's category and tags with the call."""
+    await conn.execute(UPDATE_LABELS_SQL, (category, tags, call_id))
+
+
+async def _select(
+    conn: AsyncConnection, template: str, filters: CallFilter, *, limit: int
+) -> list[dict]:
+    where, params = filters.where()
+    query = sql.SQL(template).format(where=where)
+    cursor = await conn.execute(query, [*params, limit if limit > 0 else None])
+    return list(await cursor.fetchall())

@@ -1,0 +1,311 @@
+"""Write-behind capture: records go through a bounded queue to a batch writer with its own pool.
+
+A record is inserted when its call starts (status `pending`) and finalised when it ends, so
+in-flight and killed calls are visible. Nothing here ever blocks or fails a model call: `begin`
+and `finish` only `put_nowait`; a full queue or a dead database drops rows, counted in `dropped`
+and in /metrics, and the writer keeps retrying the database with a backoff until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from lang_agent.capture.detect import RepeatConfig
+from lang_agent.capture.metrics import Metrics
+from lang_agent.capture.record import CallRecord
+from lang_agent.db import CONNECTION_KWARGS, mask_dsn, migrate
+from lang_agent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+INSERT_CALL_SQL = """
+INSERT INTO llm_calls (call_id, source, thread_id, turn_id, node, method, url, model, stream,
+                       status, request_header, request_body, client_request_body, created_at,
+                       client_request_id, flags)
+VALUES (%(call_id)s, %(source)s, %(thread_id)s, %(turn_id)s, %(node)s, %(method)s, %(url)s,
+        %(model)s, %(stream)s, %(status)s, %(request_header)s, %(request_body)s,
+        %(client_request_body)s, %(created_at)s, %(client_request_id)s, %(flags)s)
+ON CONFLICT (call_id) DO NOTHING
+"""
+UPSERT_CALL_SQL = """
+INSERT INTO llm_calls (call_id, source, thread_id, turn_id, node, method, url, model, stream,
+    status, status_code, error, request_header, request_body, client_request_body,
+    response_header, response_body, response_sse, event_offsets_ms, client_request_id,
+    upstream_request_id, chatcmpl_id, server_timing_ms, created_at, finished_at, ttfb_ms,
+    ttft_ms, ttft_reasoning_ms, latency_ms, tpot_ms, prompt_tokens, completion_tokens,
+    cached_tokens, reasoning_tokens, total_tokens, cost, finish_reason, flags, category, tags)
+VALUES (%(call_id)s, %(source)s, %(thread_id)s, %(turn_id)s, %(node)s, %(method)s, %(url)s,
+    %(model)s, %(stream)s, %(status)s, %(status_code)s, %(error)s, %(request_header)s,
+    %(request_body)s, %(client_request_body)s, %(response_header)s, %(response_body)s,
+    %(response_sse)s, %(event_offsets_ms)s, %(client_request_id)s, %(upstream_request_id)s,
+    %(chatcmpl_id)s, %(server_timing_ms)s, %(created_at)s, %(finished_at)s, %(ttfb_ms)s,
+    %(ttft_ms)s, %(ttft_reasoning_ms)s, %(latency_ms)s, %(tpot_ms)s, %(prompt_tokens)s,
+    %(completion_tokens)s, %(cached_tokens)s, %(reasoning_tokens)s, %(total_tokens)s,
+    %(cost)s, %(finish_reason)s, %(flags)s, %(category)s, %(tags)s)
+ON CONFLICT (call_id) DO UPDATE SET
+    model = EXCLUDED.model, stream = EXCLUDED.stream, status = EXCLUDED.status,
+    status_code = EXCLUDED.status_code, error = EXCLUDED.error,
+    request_header = EXCLUDED.request_header, request_body = EXCLUDED.request_body,
+    client_request_body = EXCLUDED.client_request_body,
+    response_header = EXCLUDED.response_header, response_body = EXCLUDED.response_body,
+    response_sse = EXCLUDED.response_sse, event_offsets_ms = EXCLUDED.event_offsets_ms,
+    upstream_request_id = EXCLUDED.upstream_request_id, chatcmpl_id = EXCLUDED.chatcmpl_id,
+    server_timing_ms = EXCLUDED.server_timing_ms, finished_at = EXCLUDED.finished_at,
+    ttfb_ms = EXCLUDED.ttfb_ms, ttft_ms = EXCLUDED.ttft_ms,
+    ttft_reasoning_ms = EXCLUDED.ttft_reasoning_ms, latency_ms = EXCLUDED.latency_ms,
+    tpot_ms = EXCLUDED.tpot_ms, prompt_tokens = EXCLUDED.prompt_tokens,
+    completion_tokens = EXCLUDED.completion_tokens, cached_tokens = EXCLUDED.cached_tokens,
+    reasoning_tokens = EXCLUDED.reasoning_tokens, total_tokens = EXCLUDED.total_tokens,
+    cost = EXCLUDED.cost, finish_reason = EXCLUDED.finish_reason, flags = EXCLUDED.flags
+"""
+
+CONNECT_TIMEOUT_S = 3.0
+BACKOFF_MAX_S = 5.0
+FAILURE_LOG_EVERY_S = 30.0
+
+
+@dataclass
+class _Item:
+    kind: Literal["begin", "finish"]
+    call_id: uuid.UUID
+    row: dict[str, Any]
+
+
+class Recorder:
+    """Takes records without waiting; a background task writes them to `llm_calls` in batches."""
+
+    def __init__(
+        self,
+        *,
+        dsn: str | None,
+        enabled: bool = True,
+        queue_size: int = 10000,
+        batch_size: int = 200,
+        redact: Iterable[str] = (),
+        max_body_bytes: int = 1_000_000,
+        metrics: Metrics | None = None,
+        apply_schema: bool = True,
+        force_stream: bool = False,
+        repeat: RepeatConfig | None = None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.dsn = dsn
+        self.enabled = enabled and dsn is not None
+        self.batch_size = batch_size
+        self.redact = tuple(name.strip().lower() for name in redact if name.strip())
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics or Metrics()
+        self.apply_schema = apply_schema
+        self.connect_timeout_s = connect_timeout_s
+        # Defaults for the transports that share this recorder.
+        self.force_stream = force_stream
+        self.repeat = repeat or RepeatConfig()
+        self.written = 0
+        self.dropped = 0
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, queue_size))
+        self._pool: AsyncConnectionPool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._schema_ready = not apply_schema
+        self._stopped = False
+        self._last_failure_log = 0.0
+        self.metrics.bind_capture(self)
+
+    def __repr__(self) -> str:
+        return f"Recorder({mask_dsn(self.dsn or '')!r}, enabled={self.enabled})"
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, *, dsn: str | None) -> AsyncIterator[Recorder]:
+        """A started recorder configured from settings; drained and stopped on exit."""
+        recorder = cls(
+            dsn=dsn,
+            enabled=settings.capture,
+            queue_size=settings.capture_queue_size,
+            batch_size=settings.capture_batch_size,
+            redact=settings.redact_headers.split(","),
+            max_body_bytes=settings.capture_max_body_bytes,
+            force_stream=settings.force_stream,
+            repeat=RepeatConfig(
+                threshold=settings.repeat_threshold,
+                min_length=settings.repeat_min_length,
+                cut=settings.detect_repeat,
+            ),
+        )
+        await recorder.start()
+        try:
+            yield recorder
+        finally:
+            await recorder.close()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def start(self) -> None:
+        if not self.enabled or self._task is not None:
+            return
+        await self._open_pool()
+        self._task = asyncio.create_task(self._run(), name="capture-writer")
+        logger.info("capture writer started on %s", mask_dsn(self.dsn or ""))
+
+    async def _open_pool(self) -> None:
+        """A fresh pool that starts connecting in the background (never waits for the DB)."""
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = AsyncConnectionPool(
+            self.dsn or "",
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={**CONNECTION_KWARGS, "connect_timeout": max(1, round(self.connect_timeout_s))},
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.connect_timeout_s,
+            max_idle=300,
+            max_lifetime=1800,
+            name="capture-writer",
+        )
+        await self._pool.open(wait=False)
+
+    async def close(self, *, drain_timeout_s: float = 5.0) -> None:
+        """Write what is queued (within the timeout), then stop; the rest counts as dropped."""
+        if self._task is None:
+            return
+        self._stopped = True
+        with contextlib.suppress(TimeoutError):
+            await self.flush(timeout_s=drain_timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            self._drop(1)
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        logger.info(
+            "capture writer stopped: %s rows written, %s dropped", self.written, self.dropped
+        )
+
+    async def flush(self, *, timeout_s: float = 10.0) -> None:
+        """Wait until everything queued so far has been written or dropped."""
+        async with asyncio.timeout(timeout_s):
+            await self._queue.join()
+
+    def begin(self, record: CallRecord) -> None:
+        """The call has started: queue its pending row."""
+        self.metrics.call_started()
+        self._put(_Item("begin", record.call_id, record.row()))
+
+    def finish(self, record: CallRecord) -> None:
+        """The call has ended: count it in the metrics and queue its final row."""
+        self.metrics.call_finished(record)
+        self._put(_Item("finish", record.call_id, record.row()))
+
+    def _put(self, item: _Item) -> None:
+        if not self.enabled:
+            return
+        if self._stopped:
+            self._drop(1)  # a call that outlived the writer
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._drop(1)
+
+    def _drop(self, count: int) -> None:
+        if self.dropped == 0:
+            logger.warning("capture rows dropped (queue full or database unavailable)")
+        self.dropped += count
+
+    async def _run(self) -> None:
+        backoff = 0.0
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+                backoff = 0.0
+            except (psycopg.OperationalError, OSError) as exc:
+                # Unreachable or restarted: drop the batch, back off, retry on a fresh pool
+                # (its first connection attempt is immediate, so recovery is quick).
+                self._drop(len(batch))
+                self._log_failure(exc)
+                backoff = min(BACKOFF_MAX_S, max(0.2, backoff * 2))
+                await self._open_pool()
+            except psycopg.Error as exc:
+                self._drop(len(batch))
+                self._log_failure(exc)
+            except asyncio.CancelledError:
+                self._drop(len(batch))  # stopped mid-batch: these rows are lost, count them
+                raise
+            except Exception:  # the writer loop is an edge: it must never die
+                self._drop(len(batch))
+                logger.exception("capture writer failed on a batch of %s rows", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if backoff:
+                await asyncio.sleep(backoff)
+
+    def _log_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
+            self._last_failure_log = now
+            logger.warning(
+                "capture writer cannot reach the database (%s: %s); rows are dropped "
+                "until it is back (%s dropped so far)",
+                type(exc).__name__,
+                exc,
+                self.dropped,
+            )
+
+    async def _write(self, batch: list[_Item]) -> None:
+        finished = {item.call_id for item in batch if item.kind == "finish"}
+        begins = [i.row for i in batch if i.kind == "begin" and i.call_id not in finished]
+        finishes = [item.row for item in batch if item.kind == "finish"]
+        assert self._pool is not None
+        async with self._pool.connection() as conn:
+            if not self._schema_ready:
+                await migrate(conn)
+                self._schema_ready = True
+            try:
+                async with conn.transaction(), conn.cursor() as cur:
+                    if begins:
+                        await cur.executemany(INSERT_CALL_SQL, begins)
+                    if finishes:
+                        await cur.executemany(UPSERT_CALL_SQL, finishes)
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
+                # One bad row must not sink the batch: retry row by row, drop the bad ones.
+                refused = await self._write_one_by_one(conn, begins, finishes)
+                self.written += len(batch) - refused
+                return
+        self.written += len(batch)
+
+    async def _write_one_by_one(
+        self, conn: psycopg.AsyncConnection, begins: list[dict], finishes: list[dict]
+    ) -> int:
+        """Write rows singly; returns how many the database refused (those are dropped)."""
+        statements = [(INSERT_CALL_SQL, r) for r in begins]
+        statements += [(UPSERT_CALL_SQL, r) for r in finishes]
+        refused = 0
+        for statement, row in statements:
+            try:
+                await conn.execute(statement, row)
+            except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
+                refused += 1
+                self._drop(1)
+                logger.warning("capture row %s refused by the database: %s", row["call_id"], exc)
+        return refused

@@ -1,0 +1,276 @@
+"""The tee on a response body: chunks pass through unchanged while the call record is filled in.
+
+For server-sent events each event's offset (ms since the call started) is kept, the chunks are
+merged into a chat.completion, TTFT is taken separately for the first content (or tool-call
+argument) token and the first reasoning token, and the repeat detector watches the output.
+The record is finished exactly once, in `aclose()`, whatever ended the stream. A stream without
+`[DONE]` or a finish_reason, a transport error mid-body and a consumer that stops early are all
+`incomplete`, with the reason in `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import httpx
+
+from lang_agent.capture.detect import RepeatDetector
+from lang_agent.capture.merge import DONE, CompletionMerger, SseSplitter, event_data, parse_chunk
+from lang_agent.capture.record import CallRecord
+
+logger = logging.getLogger(__name__)
+
+CLIENT_CLOSED = "the client closed the stream before the end"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, key-free description of why a call or stream failed."""
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, GeneratorExit):
+        return CLIENT_CLOSED
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Decoder:
+    """gzip/deflate decoding for the captured copy; the client still gets the raw bytes."""
+
+    def __init__(self, encoding: str | None) -> None:
+        self.encoding = (encoding or "identity").strip().lower()
+        self.failed = self.encoding not in ("identity", "gzip", "deflate", "x-gzip", "")
+        self._zlib = (
+            zlib.decompressobj(zlib.MAX_WBITS | 32)
+            if self.encoding in ("gzip", "x-gzip", "deflate")
+            else None
+        )
+
+    @property
+    def identity(self) -> bool:
+        return self._zlib is None and not self.failed
+
+    def decode(self, chunk: bytes) -> bytes:
+        if self.failed:
+            return b""
+        if self._zlib is None:
+            return chunk
+        try:
+            return self._zlib.decompress(chunk)
+        except zlib.error:
+            self.failed = True
+            return b""
+
+
+class CapturingStream(httpx.AsyncByteStream):
+    """Re-yields the inner stream's chunks and records them; see the module docstring."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncByteStream,
+        *,
+        record: CallRecord,
+        sse: bool,
+        content_encoding: str | None,
+        max_bytes: int,
+        detector: RepeatDetector | None,
+        on_close: Callable[[CallRecord], None],
+    ) -> None:
+        self._inner = inner
+        self.record = record
+        self._sse = sse
+        self._decoder = _Decoder(content_encoding)
+        self._max_bytes = max_bytes
+        self._detector = detector
+        self._on_close = on_close
+        self._splitter = SseSplitter()
+        self._merger = CompletionMerger()
+        self._events: list[str] = []
+        self._offsets: list[float] = []
+        self._body = bytearray()
+        self._kept = 0
+        self._seen = 0
+        self._done = False
+        self._exhausted = False
+        self._cut = False
+        self._error: BaseException | None = None
+        self._inner_closed = False
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                out = self._observe(chunk)
+                if out:
+                    yield out
+                if self._cut:
+                    break
+            else:
+                self._exhausted = True
+        except BaseException as exc:
+            self._error = exc
+            raise
+        if self._cut:
+            # Closing the upstream response aborts the generation (and its billing).
+            await self._close_inner()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._close_inner()
+        finally:
+            self._finish()
+
+    async def _close_inner(self) -> None:
+        if not self._inner_closed:
+            self._inner_closed = True
+            await self._inner.aclose()
+
+    def _observe(self, chunk: bytes) -> bytes:
+        data = self._decoder.decode(chunk)
+        self._seen += len(data)
+        if not self._sse:
+            room = self._max_bytes - len(self._body)
+            if room > 0:
+                self._body += data[:room]
+            return chunk
+        for raw, end in self._splitter.feed(data):
+            self._on_event(raw)
+            if self._cut:
+                return chunk[:end] + self._repeat_tail()
+        return chunk
+
+    def _on_event(self, raw: bytes) -> None:
+        offset = self.record.elapsed_ms()
+        text = raw.decode("utf-8", "replace")
+        if self._kept + len(raw) <= self._max_bytes:
+            self._events.append(text)
+            self._offsets.append(offset)
+            self._kept += len(raw)
+        else:
+            self.record.flags["response_truncated"] = True
+        data = event_data(text)
+        if data is None:
+            return
+        if data.strip() == DONE:
+            self._done = True
+            return
+        chunk = parse_chunk(data)
+        if chunk is None:
+            return
+        self._merger.add(chunk)
+        for position, choice in enumerate(chunk.get("choices") or []):
+            if isinstance(choice, dict):
+                self._on_choice(position, choice, offset)
+
+    def _on_choice(self, position: int, choice: dict, offset: float) -> None:
+        index = choice.get("index") if isinstance(choice.get("index"), int) else position
+        delta = choice.get("delta") or {}
+        content = delta.get("content") if isinstance(delta.get("content"), str) else ""
+        reasoning = delta.get("reasoning_content")
+        reasoning = reasoning if isinstance(reasoning, str) else ""
+        arguments = any(
+            isinstance(call, dict) and (call.get("function") or {}).get("arguments")
+            for call in delta.get("tool_calls") or []
+        )
+        if (content or arguments) and self.record.ttft_ms is None:
+            self.record.ttft_ms = offset
+        if reasoning and self.record.ttft_reasoning_ms is None:
+            self.record.ttft_reasoning_ms = offset
+        detector = self._detector
+        if detector is None or detector.verdict is not None:
+            return
+        verdict = detector.feed(index, "content", content) or detector.feed(
+            index, "reasoning_content", reasoning
+        )
+        if verdict is None:
+            return
+        verdict["output_tokens"] = detector.output_tokens
+        verdict["at_ms"] = offset
+        self.record.flags["repeat"] = verdict
+        logger.warning("call %s: the output repeats itself (%s)", self.record.call_id, verdict)
+        if detector.config.cut and self._decoder.identity:
+            self._cut = True
+
+    def _repeat_tail(self) -> bytes:
+        """A final chunk with finish_reason "repeat" for every open choice, then [DONE]."""
+        merger = self._merger
+        open_choices = [i for i, c in merger.choices.items() if not c["finish_reason"]] or [0]
+        chunk = {
+            "id": merger.top.get("id"),
+            "object": "chat.completion.chunk",
+            "created": merger.top.get("created"),
+            "model": merger.top.get("model"),
+            "choices": [{"index": i, "delta": {}, "finish_reason": "repeat"} for i in open_choices],
+        }
+        tail = f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+        self._on_event(tail)
+        self._on_event(b"data: [DONE]\n\n")
+        return tail + b"data: [DONE]\n\n"
+
+    def _finish(self) -> None:
+        record = self.record
+        record.latency_ms = record.elapsed_ms()
+        record.finished_at = datetime.now(UTC)
+        if self._decoder.failed:
+            record.flags["response_encoding"] = self._decoder.encoding
+        if self._seen > self._max_bytes:
+            record.flags["response_truncated"] = True
+        if self._sse:
+            tail = self._splitter.tail().decode("utf-8", "replace")
+            record.response_sse = "".join(self._events) + tail
+            record.event_offsets_ms = self._offsets
+            record.response_body = self._merger.result() if self._merger.chunks else None
+        else:
+            record.response_body = self._parsed_body()
+        self._set_status()
+        try:
+            self._on_close(record)
+        except Exception:  # an edge: recording must never break the caller
+            logger.exception("finishing capture of call %s failed", record.call_id)
+
+    def _parsed_body(self) -> object:
+        text = bytes(self._body).decode("utf-8", "replace")
+        if not text or self._seen > self._max_bytes:
+            return text or None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    def _set_status(self) -> None:
+        record, error = self.record, self._error
+        finished = self._done or (
+            self._exhausted and bool(self._merger.choices) and all(self._merger.finish_reasons)
+        )
+        if record.status_code is not None and record.status_code >= 400:
+            record.status = "http_error"
+            record.error = describe_error(error) if error else None
+        elif self._cut:
+            record.status, record.finish_reason = "stopped", "repeat"
+        elif error is not None and not (self._sse and self._done):
+            record.status, record.error = "incomplete", describe_error(error)
+        elif not self._sse:
+            ok = self._exhausted
+            record.status = "ok" if ok else "incomplete"
+            record.error = None if ok else "the client closed before the body was read"
+        elif finished:
+            record.status = "ok"
+        else:
+            record.status = "incomplete"
+            record.error = (
+                "the stream ended without [DONE] or finish_reason"
+                if self._exhausted
+                else CLIENT_CLOSED
+            )
+        if self._sse and self._merger.error is not None and record.status in ("ok", "incomplete"):
+            record.status = "error"
+            record.error = "upstream error in stream: " + json.dumps(
+                self._merger.error, ensure_ascii=False
+            )

@@ -1,0 +1,351 @@
+"""CapturingTransport: an httpx transport that records every call it delegates to an inner one.
+
+It reads the call context (thread, turn, graph node), redacts the request headers, runs the
+context-window pre-flight, queues a `pending` row, delegates, and swaps the response stream for
+the tee from stream.py, which finalises the row when the body is closed. With force-stream a
+non-stream chat request goes upstream as a stream and the client gets the merged completion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from lang_agent.capture.detect import (
+    RepeatConfig,
+    RepeatDetector,
+    context_overflow,
+    preflight,
+    requested_max_tokens,
+    truncation,
+)
+from lang_agent.capture.record import CallRecord, redact_headers, redact_url
+from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.stream import CapturingStream, describe_error
+from lang_agent.llm.context import current_call
+from lang_agent.llm.models_catalog import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+# Request extension a caller (the proxy) uses to add flags to the record.
+FLAGS_EXTENSION = "capture_flags"
+UPSTREAM_ID_HEADERS = ("msh-request-id", "x-dashscope-request-id", "x-request-id", "request-id")
+_DURATION = re.compile(r"dur=([0-9.]+)")
+_DROPPED_AFTER_MERGE = frozenset(
+    {"content-length", "content-encoding", "transfer-encoding", "content-type"}
+)
+
+
+def server_timing_ms(headers: httpx.Headers) -> float | None:
+    """Upstream processing time: `Server-Timing: inner; dur=1033` or a known ms header."""
+    match = _DURATION.search(headers.get("server-timing", ""))
+    if match:
+        return float(match.group(1))
+    for name in ("x-envoy-upstream-service-time", "openai-processing-ms"):
+        try:
+            return float(headers[name])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+def _parse_body(content: bytes, *, max_bytes: int) -> tuple[Any, bool]:
+    """(JSON value, or text when not JSON; True when cut to max_bytes)."""
+    if not content:
+        return None, False
+    if len(content) > max_bytes:
+        return content[:max_bytes].decode("utf-8", "replace"), True
+    text = content.decode("utf-8", "replace")
+    try:
+        return json.loads(text), False
+    except ValueError:
+        return text, False
+
+
+def _is_chat(request: httpx.Request) -> bool:
+    return request.method == "POST" and request.url.path.rstrip("/").endswith("/chat/completions")
+
+
+class CapturingTransport(httpx.AsyncBaseTransport):
+    """Delegates to `inner`; every call becomes a row in `llm_calls` (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        recorder: Recorder,
+        catalog: ModelCatalog | None = None,
+        source: str = "agent",
+        force_stream: bool | None = None,
+        repeat: RepeatConfig | None = None,
+        on_finish: Callable[[CallRecord], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.recorder = recorder
+        self.catalog = catalog or ModelCatalog({})
+        self.source = source
+        self.force_stream = recorder.force_stream if force_stream is None else force_stream
+        self.repeat = recorder.repeat if repeat is None else repeat
+        self.on_finish = on_finish
+        recorder.metrics.currency = self.catalog.currency
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        try:
+            record = self._new_record(request)
+            upstream, forced = self._maybe_force_stream(request, record)
+        except Exception:  # an edge: a capture bug must not cost the call
+            logger.exception("capture could not start; the call goes out uncaptured")
+            return await self.inner.handle_async_request(request)
+        self.recorder.begin(record)
+        try:
+            response = await self.inner.handle_async_request(upstream)
+        except BaseException as exc:
+            record.status, record.error = "error", describe_error(exc)
+            record.latency_ms = record.elapsed_ms()
+            record.finished_at = datetime.now(UTC)
+            self._complete(record)
+            raise
+        if response.is_closed:
+            # A response built from bytes (a test double) was read already: tee a fresh copy.
+            response = httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                stream=httpx.ByteStream(response.content),
+                extensions=response.extensions,
+            )
+        self._on_headers(record, response)
+        sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        record.stream = sse
+        detector = RepeatDetector(self.repeat) if sse and _is_chat(request) else None
+        stream = CapturingStream(
+            response.stream,
+            record=record,
+            sse=sse,
+            content_encoding=response.headers.get("content-encoding"),
+            max_bytes=self.recorder.max_body_bytes,
+            detector=detector,
+            on_close=self._complete,
+        )
+        if forced and sse and response.status_code < 400:
+            return await self._merged_response(response, stream, upstream)
+        response.stream = stream
+        return response
+
+    def _new_record(self, request: httpx.Request) -> CallRecord:
+        body, cut = _parse_body(request.content, max_bytes=self.recorder.max_body_bytes)
+        context = current_call.get()
+        record = CallRecord(
+            method=request.method,
+            url=redact_url(str(request.url)),
+            request_header=redact_headers(
+                request.headers.multi_items(), extra=self.recorder.redact
+            ),
+            created_at=datetime.now(UTC),
+            source=self.source,
+            thread_id=context.thread_id if context else None,
+            turn_id=context.turn_id if context else None,
+            node=context.node if context else None,
+            request_body=body,
+            client_request_id=request.headers.get("x-request-id"),
+        )
+        record.flags.update(request.extensions.get(FLAGS_EXTENSION) or {})
+        if cut:
+            record.flags["request_truncated"] = len(request.content)
+        if isinstance(body, dict):
+            model = body.get("model")
+            record.model = model if isinstance(model, str) else None
+            record.stream = bool(body.get("stream"))
+            if _is_chat(request):
+                self._preflight(record, body)
+        return record
+
+    def _preflight(self, record: CallRecord, body: dict[str, Any]) -> None:
+        verdict = preflight(body, catalog=self.catalog)
+        if verdict is None:
+            return
+        if verdict["resolved_model"] != verdict["model"] or not verdict["fits"]:
+            record.flags["preflight"] = verdict
+        if not verdict["fits"]:
+            record.flags["context_overflow"] = {**verdict, "source": "estimate"}
+            logger.warning(
+                "call %s: about %s prompt tokens + max_tokens %s exceed the %s-token window of %s",
+                record.call_id,
+                verdict["estimated_prompt_tokens"],
+                verdict["max_tokens"],
+                verdict["window"],
+                verdict["resolved_model"],
+            )
+
+    def _maybe_force_stream(
+        self, request: httpx.Request, record: CallRecord
+    ) -> tuple[httpx.Request, bool]:
+        body = record.request_body
+        if not (self.force_stream and _is_chat(request) and isinstance(body, dict)):
+            return request, False
+        if body.get("stream"):
+            return request, False
+        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        rewritten = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        content = json.dumps(rewritten, ensure_ascii=False).encode()
+        headers = httpx.Headers(request.headers)
+        headers["content-length"] = str(len(content))
+        record.client_request_body = body
+        record.request_body = rewritten
+        record.flags["force_stream"] = True
+        upstream = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=content,
+            extensions=request.extensions,
+        )
+        return upstream, True
+
+    def _on_headers(self, record: CallRecord, response: httpx.Response) -> None:
+        record.ttfb_ms = record.elapsed_ms()
+        record.status_code = response.status_code
+        record.response_header = redact_headers(
+            response.headers.multi_items(), extra=self.recorder.redact
+        )
+        for name in UPSTREAM_ID_HEADERS:
+            if response.headers.get(name):
+                record.upstream_request_id = response.headers[name]
+                break
+        record.server_timing_ms = server_timing_ms(response.headers)
+
+    async def _merged_response(
+        self, response: httpx.Response, stream: CapturingStream, request: httpx.Request
+    ) -> httpx.Response:
+        """Force-stream: read the whole upstream stream and answer with the merged completion."""
+        try:
+            async for _chunk in stream:
+                pass
+        finally:
+            await stream.aclose()
+        record = stream.record
+        if record.status not in ("ok", "stopped") or not isinstance(record.response_body, dict):
+            raise httpx.RemoteProtocolError(
+                f"force-stream: the upstream stream did not complete ({record.error})",
+                request=request,
+            )
+        content = json.dumps(record.response_body, ensure_ascii=False).encode()
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in _DROPPED_AFTER_MERGE
+        ]
+        headers += [("content-type", "application/json"), ("content-length", str(len(content)))]
+        extensions = {
+            k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")
+        }
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions=extensions,
+        )
+
+    def _complete(self, record: CallRecord) -> None:
+        """Usage, cost and detector verdicts from the finished call; then hand it over."""
+        try:
+            self._account(record)
+        except Exception:  # an edge: a surprising body must not lose the record
+            logger.exception("accounting of call %s failed", record.call_id)
+        self.recorder.finish(record)
+        if self.on_finish is not None:
+            try:
+                self.on_finish(record)
+            except Exception:  # an edge: a hook must not break the call
+                logger.exception("on_finish hook failed for call %s", record.call_id)
+
+    def _account(self, record: CallRecord) -> None:
+        body = record.response_body if isinstance(record.response_body, dict) else {}
+        choices = [c for c in body.get("choices") or [] if isinstance(c, dict)]
+        if isinstance(body.get("id"), str):
+            record.chatcmpl_id = body["id"]
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        request_id = body.get("request_id") or error.get("request_id")
+        if not record.upstream_request_id and isinstance(request_id, str):
+            record.upstream_request_id = request_id
+        usage = body.get("usage") or next(
+            (c["usage"] for c in choices if isinstance(c.get("usage"), dict)), None
+        )
+        if isinstance(usage, dict):
+            _read_usage(record, usage)
+        if record.finish_reason is None:
+            record.finish_reason = next(
+                (c["finish_reason"] for c in choices if c.get("finish_reason")), None
+            )
+        served = body.get("model") if isinstance(body.get("model"), str) else None
+        if served and record.model and served != record.model:
+            record.flags["served_model"] = served
+        model = served if self.catalog.known(served) else record.model
+        record.cost = self.catalog.cost(
+            model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
+        )
+        if record.ttft_ms is not None and (record.completion_tokens or 0) > 1:
+            record.tpot_ms = round(
+                ((record.latency_ms or 0) - record.ttft_ms) / (record.completion_tokens - 1), 3
+            )
+        self._verdicts(record, model)
+
+    def _verdicts(self, record: CallRecord, model: str | None) -> None:
+        request = record.request_body if isinstance(record.request_body, dict) else {}
+        truncated = truncation(
+            record.finish_reason,
+            model=model,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            catalog=self.catalog,
+        )
+        if truncated:
+            record.flags["truncated"] = truncated
+            logger.warning(
+                "call %s stopped at max_tokens (finish_reason=length); max_tokens up to %s fits",
+                record.call_id,
+                truncated["suggested_max_tokens"],
+            )
+        if model and self.catalog.known(model):
+            overflow = context_overflow(
+                prompt_tokens=record.prompt_tokens,
+                max_tokens=requested_max_tokens(request),
+                window=self.catalog.window(model),
+            )
+            if overflow:
+                record.flags["context_overflow"] = {**overflow, "source": "usage"}
+        repeat = record.flags.get("repeat")
+        if isinstance(repeat, dict) and repeat.get("cut"):
+            produced = int(repeat.get("output_tokens") or 0)
+            budget = requested_max_tokens(request) or (
+                self.catalog.window(model) - (record.prompt_tokens or 0)
+            )
+            saved = max(0, budget - produced)
+            repeat["tokens_saved"] = saved
+            repeat["cost_saved"] = self.catalog.cost(model, 0, saved)
+
+
+def _read_usage(record: CallRecord, usage: dict[str, Any]) -> None:
+    def number(value: Any) -> int | None:
+        return int(value) if isinstance(value, int | float) else None
+
+    record.prompt_tokens = number(usage.get("prompt_tokens"))
+    record.completion_tokens = number(usage.get("completion_tokens"))
+    record.total_tokens = number(usage.get("total_tokens"))
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    record.cached_tokens = number(usage.get("cached_tokens")) or number(
+        prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    )
+    record.reasoning_tokens = number(
+        completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+    )

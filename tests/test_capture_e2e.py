@@ -1,0 +1,46 @@
+"""End to end: a turn's model calls are captured, linked to thread, turn and node, and counted."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import psycopg
+
+from tests.conftest import TEST_KEY
+from tests.support import wait_until
+
+CALLS_SQL = """
+SELECT node, status, turn_id, request_header::text AS headers, prompt_tokens
+FROM llm_calls WHERE thread_id = %s ORDER BY id
+"""
+
+
+def test_a_tool_turn_is_captured_call_by_call(live_server, pg_dsn, thread_id):
+    server = live_server()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": "3加5乘2等于多少"}],
+        stream=True,
+        extra_body={"thread_id": thread_id},
+    )
+    assert "13" in "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    def captured():
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(CALLS_SQL, (thread_id,)).fetchall()
+        finished = [row for row in rows if row[1] != "pending"]
+        return finished if len(finished) == len(rows) and len(rows) >= 4 else None
+
+    rows = wait_until(captured)
+    nodes = [row[0] for row in rows]
+    assert {"router_call", "tool_model_call", "chatty"} <= set(nodes)
+    assert nodes.count("tool_model_call") == 2  # the tool call, then the answer
+    assert len({row[2] for row in rows}) == 1  # one turn
+    assert all("Bearer sim" not in row[3] for row in rows)
+    assert all(row[4] for row in rows if row[1] == "ok")
+
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "sim-tool" in metrics
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["capture"]["dropped"] == 0

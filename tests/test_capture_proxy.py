@@ -1,0 +1,196 @@
+"""The standalone proxy in front of the simulator, used by the real openai SDK."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+
+from lang_agent.capture.proxy import running_proxy, upstream_url
+from lang_agent.capture.query import CallFilter, get_calls
+from lang_agent.llm.sim import Simulator
+from lang_agent.settings import Settings
+from tests.capture_fixtures import capture_db, capture_dsn, capture_pg, capture_sim, eventually
+
+__all__ = ["capture_db", "capture_dsn", "capture_pg", "capture_sim"]
+
+SECRET = "sk-proxy-client-key-555"
+CALCULATOR = {
+    "name": "calculator",
+    "description": "Arithmetic.",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+}
+TOOLS = [{"type": "function", "function": CALCULATOR}]
+
+
+def proxy_settings(upstream: str, dsn: str, **overrides: object) -> Settings:
+    return Settings(_env_file=None, conn_str=dsn, proxy_upstream=upstream, **overrides)
+
+
+@pytest.fixture(scope="module")
+async def proxy(capture_sim, capture_dsn) -> AsyncIterator[str]:
+    settings = proxy_settings(capture_sim.base_url, capture_dsn)
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as running:
+        yield running.base_url
+
+
+def sdk(base_url: str, key: str = SECRET) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+
+
+async def rows_matching(db, predicate: str, *, count: int = 1) -> list[dict]:
+    async def done() -> list[dict] | None:
+        async with db.connection() as conn:
+            rows = await get_calls(conn, CallFilter(predicates=(predicate,)), limit=10)
+        finished = [r for r in rows if r["status"] != "pending"]
+        return finished if len(finished) >= count else None
+
+    return await eventually(done)
+
+
+def marker() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def test_paths_map_onto_the_upstream_base():
+    base = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+    assert (
+        upstream_url(base, path="/v1/chat/completions", query="a=1")
+        == f"{base}/chat/completions?a=1"
+    )
+    assert upstream_url("http://h/v1/", path="/v1") == "http://h/v1"
+    assert upstream_url("http://h/v1", path="/health") == "http://h/v1/health"
+
+
+async def test_stream_through_the_proxy(proxy, capture_db):
+    tag = marker()
+    stream = await sdk(proxy).chat.completions.create(
+        model="sim-chat",
+        messages=[{"role": "user", "content": f"你好 {tag}"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage is not None
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["source"] == "proxy" and row["status"] == "ok" and row["stream"] is True
+    assert row["response_body"]["choices"][0]["message"]["content"] == text
+    assert row["request_header"]["authorization"] == "[REDACTED]"
+    assert SECRET not in json.dumps(row, default=str)
+
+
+async def test_non_stream_and_query_string_are_forwarded(proxy, capture_db):
+    tag = marker()
+    client = sdk(proxy)
+    completion = await client.chat.completions.create(
+        model="sim-chat", messages=[{"role": "user", "content": f"讲个笑话 {tag}"}]
+    )
+    assert completion.choices[0].message.content
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["chatcmpl_id"] == completion.id and row["prompt_tokens"] > 0
+    models = await client.models.list(extra_query={"probe": f"{tag} x&y"})
+    assert any(m.id == "sim-chat" for m in models.data)
+    (listed,) = await rows_matching(capture_db, f"url ~ 'probe={tag}'")
+    assert listed["method"] == "GET" and "x%26y" in listed["url"]
+
+
+async def test_429_passes_through_unchanged(proxy, capture_sim, capture_db):
+    capture_sim.inject("429", role="chat")
+    tag = marker()
+    with pytest.raises(openai.RateLimitError) as caught:
+        await sdk(proxy).chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": tag}]
+        )
+    assert caught.value.status_code == 429
+    assert caught.value.body["code"] == "Throttling.RateQuota"
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert (row["status"], row["status_code"]) == ("http_error", 429)
+
+
+async def test_proxy_metrics(proxy):
+    async with httpx.AsyncClient() as http:
+        response = await http.get(proxy.removesuffix("/v1") + "/metrics")
+    assert response.status_code == 200
+    assert "lang_agent_llm_calls_total{" in response.text
+    assert "lang_agent_capture_rows_dropped_total" in response.text
+
+
+async def test_unreachable_upstream_is_a_502_and_a_recorded_error(capture_dsn, capture_db):
+    settings = proxy_settings("http://127.0.0.1:9/v1", capture_dsn)
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+        tag = marker()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk(p.base_url).chat.completions.create(
+                model="sim-chat", messages=[{"role": "user", "content": tag}]
+            )
+    assert caught.value.status_code == 502
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["status"] == "error" and "ConnectError" in row["error"]
+
+
+async def test_detect_repeat_cuts_the_loop(capture_sim, capture_dsn, capture_db):
+    settings = proxy_settings(capture_sim.base_url, capture_dsn, detect_repeat=True)
+    cancelled = capture_sim.snapshot()["cancelled"]
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+        capture_sim.inject("loop", role="chat")
+        tag = marker()
+        stream = await sdk(p.base_url).chat.completions.create(
+            model="sim-chat",
+            messages=[{"role": "user", "content": f"讲个故事 {tag}"}],
+            stream=True,
+            max_tokens=5000,
+        )
+        chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices[0].finish_reason == "repeat"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert 0 < len(text) < 2000  # cut long before max_tokens
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["status"] == "stopped" and row["finish_reason"] == "repeat"
+    verdict = row["flags"]["repeat"]
+    assert verdict["cut"] is True and verdict["tokens_saved"] > 4000
+    assert row["response_sse"].rstrip().endswith("data: [DONE]")
+    await eventually(lambda: _async(capture_sim.snapshot()["cancelled"] > cancelled))
+
+
+async def test_force_stream_with_a_tool_call(capture_sim, capture_dsn, capture_db):
+    settings = proxy_settings(capture_sim.base_url, capture_dsn, force_stream=True)
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+        tag = marker()
+        completion = await sdk(p.base_url).chat.completions.create(
+            model="sim-tool",
+            messages=[{"role": "user", "content": f"算一下3加5 {tag}"}],
+            tools=TOOLS,
+        )
+    (call,) = completion.choices[0].message.tool_calls
+    assert call.function.name == "calculator" and json.loads(call.function.arguments)
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["flags"]["force_stream"] is True and row["stream"] is True
+
+
+async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db):
+    guarded = Simulator(api_key="upstream-only-key")
+    url = await guarded.start(host="127.0.0.1", port=0)
+    try:
+        settings = proxy_settings(url, capture_dsn, proxy_key="upstream-only-key")
+        async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+            tag = marker()
+            done = await sdk(p.base_url, key="client-wrong-key").chat.completions.create(
+                model="sim-chat", messages=[{"role": "user", "content": tag}]
+            )
+    finally:
+        await guarded.stop()
+    assert done.choices[0].message.content
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["flags"]["key_override"] is True
+    dumped = json.dumps(row, default=str)
+    assert "upstream-only-key" not in dumped and "client-wrong-key" not in dumped
+
+
+async def _async(value: bool) -> bool:
+    return value

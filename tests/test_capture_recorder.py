@@ -1,0 +1,143 @@
+"""The write-behind recorder: rows appear at the start, survive a dead database, and recover."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+
+from lang_agent.capture.record import redact_headers, redact_url
+from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.transport import CapturingTransport
+from lang_agent.llm.context import calling
+from tests.capture_fixtures import (
+    capture_db,
+    capture_dsn,
+    capture_pg,
+    capture_sim,
+    eventually,
+    pg_gate,
+    recorder,
+    rows_of_thread,
+)
+
+__all__ = ["capture_db", "capture_dsn", "capture_pg", "capture_sim", "pg_gate", "recorder"]
+
+HELLO = {"model": "sim-chat", "messages": [{"role": "user", "content": "你好"}]}
+
+
+def new_thread() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def test_redaction_covers_key_like_headers_and_query_parameters():
+    headers = redact_headers(
+        [
+            ("Authorization", "Bearer sk-1"),
+            ("api-key", "k"),
+            ("X-DashScope-Token", "t"),
+            ("Cookie", "a=b"),
+            ("X-Custom", "secret-but-configured"),
+            ("x-ratelimit-remaining-tokens", "100"),
+            ("Msh-Context-Cache-Token-Saved", "12"),
+        ],
+        extra=["x-custom"],
+    )
+    assert set(headers.values()) == {"[REDACTED]", "100", "12"}
+    assert headers["x-ratelimit-remaining-tokens"] == "100"
+    assert redact_url("http://h/v1/x?a=1&api_key=sk-2&key=3") == (
+        "http://h/v1/x?a=1&api_key=[REDACTED]&key=[REDACTED]"
+    )
+
+
+async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
+    release = asyncio.Event()
+
+    async def slow_upstream(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200, json={"id": "chatcmpl-slow", "choices": []})
+
+    transport = CapturingTransport(httpx.MockTransport(slow_upstream), recorder=recorder)
+    thread = new_thread()
+    async with httpx.AsyncClient(transport=transport) as http:
+        with calling(thread_id=thread):
+            call = asyncio.create_task(http.post("http://up/v1/chat/completions", json=HELLO))
+        (pending,) = await eventually(lambda: rows_of_thread(capture_db, thread))
+        assert pending["status"] == "pending" and pending["finished_at"] is None
+        release.set()
+        await call
+
+    async def finished():
+        rows = await rows_of_thread(capture_db, thread)
+        return rows if rows and rows[0]["status"] == "ok" else None
+
+    (row,) = await eventually(finished)
+    assert row["id"] == pending["id"] and row["chatcmpl_id"] == "chatcmpl-slow"
+
+
+async def test_a_nul_byte_does_not_sink_the_batch(recorder, capture_db):
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "c-nul", "choices": [], "note": "a\u0000b"})
+
+    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
+    thread = new_thread()
+    async with httpx.AsyncClient(transport=transport) as http:
+        with calling(thread_id=thread):
+            await http.post("http://up/v1/chat/completions", json=HELLO | {"x": "\u0000"})
+    await recorder.flush()
+    (row,) = await rows_of_thread(capture_db, thread)
+    assert row["status"] == "ok" and row["response_body"]["note"] == "a\ufffdb"
+
+
+async def test_burst_of_200_calls_with_the_database_down(capture_sim, pg_gate):
+    await pg_gate.shut()
+    recorder = Recorder(dsn=pg_gate.dsn(), queue_size=50, batch_size=20, connect_timeout_s=1)
+    await recorder.start()
+    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    limit = asyncio.Semaphore(50)
+
+    async def one(http: httpx.AsyncClient, i: int) -> str:
+        async with limit:
+            body = HELLO | {"messages": [{"role": "user", "content": f"第{i}个问题"}]}
+            response = await http.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return response.json()["choices"][0]["message"]["content"]
+
+    async with httpx.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+        answers = await asyncio.gather(*(one(http, i) for i in range(200)))
+    assert len(answers) == 200 and all(answers)
+    await recorder.close(drain_timeout_s=0.5)
+    assert recorder.written == 0
+    assert recorder.dropped == 400  # a pending and a final row per call, all counted
+    metrics = recorder.metrics.render()
+    assert "lang_agent_capture_rows_dropped_total 400" in metrics
+    assert 'lang_agent_llm_calls_total{model="sim-chat",status="ok"} 200' in metrics
+
+
+async def test_writer_recovers_when_the_database_comes_back(capture_db, capture_sim, pg_gate):
+    recorder = Recorder(dsn=pg_gate.dsn(), queue_size=1000, batch_size=50, connect_timeout_s=1)
+    await recorder.start()
+    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    lost, kept = new_thread(), new_thread()
+    async with httpx.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+        await pg_gate.shut()
+        with calling(thread_id=lost):
+            for _ in range(5):
+                (await http.post("/chat/completions", json=HELLO)).raise_for_status()
+        await eventually(lambda: _true(recorder.dropped >= 10), within_s=15)
+        await pg_gate.open()
+        with calling(thread_id=kept):
+            (await http.post("/chat/completions", json=HELLO)).raise_for_status()
+
+        async def kept_row():
+            rows = await rows_of_thread(capture_db, kept)
+            return rows if rows and rows[0]["status"] == "ok" else None
+
+        await eventually(kept_row, within_s=20)
+    await recorder.close()
+    assert await rows_of_thread(capture_db, lost) == []
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,265 @@
+"""CapturingTransport: every call becomes a row, whatever happens to it, with no secret stored."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+
+from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.transport import CapturingTransport
+from lang_agent.llm.context import calling
+from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.settings import CONFIGS, Settings
+from tests.capture_fixtures import (
+    capture_db,
+    capture_dsn,
+    capture_pg,
+    capture_sim,
+    eventually,
+    recorder,
+    rows_of_thread,
+)
+
+__all__ = ["capture_db", "capture_dsn", "capture_pg", "capture_sim", "recorder"]
+
+CATALOG = ModelCatalog.load(CONFIGS / "models.json")
+SECRET = "sk-very-secret-0123456789"
+HELLO = {"model": "sim-chat", "messages": [{"role": "user", "content": "你好"}]}
+
+
+@pytest.fixture
+def thread() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def client(recorder: Recorder, capture_sim) -> AsyncIterator[httpx.AsyncClient]:
+    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder, catalog=CATALOG)
+    headers = {"authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "x-request-id": "cli-1"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url=capture_sim.base_url, headers=headers, timeout=10
+    ) as http:
+        yield http
+
+
+async def one_row(db, thread: str, *, status_not: str = "pending") -> dict:
+    async def finished() -> list[dict] | None:
+        rows = await rows_of_thread(db, thread)
+        return rows if rows and all(r["status"] != status_not for r in rows) else None
+
+    (row,) = await eventually(finished)
+    return row
+
+
+async def test_non_stream_call_is_recorded_with_ids_usage_and_context(client, capture_db, thread):
+    with calling(thread_id=thread, turn_id="turn-1", node="router"):
+        response = await client.post("/chat/completions", json=HELLO)
+    assert response.status_code == 200
+    row = await one_row(capture_db, thread)
+    assert (row["status"], row["status_code"], row["node"], row["turn_id"]) == (
+        "ok",
+        200,
+        "router",
+        "turn-1",
+    )
+    assert row["chatcmpl_id"] == response.json()["id"]
+    assert row["upstream_request_id"] == response.headers["msh-request-id"]
+    assert row["client_request_id"] == "cli-1"
+    assert row["server_timing_ms"] is not None and row["latency_ms"] >= row["ttfb_ms"]
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    assert row["ttft_ms"] is None and row["stream"] is False
+    assert row["response_body"]["object"] == "chat.completion"
+    assert row["cost"] == 0 and row["finished_at"] >= row["created_at"]
+
+
+async def test_stream_call_keeps_raw_sse_offsets_and_merge(client, capture_db, thread):
+    body = HELLO | {"stream": True, "stream_options": {"include_usage": True}}
+    with calling(thread_id=thread, node="chat"):
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    row = await one_row(capture_db, thread)
+    assert row["status"] == "ok" and row["stream"] is True
+    assert row["response_sse"].encode() == raw  # the tee stores exactly what the client got
+    events = [e for e in row["response_sse"].split("\n\n") if e.strip()]
+    assert len(row["event_offsets_ms"]) == len(events)
+    assert row["event_offsets_ms"] == sorted(row["event_offsets_ms"])
+    assert row["ttft_ms"] is not None and row["ttft_ms"] <= row["latency_ms"]
+    assert row["response_body"]["choices"][0]["message"]["content"]
+    assert row["completion_tokens"] > 0 and row["finish_reason"] == "stop"
+
+
+async def test_429_is_recorded_with_its_body(client, capture_db, capture_sim, thread):
+    capture_sim.inject("429", role="chat")
+    with calling(thread_id=thread):
+        response = await client.post("/chat/completions", json=HELLO)
+    assert response.status_code == 429
+    row = await one_row(capture_db, thread)
+    assert (row["status"], row["status_code"]) == ("http_error", 429)
+    assert row["response_body"]["error"]["code"] == "Throttling.RateQuota"
+
+
+async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_sim, thread):
+    capture_sim.inject("cut", role="chat")
+    with calling(thread_id=thread), pytest.raises(httpx.RemoteProtocolError):
+        async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
+            async for _ in r.aiter_raw():
+                pass
+    row = await one_row(capture_db, thread)
+    assert row["status"] == "incomplete" and row["status_code"] == 200
+    assert "RemoteProtocolError" in row["error"]
+    assert "[DONE]" not in row["response_sse"]
+
+
+async def test_connection_refused_and_timeout_are_errors(recorder, capture_db, capture_sim, thread):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(0.5)) as http:
+        with calling(thread_id=thread, node="tool"):
+            with pytest.raises(httpx.ConnectError):
+                await http.post(f"http://127.0.0.1:{closed_port}/v1/chat/completions", json=HELLO)
+            capture_sim.inject("timeout", role="chat")
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(f"{capture_sim.base_url}/chat/completions", json=HELLO)
+    rows = await eventually(lambda: _finished_rows(capture_db, thread, count=2), within_s=10)
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert "ConnectError" in rows[0]["error"] and rows[0]["status_code"] is None
+    assert "ReadTimeout" in rows[1]["error"]
+
+
+async def _finished_rows(db, thread: str, *, count: int) -> list[dict] | None:
+    rows = await rows_of_thread(db, thread)
+    done = [r for r in rows if r["status"] != "pending"]
+    return done if len(done) == count else None
+
+
+async def test_client_stopping_early_is_incomplete(client, capture_db, thread):
+    with calling(thread_id=thread):
+        async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
+            async for _ in r.aiter_raw():
+                break
+    row = await one_row(capture_db, thread)
+    assert row["status"] == "incomplete" and "client closed" in row["error"]
+
+
+async def test_no_secret_in_any_stored_column(client, capture_db, thread):
+    with calling(thread_id=thread):
+        await client.post("/chat/completions?api_key=" + SECRET, json=HELLO)
+    row = await one_row(capture_db, thread)
+    assert row["request_header"]["authorization"] == "[REDACTED]"
+    assert row["request_header"]["x-api-key"] == "[REDACTED]"
+    assert SECRET not in json.dumps(row, default=str)
+
+
+async def test_reasoning_and_content_ttft_and_a_stream_without_end(recorder, capture_db, thread):
+    def upstream(request: httpx.Request) -> httpx.Response:
+        events = [{"reasoning_content": "嗯"}, {"reasoning_content": "……"}, {"content": "好"}]
+        body = "".join(
+            "data: " + json.dumps({"id": "c1", "choices": [{"index": 0, "delta": d}]}) + "\n\n"
+            for d in events
+        )
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
+    async with httpx.AsyncClient(transport=transport) as http:
+        with calling(thread_id=thread):
+            await http.post("http://up/v1/chat/completions", json=HELLO | {"stream": True})
+    row = await one_row(capture_db, thread)
+    assert row["ttft_reasoning_ms"] is not None and row["ttft_ms"] is not None
+    assert row["ttft_reasoning_ms"] <= row["ttft_ms"]
+    assert row["status"] == "incomplete"
+    assert row["error"] == "the stream ended without [DONE] or finish_reason"
+    assert row["response_body"]["choices"][0]["message"]["reasoning_content"] == "嗯……"
+
+
+async def test_openai_sdk_on_the_capturing_client(client, capture_db, capture_sim, thread):
+    sdk = openai.AsyncOpenAI(
+        base_url=capture_sim.base_url, api_key=SECRET, http_client=client, max_retries=0
+    )
+    with calling(thread_id=thread, turn_id="turn-9", node="chat"):
+        stream = await sdk.chat.completions.create(
+            model="sim-chat",
+            messages=[{"role": "user", "content": "讲个笑话"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    row = await one_row(capture_db, thread)
+    assert row["response_body"]["choices"][0]["message"]["content"] == text
+    assert row["status"] == "ok" and row["turn_id"] == "turn-9"
+    assert SECRET not in json.dumps(row, default=str)
+    metrics = client._transport.recorder.metrics.render()  # noqa: SLF001
+    assert 'lang_agent_llm_calls_total{model="sim-chat",status="ok"}' in metrics
+
+
+async def test_lifespan_wiring_with_langchain_and_metrics_route(
+    capture_dsn, capture_db, capture_sim
+):
+    from contextlib import AsyncExitStack
+
+    from fastapi import FastAPI
+    from langchain_openai import ChatOpenAI
+
+    from fastapi_server import metrics_api
+
+    settings = Settings(_env_file=None, conn_str=capture_dsn)
+    thread = f"t-{uuid.uuid4().hex[:10]}"
+    app = FastAPI()
+    app.include_router(metrics_api.router)
+    async with AsyncExitStack() as stack:
+        recorder = await stack.enter_async_context(Recorder.open(settings, dsn=capture_dsn))
+        transport = CapturingTransport(
+            httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10)),
+            recorder=recorder,
+            catalog=ModelCatalog.load(settings.models_file),
+        )
+        http_client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(connect=5, read=settings.llm_timeout_s, write=10, pool=10),
+        )
+        stack.push_async_callback(http_client.aclose)
+        app.state.recorder = recorder
+        llm = ChatOpenAI(
+            model="sim-chat",
+            base_url=capture_sim.base_url,
+            api_key="sim",
+            http_async_client=http_client,
+            streaming=True,
+            stream_usage=True,
+            max_retries=0,
+        )
+        with calling(thread_id=thread, turn_id="turn-lc", node="chat"):
+            answer = await llm.ainvoke("你好")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://app"
+        ) as web:
+            metrics = (await web.get("/metrics")).text
+    row = await one_row(capture_db, thread)
+    assert row["response_body"]["choices"][0]["message"]["content"] == answer.content
+    assert (row["status"], row["node"], row["turn_id"]) == ("ok", "chat", "turn-lc")
+    assert row["prompt_tokens"] == answer.usage_metadata["input_tokens"]
+    assert 'lang_agent_llm_calls_total{model="sim-chat",status="ok"}' in metrics
+    assert "lang_agent_llm_ttft_seconds_bucket" in metrics
+
+
+async def test_error_chunk_inside_a_200_stream_is_an_error(recorder, capture_db, thread):
+    def upstream(request: httpx.Request) -> httpx.Response:
+        flat = {"code": "DataInspectionFailed", "message": "unsafe input", "request_id": "r-9"}
+        body = 'data: {"id":"c2","choices":[{"index":0,"delta":{"content":"好"}}]}\n\n'
+        body += f"data: {json.dumps(flat)}\n\n"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
+    async with httpx.AsyncClient(transport=transport) as http:
+        with calling(thread_id=thread):
+            await http.post("http://up/v1/chat/completions", json=HELLO | {"stream": True})
+    row = await one_row(capture_db, thread)
+    assert row["status"] == "error" and row["upstream_request_id"] == "r-9"
+    assert "DataInspectionFailed" in json.dumps(row["response_body"])
