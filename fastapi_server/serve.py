@@ -53,6 +53,36 @@ def run(app: FastAPI, *, settings: Settings, host: str, port: int) -> int:
     return 0 if server.started else STARTUP_FAILURE
 
 
+def run_agent_and_viewer(settings: Settings) -> int:
+    """`lang-agent serve`: the agent API and the viewer on one event loop."""
+    from pydantic import SecretStr
+
+    from fastapi_server.app import create_app
+    from fastapi_server.viewer import create_viewer_app
+    from lang_agent.db import resolve_dsn
+
+    configure_logging(settings)
+    if settings.conn_str is None:
+        # Start the embedded Postgres once, before two lifespans could race to set it up.
+        dsn, _embedded = asyncio.run(resolve_dsn(settings))
+        settings = settings.model_copy(update={"conn_str": SecretStr(dsn)})
+    if not settings.auth_keys:
+        logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only",
+                       settings.host)  # fmt: skip
+    servers = [
+        uvicorn.Server(
+            uvicorn_config(create_app(settings), host=settings.host, port=settings.port)
+        ),
+        uvicorn.Server(
+            uvicorn_config(
+                create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
+            )
+        ),
+    ]
+    asyncio.run(serve(servers))
+    return 0 if all(server.started for server in servers) else STARTUP_FAILURE
+
+
 def settings_from_flags(
     argv: Sequence[str] | None, *, description: str, port: int, open_host: str | None = None
 ) -> Settings:
