@@ -327,6 +327,9 @@ async def test_models_are_listed(client):
         b'{"messages": [{"role": "wizard", "content": "hi"}]}',
         b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
         b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+        b'{"messages": [{"role": "user", "content": 5}]}',
+        b'{"messages": [{"role": "assistant", "content": "", "tool_calls": "x"}]}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "tools": ["calculator"]}',
         b"\xff\xfe",
     ],
 )

@@ -5,6 +5,7 @@ A small asyncio HTTP/1.1 server (keep-alive, chunked streams flushed per event) 
 `sim_replies` (role detection, tool calls, answers) and `sim_intents` (what a request asks for).
 Faults queued with `Simulator.inject` or `POST /_sim/faults` produce real errors, resets, cut
 and endless streams. Latency comes from a `SimProfile`; see `SimProfile` for the numbers.
+A `sim_script.Script` (`script=` or `POST /_sim/script`) scripts chosen replies, e.g. mistakes.
 """
 
 from __future__ import annotations
@@ -12,25 +13,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import math
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from lang_agent.llm import sim_replies
+from lang_agent.llm.sim_script import Script
 from lang_agent.llm.sim_wire import (
     ChatPlan,
     HttpError,
     Peer,
     Request,
     ResponseHead,
+    auth_error,
     error_body,
     fault_error,
+    json_object,
     parse_chat,
     read_request,
     reset,
@@ -45,6 +49,7 @@ TIMEOUT_FAULT_S = 120.0  # a `timeout` fault holds the request this long at most
 SLOW_TTFT_MS = 2000.0  # time to first byte of a `slow` fault
 CUT_AFTER = 3  # content chunks a `cut` stream sends before it drops the connection
 YIELD_EVERY = 64  # unpaced streams flush and look for a departed client this often
+CALL_LOG_SIZE = 200_000  # completed calls kept for GET /_sim/calls (benchmarks read and clear it)
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class SimProfile:
     """Timing per role.
 
     ``fast`` (the default): no delays at all. ``original`` mimics the reference system's models:
-    router 250 ms to the first byte + 80 tokens/s (its ~4-fragment route call ≈ 0.3 s in all);
+    router 250 ms to the first byte + 80 tokens/s (its 3-fragment route call ≈ 0.3 s in all);
     chat 350 ms + 60 tokens/s (a 40-token answer ≈ 1 s); tool like chat; chatty filler 200 ms
     + 60 tokens/s (a short clause ≈ 0.3 s).
     """
@@ -103,19 +108,23 @@ class SimProfile:
 
 
 def _non_negative(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0
 
 
 class Simulator:
     """The simulator server. Start it in a running loop; `inject` may be called from any thread."""
 
-    def __init__(self, *, profile: SimProfile | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        profile: SimProfile | None = None,
+        api_key: str | None = None,
+        script: Script | None = None,
+    ) -> None:
         self.profile = profile or SimProfile()
+        self.script = script or Script()  # scripted replies; see sim_script
         self.api_key = api_key
         self.base_url = ""
         self.stats: dict[str, Any] = {
@@ -126,16 +135,23 @@ class Simulator:
             "in_flight": 0,
         }
         self._faults: list[list[Any]] = []  # [fault, role or None, remaining]
+        # Each answered chat call's own time, so a benchmark can subtract it from a turn's:
+        # role, the latest user text, start and end on the host's monotonic clock (seconds).
+        self.calls: deque[dict[str, Any]] = deque(maxlen=CALL_LOG_SIZE)
         self._lock = threading.Lock()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._routes: dict[tuple[str, str], Callable[[Request], dict[str, Any]]] = {
             ("GET", "/v1/models"): self._models,
             ("GET", "/_sim/stats"): lambda _: self.snapshot(),
+            ("GET", "/_sim/calls"): lambda _: {"calls": self._drain_calls()},
             ("POST", "/_sim/faults"): self._post_faults,
             ("DELETE", "/_sim/faults"): lambda _: {"queued": self.clear_faults()},
             ("GET", "/_sim/profile"): lambda _: self.profile.as_dict(),
             ("POST", "/_sim/profile"): self._post_profile,
+            ("GET", "/_sim/script"): lambda _: self.script.as_dict(),
+            ("POST", "/_sim/script"): self._post_script,
+            ("DELETE", "/_sim/script"): lambda _: self._post_script(None),
         }
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -146,6 +162,8 @@ class Simulator:
         shown = f"[{shown}]" if ":" in shown else shown
         self.base_url = f"http://{shown}:{bound}/v1"
         logger.info("model simulator listening on %s", self.base_url)
+        if self.api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning("the simulator on %s has no API key: anyone can reach it", host)
         return self.base_url
 
     async def stop(self) -> None:
@@ -190,6 +208,12 @@ class Simulator:
             "queued_faults": queued,
         }
 
+    def _drain_calls(self) -> list[dict[str, Any]]:
+        """The call log since the last drain, emptied."""
+        drained = list(self.calls)
+        self.calls.clear()
+        return drained
+
     def _take_fault(self, role: str) -> str | None:
         with self._lock:
             for entry in self._faults:
@@ -212,7 +236,7 @@ class Simulator:
         try:
             while True:
                 try:
-                    request = await read_request(reader, buf)
+                    request = await read_request(reader, buf, writer=writer)
                 except HttpError as exc:
                     head = ResponseHead(exc.status, str(uuid.uuid4()), time.monotonic())
                     writer.write(head.json(error_body(exc, rid=head.rid), keep=False))
@@ -224,6 +248,8 @@ class Simulator:
             pass  # the client went away or idled out; nothing to answer
         except asyncio.CancelledError:
             pass  # stop() ends connections; Python 3.11's stream callback would log a cancel
+        except Exception:  # a simulator bug must not take the server down: log, drop this one
+            logger.exception("simulator connection failed")
         finally:
             if task is not None:
                 self._tasks.discard(task)  # type: ignore[arg-type]
@@ -248,12 +274,7 @@ class Simulator:
             if self.api_key is not None and not self._authorised(
                 request.headers.get("authorization", "")
             ):
-                raise HttpError(
-                    401,
-                    "Incorrect API key provided.",
-                    code="invalid_api_key",
-                    kind="invalid_request_error",
-                )
+                raise auth_error()
             if (request.method, request.path) == ("POST", "/v1/chat/completions"):
                 return await self._completion(request, head, reader, writer, buf)
             handler = self._routes.get((request.method, request.path))
@@ -279,7 +300,7 @@ class Simulator:
         return {"object": "list", "data": data}
 
     def _post_faults(self, request: Request) -> dict[str, Any]:
-        body = _json_object(request.body)
+        body = json_object(request.body)
         try:
             self.inject(str(body.get("fault")), count=body.get("count", 1), role=body.get("role"))
         except ValueError as exc:
@@ -288,10 +309,17 @@ class Simulator:
 
     def _post_profile(self, request: Request) -> dict[str, Any]:
         try:
-            self.profile = self.profile.updated(_json_object(request.body))
+            self.profile = self.profile.updated(json_object(request.body))
         except ValueError as exc:
             raise HttpError(400, str(exc)) from exc
         return self.profile.as_dict()
+
+    def _post_script(self, request: Request | None) -> dict[str, Any]:
+        try:
+            self.script = Script.parse(json_object(request.body) if request else [])
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from exc
+        return self.script.as_dict()
 
     async def _completion(
         self,
@@ -321,7 +349,11 @@ class Simulator:
                     self.stats["cancelled"] += 1
                 return False
             plan = ChatPlan.build(
-                body, sim_replies.reply_for(body, role), rid=head.rid, fault=fault, role=role
+                body,
+                self.script.reply(body, role) or sim_replies.reply_for(body, role),
+                rid=head.rid,
+                fault=fault,
+                role=role,
             )
             done = await self._deliver(
                 plan, head=head, latency=latency, peer=peer, writer=writer, keep=request.keep_alive
@@ -333,6 +365,9 @@ class Simulator:
         finally:
             self.stats["in_flight"] -= 1
             await peer.close()
+            user = sim_replies.read_conversation(body["messages"]).user_text[:200]
+            end = time.monotonic()
+            self.calls.append({"role": role, "user": user, "start": request.started, "end": end})
 
     async def _deliver(
         self,
@@ -391,16 +426,6 @@ class Simulator:
         writer.write(plan.tail_events())
         await writer.drain()
         return True
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as exc:
-        raise HttpError(400, "the body is not valid JSON") from exc
-    if not isinstance(body, dict):
-        raise HttpError(400, "the body must be a JSON object")
-    return body
 
 
 def run(

@@ -141,7 +141,7 @@ def read_conversation(messages: list[dict[str, Any]]) -> Conversation:
             function = call.get("function") or {}
             try:
                 args = json.loads(function.get("arguments") or "{}")
-            except ValueError:
+            except (TypeError, ValueError):
                 args = {}
             calls[str(call.get("id"))] = (
                 str(function.get("name")),

@@ -65,6 +65,21 @@ def fault_error(fault: str) -> HttpError:
     return HttpError(500, message, code="internal_error", kind="server_error")
 
 
+def auth_error() -> HttpError:
+    return HttpError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A control request's JSON object body (empty = {}); 400 otherwise."""
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise HttpError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "the body must be a JSON object")
+    return body
+
+
 def error_body(exc: HttpError, *, rid: str) -> dict[str, Any]:
     error: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if exc.kind is not None:
@@ -86,7 +101,9 @@ class Request:
     started: float  # time.monotonic() when the head was read
 
 
-async def read_request(reader: asyncio.StreamReader, buf: bytearray) -> Request | None:
+async def read_request(
+    reader: asyncio.StreamReader, buf: bytearray, *, writer: asyncio.StreamWriter
+) -> Request | None:
     """The next request on a connection (bytes already read wait in `buf`); None at its end."""
     async with asyncio.timeout(IDLE_TIMEOUT_S):
         while (end := buf.find(b"\r\n\r\n")) < 0:
@@ -118,6 +135,8 @@ async def read_request(reader: asyncio.StreamReader, buf: bytearray) -> Request 
         raise HttpError(400, "malformed Content-Length")
     if length > MAX_BODY:
         raise HttpError(413, "the request body is too large")
+    if length > len(buf) and headers.get("expect", "").lower() == "100-continue":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this on big bodies
     async with asyncio.timeout(IDLE_TIMEOUT_S):
         while len(buf) < length:
             data = await reader.read(65536)
@@ -172,6 +191,15 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _functions(items: Any) -> bool:
+    """None, or a list of objects that each carry a `function` object."""
+    if items is None:
+        return True
+    return isinstance(items, list) and all(
+        isinstance(item, dict) and isinstance(item.get("function"), dict) for item in items
+    )
+
+
 def parse_chat(raw: bytes) -> dict[str, Any]:
     """A chat completion request body, validated enough to answer it; 400 otherwise."""
     try:
@@ -186,10 +214,14 @@ def parse_chat(raw: bytes) -> dict[str, Any]:
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in MESSAGE_ROLES:
             raise HttpError(400, "Invalid request: each message needs a valid 'role'.")
+        if not isinstance(message.get("content"), str | list | None):
+            raise HttpError(400, "Invalid request: 'content' must be a string or a list.")
+        if not _functions(message.get("tool_calls")):
+            raise HttpError(400, "Invalid request: 'tool_calls' must be a list of functions.")
     if body.get("stream") not in (None, True, False):
         raise HttpError(400, "Invalid request: 'stream' must be a boolean.")
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise HttpError(400, "Invalid request: 'tools' must be a list.")
+    if not _functions(body.get("tools")):
+        raise HttpError(400, "Invalid request: 'tools' must be a list of functions.")
     for key in ("max_tokens", "max_completion_tokens"):
         if body.get(key) is not None and not _positive_int(body[key]):
             raise HttpError(400, f"Invalid request: '{key}' must be a positive integer.")
