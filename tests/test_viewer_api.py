@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from fastapi_server.viewer import create_viewer_app
 from fastapi_server.viewer.auth import COOKIE
-from fastapi_server.viewer.readonly import read_only_pool, resolve_read_only, with_session_options
+from fastapi_server.viewer.readonly import read_only_db, resolve_read_only, with_session_options
 from lang_agent import conversation_queries as queries
 from lang_agent.db import CONNECTION_KWARGS
 from lang_agent.settings import Settings
@@ -334,10 +334,10 @@ def test_events_deliver_a_notify_for_a_thread(client, db):
 async def test_viewer_pool_cannot_write(pg_dsn, db, tmp_path):
     access = await resolve_read_only(viewer_settings(pg_dsn, tmp_path))
     assert access.mode == "role"
-    pool = read_only_pool(access)
-    await pool.open()
+    viewer_db = read_only_db(access)
+    await viewer_db.open(apply_schema=False)
     try:
-        async with pool.connection() as conn:
+        async with viewer_db.connection() as conn:
             row = await (await conn.execute("SELECT current_user AS who")).fetchone()
             assert row["who"] == "lang_agent_viewer"
             assert await (await conn.execute("SELECT count(*) AS n FROM messages")).fetchone()
@@ -353,7 +353,7 @@ async def test_viewer_pool_cannot_write(pg_dsn, db, tmp_path):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 await conn.execute("DELETE FROM messages")
     finally:
-        await pool.close()
+        await viewer_db.close()
 
 
 async def test_fallback_session_is_read_only(pg_dsn, db):

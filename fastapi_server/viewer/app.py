@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from fastapi_server.viewer import api
 from fastapi_server.viewer.auth import ViewerGuard, login_router
 from fastapi_server.viewer.live import Notifier
-from fastapi_server.viewer.readonly import read_only_pool, resolve_read_only
+from fastapi_server.viewer.readonly import read_only_db, resolve_read_only
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.settings import Settings
 
@@ -61,10 +61,10 @@ def create_viewer_app(settings: Settings) -> FastAPI:
         app.state.access = access
         app.state.catalog = ModelCatalog.load(settings.models_file)
         async with contextlib.AsyncExitStack() as stack:
-            pool = read_only_pool(access)
-            await pool.open(wait=True, timeout=30)
-            stack.push_async_callback(pool.close)
-            app.state.pool = pool
+            db = read_only_db(access)
+            await db.open(apply_schema=False)
+            stack.push_async_callback(db.close)
+            app.state.pool = db.pool
             app.state.notifier = await stack.enter_async_context(Notifier(access.dsn))
             yield
 

@@ -16,9 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import AsyncConnectionPool
 
-from lang_agent.db import CONNECTION_KWARGS, mask_dsn, migrate, resolve_dsn
+from lang_agent.db import CONNECTION_KWARGS, Database, mask_dsn, migrate, resolve_dsn
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,16 +127,6 @@ async def resolve_read_only(settings: Settings) -> ReadOnlyAccess:
     return ReadOnlyAccess(dsn, "role")
 
 
-def read_only_pool(access: ReadOnlyAccess) -> AsyncConnectionPool:
-    """A small pool over `access` (not yet open: `await pool.open()` in the lifespan)."""
-    return AsyncConnectionPool(
-        access.dsn,
-        min_size=1,
-        max_size=POOL_SIZE,
-        open=False,
-        kwargs=CONNECTION_KWARGS,
-        check=AsyncConnectionPool.check_connection,
-        max_idle=300,
-        max_lifetime=1800,
-        timeout=10,
-    )
+def read_only_db(access: ReadOnlyAccess) -> Database:
+    """A small pool over `access` (not yet open: `await db.open(apply_schema=False)`)."""
+    return Database(access.dsn, max_size=POOL_SIZE)
