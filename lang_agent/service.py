@@ -22,6 +22,7 @@ from lang_agent.db import Database, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.prompts import Prompts
+from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
 from lang_agent.tools.builtin import BuiltinTools, now_text
 from lang_agent.tools.mcp import MCPManager
@@ -84,6 +85,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
 
         checkpointer = AsyncPostgresSaver(db.pool)
         await checkpointer.setup()
+        await stack.enter_async_context(retention_job(settings, db=db))
 
         sim_url = settings.sim_url
         if sim_url is None and uses_sim(settings):

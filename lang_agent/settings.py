@@ -203,6 +203,15 @@ class Settings(BaseSettings):
         0, ge=0, description="The server prunes by the rules above every this many hours. 0: never."
     )
 
+    # --- evaluation (scripts/eval.py, scripts/make_eval_dataset.py)
+    eval_concurrency: int = Field(8, ge=1, description="Eval cases run at the same time.")
+    judge_model: str | None = Field(
+        None, description="LLM judge for eval answers, `[provider:]name`. Empty: no judge."
+    )
+    langsmith_api_key: SecretStr | None = Field(
+        None, description="LangSmith key: eval datasets and experiments are uploaded with it."
+    )
+
     timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
     log_level: str = Field("INFO", description="Python logging level.")
 

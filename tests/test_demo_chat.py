@@ -1,0 +1,172 @@
+"""scripts/demo_chat.py: `--once` in-process and against a server, the chat commands, and how
+events are shown (filler, tool calls and results apart from the answer)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lang_agent.agent.events import (
+    AnswerDelta,
+    Done,
+    Failed,
+    Filler,
+    ModelUsage,
+    RouteChosen,
+    ToolFinished,
+    ToolStarted,
+    Usage,
+)
+from lang_agent.demo import EventPrinter, RemoteChat
+from lang_agent.llm.sim import Simulator
+from lang_agent.settings import ROOT
+from tests.conftest import TEST_KEY
+from tests.support import set_latency
+
+SCRIPT = ROOT / "scripts" / "demo_chat.py"
+
+
+@pytest.fixture
+def run_script(pg_dsn, simulator, empty_mcp_config, tmp_path):
+    """Run the script in a clean directory (no .env) with settings for the test database."""
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
+        }
+        env.update(
+            CONN_STR=pg_dsn,
+            SIM_URL=simulator.base_url,
+            LLM_PROVIDER="sim",
+            MCP_CONFIG=str(empty_mcp_config),
+            DATA_DIR=str(tmp_path / "data"),
+            FAST_AUTH_KEYS=TEST_KEY,
+            LLM_RETRIES="0",
+        )
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+        )
+
+    return run
+
+
+def test_once_in_process_with_thread_memory(run_script, thread_id):
+    first = run_script("--once", "3加5乘2等于多少")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("\n") == 1 and "13" in first.stdout
+    run_script("--once", "我叫小明", "--thread", thread_id)
+    again = run_script("--once", "我叫什么名字", "--thread", thread_id)
+    assert again.returncode == 0, again.stderr
+    assert "小明" in again.stdout
+
+
+def test_once_against_a_server(run_script, live_server, thread_id):
+    server = live_server()
+    result = run_script("--url", server.url, "--key", TEST_KEY, "--once", "3加5乘2等于多少")
+    assert result.returncode == 0, result.stderr
+    assert "13" in result.stdout and "\033[" not in result.stdout
+    run_script("--url", f"{server.url}/v1", "--once", "我叫小明", "--thread", thread_id)
+    again = run_script("--url", server.url, "--once", "我叫什么名字", "--thread", thread_id)
+    assert "小明" in again.stdout  # --key defaults to the first FAST_AUTH_KEYS
+    refused = run_script("--url", server.url, "--key", "wrong", "--once", "你好")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "invalid_api_key" in refused.stderr
+
+
+def test_interactive_commands_in_process(run_script, thread_id):
+    lines = [
+        f"/thread {thread_id}",
+        "我叫小明",
+        "现在几点了",
+        "/history",
+        "/new",
+        "/bogus",
+        "/quit",
+    ]
+    result = run_script(stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"thread {thread_id}" in out
+    assert "  · route: tool" in out and "  ⚙ current_time" in out and "  ✓ current_time → " in out
+    # Piped input is not echoed: the user's words appear only in /history's listing.
+    assert "you › 我叫小明" in out and "you › 现在几点了" in out
+    assert "new thread demo-" in out and "/history" in out
+
+
+async def test_remote_events_show_filler_tools_and_answer(background_loop, live_server):
+    simulator = Simulator()  # its own, on its own loop: latency changes stay here
+    url = background_loop.run(simulator.start(host="127.0.0.1", port=0))
+    try:
+        set_latency(simulator, "tool", ttft_ms=600)  # slow tool model: filler speaks meanwhile
+        server = live_server(sim_url=url)
+        async with httpx.AsyncClient() as client:
+            chat = RemoteChat(client, url=server.url, key=TEST_KEY)
+            events = [e async for e in chat.turn("现在几点了", thread_id="demo-remote")]
+    finally:
+        background_loop.run(simulator.stop())
+    kinds = [type(e) for e in events]
+    assert kinds[0] is RouteChosen and kinds[-1] is Done
+    assert Filler in kinds and ToolStarted in kinds and ToolFinished in kinds
+    assert kinds.index(Filler) < kinds.index(ToolStarted) < kinds.index(AnswerDelta)
+    assert events[-1].usage.total_tokens > 0
+    assert (await chat.history("demo-remote"))[0]["content"] == "现在几点了"
+
+
+def test_printer_keeps_kinds_apart():
+    printer = EventPrinter(colour=False)
+    events = [
+        RouteChosen("tool"),
+        Filler("好的，"),
+        Filler("我看一下。"),
+        ToolStarted("c1", "calculator", {"expression": "1+1"}),
+        ToolFinished("c1", "calculator", result="2"),
+        AnswerDelta("结果"),
+        AnswerDelta("是2。"),
+        Done(Usage((ModelUsage("m", 10, 5),))),
+    ]
+    text = "".join(printer.feed(e) for e in events)
+    assert text.splitlines() == [
+        "  · route: tool",
+        "  … 好的，我看一下。",
+        '  ⚙ calculator {"expression": "1+1"}',
+        "  ✓ calculator → 2",
+        "bot › 结果是2。",
+        "  · 10+5 tokens",
+    ]
+    assert printer.answer == "结果是2。"
+
+
+def test_printer_colours_and_errors():
+    printer = EventPrinter(colour=True)
+    filler = printer.feed(Filler("嗯"))
+    tool = printer.feed(ToolStarted("c1", "lamp", {}))
+    error = printer.feed(ToolFinished("c1", "lamp", error="the device did not answer"))
+    failed = printer.feed(Failed("upstream_timeout", "no answer"))
+    assert "\033[2;3m" in filler and "\033[33m" in tool and "\033[31m" in error
+    assert "✗ lamp: the device did not answer" in error
+    assert "✗ upstream_timeout: no answer" in failed and not printer.answer
+
+
+def test_script_help_runs_without_side_effects(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "--once" in result.stdout
+    assert not (tmp_path / ".lang-agent").exists()

@@ -1,0 +1,274 @@
+"""`lang-agent doctor`: a healthy setup passes; each broken part fails on its line, with a fix."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
+
+from lang_agent.cli import main
+from lang_agent.db import MIGRATIONS, Database
+from lang_agent.doctor import (
+    Check,
+    check_auth,
+    check_database,
+    check_mcp,
+    check_models,
+    check_ports,
+    check_tracing,
+    diagnose,
+    report,
+)
+from lang_agent.llm.sim import Simulator
+from tests.conftest import TEST_KEY
+
+LANGSMITH_VARS = (
+    "LANGSMITH_TRACING",
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING",
+    "LANGCHAIN_TRACING_V2",
+    "LANGSMITH_API_KEY",
+    "LANGCHAIN_API_KEY",
+)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def failed(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if not c.ok]
+
+
+@pytest.fixture
+def no_tracing(monkeypatch):
+    from langsmith import utils
+
+    for name in LANGSMITH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    utils.get_env_var.cache_clear()
+    yield
+    utils.get_env_var.cache_clear()
+
+
+@pytest.fixture
+def device_mcp_config(tmp_path: Path) -> Path:
+    path = tmp_path / "mcp_config.json"
+    server = {
+        "transport": "stdio",
+        "command": sys.executable,
+        "args": ["-m", "lang_agent.tools.device_sim"],
+    }
+    path.write_text(json.dumps({"speaker": server}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def healthy(make_settings, device_mcp_config):
+    def make(**overrides):
+        values = {
+            "mcp_config": device_mcp_config,
+            "port": closed_port(),
+            "viewer_port": closed_port(),
+        }
+        return make_settings(**{**values, **overrides})
+
+    return make
+
+
+@pytest.fixture
+async def migrated(pg_dsn: str) -> str:
+    """The test database at the current schema, as a server's start leaves it."""
+    db = Database(pg_dsn, max_size=1)
+    await db.open()
+    await db.close()
+    return pg_dsn
+
+
+async def test_healthy_setup_passes(healthy, migrated, no_tracing):
+    checks = await diagnose(healthy(), timeout_s=20)
+    assert failed(checks) == []
+    names = [c.name for c in checks]
+    for expected in ("model router", "model chat", "model tool", "model chatty", "database"):
+        assert expected in names
+    speaker = next(c for c in checks if c.name == "mcp speaker")
+    assert "up" in speaker.detail and " 0 tools" not in speaker.detail
+    database = next(c for c in checks if c.name == "database")
+    assert f"schema version {len(MIGRATIONS) - 1} (current)" in database.detail
+    assert report(checks).endswith("everything works")
+
+
+async def test_bad_key_fails_each_role(make_settings):
+    simulator = Simulator(api_key="right")
+    url = await simulator.start(host="127.0.0.1", port=0)
+    try:
+        settings = make_settings(
+            llm_provider="openai", openai_base_url=url, openai_api_key="wrong", sim_url=None
+        )
+        checks = await check_models(settings, timeout_s=10)
+        good = make_settings(
+            llm_provider="openai", openai_base_url=url, openai_api_key="right", sim_url=None
+        )
+        assert failed(await check_models(good, timeout_s=10)) == []
+    finally:
+        await simulator.stop()
+    assert len(failed(checks)) == 4
+    for check in checks:
+        assert "key was refused (401)" in check.detail
+        assert check.fix == "set a valid OPENAI_API_KEY"
+        assert "wrong" not in check.detail
+
+
+async def test_missing_key_and_unreachable_endpoint(make_settings):
+    no_key = await check_models(make_settings(llm_provider="ali", sim_url=None), timeout_s=5)
+    assert all("no ALI_API_KEY" in c.detail and c.fix == "set ALI_API_KEY" for c in no_key)
+    dead = make_settings(
+        llm_provider="openai",
+        openai_base_url=f"http://127.0.0.1:{closed_port()}/v1",
+        openai_api_key="k",
+        sim_url=None,
+    )
+    checks = await check_models(dead, timeout_s=5)
+    assert all(not c.ok and "cannot connect" in c.detail for c in checks)
+    assert "OPENAI_BASE_URL" in checks[0].fix
+
+
+async def test_dead_mcp_server(make_settings, tmp_path):
+    path = tmp_path / "mcp_config.json"
+    url = f"http://127.0.0.1:{closed_port()}/mcp"
+    path.write_text(json.dumps({"lamp": {"transport": "streamable_http", "url": url}}))
+    checks = await check_mcp(make_settings(mcp_config=path), timeout_s=5)
+    assert [c.name for c in failed(checks)] == ["mcp lamp"]
+    assert url in checks[0].fix
+
+
+async def test_bad_mcp_config_file(make_settings, tmp_path):
+    path = tmp_path / "mcp_config.json"
+    path.write_text('{"mcpServers": {}}')
+    checks = await check_mcp(make_settings(mcp_config=path), timeout_s=5)
+    assert not checks[0].ok and "Claude-style" in checks[0].detail
+
+
+async def test_unreachable_database(make_settings):
+    dsn = f"postgresql://agent:s3cret@127.0.0.1:{closed_port()}/lang_agent"
+    check = await check_database(make_settings(conn_str=dsn), timeout_s=5)
+    assert not check.ok and "cannot connect" in check.detail
+    assert "s3cret" not in check.detail and "***" in check.detail
+    assert "CONN_STR" in check.fix
+
+
+@pytest.mark.parametrize(("version", "words"), [(2, "needs version"), (999, "newer than")])
+async def test_schema_out_of_date(make_settings, pg_dsn, version, words):
+    name = f"doctor_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(pg_dsn, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE lang_agent_migrations (v integer PRIMARY KEY)")
+        conn.execute("INSERT INTO lang_agent_migrations VALUES (%s)", (version,))
+    check = await check_database(make_settings(conn_str=dsn), timeout_s=5)
+    assert not check.ok and words in check.detail
+
+
+async def test_port_taken_by_another_program(make_settings):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        checks = await check_ports(make_settings(port=taken, viewer_port=closed_port()))
+    assert not checks[0].ok and "another program" in checks[0].detail
+    assert checks[0].fix == "stop it or set PORT"
+    assert checks[1].ok
+
+
+def test_port_held_by_lang_agent_is_fine(live_server, make_settings):
+    import asyncio
+
+    server = live_server()
+    port = int(server.url.rsplit(":", 1)[1])
+    checks = asyncio.run(check_ports(make_settings(port=port, viewer_port=closed_port())))
+    assert checks[0].ok and "running lang-agent" in checks[0].detail
+
+
+def test_auth_lines(make_settings):
+    open_api, _ = check_auth(make_settings(fast_auth_keys=""))
+    assert open_api.ok and "127.0.0.1 only" in open_api.detail and "FAST_AUTH_KEYS" in open_api.fix
+    short, _ = check_auth(make_settings(fast_auth_keys="abc"))
+    assert short.ok and "under 16 characters" in short.fix
+    guarded, _ = check_auth(make_settings())
+    assert guarded.ok and guarded.fix == "" and TEST_KEY not in guarded.detail
+
+
+def test_tracing_off_unless_turned_on(monkeypatch, no_tracing):
+    from langsmith import utils
+
+    assert check_tracing().ok and "off" in check_tracing().detail
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    utils.get_env_var.cache_clear()
+    check = check_tracing()
+    assert not check.ok and check.fix == "set LANGSMITH_API_KEY"
+
+
+def test_cli_exit_codes(healthy, migrated, make_settings, no_tracing):
+    dead_db = f"postgresql://agent:pw@127.0.0.1:{closed_port()}/lang_agent"
+    settings = healthy()
+    env = {
+        "SIM_URL": settings.sim_url,
+        "LLM_PROVIDER": "sim",
+        "MCP_CONFIG": str(make_settings().mcp_config),
+        "FAST_AUTH_KEYS": TEST_KEY,
+        "PORT": str(settings.port),
+        "VIEWER_PORT": str(settings.viewer_port),
+    }
+    runner = CliRunner()
+    good = runner.invoke(
+        main, ["doctor", "--conn-str", settings.conn_str.get_secret_value()], env=env
+    )
+    assert good.exit_code == 0, good.output
+    assert good.output.rstrip().endswith("everything works")
+    bad = runner.invoke(main, ["doctor", "--timeout", "5", "--conn-str", dead_db], env=env)
+    assert bad.exit_code == 1, bad.output
+    lines = [line for line in bad.output.splitlines() if line.startswith("FAIL")]
+    assert len(lines) == 1 and "database" in lines[0] and "→" in lines[0]
+
+
+async def test_turns_with_tracing_unset_stay_on_loopback(make_settings, no_tracing, monkeypatch):
+    """LangSmith is off by default: a whole service and its turns reach only loopback."""
+    from langchain_core.tracers.context import _tracing_v2_is_enabled
+    from langsmith import utils
+
+    from lang_agent.agent.events import Done, InputMessage, TurnRequest
+    from lang_agent.service import open_service
+
+    assert not utils.tracing_is_enabled() and not _tracing_v2_is_enabled()
+    reached: list[object] = []
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def recording_connect(sock, address):
+        reached.append(address)
+        return connect(sock, address)
+
+    def recording_getaddrinfo(host, *args, **kwargs):
+        reached.append((host, None))
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", recording_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    async with open_service(make_settings()) as service:
+        for text in ("你好", "现在几点了"):
+            request = TurnRequest(messages=(InputMessage("user", text),), thread_id=None)
+            events = [e async for e in service.agent.run_turn(request)]
+            assert isinstance(events[-1], Done)
+    hosts = {a[0] if isinstance(a, tuple) else "unix socket" for a in reached}
+    assert hosts <= {"127.0.0.1", "::1", "localhost", "unix socket"}, hosts
+    assert reached  # the simulator was reached through the patched socket layer
