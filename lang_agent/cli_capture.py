@@ -1,0 +1,238 @@
+"""`lang-agent calls …` and `lang-agent proxy …`: the capture layer's commands."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from lang_agent.cli_common import CONN_STR_OPTION, STARTUP_FAILURE, settings_from
+
+
+@click.group()
+def calls() -> None:
+    """Search, inspect, export, clean up and replay captured model calls (table llm_calls)."""
+
+
+_SELECTORS = (
+    click.option("--id", "call_id", type=int, default=None, help="The call's id."),
+    click.option("--chatcmpl", default=None, help="The completion id (chatcmpl-…)."),
+    click.option("--requestid", default=None, help="The upstream request id (Msh-Request-Id …)."),
+)
+_PREDICATE = click.option(
+    "-p",
+    "--predicate",
+    "predicates",
+    multiple=True,
+    help="Filter, e.g. \"status_code @ [429, 500] && model ~ 'qwen'\"; repeat to AND.",
+)
+
+
+def _selectors(func):  # type: ignore[no-untyped-def]
+    for option in reversed(_SELECTORS):
+        func = option(func)
+    return func
+
+
+def _run_calls(coro):  # type: ignore[no-untyped-def]
+    """Run one calls command; user errors become a clean message and exit code 1."""
+    import asyncio
+
+    from lang_agent.capture.commands import CallsError
+    from lang_agent.capture.query import PredicateError
+
+    try:
+        return asyncio.run(coro)
+    except (CallsError, PredicateError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@calls.command("list")
+@_PREDICATE
+@click.option("--thread", default=None, help="Only this thread's calls.")
+@click.option("--since", default=None, help="Only calls since: a date/time, or 30m, 2h, 7d.")
+@click.option("-n", "--limit", type=int, default=20, help="Most calls shown; 0 = all.")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@CONN_STR_OPTION
+def calls_list(
+    predicates: tuple[str, ...],
+    thread: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+    conn_str: str | None,
+) -> None:
+    """List calls, newest first: ids, status, model, latency, TTFT, tokens, cost."""
+    from lang_agent.capture.commands import list_command
+    from lang_agent.capture.query import CallFilter
+
+    filters = CallFilter(predicates=predicates, thread_id=thread, since=since)
+    settings = settings_from(conn_str=conn_str)
+    click.echo(_run_calls(list_command(settings, filters=filters, limit=limit, as_json=as_json)))
+
+
+@calls.command("inspect")
+@_selectors
+@click.option(
+    "--print",
+    "sections",
+    default="metadata",
+    help="Comma-separated: metadata, request_header, request_body, client_request_body, "
+    "response_header, response_body, response_sse, events, flags, error.",
+)
+@CONN_STR_OPTION
+def calls_inspect(
+    call_id: int | None,
+    chatcmpl: str | None,
+    requestid: str | None,
+    sections: str,
+    conn_str: str | None,
+) -> None:
+    """Show one call in full."""
+    from lang_agent.capture.commands import inspect_command
+    from lang_agent.capture.query import CallFilter
+
+    filters = CallFilter(id=call_id, chatcmpl=chatcmpl, request_id=requestid)
+    wanted = [s.strip() for s in sections.split(",") if s.strip()]
+    settings = settings_from(conn_str=conn_str)
+    click.echo(_run_calls(inspect_command(settings, filters=filters, sections=wanted)))
+
+
+@calls.command("export")
+@_selectors
+@_PREDICATE
+@click.option("--directory", type=click.Path(path_type=Path), default=None, help="Write files.")
+@click.option("--good", "category", flag_value="goodcase", default=None, help="A good case.")
+@click.option("--bad", "category", flag_value="badcase", help="A bad case.")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable); stored with the call.")
+@click.option("--curl", is_flag=True, help="Print a replayable curl command ($API_KEY).")
+@CONN_STR_OPTION
+def calls_export(
+    call_id: int | None,
+    chatcmpl: str | None,
+    requestid: str | None,
+    predicates: tuple[str, ...],
+    directory: Path | None,
+    category: str | None,
+    tags: tuple[str, ...],
+    curl: bool,
+    conn_str: str | None,
+) -> None:
+    """Export calls as case JSON (one per file with --directory) or as curl commands."""
+    from lang_agent.capture.commands import export_command
+    from lang_agent.capture.query import CallFilter
+
+    filters = CallFilter(predicates=predicates, id=call_id, chatcmpl=chatcmpl, request_id=requestid)
+    settings = settings_from(conn_str=conn_str)
+    click.echo(
+        _run_calls(
+            export_command(
+                settings,
+                filters=filters,
+                directory=directory,
+                category=category,
+                tags=tags,
+                curl=curl,
+            )
+        )
+    )
+
+
+@calls.command("cleanup")
+@click.option("--before", default=None, help="Delete calls before: a date/time, or 7d, 12h.")
+@click.option("--all", "everything", is_flag=True, help="Delete every call.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@CONN_STR_OPTION
+def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str | None) -> None:
+    """Delete old calls in batches, after a confirmation."""
+    from lang_agent.capture.commands import cleanup_command
+
+    def confirm(count: int) -> bool:
+        return yes or click.confirm(f"delete {count} calls?", default=False)
+
+    settings = settings_from(conn_str=conn_str)
+    deleted = _run_calls(
+        cleanup_command(settings, before=before, everything=everything, confirm=confirm)
+    )
+    click.echo(f"deleted {deleted} calls")
+
+
+@calls.command("replay")
+@click.option("--id", "call_id", type=int, required=True, help="The call to serve again.")
+@click.option("--port", type=int, default=0, help="Port on 127.0.0.1; 0 picks a free one.")
+@click.option("--speed", type=float, default=1.0, help="Timing scale: 2 = twice as fast.")
+@CONN_STR_OPTION
+def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) -> None:
+    """Serve a recorded response again, with its original chunk timing, until Ctrl-C."""
+    from lang_agent.capture.commands import replay_command
+
+    def ready(url: str) -> None:
+        click.echo(f'replaying call {call_id}: change base_url to "{url}"')
+
+    settings = settings_from(conn_str=conn_str)
+    with contextlib.suppress(KeyboardInterrupt):
+        _run_calls(
+            replay_command(settings, call_id=call_id, port=port, speed=speed, on_ready=ready)
+        )
+
+
+@click.group()
+def proxy() -> None:
+    """The standalone capture proxy for any OpenAI-compatible client."""
+
+
+@proxy.command("start")
+@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 [default 9988].")
+@click.option("--upstream", default=None, help="Upstream base URL [default Moonshot /v1].")
+@click.option("--key", default=None, help="Send this key upstream instead of the client's.")
+@click.option("--force-stream", is_flag=True, default=None, help="Stream non-stream calls.")
+@click.option("--detect-repeat", is_flag=True, default=None, help="Cut looping streams.")
+@click.option("--repeat-threshold", type=float, default=None, help="Repeat share [0.5].")
+@click.option("--repeat-min-length", type=int, default=None, help="Judged characters [200].")
+@click.option(
+    "--config", type=click.Path(path_type=Path, exists=True), default=None, help="TOML/JSON."
+)
+@CONN_STR_OPTION
+def proxy_start(
+    port: int | None,
+    upstream: str | None,
+    key: str | None,
+    force_stream: bool | None,
+    detect_repeat: bool | None,
+    repeat_threshold: float | None,
+    repeat_min_length: int | None,
+    config: Path | None,
+    conn_str: str | None,
+) -> None:
+    """Forward every call to the upstream and capture it; flags override the config file."""
+    import asyncio
+
+    from fastapi_server.serve import configure_logging
+    from lang_agent.capture.proxy import load_config_file, run_proxy
+
+    values: dict[str, object] = load_config_file(config) if config else {}
+    flags = {
+        "proxy_port": port,
+        "proxy_upstream": upstream,
+        "proxy_key": key,
+        "force_stream": force_stream,
+        "detect_repeat": detect_repeat,
+        "repeat_threshold": repeat_threshold,
+        "repeat_min_length": repeat_min_length,
+        "conn_str": conn_str,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    settings = settings_from(**values)
+    configure_logging(settings)
+
+    def ready(url: str) -> None:
+        click.echo(f'change base_url to "{url}"')
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_proxy(settings, on_ready=ready))
+    except OSError as exc:
+        click.echo(f"cannot start the proxy: {exc}", err=True)
+        sys.exit(STARTUP_FAILURE)

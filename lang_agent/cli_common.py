@@ -1,0 +1,25 @@
+"""Shared pieces of the `lang-agent` commands: exit codes and building Settings from flags."""
+
+from __future__ import annotations
+
+import click
+from pydantic import ValidationError
+
+from lang_agent.settings import Settings
+
+# Named exit codes, as uvicorn does.
+OK = 0
+FAILURE = 1
+STARTUP_FAILURE = 3
+
+CONN_STR_OPTION = click.option(
+    "--conn-str", default=None, help="Postgres DSN [env CONN_STR; embedded]."
+)
+
+
+def settings_from(**flags: object) -> Settings:
+    """Settings from env/.env with the flags that were given on top; a clear exit on bad values."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise click.ClickException(exc.errors()[0]["msg"]) from exc
