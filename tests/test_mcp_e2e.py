@@ -194,3 +194,18 @@ def test_a_malformed_config_stops_start_up_naming_the_entry(make_settings, tmp_p
 
     with pytest.raises(MCPConfigError, match="broken_device"):
         asyncio.run(start())
+
+
+def test_a_tool_slower_than_the_turn_budget_still_gets_an_answer(
+    live_server, device_server, tmp_path, thread_id
+):
+    """The device allows 30 s, the turn only 8: the tool is cut at 3 s so the answer fits."""
+    device = device_server("--hang-tool", "self.audio_speaker.set_volume")
+    config = config_file(
+        tmp_path, {"device": {"transport": "streamable_http", "url": device.url, "timeout_s": 30}}
+    )
+    server = live_server(mcp_config=config, turn_timeout_s=8)
+    answer, events = tool_events(openai_client(server), "把音量调到30", thread_id)
+    finished = [e for e in events if e["kind"] == "tool_finished"]
+    assert "within" in finished[0]["error"]
+    assert "没有成功" in answer

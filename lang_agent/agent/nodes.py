@@ -142,7 +142,10 @@ async def _run_tool(
     if tool is None:
         error = f"no tool named {name}"
     else:
-        timeout = (tool.metadata or {}).get("timeout_s", ctx.deps.settings.tool_timeout_s)
+        timeout = min(
+            (tool.metadata or {}).get("timeout_s", ctx.deps.settings.tool_timeout_s),
+            ctx.tool_budget_s(),
+        )
         config = {
             "configurable": {
                 "thread_id": ctx.request.thread_id,

@@ -16,6 +16,10 @@ from lang_agent.prompts import Prompts
 from lang_agent.settings import Settings
 from lang_agent.tools.registry import ToolRegistry
 
+# A tool gets the turn's remaining budget minus this, so the model can still say it failed.
+ANSWER_RESERVE_S = 5.0
+MIN_TOOL_BUDGET_S = 1.0
+
 
 class TurnState(TypedDict, total=False):
     # Memory: only the answering node writes it, in one step, so a failed turn adds nothing.
@@ -74,6 +78,11 @@ class TurnContext:
     log: list[LogEntry] = field(default_factory=list)
     finish_reason: str = "stop"
     speculation: Any = None  # a SpeculativeChat while the router decides
+
+    def tool_budget_s(self) -> float:
+        """How long a tool may take and still leave time to speak its answer in this turn."""
+        left = self.deps.settings.turn_timeout_s - (time.perf_counter() - self.started)
+        return max(MIN_TOOL_BUDGET_S, left - ANSWER_RESERVE_S)
 
     def say(self, event: AnswerDelta | Filler) -> None:
         if self.first_text_at is None:
