@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(Path(".lang-agent"), description="Where the embedded Postgres lives.")
     db_pool_size: int = Field(20, description="Largest Postgres pool for turns and memory.")
+    db_timeout_s: float = Field(
+        10.0,
+        description="Longest wait for a Postgres connection, seconds; a turn that gets none "
+        "(the database is down or restarting) fails with a clean, retryable 503.",
+    )
 
     # --- model providers
     llm_provider: Literal["auto", "sim", "ali", "moonshot", "openai"] = Field(
@@ -102,6 +107,11 @@ class Settings(BaseSettings):
     chat_model: str | None = Field(None, description="Chat model, `[provider:]name`.")
     tool_model: str | None = Field(None, description="Tool model, `[provider:]name`.")
     chatty_model: str | None = Field(None, description="Filler model, `[provider:]name`.")
+    fallback_model: str | None = Field(
+        None,
+        description="Model, `[provider:]name`, that answers for any role whose call fails "
+        "before its first token once its retries are spent. Empty: no fallback.",
+    )
     max_tokens: int = Field(1024, description="Completion token budget per model call.")
     llm_timeout_s: float = Field(20.0, description="Idle-read timeout of one model call, seconds.")
     llm_retries: int = Field(2, description="Retries of a model call that fails before any token.")
@@ -125,6 +135,11 @@ class Settings(BaseSettings):
         "answers sooner gets no filler (e.g. 300). 0: filler starts with the tool call.",
     )
     turn_timeout_s: float = Field(25.0, description="Budget of one whole turn, seconds.")
+    shutdown_grace_s: float = Field(
+        10.0,
+        description="On SIGTERM, how long streams in flight may run on before they are cut; "
+        "new requests are refused at once.",
+    )
     busy_thread: Literal["wait", "reject"] = Field(
         "wait", description="A second request on a busy thread waits, or is refused with 409."
     )

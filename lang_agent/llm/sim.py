@@ -350,7 +350,7 @@ class Simulator:
                 return False
             plan = ChatPlan.build(
                 body,
-                self.script.reply(body, role) or sim_replies.reply_for(body, role),
+                self.script.reply(body, role=role) or sim_replies.reply_for(body, role),
                 rid=head.rid,
                 fault=fault,
                 role=role,

@@ -13,9 +13,9 @@ it, `DELETE` clears it):
 A rule applies when its `match` is a substring of the request's latest user message (case
 folded) and its `role` is the role the request comes from (router, chat, tool, chatty). The
 first such rule wins; otherwise the simulator answers as usual. A `route` rule (router only)
-decides the route. A `tool_call` rule (tool only) replaces the tool calls of the turn's first
-tool step; once tool results are in, the simulator answers from them as usual, so a scripted
-call never loops. A `content` rule makes the model say that text instead.
+decides the route. A `tool_call` rule (tool only) makes that the only call of the turn: the
+first tool step calls it, and once its result is in the model answers from it, calling nothing
+else (and never looping). A `content` rule makes the model say that text instead.
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lang_agent.llm.sim_replies import Reply, ToolCall, read_conversation, route_function
+from lang_agent.llm.sim_replies import (
+    Reply,
+    ToolCall,
+    answer_from_results,
+    read_conversation,
+    route_function,
+)
 
 ROLES = ("router", "chat", "tool", "chatty")
 _KEYS = {"match", "role", "route", "tool_call", "content"}
@@ -115,7 +121,7 @@ class Script:
     def as_dict(self) -> dict[str, Any]:
         return {"rules": [rule.as_dict() for rule in self.rules]}
 
-    def reply(self, body: dict[str, Any], role: str) -> Reply | None:
+    def reply(self, body: dict[str, Any], *, role: str) -> Reply | None:
         """The scripted reply to this chat request, or None to answer as usual."""
         if not self.rules:
             return None
@@ -128,8 +134,8 @@ class Script:
                 name = route_function(body.get("tools")) or "route"
                 return Reply(tool_calls=(ToolCall(name, json.dumps({"route": rule.route})),))
             if rule.tool_call is not None:
-                if convo.results:
-                    return None  # the scripted call ran: answer from its result as usual
+                if convo.results:  # the scripted call ran: speak its result, call nothing else
+                    return Reply(answer_from_results(convo.results, lang=convo.lang))
                 return Reply(tool_calls=(rule.tool_call,))
             return Reply(rule.content or "")
         return None
