@@ -7,11 +7,13 @@ import uuid
 
 import dashscope
 import httpx
+import psycopg
 import pytest
 from dashscope import Application
 
+from fastapi_server.serve import settings_from_flags
 from tests.conftest import TEST_KEY
-from tests.support import set_latency
+from tests.support import set_latency, wait_until
 
 
 @pytest.fixture
@@ -223,3 +225,47 @@ def test_unknown_dashscope_path_is_a_flat_404(server):
     )
     assert response.status_code == 404
     assert response.json()["code"] == "NotFound"
+
+
+def test_app_id_selects_a_profile_and_unknown_ones_use_the_default(base_url, simulator, pg_dsn):
+    set_latency(simulator, "tool", ttft_ms=300)
+    sessions = {"tool_node": uuid.uuid4().hex, "no-such-app": uuid.uuid4().hex}
+    try:
+        for app_id, session in sessions.items():
+            responses = Application.call(
+                api_key=TEST_KEY,
+                app_id=app_id,
+                session_id=session,
+                messages=[{"role": "user", "content": "3加5乘2等于多少"}],
+                stream=True,
+            )
+            assert "13" in [r.output.text for r in responses][-1]
+    finally:
+        set_latency(simulator, "tool", ttft_ms=0)
+
+    def fillers(session: str):
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(
+                "SELECT t.profile, count(m.*) FILTER (WHERE m.is_filler) FROM turns t"
+                " JOIN messages m USING (turn_id) WHERE t.thread_id = %s GROUP BY t.profile",
+                (session,),
+            ).fetchall()
+        return rows or None
+
+    assert wait_until(lambda: fillers(sessions["tool_node"])) == [("tool_node", 0)]
+    default = wait_until(lambda: fillers(sessions["no-such-app"]))
+    assert default[0][0] == "default" and default[0][1] == 1
+
+
+def test_route_flag_sets_the_default_profile():
+    settings = settings_from_flags(["route", "chatty_tool_node"], description="", port=8588)
+    assert settings.default_profile == "chatty_tool_node"
+
+
+def test_fake_stream_server_streams_a_finished_turn_in_small_pieces(live_server):
+    server = live_server(dashscope_fake_stream=True)
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    spoken, items = alibl_call("hello there, how are you?", session_id=uuid.uuid4().hex)
+    assert all(item.status_code == 200 for item in items)
+    assert len(items) > 10
+    assert spoken == items[-1].output.text and "hello there" in spoken
