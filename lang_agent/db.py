@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -218,7 +219,9 @@ async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
 class Database:
     """A pool over one Postgres, with the schema applied."""
 
-    def __init__(self, dsn: str, *, max_size: int = 20, min_size: int = 1) -> None:
+    def __init__(
+        self, dsn: str, *, max_size: int = 20, min_size: int = 1, timeout: float = 10.0
+    ) -> None:
         self.dsn = dsn
         self.pool = AsyncConnectionPool(
             dsn,
@@ -229,7 +232,7 @@ class Database:
             check=AsyncConnectionPool.check_connection,
             max_idle=300,
             max_lifetime=1800,
-            timeout=10,
+            timeout=timeout,
         )
 
     def __repr__(self) -> str:
@@ -249,3 +252,16 @@ class Database:
     async def connection(self) -> AsyncIterator[AsyncConnection]:
         async with self.pool.connection() as conn:
             yield conn
+
+
+class PooledSaver(AsyncPostgresSaver):
+    """AsyncPostgresSaver over our pool, without its instance-wide asyncio.Lock.
+
+    The saver takes the lock around every cursor, even when each operation checks out its own
+    pooled connection, so all threads' checkpoint reads and writes queued behind one another
+    (langgraph#7259; pitfalls §3). With a pool (never a shared pipeline) nothing needs it.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        super().__init__(pool)
+        self.lock = contextlib.nullcontext()  # type: ignore[assignment]

@@ -8,6 +8,7 @@ LangAgentError
  │    ├── UpstreamTimeout      no byte within the idle timeout
  │    └── UpstreamStatus       the upstream answered with an HTTP error
  ├── ToolError           a tool failed or timed out (the model sees it as a tool result)
+ ├── StoreUnavailable    Postgres (memory, thread leases) cannot be reached (503)
  └── TurnTimeout         the turn ran out of its budget
 """
 
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 
 import httpx
 import openai
+import psycopg
+import psycopg_pool
 
 
 class LangAgentError(Exception):
@@ -74,8 +77,22 @@ class ToolError(LangAgentError):
     code = "tool_error"
 
 
+class StoreUnavailable(LangAgentError):
+    code = "store_unavailable"
+
+
 class TurnTimeout(LangAgentError):
     code = "turn_timeout"
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Translate a lost or unreachable Postgres (a restart, a network cut, a full pool) into
+    StoreUnavailable: a clean, retryable 503 instead of an unexpected error."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+        raise StoreUnavailable("the database is unavailable; try again shortly") from exc
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
 from lang_agent.agent.profiles import load_profiles
 from lang_agent.agent.runner import Agent
@@ -18,9 +17,10 @@ from lang_agent.agent.state import AgentDeps
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.capture import CapturingTransport, Recorder
 from lang_agent.conversations import ConversationLog
-from lang_agent.db import Database, resolve_dsn
+from lang_agent.db import Database, PooledSaver, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.llm.pools import ShardedTransport
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
@@ -79,11 +79,11 @@ async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     async with contextlib.AsyncExitStack() as stack:
         dsn, _embedded = await resolve_dsn(settings)
-        db = Database(dsn, max_size=settings.db_pool_size)
+        db = Database(dsn, max_size=settings.db_pool_size, timeout=settings.db_timeout_s)
         await db.open()
         stack.push_async_callback(db.close)
 
-        checkpointer = AsyncPostgresSaver(db.pool)
+        checkpointer = PooledSaver(db.pool)
         await checkpointer.setup()
         await stack.enter_async_context(retention_job(settings, db=db))
 
@@ -93,10 +93,12 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
 
         catalog = ModelCatalog.load(settings.models_file)
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        # Keep every upstream connection alive: a turn holds two or three calls at once, so at
+        # concurrency 100 a keep-alive cap of 200 closed and reopened connections all the time.
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
         http_client = httpx.AsyncClient(
             transport=CapturingTransport(
-                httpx.AsyncHTTPTransport(limits=limits), recorder=recorder, catalog=catalog
+                ShardedTransport(limits=limits), recorder=recorder, catalog=catalog
             ),
             timeout=httpx.Timeout(settings.llm_timeout_s, connect=5.0),
         )
@@ -127,6 +129,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             log=log,
             profiles=load_profiles(settings.profiles_file),
         )
+        stack.push_async_callback(agent.close)  # first at shutdown: turns end before the log
         for role, spec in deps.models.specs.items():
             logger.info("role %s → %s", role, spec)
         yield Service(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.runtime import Runtime
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from lang_agent.agent.calls import model_name, stream_reply, text_of
 from lang_agent.agent.chatty import FillerTask
@@ -17,8 +18,6 @@ from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
 from lang_agent.agent.history import client_instructions, fit_window, new_messages
 from lang_agent.agent.speculation import SpeculativeChat
 from lang_agent.agent.state import LogEntry, TurnContext, TurnState
-from lang_agent.errors import upstream_errors
-from lang_agent.llm.context import calling
 
 logger = logging.getLogger(__name__)
 
@@ -84,29 +83,35 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
         tools=_tool_catalogue(ctx.deps.tools.tools()),
     )
     view = _router_view([*memory, *new], settings.router_history)
-    llm = ctx.deps.models.model("router", model=ctx.profile.models.get("router"))
-    structured = llm.with_structured_output(
-        RouteDecision, method="function_calling", include_raw=True
-    )
     if settings.speculative_chat:
         chat = _fit(ctx, "chat", [*memory, *new], _system(ctx, "chat_prompt"))
         ctx.speculation = SpeculativeChat(ctx, chat)
     try:
-        with calling(node="router_call"), upstream_errors():
-            result = await structured.ainvoke(_fit(ctx, "chat", view, system))
+        # Structured output by function calling, the route forced as the one tool call.
+        answer = await stream_reply(
+            ctx,
+            "router",
+            _fit(ctx, "chat", view, system),
+            tools=[RouteDecision],
+            tool_choice=RouteDecision.__name__,
+            speak=None,
+        )
     except BaseException:
         await _discard_speculation(ctx)
         raise
-    ctx.add_usage(model_name(ctx, "router"), getattr(result["raw"], "usage_metadata", None))
-    decision = result.get("parsed")
-    if isinstance(decision, RouteDecision):
+    decision = None
+    if answer.tool_calls:
+        with contextlib.suppress(ValidationError):
+            decision = RouteDecision.model_validate(answer.tool_calls[0]["args"])
+    if decision is not None:
         route = decision.route
     else:
         route = settings.route_fallback
         logger.warning("turn %s: router answer unparseable, taking %s", ctx.turn_id, route)
     ctx.route = route
-    if route == "tool":
-        await _discard_speculation(ctx)
+    if route == "tool" and ctx.speculation is not None:
+        ctx.speculation.drop()  # winds down on its own: the filler must not wait for it
+        ctx.speculation = None
     ctx.emit(RouteChosen(route))
     return {"turn_input": new, "route": route}
 
@@ -187,6 +192,7 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     if ctx.request.stream and settings.filler and ctx.profile.filler:
         filler = FillerTask(ctx, user_text=text_of(new[-1].content) if new else "")
         filler.start()
+        await asyncio.sleep(0)  # the filler sends its request first: it speaks first
     finish_filler = filler.finish if filler else None
     transcript: list[AnyMessage] = list(new)
     try:

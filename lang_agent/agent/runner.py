@@ -19,7 +19,7 @@ from lang_agent.agent.history import client_dialogue
 from lang_agent.agent.state import AgentDeps, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.conversations import ConversationLog, TurnRecord
-from lang_agent.errors import LangAgentError, TurnTimeout
+from lang_agent.errors import LangAgentError, TurnTimeout, store_errors
 from lang_agent.llm.context import calling
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ class Agent:
         self.profiles = profiles
         self._memory_graph = build_graph(checkpointer=checkpointer)
         self._stateless_graph = build_graph()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def close(self, *, timeout_s: float = 5.0) -> None:
+        """At shutdown: cancel the turns still running and wait for their clean-up (thread
+        lease, log record), so the log and the pool close after them, not under them."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
 
     def profile(self, name: str | None) -> Profile:
         default = self.profiles.get(self.deps.settings.default_profile, Profile())
@@ -76,18 +86,28 @@ class Agent:
         ctx.emit = events.put_nowait
         with calling(thread_id=request.thread_id, turn_id=ctx.turn_id):
             task = asyncio.create_task(self._drive(ctx), name=f"turn-{ctx.turn_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         last: TurnEvent | None = None
         try:
             while not isinstance(last, Done | Failed):
                 last = await events.get()
                 yield last
         finally:
-            if not task.done():
+
+            def record(_: object = None) -> None:
+                self.log.record(self._record(ctx, started_at, last))
+
+            if task.done():
+                record()
+            else:
+                # Logged when the turn task ends, not after our wait: a hang-up's cancel scope
+                # (anyio, level-triggered) interrupts every await here, and the turn was lost.
+                task.add_done_callback(record)
                 task.cancel()
                 # asyncio.wait, not `await task`: our own cancellation (a client hang-up)
                 # must not cancel the turn's clean-up a second time.
                 await asyncio.wait([task])
-            self.log.record(self._record(ctx, started_at, last))
 
     async def _drive(self, ctx: TurnContext) -> None:
         request = ctx.request
@@ -95,10 +115,12 @@ class Agent:
             if request.thread_id is None:
                 await self._invoke(ctx, self._stateless_graph, {}, durability=None)
             else:
-                async with self.locks.hold(request.thread_id):
-                    config = {"configurable": {"thread_id": request.thread_id}}
-                    # Saved once at the end: a failed turn never reaches memory.
-                    await self._invoke(ctx, self._memory_graph, config, durability="exit")
+                with store_errors():  # the lease and the checkpoints live in Postgres
+                    async with self.locks.hold(request.thread_id):
+                        ctx.began_at = datetime.now(UTC)
+                        config = {"configurable": {"thread_id": request.thread_id}}
+                        # Saved once at the end: a failed turn never reaches memory.
+                        await self._invoke(ctx, self._memory_graph, config, durability="exit")
             ctx.emit(Done(ctx.total_usage(), "length" if ctx.finish_reason == "length" else "stop"))
         except LangAgentError as exc:
             logger.warning("turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
@@ -131,7 +153,7 @@ class Agent:
             thread_id=ctx.request.thread_id,
             front_end=ctx.request.front_end,
             profile=ctx.profile.name,
-            started_at=started_at,
+            started_at=ctx.began_at or started_at,
             status=status,
             route=ctx.route,
             error_code=code,

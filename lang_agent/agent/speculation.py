@@ -38,8 +38,18 @@ class SpeculativeChat:
         self._held.clear()
         return await self._task
 
+    def drop(self) -> None:
+        """Cancel without waiting for the call to wind down (the tool route goes on at once)."""
+        self._task.cancel()
+        self._task.add_done_callback(_retrieve)
+
     async def discard(self) -> None:
         self._task.cancel()
         await asyncio.wait([self._task])
         if not self._task.cancelled():
             self._task.exception()  # retrieved, so a failed guess is not logged as unhandled
+
+
+def _retrieve(task: asyncio.Task[AIMessage]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so a failed guess is not logged as unhandled

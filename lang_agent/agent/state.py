@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AnyMessage
@@ -78,6 +79,9 @@ class TurnContext:
     log: list[LogEntry] = field(default_factory=list)
     finish_reason: str = "stop"
     speculation: Any = None  # a SpeculativeChat while the router decides
+    # When the turn took its thread (wall clock): the log orders a thread's turns by it, so
+    # turns that queued for the thread, in any process, are logged in the order they ran.
+    began_at: datetime | None = None
 
     def tool_budget_s(self) -> float:
         """How long a tool may take and still leave time to speak its answer in this turn."""

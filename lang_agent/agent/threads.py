@@ -14,13 +14,15 @@ from lang_agent.errors import ThreadBusy
 
 logger = logging.getLogger(__name__)
 
-# A lease whose holder died expires, so a crashed worker cannot wedge a thread for ever.
+# A lease whose holder died expires, so a crashed worker cannot wedge a thread for ever. One
+# this process holds is stale too: it is only sought under the thread's in-process lock, so
+# such a lease is one whose release was lost (the database was down at the time).
 ACQUIRE_LEASE_SQL = """
 INSERT INTO thread_leases (thread_id, owner, expires_at)
 VALUES (%(thread_id)s, %(owner)s, now() + make_interval(secs => %(ttl)s))
 ON CONFLICT (thread_id) DO UPDATE
     SET owner = excluded.owner, expires_at = excluded.expires_at
-    WHERE thread_leases.expires_at < now()
+    WHERE thread_leases.expires_at < now() OR starts_with(thread_leases.owner, %(process)s)
 RETURNING owner
 """
 RELEASE_LEASE_SQL = "DELETE FROM thread_leases WHERE thread_id = %s AND owner = %s"
@@ -38,6 +40,7 @@ class ThreadLocks:
         self.wait_s = wait_s
         self.lease_ttl_s = lease_ttl_s
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._process = f"{uuid.uuid4().hex}:"  # prefixes the owner of every lease we take
 
     @contextlib.asynccontextmanager
     async def hold(self, thread_id: str) -> AsyncIterator[None]:
@@ -69,8 +72,13 @@ class ThreadLocks:
                 self._local[thread_id] = (lock, users - 1)
 
     async def _acquire_lease(self, thread_id: str, deadline: float) -> str:
-        owner = uuid.uuid4().hex
-        params = {"thread_id": thread_id, "owner": owner, "ttl": self.lease_ttl_s}
+        owner = self._process + uuid.uuid4().hex
+        params = {
+            "thread_id": thread_id,
+            "owner": owner,
+            "ttl": self.lease_ttl_s,
+            "process": self._process,
+        }
         pause = POLL_START_S
         while True:
             async with self.db.connection() as conn:

@@ -118,6 +118,12 @@ class ModelFactory:
             return self.specs[role]
         return resolve_specs(self.settings, sim_url=self.sim_url, overrides={role: model})[role]
 
+    def fallback_spec(self, role: Role) -> ModelSpec | None:
+        """Where the role's calls go when they fail before their first token (FALLBACK_MODEL)."""
+        if not self.settings.fallback_model:
+            return None
+        return self.spec(role, model=self.settings.fallback_model)
+
     def model(self, role: Role, *, model: str | None = None) -> ChatOpenAI:
         spec = self.spec(role, model=model)
         key = (role, str(spec))
