@@ -1,0 +1,196 @@
+"""The stress test's command line: flags, the process stack, the scenarios, the output files."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from lang_agent.bench import report, scenarios
+from lang_agent.bench.load import Counter
+from lang_agent.bench.runner import DEFAULT_LEVELS, QUICK_LEVELS, Mode, Target, log, run_matrix
+from lang_agent.bench.stack import ROOT, Meter, Stack
+from lang_agent.bench.workload import FRONTS
+
+BENCH_KEY = "bench-key-0123456789"
+SCENARIOS = ("matrix", "voice", "proxy", "scale")
+# `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`
+LITELLM = "/tmp/litellm-venv/bin/litellm"  # noqa: S108 - a path the user chose, not a temp file
+
+
+def _levels(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--scenario", default="matrix", choices=[*SCENARIOS, "all"], help="what to measure")
+    add("--quick", action="store_true", help="a ~1-minute smoke run (levels 1,10; 5 s cells)")
+    add("--levels", type=_levels, default=None, help="concurrency levels, e.g. 1,5,10,20,50")
+    add("--duration", type=float, default=None, help="seconds per cell (default 15; quick 5)")
+    add("--fronts", default="dashscope,openai", help="front ends: dashscope,openai")
+    add("--streams", default="both", choices=["both", "stream", "plain"], help="stream modes")
+    add("--turns-per-thread", type=int, default=1, help="turns a user sends on one thread")
+    add("--tool-every", type=int, default=0, help="every n-th turn is a tool turn (0: none)")
+    add("--profile", default="original", help="simulator latency profile (fast, original)")
+    add("--workers", type=int, default=1, help="server worker processes (uvicorn --workers)")
+    add("--server-env", action="append", default=[], metavar="KEY=VALUE",
+        help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
+    add("--target", default=None, help="measure this running server instead of starting one")
+    add("--sim-url", default=None, help="running simulator base URL (…/v1); default: start one")
+    add("--key", default=None, help="API key for --target (FAST_AUTH_KEYS)")
+    add("--conn-str", default=None, help="Postgres DSN; default: an embedded Postgres")
+    add("--py-spy", type=int, default=0, metavar="C",
+        help="record the server with py-spy during the first cell at concurrency C")  # fmt: skip
+    add("--litellm", default=LITELLM, help="litellm binary, for the proxy comparison")
+    add("--out", type=Path, default=None, help="output directory (default stress_results/<time>)")
+
+
+def _modes(args: argparse.Namespace) -> list[Mode]:
+    fronts = [f for f in FRONTS if f in args.fronts.split(",")]
+    streams = {"both": (False, True), "stream": (True,), "plain": (False,)}[args.streams]
+    return [Mode(front, stream) for front in fronts for stream in streams]  # type: ignore[arg-type]
+
+
+def _server_env(args: argparse.Namespace, *, sim_url: str, dsn: str) -> dict[str, str]:
+    empty_mcp = args.out / "mcp_config.json"
+    empty_mcp.write_text("{}", encoding="utf-8")
+    env = {
+        "SIM_URL": sim_url,
+        "LLM_PROVIDER": "sim",
+        "CONN_STR": dsn,
+        "FAST_AUTH_KEYS": BENCH_KEY,
+        "MCP_CONFIG": str(empty_mcp),
+        "DATA_DIR": str(args.out / "data"),
+    }
+    for item in args.server_env:
+        name, _, value = item.partition("=")
+        env[name.strip().upper()] = value
+    return env
+
+
+@contextlib.contextmanager
+def py_spy(pid: int | None, *, seconds: float, out: Path):
+    """py-spy recording `pid` (all its processes) for `seconds` while the block runs."""
+    if not pid:
+        yield
+        return
+    argv = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)),
+            "--format", "raw", "--rate", "250", "--subprocesses", "--nonblocking",
+            "--output", str(out)]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+    try:
+        yield
+    finally:
+        try:
+            proc.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def matrix(args: argparse.Namespace, _stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
+    levels = args.levels or (list(QUICK_LEVELS) if args.quick else list(DEFAULT_LEVELS))
+    duration = args.duration or (5.0 if args.quick else 15.0)
+    target: Target = env["target"]
+    spied = {"done": False}
+
+    def on_cell(_mode: Mode, concurrency: int) -> None:
+        if args.py_spy and concurrency == args.py_spy and not spied["done"]:
+            spied["done"] = True
+            out = args.out / "py-spy.txt"
+            env["spy"] = py_spy(env.get("server_pid"), seconds=duration, out=out)
+            env["spy"].__enter__()
+        elif env.get("spy") is not None:
+            env.pop("spy").__exit__(None, None, None)
+
+    rows = await run_matrix(
+        target,
+        _modes(args),
+        levels,
+        duration_s=duration,
+        run_id=env["run_id"],
+        counter=env["counter"],
+        turns_per_thread=args.turns_per_thread,
+        tool_every=args.tool_every,
+        on_cell=on_cell,
+    )
+    if env.get("spy") is not None:
+        env.pop("spy").__exit__(None, None, None)
+    title = f"Matrix: {duration:g} s per cell, {args.turns_per_thread} turn(s) per thread"
+    (args.out / "chart.svg").write_text(report.chart_svg(rows, title=title), "utf-8")
+    return {"rows": rows, "markdown": report.matrix_markdown(rows, title=title)}
+
+
+async def main(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    wanted = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    record: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": vars(args) | {"out": str(args.out)},
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "scenarios": {},
+    }
+    with Stack(args.out / "stack") as stack:
+        env = await _start(args, stack)
+        record["simulator_profile"] = env.get("sim_profile")
+        for name in wanted:
+            log(f"═ scenario {name}")
+            runner = SCENARIO_RUNNERS[name]
+            record["scenarios"][name] = await runner(args, stack, env)
+            _write(args, record)
+    log(f"results in {args.out}")
+    return 0
+
+
+def _write(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    report.write_json(args.out / "results.json", record)
+    parts = [f"# Stress test {record['started']}", "", f"`{json.dumps(record['argv'])}`", ""]
+    for name, result in record["scenarios"].items():
+        parts += [result.get("markdown") or f"## {name}", ""]
+    (args.out / "report.md").write_text("\n".join(parts), "utf-8")
+
+
+async def _start(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
+    import httpx
+
+    env: dict[str, Any] = {"run_id": time.strftime("%H%M%S"), "counter": Counter()}
+    if args.sim_url:
+        sim_url = args.sim_url
+    else:
+        sim_url = (await asyncio.to_thread(stack.simulator, profile=args.profile)).url
+        env["sim_pid"] = stack.services[-1].pid
+    sim_root = sim_url.removesuffix("/v1")
+    env["sim_url"], env["sim_root"] = sim_url, sim_root
+    with contextlib.suppress(httpx.HTTPError):
+        async with httpx.AsyncClient(timeout=5) as http:
+            env["sim_profile"] = (await http.get(f"{sim_root}/_sim/profile")).json()
+    env["dsn"] = args.conn_str or await asyncio.to_thread(stack.postgres)
+    env["server_env"] = _server_env(args, sim_url=sim_url, dsn=env["dsn"])
+    env["key"] = args.key or BENCH_KEY
+    if args.target:
+        env["target"] = Target(args.target.rstrip("/"), sim_root, None, args.key, args.conn_str)
+        return env
+    if args.scenario not in ("matrix", "all"):
+        return env  # the other scenarios start the servers they need
+    server = await asyncio.to_thread(stack.server, env=env["server_env"], workers=args.workers)
+    env["server_pid"] = server.pid
+    meter = Meter({"server": server.pid, "sim": env.get("sim_pid"),
+                   "postgres": stack.postgres_pid()})  # fmt: skip
+    env["target"] = Target(server.url, sim_root, meter, BENCH_KEY, env["dsn"])
+    log(f"server {server.url} (pid {server.pid}), simulator {sim_url}, postgres {env['dsn']}")
+    return env
+
+
+SCENARIO_RUNNERS = {
+    "matrix": matrix,
+    "voice": scenarios.voice,
+    "proxy": scenarios.proxy,
+    "scale": scenarios.scale,
+}
+__all__ = ["ROOT", "add_arguments", "main"]

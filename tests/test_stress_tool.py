@@ -1,0 +1,146 @@
+"""The stress tool's own code (scripts/stress_test.py, lang_agent/bench): table and JSON shape,
+success accounting, E(c), the simulator call-log matching. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lang_agent.bench import report
+from lang_agent.bench.load import Sample, attach_model_time, completed_within
+from lang_agent.bench.runner import Mode, Target, run_matrix
+from lang_agent.bench.stats import add_efficiency, percentile
+from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
+from lang_agent.llm import sim_intents
+from tests.conftest import TEST_KEY
+
+MODES = [Mode(front, stream) for front in ("dashscope", "openai") for stream in (False, True)]
+
+
+@pytest.fixture
+def bench_server(live_server):
+    return live_server()
+
+
+async def test_quick_matrix_against_in_process_servers(bench_server, simulator, pg_dsn) -> None:
+    sim_root = simulator.base_url.removesuffix("/v1")
+    target = Target(bench_server.url, sim_root, None, TEST_KEY, pg_dsn)
+    rows = await run_matrix(
+        target, MODES, [1, 2], duration_s=60, run_id="t", max_turns=2, pause_s=0
+    )
+    assert len(rows) == len(MODES) * 2
+    for row in rows:
+        assert row["requests"] == row["concurrency"] * 2
+        assert row["ok"] == row["requests"] and row["success_pct"] == 100.0, row["errors"]
+        assert row["throughput_rps"] > 0 and row["efficiency"] is not None
+        # every turn matched its simulator calls (router + chat) by its unique marker
+        assert row["overhead_matched"] == row["ok"]
+        assert row["overhead_p50_ms"] is not None and row["p99_ms"] >= row["p50_ms"]
+        # and read the server's own time for each turn from its conversation log
+        assert row["engine_overhead_p50_ms"] is not None
+        if row["stream"]:
+            assert row["first_text_p50_ms"] is not None
+            assert row["first_clause_p50_ms"] is not None
+        else:
+            assert "first_text_p50_ms" not in row
+    by_mode = {(r["front"], r["stream"], r["concurrency"]): r for r in rows}
+    assert by_mode[("openai", True, 1)]["ideal_rps"] == pytest.approx(
+        1000 / by_mode[("openai", True, 1)]["avg_ms"], rel=1e-2
+    )
+    json.dumps(rows)  # the JSON record takes the rows as they are
+    markdown = report.matrix_markdown(rows, title="quick")
+    assert markdown.count("| Concurrency | Requests | Success % | Throughput (req/s)") == 4
+    assert "First text p50 / p95 (ms)" in markdown and "### openai, streaming" in markdown
+    assert report.chart_svg(rows, title="quick").startswith("<svg")
+
+
+async def test_a_failing_turn_is_counted_not_raised(bench_server, simulator) -> None:
+    simulator.inject("500", count=2, role="router")
+    target = Target(bench_server.url, simulator.base_url.removesuffix("/v1"), None, TEST_KEY)
+    rows = await run_matrix(
+        target, [Mode("openai", False)], [1], duration_s=60, run_id="f", max_turns=3, pause_s=0
+    )
+    simulator.clear_faults()
+    (row,) = rows
+    assert row["requests"] == 3
+    assert row["ok"] < row["requests"] and row["success_pct"] < 100
+    assert sum(row["errors"].values()) == row["requests"] - row["ok"]
+
+
+def test_efficiency_is_throughput_over_c_over_latency_at_1() -> None:
+    rows = [
+        {"front": "openai", "stream": True, "concurrency": 1, "avg_ms": 1000.0,
+         "throughput_rps": 0.99},
+        {"front": "openai", "stream": True, "concurrency": 50, "avg_ms": 1100.0,
+         "throughput_rps": 45.0},
+        {"front": "dashscope", "stream": False, "concurrency": 50, "avg_ms": 900.0,
+         "throughput_rps": 40.0},
+    ]  # fmt: skip
+    add_efficiency(rows)
+    assert rows[1]["ideal_rps"] == 50.0 and rows[1]["efficiency"] == 0.9
+    assert rows[0]["efficiency"] == 0.99
+    assert rows[2]["efficiency"] is None  # no concurrency-1 row for that mode
+
+
+def test_model_time_is_the_union_of_a_turns_calls() -> None:
+    sample = Sample("chat", "hello", "t", 0, start=10.0, end=11.2, ok=True)
+    other = Sample("chat", "other", "t", 0, start=10.0, end=11.0, ok=True)
+    calls = [
+        {"role": "router", "user": "hello", "start": 10.01, "end": 10.30},
+        {"role": "chat", "user": "hello", "start": 10.02, "end": 11.00},  # overlaps the router
+        {"role": "chat", "user": "nobody", "start": 10.0, "end": 11.0},
+    ]
+    assert attach_model_time([sample, other], calls) == 1
+    assert sample.model_s == pytest.approx(0.99)
+    assert sample.overhead == pytest.approx(0.21)
+    assert sample.before_model_s == pytest.approx(0.01)
+    assert sample.after_model_s == pytest.approx(0.2)
+    assert other.model_s is None and other.overhead is None
+
+
+def test_throughput_counts_the_share_of_each_turn_inside_the_window() -> None:
+    samples = [
+        Sample("chat", "a", "t", 0, start=0.0, end=1.0, ok=True),  # half inside
+        Sample("chat", "b", "t", 0, start=1.0, end=2.0, ok=True),  # inside
+        Sample("chat", "c", "t", 0, start=1.0, end=2.0, ok=False),  # failed: not counted
+    ]
+    assert completed_within(samples, 0.5, 2.0) == pytest.approx(1.5)
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_stream_reader_finds_first_text_and_first_clause() -> None:
+    reader = StreamReader("openai", started=0.0)
+    role = {"choices": [{"delta": {"role": "assistant", "content": ""}}]}
+    reader.feed(f"data: {json.dumps(role)}\n\n".encode())
+    assert reader.first_text is None
+    reader.feed(b'data: {"choices":[{"delta":{"content":"\xe5\xa5\xbd"}}]}\n\ndata: {"choi')
+    assert reader.first_text is not None and reader.first_clause is None
+    reader.feed('ces":[{"delta":{"content":"的，"}}]}\n\ndata: [DONE]\n\n'.encode())
+    assert reader.first_clause is not None and reader.finished and reader.text == "好的，"
+
+    dash = StreamReader("dashscope", started=0.0)
+    frame = 'id:1\nevent:result\n:HTTP_STATUS/200\ndata:{"output":{"text":"%s",' \
+            '"finish_reason":"%s"}}\n\n'  # fmt: skip
+    dash.feed((frame % ("好的", "null")).encode())
+    dash.feed((frame % ("好的，我", "stop")).encode())
+    assert dash.text == "好的，我" and dash.finished and dash.first_clause is not None
+
+    failed = StreamReader("dashscope", started=0.0)
+    failed.feed(b'id:1\nevent:error\nstatus:500\ndata:{"code":"InternalError"}\n\n')
+    assert failed.error is not None and not failed.finished
+
+
+def test_turn_texts_are_unique_and_route_as_intended() -> None:
+    texts = {turn_text(n, kind="chat") for n in range(2000)}
+    assert len(texts) == 2000
+    assert marker(0) != marker(26) and "qx" in marker(12345)
+    for n in (0, 1, 25, 26, 700, 12345):
+        assert sim_intents.detect(turn_text(n, kind="chat")) == []
+        assert sim_intents.detect(turn_text(n, kind="tool")) != []
+    assert turn_text(3, kind="chat").startswith(CHAT_TEXT)
