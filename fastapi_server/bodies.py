@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -11,6 +12,9 @@ from pydantic import BaseModel, ValidationError
 from lang_agent.errors import InvalidRequest, PayloadTooLarge
 
 Model = TypeVar("Model", bound=BaseModel)
+# A \uD800-\uDFFF escape: JSON lets a lone one through, and its text cannot be encoded again
+# (to the model, to Postgres), so the turn would fail half-way.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -32,7 +36,8 @@ def _location(error: dict[str, Any]) -> str:
 async def parse_json(request: Request, model: type[Model], *, limit: int) -> Model:
     raw = await read_body(request, limit=limit)
     try:
-        data = json.loads(raw)
+        # Strict UTF-8 (a BOM allowed): json.loads(bytes) would let encoded surrogates through.
+        data = json.loads(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise InvalidRequest("the request body is not valid UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -41,6 +46,11 @@ async def parse_json(request: Request, model: type[Model], *, limit: int) -> Mod
         raise InvalidRequest("the JSON body is nested too deeply") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest("the request body holds a lone UTF-16 surrogate") from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:

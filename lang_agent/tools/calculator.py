@@ -72,6 +72,8 @@ def _eval(node: ast.AST, depth: int) -> float:
         case ast.Constant(value=value) if isinstance(value, int | float) and not isinstance(
             value, bool
         ):
+            if isinstance(value, float) and math.isinf(value):  # a literal like 1e999
+                raise CalculatorError("number too large")
             return value
         case ast.BinOp(left=left, op=op, right=right) if type(op) in _BINARY:
             a, b = _eval(left, depth + 1), _eval(right, depth + 1)
@@ -113,5 +115,7 @@ def calculate(expression: str) -> str:
         raise CalculatorError("not a valid arithmetic expression") from exc
     try:
         return _format(_eval(tree, 0))
+    except ZeroDivisionError as exc:  # 0 ** -1
+        raise CalculatorError("division by zero") from exc
     except (OverflowError, RecursionError) as exc:
         raise CalculatorError("result too large") from exc

@@ -36,6 +36,7 @@ _BROKEN = (
     httpx.HTTPError,
 )
 _MAX_PAGES = 100
+CALL_PING_S = 1.0  # while a call waits, the server is pinged this often to notice its death
 
 
 class CallFailed(Exception):
@@ -131,14 +132,15 @@ class ServerLink:
             raise CallFailed(f"the device server {self.name} is not connected{reason}")
         call = asyncio.ensure_future(session.call_tool(name, arguments))
         watch = asyncio.ensure_future(lost.wait())
+        pulse = asyncio.ensure_future(self._pulse(session))
         try:
             done, _ = await asyncio.wait(
                 {call, watch}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for task in (call, watch):
+            for task in (call, watch, pulse):
                 task.cancel()
-            await asyncio.gather(call, watch, return_exceptions=True)
+            await asyncio.gather(call, watch, pulse, return_exceptions=True)
         if call in done and not call.cancelled():
             exc = call.exception()
             if exc is None:
@@ -154,6 +156,19 @@ class ServerLink:
             raise CallFailed(f"the connection to {self.name} was lost during the call")
         self._wake.set()  # a silent server may be dead: ping it now
         raise CallFailed(f"the device did not answer within {timeout_s:g} s")
+
+    async def _pulse(self, session: ClientSession) -> None:
+        """Ping while a call waits. A server killed mid-call leaves the call's own request
+        unanswered (the HTTP transport only logs the lost stream), so without this the call
+        waited for the periodic ping or its whole timeout."""
+        while True:
+            await asyncio.sleep(CALL_PING_S)
+            try:
+                async with asyncio.timeout(self.connect_timeout_s):
+                    await session.send_ping()
+            except Exception as exc:  # noqa: BLE001 - a failed ping means the session is gone
+                self._broken(f"ping failed during a call: {describe(exc)}")
+                return
 
     def _broken(self, reason: str) -> None:
         if not self._lost.is_set():

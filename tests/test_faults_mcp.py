@@ -1,0 +1,115 @@
+"""An MCP device server that dies or hangs in the middle of a turn: the tool call ends with an
+error the model turns into an honest answer, the turn ends cleanly, and tools come back."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import TEST_KEY
+from tests.support import wait_until
+from tests.test_mcp_e2e import DeviceServer
+
+TOOL_TIMEOUT_S = 20.0  # far above how long the failures below may take
+
+
+@pytest.fixture
+def device():
+    servers: list[DeviceServer] = []
+
+    def start(*extra: str, port: int | None = None) -> DeviceServer:
+        server = DeviceServer(*extra)
+        if port is not None:
+            server.port = port
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def _config(tmp_path: Path, url: str, timeout_s: float) -> Path:
+    path = tmp_path / f"mcp-{uuid.uuid4().hex[:6]}.json"
+    entry = {"transport": "streamable_http", "url": url, "timeout_s": timeout_s}
+    path.write_text(json.dumps({"device": entry}), encoding="utf-8")
+    return path
+
+
+def _turn(server, text: str, thread_id: str, seen_start: concurrent.futures.Future | None = None):
+    """Stream a tool turn; returns (answer, tool events, finish_reason)."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    stream = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": text}],
+        stream=True,
+        timeout=60,
+        extra_body={"thread_id": thread_id, "events": True},
+    )
+    answer, events, finish = [], [], None
+    for chunk in stream:
+        marker = (chunk.model_extra or {}).get("x_lang_agent") or {}
+        if marker.get("kind", "").startswith("tool_"):
+            events.append({**marker, "at": time.monotonic()})
+            if marker["kind"] == "tool_started" and seen_start and not seen_start.done():
+                seen_start.set_result(time.monotonic())
+        elif chunk.choices:
+            if chunk.choices[0].delta.content and not marker:
+                answer.append(chunk.choices[0].delta.content)
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(answer), events, finish
+
+
+def _mcp_state(server) -> str:
+    health = httpx.get(f"{server.url}/health").json()
+    mcp = next(source for source in health["tools"] if source["name"] == "mcp")
+    return mcp["servers"][0]["state"]
+
+
+def test_device_server_killed_during_a_tool_call(live_server, device, tmp_path, thread_id):
+    hanging = device("--hang-tool", "self.audio_speaker.set_volume")
+    server = live_server(
+        mcp_config=_config(tmp_path, hanging.url, TOOL_TIMEOUT_S),
+        mcp_retry_s=0.1,
+        mcp_retry_max_s=0.5,
+    )
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started: concurrent.futures.Future = concurrent.futures.Future()
+        turn = pool.submit(_turn, server, "把音量调到30", thread_id, started)
+        started.result(timeout=30)
+        time.sleep(0.3)  # the call is on the wire, waiting for a device that hangs
+        hanging.kill()
+        killed_at = time.monotonic()
+        answer, events, finish = turn.result(timeout=TOOL_TIMEOUT_S + 10)
+    finished = [e for e in events if e["kind"] == "tool_finished"]
+    assert finished and finished[0]["error"]  # an error result, not a hang
+    assert finished[0]["at"] - killed_at < 5  # noticed by a ping during the call, not a timeout
+    assert "没有成功" in answer and finish == "stop"
+
+    # The device comes back on its address: the manager reconnects and tools work again.
+    device(port=hanging.port)
+    wait_until(lambda: _mcp_state(server) == "up", within_s=20)
+    answer, events, _ = _turn(server, "把音量调到40", thread_id)
+    assert "40" in answer and not [e for e in events if e.get("error")]
+
+
+def test_a_hanging_device_is_bounded_by_the_tool_timeout(live_server, device, tmp_path):
+    hanging = device("--hang-tool", "self.audio_speaker.set_volume")
+    server = live_server(mcp_config=_config(tmp_path, hanging.url, 1.0))
+    dashscope_thread = f"mcp-hang-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    answer, events, finish = _turn(server, "把音量调到30", dashscope_thread)
+    assert time.monotonic() - started < 10
+    finished = [e for e in events if e["kind"] == "tool_finished"]
+    assert "within" in finished[0]["error"] and finish == "stop"
+    assert "没有成功" in answer
+    # Other tools of the same server still answer while one tool hangs.
+    answer, events, _ = _turn(server, "现在音量是多少", dashscope_thread)
+    assert [e["error"] for e in events if e["kind"] == "tool_finished"] == [None]

