@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,9 @@ ORDER BY m.turn_started_at, m.turn_id, m.seq
 """
 
 WRITE_ATTEMPTS = 3
+# A database that is down or restarting is waited out this long before turns are dropped; the
+# queue holds the turns that arrive meanwhile.
+OUTAGE_WAIT_S = 60.0
 
 
 def _text(value: Any) -> Any:
@@ -154,7 +158,10 @@ class ConversationLog:
                     self.queue.task_done()
 
     async def _write(self, batch: list[TurnRecord]) -> None:
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        give_up_at = time.monotonic() + OUTAGE_WAIT_S
+        attempt = 0
+        while attempt < WRITE_ATTEMPTS:
+            attempt += 1
             try:
                 async with self.db.connection() as conn, conn.transaction():
                     async with conn.cursor() as cur:
@@ -174,6 +181,14 @@ class ConversationLog:
                 for turn in batch:  # one refused turn must not sink the others
                     await self._write([turn])
                 return
+            except psycopg.OperationalError as exc:  # down or restarting: wait, do not drop
+                if time.monotonic() < give_up_at:
+                    attempt -= 1
+                    logger.warning("conversation log waits for the database (%s)", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                logger.exception("conversation log write failed: the database stayed away")
+                break
             except Exception:  # the log is best-effort; the writer must outlive any DB trouble
                 logger.exception("conversation log write failed (attempt %s)", attempt)
                 await asyncio.sleep(0.2 * attempt)
