@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from lang_agent.agent.state import LogEntry as Msg  # a logged message, as the agent writes it
 from lang_agent.db import CONNECTION_KWARGS, migrate
 
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -33,17 +34,6 @@ INSERT INTO llm_calls (call_id, thread_id, turn_id, node, method, url, model, st
 VALUES (%s, %s, %s, %s, 'POST', 'http://127.0.0.1:1/v1/chat/completions', %s, true, %s, %s,
         %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
-
-
-@dataclass
-class Msg:
-    role: str
-    content: str = ""
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-    tool_name: str | None = None
-    is_filler: bool = False
-    model: str | None = None
 
 
 @dataclass
