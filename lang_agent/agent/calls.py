@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -93,19 +94,22 @@ async def stream_reply(
         )  # fmt: skip
         spoken = False
         try:
+            pieces = stream_chat(
+                models.http_client, candidate, body, reply, retries=settings.llm_retries
+            )
+            # aclosing: a body that raises (a dropped speculation) or is cancelled must close
+            # the stream now, not whenever the abandoned generator is collected.
             with calling(node=NODE_OF_ROLE[role]), upstream_errors():
-                pieces = stream_chat(
-                    models.http_client, candidate, body, reply, retries=settings.llm_retries
-                )
-                async for piece in pieces:
-                    if speak is None:
-                        continue
-                    if not spoken and before_speaking is not None:
-                        await before_speaking()
-                    spoken = True
-                    event = speak(piece)
-                    if event is not None:
-                        ctx.say(event)
+                async with contextlib.aclosing(pieces):
+                    async for piece in pieces:
+                        if speak is None:
+                            continue
+                        if not spoken and before_speaking is not None:
+                            await before_speaking()
+                        spoken = True
+                        event = speak(piece)
+                        if event is not None:
+                            ctx.say(event)
         except UpstreamError as exc:
             last = attempt == len(candidates) - 1
             if last or spoken or reply.text or reply.calls or not _falls_back(exc):
