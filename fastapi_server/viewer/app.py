@@ -82,6 +82,8 @@ def create_viewer_app(settings: Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # An id that ends in an encoded "/" is a 404, not a redirect to some other record.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     _install_error_handlers(app)
