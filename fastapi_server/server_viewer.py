@@ -1,7 +1,6 @@
 """Run the conversation viewer on 127.0.0.1:8590 (`--host`, `--port` to change)."""
 
 import argparse
-import asyncio
 import sys
 
 import uvicorn
@@ -9,6 +8,7 @@ from pydantic import ValidationError
 
 from fastapi_server.serve import STARTUP_FAILURE, configure_logging, serve, uvicorn_config
 from fastapi_server.viewer import create_viewer_app
+from lang_agent import loop
 from lang_agent.settings import Settings
 
 if __name__ == "__main__":
@@ -27,5 +27,5 @@ if __name__ == "__main__":
         create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
     )
     server = uvicorn.Server(config)
-    asyncio.run(serve([server]))
+    loop.run(serve([server]))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from lang_agent import loop
 from lang_agent.cli_common import CONN_STR_OPTION, STARTUP_FAILURE, settings_from
 
 
@@ -207,7 +208,6 @@ def proxy_start(
     conn_str: str | None,
 ) -> None:
     """Forward every call to the upstream and capture it; flags override the config file."""
-    import asyncio
 
     from fastapi_server.serve import configure_logging
     from lang_agent.capture.proxy import load_config_file, run_proxy
@@ -232,7 +232,7 @@ def proxy_start(
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_proxy(settings, on_ready=ready))
+            loop.run(run_proxy(settings, on_ready=ready))
     except OSError as exc:
         click.echo(f"cannot start the proxy: {exc}", err=True)
         sys.exit(STARTUP_FAILURE)

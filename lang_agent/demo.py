@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, assert_never
 
-import httpx
+import httpx2
 
 from lang_agent.agent.events import (
     AnswerDelta,
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from lang_agent.service import Service
 
 RESULT_CHARS = 200
-STREAM_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
+STREAM_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)
 # SGR codes: the kinds of text the chat shows.
 STYLES = {
     "answer": "",
@@ -141,7 +141,7 @@ class LocalChat:
 class RemoteChat:
     """Turns through a running server's OpenAI API, streamed with tool events."""
 
-    def __init__(self, client: httpx.AsyncClient, *, url: str, key: str | None) -> None:
+    def __init__(self, client: httpx2.AsyncClient, *, url: str, key: str | None) -> None:
         self.client = client
         self.base = url.rstrip("/").removesuffix("/v1")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -169,7 +169,7 @@ class RemoteChat:
                     if isinstance(event, AnswerDelta):
                         answer += event.text
                     yield event
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             yield Failed("connection_error", f"{url}: {exc or type(exc).__name__}")
             return
         log = self.transcript.setdefault(thread_id, [])

@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import psycopg
 from langchain_core.messages import HumanMessage
@@ -91,7 +91,7 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
             sim_url = await simulator.start(host="127.0.0.1", port=0)
             stack.push_async_callback(simulator.stop)
         client = await stack.enter_async_context(
-            httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)))
+            httpx2.AsyncClient(timeout=httpx2.Timeout(timeout_s, connect=min(5.0, timeout_s)))
         )
         quick = settings.model_copy(
             update={"llm_retries": 0, "llm_timeout_s": timeout_s, "max_tokens": 1}
@@ -275,10 +275,10 @@ async def _is_lang_agent(host: str, port: int, *, health_path: str) -> bool:
     target = "127.0.0.1" if host in ("0.0.0.0", "") else host
     target = f"[{target}]" if ":" in target else target
     try:
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        async with httpx2.AsyncClient(timeout=2.0, trust_env=False) as client:
             response = await client.get(f"http://{target}:{port}{health_path}")
             return response.status_code == 401 or "status" in response.json()
-    except (httpx.HTTPError, ValueError):
+    except (httpx2.HTTPError, ValueError):
         return False
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import httpx
+import httpx2
 import openai
 import psycopg
 import psycopg_pool
@@ -97,16 +97,16 @@ def store_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def upstream_errors() -> Iterator[None]:
-    """Translate openai/httpx failures of a model call into UpstreamError subclasses."""
+    """Translate openai/httpx2 failures of a model call into UpstreamError subclasses."""
     try:
         yield
-    except (openai.APITimeoutError, httpx.TimeoutException) as exc:
+    except (openai.APITimeoutError, httpx2.TimeoutException) as exc:
         raise UpstreamTimeout("the model did not answer in time") from exc
     except openai.APIStatusError as exc:
         raise UpstreamStatus(
             f"the model API answered HTTP {exc.status_code}", status=exc.status_code
         ) from exc
-    except (openai.APIConnectionError, httpx.TransportError) as exc:
+    except (openai.APIConnectionError, httpx2.TransportError) as exc:
         raise UpstreamError("the model API could not be reached or cut the stream") from exc
     except openai.APIError as exc:
         raise UpstreamError("the model API returned an error") from exc

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
+import httpx2
 
 from lang_agent.agent.profiles import load_profiles
 from lang_agent.agent.runner import Agent
@@ -43,7 +43,7 @@ class Service:
     tools: ToolRegistry
     log: ConversationLog
     recorder: Recorder
-    http_client: httpx.AsyncClient
+    http_client: httpx2.AsyncClient
     extras: dict[str, Any] = field(default_factory=dict)
 
     def health(self) -> dict[str, Any]:
@@ -95,12 +95,12 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
         # Keep every upstream connection alive: a turn holds two or three calls at once, so at
         # concurrency 100 a keep-alive cap of 200 closed and reopened connections all the time.
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-        http_client = httpx.AsyncClient(
+        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
+        http_client = httpx2.AsyncClient(
             transport=CapturingTransport(
                 ShardedTransport(limits=limits), recorder=recorder, catalog=catalog
             ),
-            timeout=httpx.Timeout(settings.llm_timeout_s, connect=5.0),
+            timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
         )
         stack.push_async_callback(http_client.aclose)
 

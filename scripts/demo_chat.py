@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 
 from lang_agent.agent.events import Failed
 from lang_agent.demo import EventPrinter, LocalChat, RemoteChat, history_text
@@ -82,7 +82,7 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[LocalChat | Re
         if key is None:
             with contextlib.suppress(ValueError):
                 key = next(iter(Settings().auth_keys), None)
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with httpx2.AsyncClient(trust_env=False) as client:
             yield RemoteChat(client, url=args.url, key=key)
         return
     from lang_agent.service import open_service

@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +105,8 @@ def server_process(dsn: str, sim_url: str, workdir: Path):
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited: see {workdir / 'server.log'}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            with contextlib.suppress(httpx2.TransportError):
+                if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not start within 60 s")
@@ -122,7 +122,7 @@ def server_process(dsn: str, sim_url: str, workdir: Path):
 
 
 async def one_turn(
-    client: httpx.AsyncClient, rng: random.Random, args: argparse.Namespace, sim: Simulator
+    client: httpx2.AsyncClient, rng: random.Random, args: argparse.Namespace, sim: Simulator
 ) -> tuple[str, float]:
     """Send one turn of the mix; returns (outcome, seconds)."""
     text = rng.choice(TEXTS)
@@ -150,7 +150,7 @@ async def one_turn(
                 return "hung_up", time.perf_counter() - started
             raw = await response.aread()
         status = response.status_code
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         return f"transport:{type(exc).__name__}", time.perf_counter() - started
     took = time.perf_counter() - started
     if status >= 500 and status not in (502, 504):
@@ -172,7 +172,7 @@ async def load(url: str, process: subprocess.Popen, sim: Simulator, args: argpar
     start = time.monotonic()
     end = start + args.minutes * 60
 
-    async def run(client: httpx.AsyncClient) -> None:
+    async def run(client: httpx2.AsyncClient) -> None:
         async with gate:
             outcome, took = await one_turn(client, rng, args, sim)
         outcomes[outcome] += 1
@@ -185,8 +185,8 @@ async def load(url: str, process: subprocess.Popen, sim: Simulator, args: argpar
                         "turns": sum(outcomes.values())})  # fmt: skip
 
     headers = {"Authorization": f"Bearer {KEY}"}
-    limits = httpx.Limits(max_connections=args.concurrency * 2)
-    async with httpx.AsyncClient(
+    limits = httpx2.Limits(max_connections=args.concurrency * 2)
+    async with httpx2.AsyncClient(
         base_url=url, headers=headers, timeout=60, limits=limits
     ) as client:
         sample()

@@ -14,7 +14,6 @@ See docs/performance.md for the method and the results.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lang_agent import loop  # noqa: E402
 from lang_agent.bench.cli import main  # noqa: E402
 
 
@@ -44,4 +44,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     # SIGTERM stops the run like Ctrl-C, so the servers it started are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    sys.exit(asyncio.run(main(parse_args())))
+    sys.exit(loop.run(main(parse_args())))

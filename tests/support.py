@@ -8,7 +8,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import uvicorn
 from fastapi import FastAPI
 
@@ -78,5 +78,5 @@ def set_latency(simulator, role: str, *, ttft_ms: float, tokens_per_s: float = 0
     """Change one role's timing on a running simulator, over its HTTP knob."""
     root = simulator.base_url.removesuffix("/v1")
     timing = {"ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s}
-    response = httpx.post(f"{root}/_sim/profile", json={role: timing}, timeout=5)
+    response = httpx2.post(f"{root}/_sim/profile", json={role: timing}, timeout=5)
     response.raise_for_status()

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -32,12 +32,12 @@ SECRET = "sk-cli-secret-4242"
 THREAD = "cli-thread"
 
 
-def upstream(request: httpx.Request) -> httpx.Response:
+def upstream(request: httpx2.Request) -> httpx2.Response:
     body = json.loads(request.content)
     if "fail" in body["messages"][0]["content"]:
-        return httpx.Response(429, json={"error": {"message": "slow down", "type": "rate_limit"}})
+        return httpx2.Response(429, json={"error": {"message": "slow down", "type": "rate_limit"}})
     answer = {"role": "assistant", "content": "好的"}
-    return httpx.Response(
+    return httpx2.Response(
         200,
         headers={"msh-request-id": f"req-{body['messages'][0]['content']}"},
         json={
@@ -53,9 +53,9 @@ def upstream(request: httpx.Request) -> httpx.Response:
 async def seed(dsn: str) -> None:
     recorder = Recorder(dsn=dsn)
     await recorder.start()
-    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
+    transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
     headers = {"authorization": f"Bearer {SECRET}"}
-    async with httpx.AsyncClient(transport=transport, headers=headers) as http:
+    async with httpx2.AsyncClient(transport=transport, headers=headers) as http:
         with calling(thread_id=THREAD, node="chat"):
             for content in ("one", "two", "fail"):
                 body = {"model": "qwen-plus", "messages": [{"role": "user", "content": content}]}
@@ -189,9 +189,9 @@ def test_proxy_start_prints_the_base_url_and_serves_metrics(cli_dsn, tmp_path):
         deadline = time.monotonic() + 10
         while True:
             try:
-                response = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=2)
+                response = httpx2.get(base_url.removesuffix("/v1") + "/metrics", timeout=2)
                 break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)

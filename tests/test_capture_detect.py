@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
+import httpx2
 
 from lang_agent.capture.detect import (
     RepeatConfig,
@@ -178,7 +178,7 @@ def test_no_false_alarm_on_long_normal_text():
 async def test_looping_simulated_stream_is_flagged_without_cut(capture_db, capture_sim):
     recorder = Recorder(dsn=capture_db.dsn)
     await recorder.start()
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder, catalog=CATALOG)
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder, catalog=CATALOG)
     capture_sim.inject("loop", role="chat")
     thread = f"t-{uuid.uuid4().hex[:8]}"
     body = {
@@ -187,7 +187,7 @@ async def test_looping_simulated_stream_is_flagged_without_cut(capture_db, captu
         "max_tokens": 400,
         "messages": [{"role": "user", "content": "讲个故事"}],
     }
-    async with httpx.AsyncClient(transport=transport, base_url=capture_sim.base_url) as client:
+    async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as client:
         with calling(thread_id=thread, node="chat"):
             async with client.stream("POST", "/chat/completions", json=body) as response:
                 text = (await response.aread()).decode()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
+import httpx2
 import openai
 import psycopg
 
@@ -40,7 +40,7 @@ def test_a_tool_turn_is_captured_call_by_call(live_server, pg_dsn, thread_id):
     assert all("Bearer sim" not in row[3] for row in rows)
     assert all(row[4] for row in rows if row[1] == "ok")
 
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = httpx2.get(f"{server.url}/metrics").text
     assert "sim-tool" in metrics
-    health = httpx.get(f"{server.url}/health").json()
+    health = httpx2.get(f"{server.url}/health").json()
     assert health["capture"]["dropped"] == 0

@@ -9,7 +9,7 @@ import shlex
 import shutil
 import uuid
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -33,11 +33,11 @@ async def captured(capture_db, capture_sim) -> dict:
     """One force-streamed call made with a key in two headers, read back from the table."""
     recorder = Recorder(dsn=capture_db.dsn, force_stream=True)
     await recorder.start()
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
     headers = {"Authorization": f"Bearer {SECRET}", "api-key": SECRET, "X-Trace": "abc"}
     thread = f"e-{uuid.uuid4().hex[:8]}"
     body = {"model": "sim-chat", "messages": [{"role": "user", "content": QUESTION}]}
-    async with httpx.AsyncClient(transport=transport, headers=headers) as http:
+    async with httpx2.AsyncClient(transport=transport, headers=headers) as http:
         with calling(thread_id=thread, node="chat"):
             response = await http.post(f"{capture_sim.base_url}/chat/completions", json=body)
     assert response.status_code == 200
@@ -95,15 +95,15 @@ async def test_curl_replays_what_the_client_sent(captured, capture_sim):
 async def record_stream(db, base_url: str, content: str) -> dict:
     recorder = Recorder(dsn=db.dsn)
     await recorder.start()
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
     thread = f"r-{uuid.uuid4().hex[:8]}"
     body = {"model": "sim-chat", "stream": True, "messages": [{"role": "user", "content": content}]}
-    async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+    async with httpx2.AsyncClient(transport=transport, base_url=base_url) as http:
         with calling(thread_id=thread):
             try:
                 async with http.stream("POST", "/chat/completions", json=body) as response:
                     await response.aread()
-            except httpx.RemoteProtocolError:
+            except httpx2.RemoteProtocolError:
                 pass  # the cut case
     await recorder.close()
     async with db.connection() as conn:
@@ -142,7 +142,7 @@ async def test_replay_serves_the_recording_with_its_timing(capture_db):
     replay_cut = ReplayServer(ReplayCase.from_row(cut))
     url = await replay_cut.start()
     try:
-        async with httpx.AsyncClient() as http:
+        async with httpx2.AsyncClient() as http:
             raw = (await http.post(f"{url}/chat/completions", json={"stream": True})).text
     finally:
         await replay_cut.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
-import httpx
+import httpx2
 
 from lang_agent.capture.merge import SseSplitter, merge_chunks, merge_sse
 from lang_agent.capture.recorder import Recorder
@@ -88,10 +88,10 @@ def test_merge_sse_text_skips_comments_and_done():
 async def test_force_stream_sends_a_stream_and_returns_the_merged_completion(capture_db):
     seen: list[dict] = []
 
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def upstream(request: httpx2.Request) -> httpx2.Response:
         seen.append(json.loads(request.content))
         body = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in TOOL_STREAM)
-        return httpx.Response(
+        return httpx2.Response(
             200,
             headers={"content-type": "text/event-stream", "msh-request-id": "req-1"},
             content=(body + "data: [DONE]\n\n").encode(),
@@ -100,13 +100,13 @@ async def test_force_stream_sends_a_stream_and_returns_the_merged_completion(cap
     recorder = Recorder(dsn=capture_db.dsn)
     await recorder.start()
     transport = CapturingTransport(
-        httpx.MockTransport(upstream),
+        httpx2.MockTransport(upstream),
         recorder=recorder,
         catalog=ModelCatalog.load(CONFIGS / "models.json"),
         force_stream=True,
     )
     thread = f"t-{uuid.uuid4().hex[:8]}"
-    async with httpx.AsyncClient(transport=transport, base_url="http://up/v1") as client:
+    async with httpx2.AsyncClient(transport=transport, base_url="http://up/v1") as client:
         with calling(thread_id=thread, node="tool"):
             response = await client.post(
                 "/chat/completions",

@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -113,7 +113,7 @@ async def test_429_passes_through_unchanged(proxy, capture_sim, capture_db):
 
 
 async def test_proxy_metrics(proxy):
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         response = await http.get(proxy.removesuffix("/v1") + "/metrics")
     assert response.status_code == 200
     assert "lang_agent_llm_calls_total{" in response.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import httpx
+import httpx2
 
 from lang_agent.capture.record import redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
@@ -54,13 +54,13 @@ def test_redaction_covers_key_like_headers_and_query_parameters():
 async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
     release = asyncio.Event()
 
-    async def slow_upstream(request: httpx.Request) -> httpx.Response:
+    async def slow_upstream(request: httpx2.Request) -> httpx2.Response:
         await release.wait()
-        return httpx.Response(200, json={"id": "chatcmpl-slow", "choices": []})
+        return httpx2.Response(200, json={"id": "chatcmpl-slow", "choices": []})
 
-    transport = CapturingTransport(httpx.MockTransport(slow_upstream), recorder=recorder)
+    transport = CapturingTransport(httpx2.MockTransport(slow_upstream), recorder=recorder)
     thread = new_thread()
-    async with httpx.AsyncClient(transport=transport) as http:
+    async with httpx2.AsyncClient(transport=transport) as http:
         with calling(thread_id=thread):
             call = asyncio.create_task(http.post("http://up/v1/chat/completions", json=HELLO))
         (pending,) = await eventually(lambda: rows_of_thread(capture_db, thread))
@@ -77,12 +77,12 @@ async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
 
 
 async def test_a_nul_byte_does_not_sink_the_batch(recorder, capture_db):
-    def upstream(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"id": "c-nul", "choices": [], "note": "a\u0000b"})
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={"id": "c-nul", "choices": [], "note": "a\u0000b"})
 
-    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
+    transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
     thread = new_thread()
-    async with httpx.AsyncClient(transport=transport) as http:
+    async with httpx2.AsyncClient(transport=transport) as http:
         with calling(thread_id=thread):
             await http.post("http://up/v1/chat/completions", json=HELLO | {"x": "\u0000"})
     await recorder.flush()
@@ -94,17 +94,17 @@ async def test_burst_of_200_calls_with_the_database_down(capture_sim, pg_gate):
     await pg_gate.shut()
     recorder = Recorder(dsn=pg_gate.dsn(), queue_size=50, batch_size=20, connect_timeout_s=1)
     await recorder.start()
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
     limit = asyncio.Semaphore(50)
 
-    async def one(http: httpx.AsyncClient, i: int) -> str:
+    async def one(http: httpx2.AsyncClient, i: int) -> str:
         async with limit:
             body = HELLO | {"messages": [{"role": "user", "content": f"第{i}个问题"}]}
             response = await http.post("/chat/completions", json=body)
             response.raise_for_status()
             return response.json()["choices"][0]["message"]["content"]
 
-    async with httpx.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+    async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
         answers = await asyncio.gather(*(one(http, i) for i in range(200)))
     assert len(answers) == 200 and all(answers)
     await recorder.close(drain_timeout_s=0.5)
@@ -118,9 +118,9 @@ async def test_burst_of_200_calls_with_the_database_down(capture_sim, pg_gate):
 async def test_writer_recovers_when_the_database_comes_back(capture_db, capture_sim, pg_gate):
     recorder = Recorder(dsn=pg_gate.dsn(), queue_size=1000, batch_size=50, connect_timeout_s=1)
     await recorder.start()
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
     lost, kept = new_thread(), new_thread()
-    async with httpx.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+    async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
         await pg_gate.shut()
         with calling(thread_id=lost):
             for _ in range(5):

@@ -7,7 +7,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -39,10 +39,10 @@ def thread() -> str:
 
 
 @pytest.fixture
-async def client(recorder: Recorder, capture_sim) -> AsyncIterator[httpx.AsyncClient]:
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder, catalog=CATALOG)
+async def client(recorder: Recorder, capture_sim) -> AsyncIterator[httpx2.AsyncClient]:
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder, catalog=CATALOG)
     headers = {"authorization": f"Bearer {SECRET}", "x-api-key": SECRET, "x-request-id": "cli-1"}
-    async with httpx.AsyncClient(
+    async with httpx2.AsyncClient(
         transport=transport, base_url=capture_sim.base_url, headers=headers, timeout=10
     ) as http:
         yield http
@@ -106,7 +106,7 @@ async def test_429_is_recorded_with_its_body(client, capture_db, capture_sim, th
 
 async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_sim, thread):
     capture_sim.inject("cut", role="chat")
-    with calling(thread_id=thread), pytest.raises(httpx.RemoteProtocolError):
+    with calling(thread_id=thread), pytest.raises(httpx2.RemoteProtocolError):
         async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
             async for _ in r.aiter_raw():
                 pass
@@ -120,13 +120,13 @@ async def test_connection_refused_and_timeout_are_errors(recorder, capture_db, c
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    transport = CapturingTransport(httpx.AsyncHTTPTransport(), recorder=recorder)
-    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(0.5)) as http:
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
+    async with httpx2.AsyncClient(transport=transport, timeout=httpx2.Timeout(0.5)) as http:
         with calling(thread_id=thread, node="tool"):
-            with pytest.raises(httpx.ConnectError):
+            with pytest.raises(httpx2.ConnectError):
                 await http.post(f"http://127.0.0.1:{closed_port}/v1/chat/completions", json=HELLO)
             capture_sim.inject("timeout", role="chat")
-            with pytest.raises(httpx.ReadTimeout):
+            with pytest.raises(httpx2.ReadTimeout):
                 await http.post(f"{capture_sim.base_url}/chat/completions", json=HELLO)
     rows = await eventually(lambda: _finished_rows(capture_db, thread, count=2), within_s=10)
     assert [r["status"] for r in rows] == ["error", "error"]
@@ -159,16 +159,16 @@ async def test_no_secret_in_any_stored_column(client, capture_db, thread):
 
 
 async def test_reasoning_and_content_ttft_and_a_stream_without_end(recorder, capture_db, thread):
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def upstream(request: httpx2.Request) -> httpx2.Response:
         events = [{"reasoning_content": "嗯"}, {"reasoning_content": "……"}, {"content": "好"}]
         body = "".join(
             "data: " + json.dumps({"id": "c1", "choices": [{"index": 0, "delta": d}]}) + "\n\n"
             for d in events
         )
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
-    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
-    async with httpx.AsyncClient(transport=transport) as http:
+    transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
+    async with httpx2.AsyncClient(transport=transport) as http:
         with calling(thread_id=thread):
             await http.post("http://up/v1/chat/completions", json=HELLO | {"stream": True})
     row = await one_row(capture_db, thread)
@@ -216,13 +216,13 @@ async def test_lifespan_wiring_with_langchain_and_metrics_route(
     async with AsyncExitStack() as stack:
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=capture_dsn))
         transport = CapturingTransport(
-            httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=10)),
+            httpx2.AsyncHTTPTransport(limits=httpx2.Limits(max_connections=10)),
             recorder=recorder,
             catalog=ModelCatalog.load(settings.models_file),
         )
-        http_client = httpx.AsyncClient(
+        http_client = httpx2.AsyncClient(
             transport=transport,
-            timeout=httpx.Timeout(connect=5, read=settings.llm_timeout_s, write=10, pool=10),
+            timeout=httpx2.Timeout(connect=5, read=settings.llm_timeout_s, write=10, pool=10),
         )
         stack.push_async_callback(http_client.aclose)
         app.state.recorder = recorder
@@ -237,8 +237,8 @@ async def test_lifespan_wiring_with_langchain_and_metrics_route(
         )
         with calling(thread_id=thread, turn_id="turn-lc", node="chat"):
             answer = await llm.ainvoke("你好")
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://app"
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url="http://app"
         ) as web:
             metrics = (await web.get("/metrics")).text
     row = await one_row(capture_db, thread)
@@ -250,14 +250,14 @@ async def test_lifespan_wiring_with_langchain_and_metrics_route(
 
 
 async def test_error_chunk_inside_a_200_stream_is_an_error(recorder, capture_db, thread):
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def upstream(request: httpx2.Request) -> httpx2.Response:
         flat = {"code": "DataInspectionFailed", "message": "unsafe input", "request_id": "r-9"}
         body = 'data: {"id":"c2","choices":[{"index":0,"delta":{"content":"好"}}]}\n\n'
         body += f"data: {json.dumps(flat)}\n\n"
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
-    transport = CapturingTransport(httpx.MockTransport(upstream), recorder=recorder)
-    async with httpx.AsyncClient(transport=transport) as http:
+    transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
+    async with httpx2.AsyncClient(transport=transport) as http:
         with calling(thread_id=thread):
             await http.post("http://up/v1/chat/completions", json=HELLO | {"stream": True})
     row = await one_row(capture_db, thread)

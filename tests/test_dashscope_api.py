@@ -6,7 +6,7 @@ import json
 import uuid
 
 import dashscope
-import httpx
+import httpx2
 import psycopg
 import pytest
 from dashscope import Application
@@ -176,7 +176,7 @@ def test_tool_turn_streams_filler_then_answer(base_url, simulator):
 def test_raw_frame_format(server):
     body = {"input": {"messages": [{"role": "user", "content": "你好"}], "session_id": "raw-1"}}
     headers = {"Authorization": f"Bearer {TEST_KEY}", "X-DashScope-SSE": "enable"}
-    with httpx.stream(
+    with httpx2.stream(
         "POST", f"{server.url}/api/v1/apps/whatever/completion", json=body, headers=headers
     ) as response:
         assert response.status_code == 200
@@ -197,7 +197,7 @@ def test_raw_frame_format(server):
 def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
     body = {"input": {"prompt": "你好"}, "parameters": {}}
     headers = {"Authorization": f"Bearer {TEST_KEY}"}
-    response = httpx.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
+    response = httpx2.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
     assert response.headers["content-type"].startswith("application/json")
     assert response.json()["output"]["finish_reason"] == "stop"
 
@@ -207,7 +207,7 @@ def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
     [b"{oops", b'{"input": {}}', b'{"input": {"messages": [{"role": "robot"}]}}', b'{"nope": 1}'],
 )
 def test_bad_input_is_a_flat_400(server, body):
-    response = httpx.post(
+    response = httpx2.post(
         f"{server.url}/api/apps/x/completion",
         content=body,
         headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
@@ -218,7 +218,7 @@ def test_bad_input_is_a_flat_400(server, body):
 
 
 def test_unknown_dashscope_path_is_a_flat_404(server):
-    response = httpx.post(
+    response = httpx2.post(
         f"{server.url}/api/v1/services/aigc/multimodal-generation/generation",
         json={},
         headers={"Authorization": f"Bearer {TEST_KEY}"},

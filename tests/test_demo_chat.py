@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from lang_agent.agent.events import (
@@ -112,7 +112,7 @@ async def test_remote_events_show_filler_tools_and_answer(background_loop, live_
     try:
         set_latency(simulator, "tool", ttft_ms=600)  # slow tool model: filler speaks meanwhile
         server = live_server(sim_url=url)
-        async with httpx.AsyncClient() as client:
+        async with httpx2.AsyncClient() as client:
             chat = RemoteChat(client, url=server.url, key=TEST_KEY)
             events = [e async for e in chat.turn("现在几点了", thread_id="demo-remote")]
     finally:

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-import httpx
+import httpx2
 import pytest
 
 from lang_agent.evaluation.evaluate import EvalOptions, evaluate
@@ -66,7 +66,7 @@ async def test_a_clean_subset_passes_and_writes_the_report(make_settings, tmp_pa
 async def test_scripted_mistakes_are_counted_exactly(make_settings, simulator, tmp_path):
     settings = make_settings(mcp_config=MCP_CONFIG, judge_model="sim:sim-chat")
     scripted = await evaluate(settings, options=options(tmp_path, sim_script=MISTAKES))
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with httpx2.AsyncClient(timeout=5) as client:
         control = await client.get(simulator.base_url.removesuffix("/v1") + "/_sim/script")
     assert control.json() == {"rules": []}, "the posted script is cleared after the run"
     by_id = {r.case_id: r for r in scripted.results}
@@ -148,16 +148,16 @@ def test_sim_script_rules_are_validated(rules, message):
 
 def test_sim_script_over_http(simulator):
     control = simulator.base_url.removesuffix("/v1") + "/_sim/script"
-    bad = httpx.post(control, json={"rules": [{"match": "x", "role": "router"}]}, timeout=5)
+    bad = httpx2.post(control, json={"rules": [{"match": "x", "role": "router"}]}, timeout=5)
     assert bad.status_code == 400 and "exactly one of" in bad.text
     rules = {"rules": [{"match": "你好", "role": "chat", "content": "脚本回答"}]}
     try:
-        assert httpx.post(control, json=rules, timeout=5).json() == rules
-        reply = httpx.post(
+        assert httpx2.post(control, json=rules, timeout=5).json() == rules
+        reply = httpx2.post(
             simulator.base_url + "/chat/completions",
             json={"model": "sim-chat", "messages": [{"role": "user", "content": "你好呀"}]},
             timeout=5,
         ).json()
         assert reply["choices"][0]["message"]["content"] == "脚本回答"
     finally:
-        assert httpx.delete(control, timeout=5).json() == {"rules": []}
+        assert httpx2.delete(control, timeout=5).json() == {"rules": []}

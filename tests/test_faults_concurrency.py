@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -57,8 +57,8 @@ class WorkerProcess:
         def up() -> bool:
             assert self.process.poll() is None, self.log.read_text()
             try:
-                return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
-            except httpx.TransportError:
+                return httpx2.get(f"{self.url}/health", timeout=2).status_code == 200
+            except httpx2.TransportError:
                 return False
 
         wait_until(up, within_s=60, every_s=0.1)
@@ -108,7 +108,7 @@ def _turn(url: str, thread_id: str, text: str, *, stream: bool) -> str:
         "thread_id": thread_id,
         "stream": stream,
     }
-    response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
+    response = httpx2.post(f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=60)
     assert response.status_code == 200, response.text
     if stream:
         assert response.text.endswith("data: [DONE]\n\n")

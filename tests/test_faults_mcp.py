@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -68,7 +68,7 @@ def _turn(server, text: str, thread_id: str, seen_start: concurrent.futures.Futu
 
 
 def _mcp_state(server) -> str:
-    health = httpx.get(f"{server.url}/health").json()
+    health = httpx2.get(f"{server.url}/health").json()
     mcp = next(source for source in health["tools"] if source["name"] == "mcp")
     return mcp["servers"][0]["state"]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
@@ -102,7 +102,7 @@ class Load:
             thread.join(REQUEST_BOUND_S + 5)
 
     def _work(self, worker: int) -> None:
-        with httpx.Client(base_url=self.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+        with httpx2.Client(base_url=self.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
             number = 0
             while not self._stop.is_set():
                 number += 1
@@ -115,7 +115,7 @@ class Load:
                 try:
                     response = client.post("/v1/chat/completions", json=body)
                     status, payload = response.status_code, response.json()
-                except httpx.TimeoutException:
+                except httpx2.TimeoutException:
                     status, payload = None, None
                 result = {
                     "text": text,
@@ -166,7 +166,7 @@ def test_postgres_restart_under_load(live_server, own_pg: OwnPostgres):
     assert all(r["status"] == 200 for r in stateless)  # a stateless turn needs no database
 
     # Later turns work, on an old thread and a new one, stateless and stream too.
-    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+    with httpx2.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
         for thread_id in (load.thread_of(0), f"pgnew-{uuid.uuid4().hex[:8]}", None):
             body: dict[str, Any] = {"messages": [{"role": "user", "content": "你好"}]}
             if thread_id:
@@ -234,7 +234,7 @@ def test_a_lease_lost_in_an_outage_does_not_wedge_its_thread(live_server, own_pg
     server = live_server(conn_str=own_pg.dsn, db_timeout_s=1.0, busy_wait_s=3.0)
     thread_id = f"pglease-{uuid.uuid4().hex[:8]}"
     body = {"messages": [{"role": "user", "content": "我叫小明"}], "thread_id": thread_id}
-    with httpx.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+    with httpx2.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
         assert client.post("/v1/chat/completions", json=body).status_code == 200
 
         def leased() -> bool:

@@ -9,7 +9,7 @@ import signal
 import time
 import uuid
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 
@@ -37,7 +37,7 @@ def _stream(url: str, thread_id: str, started: concurrent.futures.Future) -> dic
     lines: list[str] = []
     error = None
     try:
-        with httpx.stream(
+        with httpx2.stream(
             "POST", f"{url}/v1/chat/completions", json=body, headers=HEADERS, timeout=30
         ) as response:
             for line in response.iter_lines():
@@ -46,7 +46,7 @@ def _stream(url: str, thread_id: str, started: concurrent.futures.Future) -> dic
                 lines.append(line)
                 if '"content":"' in line and not started.done():
                     started.set_result(time.monotonic())
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         error = exc
     if not started.done():
         started.set_result(None)
@@ -55,8 +55,8 @@ def _stream(url: str, thread_id: str, started: concurrent.futures.Future) -> dic
 
 def _refused(url: str) -> bool:
     try:
-        httpx.get(f"{url}/health", timeout=2)
-    except httpx.ConnectError:
+        httpx2.get(f"{url}/health", timeout=2)
+    except httpx2.ConnectError:
         return True
     return False
 
@@ -151,8 +151,8 @@ def test_new_requests_are_refused_while_draining(pg_dsn, simulator, tmp_path):
             worker.process.send_signal(signal.SIGTERM)
             wait_until(lambda: _refused(worker.url), within_s=5, every_s=0.05)
             body = {"messages": [{"role": "user", "content": "你好"}]}
-            with pytest.raises(httpx.ConnectError):
-                httpx.post(f"{worker.url}/v1/chat/completions", json=body, headers=HEADERS)
+            with pytest.raises(httpx2.ConnectError):
+                httpx2.post(f"{worker.url}/v1/chat/completions", json=body, headers=HEADERS)
             assert outcome.result(timeout=60)["lines"][-1] == "data: [DONE]"
     finally:
         worker.stop()

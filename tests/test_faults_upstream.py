@@ -10,7 +10,7 @@ import time
 import uuid
 
 import dashscope
-import httpx
+import httpx2
 import openai
 import psycopg
 import pytest
@@ -39,7 +39,7 @@ def clean_simulator(simulator):
     simulator.clear_faults()
     yield
     simulator.clear_faults()
-    httpx.post(f"{simulator.base_url.removesuffix('/v1')}/_sim/profile", json={"profile": "fast"})
+    httpx2.post(f"{simulator.base_url.removesuffix('/v1')}/_sim/profile", json={"profile": "fast"})
 
 
 def openai_client(server) -> openai.OpenAI:
@@ -356,7 +356,7 @@ def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, si
     }
     headers = {"Authorization": f"Bearer {TEST_KEY}", "X-DashScope-SSE": "enable"}
     url = f"{server.url}/api/v1/apps/lang-agent/completion"
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=10) as response:
+    with httpx2.stream("POST", url, json=body, headers=headers, timeout=10) as response:
         _hang_up_after(response.iter_lines(), 10)
     took = _cancelled_within(simulator, before)
     logger.warning("dashscope hang-up: upstream call cancelled after %.3f s", took)

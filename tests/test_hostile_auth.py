@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import dashscope
-import httpx
+import httpx2
 import psycopg
 import pytest
 from dashscope import Application
@@ -95,7 +95,7 @@ GUARDED = [
 @pytest.mark.parametrize("headers", REFUSED, ids=range(len(REFUSED)))
 @pytest.mark.parametrize(("method", "path", "body"), GUARDED)
 def test_requests_without_the_right_key_are_401(keyed, method, path, body, headers):
-    response = httpx.request(method, keyed.url + path, json=body, headers=headers, timeout=10)
+    response = httpx2.request(method, keyed.url + path, json=body, headers=headers, timeout=10)
     assert response.status_code in (400, 401, 431), response.text  # oversized header: 400/431
     if response.status_code == 401:
         body = response.json()
@@ -106,14 +106,14 @@ def test_requests_without_the_right_key_are_401(keyed, method, path, body, heade
 
 @pytest.mark.parametrize("headers", ACCEPTED, ids=range(len(ACCEPTED)))
 def test_the_right_keys_get_in(keyed, headers):
-    response = httpx.post(keyed.url + OPENAI, json=BODY, headers=headers, timeout=30)
+    response = httpx2.post(keyed.url + OPENAI, json=BODY, headers=headers, timeout=30)
     assert response.status_code == 200, response.text
 
 
 def test_a_bad_key_is_refused_before_the_body_is_read(keyed):
     """An unauthenticated client cannot make the server parse (or buffer) a big body."""
     big = b'{"messages": [' + b'{"role":"user","content":"x"},' * 200_000 + b"{}]}"
-    response = httpx.post(
+    response = httpx2.post(
         keyed.url + OPENAI, content=big, headers={"Authorization": "Bearer nope"}, timeout=30
     )
     assert response.status_code == 401
@@ -235,7 +235,7 @@ def test_the_viewer_has_no_way_to_write(viewer, pg_dsn, path):
     headers = {"Authorization": f"Bearer {VIEWER_KEY}"}
     before = _table_sizes(pg_dsn)
     for method in ("POST", "PUT", "PATCH", "DELETE"):
-        response = httpx.request(
+        response = httpx2.request(
             method, viewer.url + path, headers=headers, json={"sql": "DELETE FROM turns"}
         )
         assert response.status_code in (404, 405), (method, path, response.status_code)
@@ -249,7 +249,7 @@ def test_the_viewer_refuses_the_agent_key_and_no_key(viewer, path):
         {"Authorization": f"Bearer {WRONG_KEY}"},
         {"Cookie": "lang_agent_viewer=1.x"},
     ):
-        response = httpx.get(viewer.url + path, headers=headers, timeout=5)
+        response = httpx2.get(viewer.url + path, headers=headers, timeout=5)
         assert response.status_code == 401
 
 
@@ -287,7 +287,7 @@ def test_no_key_in_logs_captures_exports_or_answers(
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
     threads = [f"secret-{uuid.uuid4().hex[:8]}" for _ in range(4)]
     answers: list[str] = []
-    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+    with httpx2.Client(base_url=server.url, headers=headers, timeout=30) as client:
         for thread_id, text, stream in (
             (threads[0], "你好", False),
             (threads[1], "3加5乘2等于多少", True),
@@ -358,7 +358,7 @@ def test_no_key_in_logs_captures_exports_or_answers(
 
     # What the viewer serves.
     with LiveServer(create_viewer_app(settings)) as viewer:
-        view = httpx.Client(base_url=viewer.url, headers={"Authorization": f"Bearer {VIEWER_KEY}"})
+        view = httpx2.Client(base_url=viewer.url, headers={"Authorization": f"Bearer {VIEWER_KEY}"})
         for thread_id in threads:
             _scan("viewer thread", view.get("/api/viewer/thread", params={"id": thread_id}).text)
             exported = view.get("/api/viewer/thread/export", params={"id": thread_id})

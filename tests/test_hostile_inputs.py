@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -49,15 +49,15 @@ def server(pg_dsn, simulator, empty_mcp_config, tmp_path_factory) -> Iterator[Li
 
 
 @pytest.fixture(scope="module")
-def http(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers=AUTH, timeout=REQUEST_BOUND_S) as client:
+def http(server) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=server.url, headers=AUTH, timeout=REQUEST_BOUND_S) as client:
         yield client
 
 
 # ---- what every answer must look like -----------------------------------------------------------
 
 
-def assert_openai_shape(response: httpx.Response) -> None:
+def assert_openai_shape(response: httpx2.Response) -> None:
     assert response.status_code < 500, response.text
     kind = response.headers.get("content-type", "")
     if response.status_code >= 400:
@@ -76,7 +76,7 @@ def assert_openai_shape(response: httpx.Response) -> None:
         assert isinstance(response.json()["choices"][0]["message"]["content"], str)
 
 
-def assert_dashscope_shape(response: httpx.Response) -> None:
+def assert_dashscope_shape(response: httpx2.Response) -> None:
     assert response.status_code < 500, response.text
     kind = response.headers.get("content-type", "")
     if response.status_code >= 400:
@@ -275,7 +275,7 @@ BOTH = [
 ]
 
 
-def error_code(response: httpx.Response) -> str:
+def error_code(response: httpx2.Response) -> str:
     body = response.json()
     return body["error"]["code"] if "error" in body else body["code"]
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import dashscope
-import httpx
+import httpx2
 import openai
 import pytest
 from dashscope import Application
@@ -113,7 +113,7 @@ def test_set_volume_through_openai_with_the_default_config(live_server, thread_i
     ]
     assert "30" in answer
     assert device_volume(client, thread_id) == 30
-    health = httpx.get(f"{server.url}/health").json()
+    health = httpx2.get(f"{server.url}/health").json()
     mcp = next(source for source in health["tools"] if source["name"] == "mcp")
     assert mcp["servers"][0]["state"] == "up" and mcp["servers"][0]["tools"] >= 5
 
@@ -160,7 +160,7 @@ def test_a_killed_device_server_gives_an_honest_answer_then_recovers(
     try:
 
         def back_up() -> bool:
-            health = httpx.get(f"{server.url}/health").json()
+            health = httpx2.get(f"{server.url}/health").json()
             mcp = next(source for source in health["tools"] if source["name"] == "mcp")
             return mcp["servers"][0]["state"] == "up"
 

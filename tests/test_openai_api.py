@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 
-import httpx
+import httpx2
 import openai
 import psycopg
 import pytest
@@ -159,7 +159,7 @@ def test_auth_is_required(server):
         with pytest.raises(openai.AuthenticationError):
             ask(bad, "你好")
     for headers in ({}, {"Authorization": ""}, {"Authorization": f"Basic {TEST_KEY}"}):
-        response = httpx.post(f"{server.url}/v1/chat/completions", json={}, headers=headers)
+        response = httpx2.post(f"{server.url}/v1/chat/completions", json={}, headers=headers)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_api_key"
 
@@ -179,7 +179,7 @@ def test_auth_is_required(server):
     ],
 )
 def test_bad_input_is_a_clear_4xx(server, body, status):
-    response = httpx.post(
+    response = httpx2.post(
         f"{server.url}/v1/chat/completions",
         content=body,
         headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/json"},
@@ -191,7 +191,7 @@ def test_bad_input_is_a_clear_4xx(server, body, status):
 
 def test_oversized_body_is_413(live_server):
     server = live_server(max_body_bytes=10_000)
-    response = httpx.post(
+    response = httpx2.post(
         f"{server.url}/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "x" * 20_000}]},
         headers={"Authorization": f"Bearer {TEST_KEY}"},
@@ -201,7 +201,7 @@ def test_oversized_body_is_413(live_server):
 
 
 def test_unknown_path_is_404_in_openai_shape(server):
-    response = httpx.get(
+    response = httpx2.get(
         f"{server.url}/v1/nothing", headers={"Authorization": f"Bearer {TEST_KEY}"}
     )
     assert response.status_code == 404
@@ -211,10 +211,10 @@ def test_unknown_path_is_404_in_openai_shape(server):
 def test_delete_thread(client, server, thread_id):
     ask(client, "我叫小明", thread_id=thread_id)
     headers = {"Authorization": f"Bearer {TEST_KEY}"}
-    deleted = httpx.delete(f"{server.url}/v1/threads/{thread_id}", headers=headers)
+    deleted = httpx2.delete(f"{server.url}/v1/threads/{thread_id}", headers=headers)
     assert deleted.status_code == 200 and deleted.json()["deleted"] is True
     assert "小明" not in ask(client, "我叫什么名字", thread_id=thread_id)
-    missing = httpx.delete(f"{server.url}/v1/threads/{thread_id}-nope", headers=headers)
+    missing = httpx2.delete(f"{server.url}/v1/threads/{thread_id}-nope", headers=headers)
     assert missing.status_code == 404
 
 
@@ -263,7 +263,7 @@ def _ask_when_busy(client: openai.OpenAI, thread_id: str) -> int:
 
 
 def test_health_lists_models_and_tools(server):
-    health = httpx.get(f"{server.url}/health").json()
+    health = httpx2.get(f"{server.url}/health").json()
     assert health["status"] == "ok"
     assert set(health["models"]) == {"router", "chat", "tool", "chatty"}
     assert any(source["name"] == "builtin" for source in health["tools"])

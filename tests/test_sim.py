@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-import httpx
+import httpx2
 import openai
 import pytest
 from click.testing import CliRunner
@@ -113,7 +113,7 @@ async def test_stream_without_include_usage_has_no_usage_chunk(client):
 
 async def test_wire_format_matches_qwen(sim):
     body = {"model": "sim-chat", "messages": user("你好"), "stream": True}
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         response = await http.post(f"{sim.base_url}/chat/completions", json=body)
     assert response.headers["x-request-id"] == response.headers["msh-request-id"]
     assert response.headers["server-timing"].startswith("inner; dur=")
@@ -334,7 +334,7 @@ async def test_models_are_listed(client):
     ],
 )
 async def test_malformed_request_is_400(sim, body):
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         response = await http.post(f"{sim.base_url}/chat/completions", content=body)
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
@@ -342,7 +342,7 @@ async def test_malformed_request_is_400(sim, body):
 
 
 async def test_unknown_path_is_404_and_wrong_method_405(sim):
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         missing = await http.get(f"{sim.base_url}/nothing")
         wrong = await http.get(f"{sim.base_url}/chat/completions")
     assert missing.status_code == 404 and missing.json()["error"]["message"]
@@ -357,7 +357,7 @@ async def test_keep_alive_serves_many_requests_on_one_connection(sim, client):
 
 async def test_profile_over_http(sim, client):
     root = sim.base_url.removesuffix("/v1")
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         response = await http.post(f"{root}/_sim/profile", json={"profile": "original"})
         assert response.json()["chat"] == {"ttft_ms": 350, "tokens_per_s": 60}
         response = await http.post(f"{root}/_sim/profile", json={"tool": {"ttft_ms": 5}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -74,7 +74,7 @@ async def test_cut_stream_breaks_after_a_few_chunks(sim, client):
     sim.inject("cut")
     reply = await client.chat.completions.create(model="sim-chat", messages=MESSAGES, stream=True)
     received = []
-    with pytest.raises((openai.APIConnectionError, httpx.TransportError)):
+    with pytest.raises((openai.APIConnectionError, httpx2.TransportError)):
         async for chunk in reply:
             received.append(chunk)
     assert received and received[0].choices[0].delta.role == "assistant"
@@ -141,7 +141,7 @@ async def test_faults_target_a_role_and_count(sim, client):
 
 async def test_faults_over_http(sim, client):
     root = sim.base_url.removesuffix("/v1")
-    async with httpx.AsyncClient() as http:
+    async with httpx2.AsyncClient() as http:
         queued = await http.post(f"{root}/_sim/faults", json={"fault": "429", "role": "chat"})
         assert queued.json()["queued"] == 1
         unknown = await http.post(f"{root}/_sim/faults", json={"fault": "meltdown"})

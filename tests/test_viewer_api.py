@@ -9,7 +9,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import httpx2
 import psycopg
 import pytest
 from pydantic import ValidationError
@@ -52,9 +52,9 @@ def viewer(pg_dsn: str, db, tmp_path_factory) -> LiveServer:
 
 
 @pytest.fixture
-def client(viewer: LiveServer) -> httpx.Client:
+def client(viewer: LiveServer) -> httpx2.Client:
     headers = {"Authorization": f"Bearer {VIEWER_KEY}"}
-    with httpx.Client(base_url=viewer.url, headers=headers, timeout=15) as client:
+    with httpx2.Client(base_url=viewer.url, headers=headers, timeout=15) as client:
         yield client
 
 
@@ -367,7 +367,7 @@ async def test_fallback_session_is_read_only(pg_dsn, db):
 
 
 def test_keys_guard_api_and_pages(viewer):
-    with httpx.Client(base_url=viewer.url, timeout=10) as anon:
+    with httpx2.Client(base_url=viewer.url, timeout=10) as anon:
         denied = anon.get("/api/viewer/threads")
         assert denied.status_code == 401
         assert denied.json()["error"]["code"] == "unauthorized"
@@ -380,7 +380,7 @@ def test_keys_guard_api_and_pages(viewer):
 
 
 def test_login_sets_an_httponly_strict_cookie_without_the_key(viewer):
-    with httpx.Client(base_url=viewer.url, timeout=10) as browser:
+    with httpx2.Client(base_url=viewer.url, timeout=10) as browser:
         bad = browser.post("/login", data={"key": "wrong"}, follow_redirects=False)
         assert bad.status_code == 303 and bad.headers["location"] == "/login?failed=1"
         assert COOKIE not in browser.cookies
@@ -404,7 +404,7 @@ def test_without_keys_the_viewer_is_loopback_only(pg_dsn, db, tmp_path):
     agent_keys = viewer_settings(pg_dsn, tmp_path, viewer_keys="", fast_auth_keys="a,b")
     assert agent_keys.viewer_auth_keys == ["a", "b"]
     with LiveServer(create_viewer_app(open_settings)) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as local:
+        with httpx2.Client(base_url=server.url, timeout=10) as local:
             assert local.get("/api/viewer/threads").status_code == 200
             rebound = local.get("/api/viewer/threads", headers={"Host": "evil.example:8590"})
             assert rebound.status_code == 403

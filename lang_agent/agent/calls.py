@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import httpx
+import httpx2
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -63,7 +63,7 @@ def tool_schema(tool: BaseTool | type | dict[str, Any]) -> dict[str, Any]:
 def _falls_back(exc: UpstreamError) -> bool:
     if isinstance(exc, UpstreamStatus):
         return exc.status in FALLBACK_STATUSES
-    return isinstance(exc, UpstreamTimeout) or isinstance(exc.__cause__, httpx.TransportError)
+    return isinstance(exc, UpstreamTimeout) or isinstance(exc.__cause__, httpx2.TransportError)
 
 
 async def stream_reply(

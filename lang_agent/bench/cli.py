@@ -157,7 +157,7 @@ def _write(args: argparse.Namespace, record: dict[str, Any]) -> None:
 
 
 async def _start(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
-    import httpx
+    import httpx2
 
     env: dict[str, Any] = {"run_id": time.strftime("%H%M%S"), "counter": Counter()}
     if args.sim_url:
@@ -167,8 +167,8 @@ async def _start(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         env["sim_pid"] = stack.services[-1].pid
     sim_root = sim_url.removesuffix("/v1")
     env["sim_url"], env["sim_root"] = sim_url, sim_root
-    with contextlib.suppress(httpx.HTTPError):
-        async with httpx.AsyncClient(timeout=5) as http:
+    with contextlib.suppress(httpx2.HTTPError):
+        async with httpx2.AsyncClient(timeout=5) as http:
             env["sim_profile"] = (await http.get(f"{sim_root}/_sim/profile")).json()
     env["dsn"] = args.conn_str or await asyncio.to_thread(stack.postgres)
     env["server_env"] = _server_env(args, sim_url=sim_url, dsn=env["dsn"])

@@ -1,4 +1,4 @@
-"""The load generator: `concurrency` closed-loop users on one asyncio loop and one httpx client.
+"""The load generator: `concurrency` closed-loop users on one asyncio loop and one httpx2 client.
 
 Each user sends a turn, waits for the whole answer, and sends the next at once (no think time).
 A user keeps its thread for `turns_per_thread` turns, then starts a new one, so by default
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
+import httpx2
 
 from lang_agent.bench.workload import Front, Job, StreamReader, build_request, completion_text
 from lang_agent.bench.workload import turn_text as make_text
@@ -82,19 +82,19 @@ class Counter:
         return next(self._numbers)
 
 
-def make_client(concurrency: int) -> httpx.AsyncClient:
-    """One client for all users, its connections spread over several pools: httpcore's pool
-    costs grow with the square of its connections (see lang_agent/llm/pools.py)."""
-    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency)
+def make_client(concurrency: int) -> httpx2.AsyncClient:
+    """One client for all users, its connections spread over several pools: a pool's cost per
+    request grows with its connections (see lang_agent/llm/pools.py)."""
+    limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency)
     shards = max(1, min(16, concurrency // 16))
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(CLIENT_TIMEOUT_S, connect=10.0),
+    return httpx2.AsyncClient(
+        timeout=httpx2.Timeout(CLIENT_TIMEOUT_S, connect=10.0),
         transport=ShardedTransport(limits=limits, shards=shards),
     )
 
 
 async def send(
-    client: httpx.AsyncClient, base_url: str, job: Job, sample: Sample, *, key: str | None
+    client: httpx2.AsyncClient, base_url: str, job: Job, sample: Sample, *, key: str | None
 ) -> None:
     """Send one turn and fill in `sample` (never raises for a failed turn)."""
     path, body, headers = build_request(job, key=key)
@@ -116,13 +116,13 @@ async def send(
             sample.ok = r.status_code == 200 and bool(text)
             if not sample.ok:
                 sample.error = f"status {r.status_code}: {r.text[:200]}"
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx2.HTTPError, ValueError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:300]
     sample.end = time.monotonic()
 
 
 async def run_cell(
-    client: httpx.AsyncClient,
+    client: httpx2.AsyncClient,
     base_url: str,
     *,
     front: Front,

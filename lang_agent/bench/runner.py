@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 
 from lang_agent.bench.load import CellResult, Counter, Sample, attach_model_time, make_client
 from lang_agent.bench.load import run_cell as run_one
@@ -54,7 +54,7 @@ async def drain_calls(sim_root: str | None) -> list[dict[str, Any]]:
     """The simulator's call log since the last drain ([] without a simulator)."""
     if sim_root is None:
         return []
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         response = await http.get(f"{sim_root}/_sim/calls")
         response.raise_for_status()
         return list(response.json()["calls"])

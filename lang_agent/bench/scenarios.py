@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Any
 
-import httpx
+import httpx2
 
 from lang_agent.bench.load import Counter, Sample, attach_model_time, make_client
 from lang_agent.bench.runner import Mode, Target, drain_calls, log, run_cell
@@ -126,7 +126,7 @@ async def voice(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "markdown": "\n".join(lines)}
 
 
-async def _raw_call(http: httpx.AsyncClient, base: str, text: str, stream: bool,
+async def _raw_call(http: httpx2.AsyncClient, base: str, text: str, stream: bool,
                     sample: Sample) -> None:  # fmt: skip
     body = {"model": "sim-chat", "messages": [{"role": "user", "content": text}],
             "stream": stream}  # fmt: skip
@@ -146,7 +146,7 @@ async def _raw_call(http: httpx.AsyncClient, base: str, text: str, stream: bool,
             sample.ok = sample.status == 200 and bool(response.json().get("choices"))
         if not sample.ok:
             sample.error = f"status {sample.status}"
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx2.HTTPError, ValueError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
     sample.end = time.monotonic()
 

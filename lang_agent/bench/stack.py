@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +35,8 @@ def wait_http(url: str, *, proc: subprocess.Popen | None, timeout: float = START
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code < 500:
+        with contextlib.suppress(httpx2.HTTPError):
+            if httpx2.get(url, timeout=2).status_code < 500:
                 return
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not come up within {timeout:.0f} s")

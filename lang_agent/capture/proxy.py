@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -101,7 +101,7 @@ def log_call(record: CallRecord) -> None:
     logger.info(
         "%s %s -> %s %s request_id=%s chatcmpl=%s tokens=%s/%s latency=%sms",
         record.method,
-        httpx.URL(record.url).path,
+        httpx2.URL(record.url).path,
         record.status_code if record.status_code is not None else "-",
         record.status,
         record.upstream_request_id or "-",
@@ -113,10 +113,10 @@ def log_call(record: CallRecord) -> None:
 
 
 class CaptureProxy:
-    """The proxy as a plain ASGI app over a capturing httpx client."""
+    """The proxy as a plain ASGI app over a capturing httpx2 client."""
 
     def __init__(
-        self, *, upstream: str, client: httpx.AsyncClient, metrics: Metrics, key: str | None
+        self, *, upstream: str, client: httpx2.AsyncClient, metrics: Metrics, key: str | None
     ) -> None:
         self.upstream = upstream
         self.client = client
@@ -161,9 +161,9 @@ class CaptureProxy:
         )
         try:
             upstream = await self.client.send(outgoing, stream=True)
-        except httpx.TimeoutException as exc:
+        except httpx2.TimeoutException as exc:
             return _error_response(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         plain = "content-encoding" not in upstream.headers
@@ -178,12 +178,12 @@ class CaptureProxy:
         return response
 
 
-async def _relay(upstream: httpx.Response, *, error_frame: bool) -> AsyncIterator[bytes]:
+async def _relay(upstream: httpx2.Response, *, error_frame: bool) -> AsyncIterator[bytes]:
     """Upstream bytes to the client as they come; a failure mid-stream ends with an error frame."""
     try:
         async for chunk in upstream.aiter_raw():
             yield chunk
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         logger.warning("upstream stream failed mid-way: %r", exc)
         if error_frame:
             error = {"error": {"type": "proxy_error", "code": "upstream_stream_error"}}
@@ -218,16 +218,16 @@ async def running_proxy(
     catalog = ModelCatalog.load(settings.models_file)
     async with Recorder.open(settings, dsn=dsn) as recorder:
         transport = CapturingTransport(
-            httpx.AsyncHTTPTransport(),
+            httpx2.AsyncHTTPTransport(),
             recorder=recorder,
             catalog=catalog,
             source="proxy",
             on_finish=log_call,
         )
-        timeout = httpx.Timeout(
+        timeout = httpx2.Timeout(
             connect=CONNECT_TIMEOUT_S, read=settings.proxy_read_timeout_s, write=30.0, pool=30.0
         )
-        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
+        async with httpx2.AsyncClient(transport=transport, timeout=timeout) as client:
             app = CaptureProxy(
                 upstream=settings.proxy_upstream, client=client, metrics=recorder.metrics, key=key
             )

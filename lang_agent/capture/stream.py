@@ -17,7 +17,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
-import httpx
+import httpx2
 
 from lang_agent.capture.detect import RepeatDetector
 from lang_agent.capture.merge import DONE, CompletionMerger, SseSplitter, event_data, parse_chunk
@@ -66,12 +66,12 @@ class _Decoder:
             return b""
 
 
-class CapturingStream(httpx.AsyncByteStream):
+class CapturingStream(httpx2.AsyncByteStream):
     """Re-yields the inner stream's chunks and records them; see the module docstring."""
 
     def __init__(
         self,
-        inner: httpx.AsyncByteStream,
+        inner: httpx2.AsyncByteStream,
         *,
         record: CallRecord,
         sse: bool,

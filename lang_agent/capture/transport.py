@@ -1,4 +1,4 @@
-"""CapturingTransport: an httpx transport that records every call it delegates to an inner one.
+"""CapturingTransport: an httpx2 transport that records every call it delegates to an inner one.
 
 It reads the call context (thread, turn, graph node), redacts the request headers, runs the
 context-window pre-flight, queues a `pending` row, delegates, and swaps the response stream for
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
+import httpx2
 
 from lang_agent.capture.detect import (
     RepeatConfig,
@@ -42,7 +42,7 @@ _DROPPED_AFTER_MERGE = frozenset(
 )
 
 
-def server_timing_ms(headers: httpx.Headers) -> float | None:
+def server_timing_ms(headers: httpx2.Headers) -> float | None:
     """Upstream processing time: `Server-Timing: inner; dur=1033` or a known ms header."""
     match = _DURATION.search(headers.get("server-timing", ""))
     if match:
@@ -68,16 +68,16 @@ def _parse_body(content: bytes, *, max_bytes: int) -> tuple[Any, bool]:
         return text, False
 
 
-def _is_chat(request: httpx.Request) -> bool:
+def _is_chat(request: httpx2.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith("/chat/completions")
 
 
-class CapturingTransport(httpx.AsyncBaseTransport):
+class CapturingTransport(httpx2.AsyncBaseTransport):
     """Delegates to `inner`; every call becomes a row in `llm_calls` (see the module docstring)."""
 
     def __init__(
         self,
-        inner: httpx.AsyncBaseTransport,
+        inner: httpx2.AsyncBaseTransport,
         *,
         recorder: Recorder,
         catalog: ModelCatalog | None = None,
@@ -98,7 +98,7 @@ class CapturingTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()
         try:
             record = self._new_record(request)
@@ -117,10 +117,10 @@ class CapturingTransport(httpx.AsyncBaseTransport):
             raise
         if response.is_closed:
             # A response built from bytes (a test double) was read already: tee a fresh copy.
-            response = httpx.Response(
+            response = httpx2.Response(
                 response.status_code,
                 headers=response.headers,
-                stream=httpx.ByteStream(response.content),
+                stream=httpx2.ByteStream(response.content),
                 extensions=response.extensions,
             )
         self._on_headers(record, response)
@@ -141,7 +141,7 @@ class CapturingTransport(httpx.AsyncBaseTransport):
         response.stream = stream
         return response
 
-    def _new_record(self, request: httpx.Request) -> CallRecord:
+    def _new_record(self, request: httpx2.Request) -> CallRecord:
         body, cut = _parse_body(request.content, max_bytes=self.recorder.max_body_bytes)
         context = current_call.get()
         record = CallRecord(
@@ -187,8 +187,8 @@ class CapturingTransport(httpx.AsyncBaseTransport):
             )
 
     def _maybe_force_stream(
-        self, request: httpx.Request, record: CallRecord
-    ) -> tuple[httpx.Request, bool]:
+        self, request: httpx2.Request, record: CallRecord
+    ) -> tuple[httpx2.Request, bool]:
         body = record.request_body
         if not (self.force_stream and _is_chat(request) and isinstance(body, dict)):
             return request, False
@@ -197,12 +197,12 @@ class CapturingTransport(httpx.AsyncBaseTransport):
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         rewritten = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         content = json.dumps(rewritten, ensure_ascii=False).encode()
-        headers = httpx.Headers(request.headers)
+        headers = httpx2.Headers(request.headers)
         headers["content-length"] = str(len(content))
         record.client_request_body = body
         record.request_body = rewritten
         record.flags["force_stream"] = True
-        upstream = httpx.Request(
+        upstream = httpx2.Request(
             request.method,
             request.url,
             headers=headers,
@@ -211,7 +211,7 @@ class CapturingTransport(httpx.AsyncBaseTransport):
         )
         return upstream, True
 
-    def _on_headers(self, record: CallRecord, response: httpx.Response) -> None:
+    def _on_headers(self, record: CallRecord, response: httpx2.Response) -> None:
         record.ttfb_ms = record.elapsed_ms()
         record.status_code = response.status_code
         record.response_header = redact_headers(
@@ -224,8 +224,8 @@ class CapturingTransport(httpx.AsyncBaseTransport):
         record.server_timing_ms = server_timing_ms(response.headers)
 
     async def _merged_response(
-        self, response: httpx.Response, stream: CapturingStream, request: httpx.Request
-    ) -> httpx.Response:
+        self, response: httpx2.Response, stream: CapturingStream, request: httpx2.Request
+    ) -> httpx2.Response:
         """Force-stream: read the whole upstream stream and answer with the merged completion."""
         try:
             async for _chunk in stream:
@@ -234,7 +234,7 @@ class CapturingTransport(httpx.AsyncBaseTransport):
             await stream.aclose()
         record = stream.record
         if record.status not in ("ok", "stopped") or not isinstance(record.response_body, dict):
-            raise httpx.RemoteProtocolError(
+            raise httpx2.RemoteProtocolError(
                 f"force-stream: the upstream stream did not complete ({record.error})",
                 request=request,
             )
@@ -248,10 +248,10 @@ class CapturingTransport(httpx.AsyncBaseTransport):
         extensions = {
             k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")
         }
-        return httpx.Response(
+        return httpx2.Response(
             response.status_code,
             headers=headers,
-            stream=httpx.ByteStream(content),
+            stream=httpx2.ByteStream(content),
             extensions=extensions,
         )
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from lang_agent.agent.profiles import load_profiles
 from lang_agent.evaluation.dataset import DatasetError, EvalCase, load_cases, select_cases
@@ -125,7 +125,7 @@ async def simulated(settings: Settings, *, script: Script | None) -> AsyncIterat
         yield settings
         return
     control = f"{settings.sim_url.rstrip('/').removesuffix('/v1')}/_sim/script"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx2.AsyncClient(timeout=10) as client:
         (await client.post(control, json=script.as_dict())).raise_for_status()
         try:
             yield settings

@@ -1,4 +1,4 @@
-"""A lean streaming chat-completions call on the shared (capturing) httpx client.
+"""A lean streaming chat-completions call on the shared (capturing) httpx2 client.
 
 The turn engine's hot path. `ChatOpenAI.astream` spent about 6 ms of CPU per call in the
 openai SDK and LangChain (a pydantic chunk object, callbacks and a message merge per chunk);
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 
 from lang_agent.errors import UpstreamError, UpstreamStatus
@@ -114,8 +114,8 @@ def request_body(
     return body
 
 
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    """The SSE lines of a response, split on \\n only. httpx's aiter_lines splits like
+async def _sse_lines(response: httpx2.Response) -> AsyncIterator[str]:
+    """The SSE lines of a response, split on \\n only. httpx2's aiter_lines splits like
     str.splitlines, so text holding U+0085, U+2028 or a form feed broke an event in two."""
     pending = ""
     async for text in response.aiter_text():
@@ -127,7 +127,7 @@ async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
 
 
 async def stream_chat(
-    http: httpx.AsyncClient,
+    http: httpx2.AsyncClient,
     spec: ModelSpec,
     body: dict[str, Any],
     reply: Reply,
@@ -135,7 +135,7 @@ async def stream_chat(
     retries: int,
 ) -> AsyncIterator[str]:
     """POST the body and yield each text piece, filling `reply`; raises UpstreamError
-    subclasses (httpx errors are left to `errors.upstream_errors`)."""
+    subclasses (httpx2 errors are left to `errors.upstream_errors`)."""
     key = spec.api_key.get_secret_value() if spec.api_key else "missing"
     headers = {"authorization": f"Bearer {key}", "accept": "text/event-stream"}
     url = spec.base_url.rstrip("/") + "/chat/completions"
@@ -170,7 +170,7 @@ async def stream_chat(
                         yield piece
             return  # a stream that ends without [DONE] but cleanly: take what came
         # Like the openai SDK: a timeout or a dropped connection before any token is retried.
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError):
+        except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError):
             if spoke or reply.calls or attempt >= retries:
                 raise
             await asyncio.sleep(RETRY_BASE_S * 2**attempt)

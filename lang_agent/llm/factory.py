@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
@@ -102,7 +102,7 @@ class ModelFactory:
     """Builds (and caches) a ChatOpenAI per role on the shared, capturing HTTP client."""
 
     def __init__(
-        self, settings: Settings, *, http_client: httpx.AsyncClient, sim_url: str | None
+        self, settings: Settings, *, http_client: httpx2.AsyncClient, sim_url: str | None
     ) -> None:
         self.settings = settings
         self.http_client = http_client
@@ -145,7 +145,7 @@ class ModelFactory:
             stream_usage=True,
             max_retries=self.settings.llm_retries,
             max_tokens=self.settings.max_tokens,
-            timeout=httpx.Timeout(self.settings.llm_timeout_s, connect=5.0),
+            timeout=httpx2.Timeout(self.settings.llm_timeout_s, connect=5.0),
             extra_body=extra_body or None,
             tags=[spec.role],
         )
