@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from lang_agent import loop
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def run(app: FastAPI, *, settings: Settings, host: str, port: int) -> int:
     server = uvicorn.Server(
         uvicorn_config(app, host=host, port=port, grace_s=settings.shutdown_grace_s)
     )
-    asyncio.run(serve([server]))
+    loop.run(serve([server]))
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -91,7 +92,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
             )
         ),
     ]
-    asyncio.run(serve(servers))
+    loop.run(serve(servers))
     return 0 if all(server.started for server in servers) else STARTUP_FAILURE
 
 

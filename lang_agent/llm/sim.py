@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from lang_agent import loop
 from lang_agent.llm import sim_replies
 from lang_agent.llm.sim_script import Script
 from lang_agent.llm.sim_wire import (
@@ -449,4 +450,4 @@ def run(
             await simulator.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+        loop.run(serve())
