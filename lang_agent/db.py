@@ -7,10 +7,14 @@ import contextlib
 import logging
 import os
 import re
+import select
+import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -216,20 +220,73 @@ async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
     return dsn, server
 
 
+# A connection back in the pool this recently, whose socket has nothing to read, is taken as
+# alive without a round trip; an older one is pinged as the pool does by default.
+TRUSTED_IDLE_S = 10.0
+
+
+class CheckoutCheck:
+    """The pool's `check` on checkout, without a round trip on the hot path.
+
+    The pool's default pings every connection it hands out: one more round trip before each
+    query of a turn (lease, checkpoint read and write, release). A server that ends a session
+    (restart, shutdown, `pg_terminate_backend`) sends a FATAL message and closes the socket, so
+    an idle connection with something to read is the one to ping; one that came back a moment
+    ago with a quiet socket is alive. A connection idle for longer than `TRUSTED_IDLE_S` is
+    pinged anyway, for a peer that vanished without a word.
+    """
+
+    def __init__(self, *, trusted_idle_s: float = TRUSTED_IDLE_S) -> None:
+        self.trusted_idle_s = trusted_idle_s
+        self._returned: weakref.WeakKeyDictionary[AsyncConnection, float] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def check(self, conn: AsyncConnection) -> None:
+        returned = self._returned.pop(conn, None)
+        if returned is None or time.monotonic() - returned > self.trusted_idle_s or _has_news(conn):
+            await self.ping(conn)
+
+    async def ping(self, conn: AsyncConnection) -> None:
+        """The round trip: raises when the connection is dead, so the pool replaces it."""
+        await AsyncConnectionPool.check_connection(conn)
+
+    async def returned(self, conn: AsyncConnection) -> None:
+        """The pool's `reset` callback: the connection is back, idle and healthy."""
+        self._returned[conn] = time.monotonic()
+
+
+def _has_news(conn: AsyncConnection) -> bool:
+    """True when the idle connection's socket is readable (a message or EOF) or gone."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
 class Database:
     """A pool over one Postgres, with the schema applied."""
 
     def __init__(
-        self, dsn: str, *, max_size: int = 20, min_size: int = 1, timeout: float = 10.0
+        self,
+        dsn: str,
+        *,
+        max_size: int = 20,
+        min_size: int = 1,
+        timeout: float = 10.0,
+        checkout: CheckoutCheck | None = None,
     ) -> None:
         self.dsn = dsn
+        checkout = checkout or CheckoutCheck()
         self.pool = AsyncConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             open=False,
             kwargs=CONNECTION_KWARGS,
-            check=AsyncConnectionPool.check_connection,
+            check=checkout.check,
+            reset=checkout.returned,
             max_idle=300,
             max_lifetime=1800,
             timeout=timeout,
