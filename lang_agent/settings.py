@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         "chat", description="Route taken when the router's decision cannot be parsed."
     )
     router_history: int = Field(6, description="Recent messages the router sees.")
+    memory_max_messages: int = Field(
+        200,
+        ge=0,
+        description="Messages a thread's memory keeps: the latest, whole turns. Older ones stay "
+        "in the conversation log. 0: keep all.",
+    )
     speculative_chat: bool = Field(
         True,
         description="Start the chat answer while the router decides; discarded on the tool "

@@ -1,7 +1,8 @@
-"""Which client messages are new, and trimming history to the context window."""
+"""Which client messages are new, trimming history to the context window, capping memory."""
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langgraph.graph.message import add_messages
 
 from lang_agent.agent.events import InputMessage
 from lang_agent.agent.history import (
@@ -10,6 +11,7 @@ from lang_agent.agent.history import (
     client_instructions,
     fit_window,
     new_messages,
+    remember,
 )
 from lang_agent.errors import InvalidRequest
 
@@ -87,3 +89,44 @@ def test_fit_window_refuses_a_message_larger_than_the_window():
 def test_approx_tokens_counts_cjk_per_character():
     assert approx_tokens("你好世界") == 4
     assert approx_tokens("hello world!") == 3
+
+
+def _turns(count: int, *, tool: bool = False) -> list:
+    """`count` turns with ids, as memory holds them; a tool turn is four messages."""
+    messages = []
+    for i in range(count):
+        messages.append(HumanMessage(f"问题{i}", id=f"h{i}"))
+        if tool:
+            call = {"name": "clock", "args": {}, "id": f"c{i}"}
+            messages.append(AIMessage("", tool_calls=[call], id=f"a{i}-call"))
+            messages.append(ToolMessage("12:00", tool_call_id=f"c{i}", id=f"t{i}"))
+        messages.append(AIMessage(f"回答{i}", id=f"a{i}"))
+    return messages
+
+
+def _saved(memory: list, turn: list, keep: int) -> list:
+    return add_messages(memory, remember(memory, turn, keep=keep))
+
+
+def test_memory_under_the_cap_only_grows():
+    memory, turn = _turns(3), [HumanMessage("新问题"), AIMessage("新回答")]
+    assert remember(memory, turn, keep=8) == turn
+    assert _saved(memory, turn, keep=0) == [*memory, *turn]
+
+
+def test_memory_over_the_cap_keeps_the_latest_whole_turns():
+    memory = _turns(5)
+    turn = [HumanMessage("新问题", id="hn"), AIMessage("新回答", id="an")]
+    assert [m.id for m in _saved(memory, turn, keep=6)] == ["h3", "a3", "h4", "a4", "hn", "an"]
+
+
+def test_memory_is_never_cut_inside_a_turn():
+    memory = _turns(3, tool=True)  # 12 messages, 4 a turn
+    turn = [HumanMessage("新问题", id="hn"), AIMessage("新回答", id="an")]
+    kept = _saved(memory, turn, keep=8)  # room for 6 old ones: only the last whole turn fits
+    assert [m.id for m in kept] == ["h2", "a2-call", "t2", "a2", "hn", "an"]
+
+
+def test_a_turn_longer_than_the_cap_is_kept_whole():
+    turn = _turns(1, tool=True)
+    assert _saved(_turns(4), turn, keep=2) == turn

@@ -286,6 +286,28 @@ def test_two_servers_on_one_database_serialise_a_thread(live_server, pg_dsn, thr
         assert (user[0], answer[0]) == ("user", "assistant") and user[2] == answer[2]
 
 
+def test_memory_keeps_the_latest_turns_and_the_log_keeps_all(live_server, pg_dsn, thread_id):
+    server = live_server(memory_max_messages=4)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    ask(client, "我叫小明", thread_id=thread_id)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+    ask(client, "你好", thread_id=thread_id)
+    assert "小明" not in ask(client, "我叫什么名字", thread_id=thread_id)
+    with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
+    remembered = [m.content for m in state.checkpoint["channel_values"]["messages"]]
+    assert remembered[0::2] == ["你好", "我叫什么名字"] and len(remembered) == 4
+
+    def logged():
+        with psycopg.connect(pg_dsn) as conn:
+            rows = conn.execute(THREAD_LOG_SQL, (thread_id,)).fetchall()
+        return rows if len(rows) == 8 else None
+
+    assert [row[1] for row in wait_until(logged)[0::2]] == [
+        "我叫小明", "我叫什么名字", "你好", "我叫什么名字"
+    ]  # fmt: skip
+
+
 def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_id):
     set_latency(simulator, "tool", ttft_ms=300)
     try:

@@ -1,4 +1,4 @@
-"""Turning client messages into memory: conversion, which messages are new, and window trimming."""
+"""Client messages into memory: which are new, trimming to the context window, the memory cap."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from langchain_core.messages import (
     AnyMessage,
     BaseMessage,
     HumanMessage,
+    RemoveMessage,
     SystemMessage,
     ToolMessage,
     trim_messages,
 )
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
 from lang_agent.agent.events import InputMessage
 from lang_agent.errors import InvalidRequest
@@ -90,6 +92,23 @@ def new_messages(
     if not any(isinstance(m, HumanMessage) for m in dialogue):
         raise InvalidRequest("the request has no new user message", param="messages")
     return dialogue
+
+
+def remember(
+    memory: Sequence[AnyMessage], turn: Sequence[AnyMessage], *, keep: int
+) -> list[AnyMessage]:
+    """The `messages` update that adds a turn to memory and keeps at most `keep` messages:
+    the latest, starting on a user message. A turn is never cut; 0 keeps everything.
+
+    Every turn reads and rewrites the whole memory, so a thread that only grew would make
+    each of its turns slower and bigger than the last."""
+    if not keep or len(memory) + len(turn) <= keep:
+        return list(turn)
+    room = max(0, keep - len(turn))
+    kept = list(memory[len(memory) - room :]) if room else []
+    while kept and not isinstance(kept[0], HumanMessage):
+        kept.pop(0)
+    return [RemoveMessage(id=REMOVE_ALL_MESSAGES), *kept, *turn]
 
 
 def fit_window(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from lang_agent.agent.calls import model_name, stream_reply, text_of
 from lang_agent.agent.chatty import FillerTask
 from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
-from lang_agent.agent.history import client_instructions, fit_window, new_messages
+from lang_agent.agent.history import client_instructions, fit_window, new_messages, remember
 from lang_agent.agent.speculation import SpeculativeChat
 from lang_agent.agent.state import LogEntry, TurnContext, TurnState
 
@@ -127,7 +127,12 @@ async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
             ctx, "chat", _fit(ctx, "chat", history, _system(ctx, "chat_prompt"))
         )
     ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, "chat")))
-    return {"messages": [*new, answer]}
+    return {"messages": _remember(ctx, state, [*new, answer])}
+
+
+def _remember(ctx: TurnContext, state: TurnState, turn: list[AnyMessage]) -> list[AnyMessage]:
+    memory = state.get("messages") or []
+    return remember(memory, turn, keep=ctx.deps.settings.memory_max_messages)
 
 
 def _result_text(output: Any) -> str:
@@ -221,4 +226,4 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     ctx.log.append(
         LogEntry("assistant", text_of(transcript[-1].content), model=model_name(ctx, "tool"))
     )
-    return {"messages": transcript}
+    return {"messages": _remember(ctx, state, transcript)}
