@@ -6,7 +6,9 @@
 It starts the model simulator (in this process), Postgres (embedded, or --conn-str) and
 `fastapi_server/server_openai.py` as its own process, then sends a mix of turns at --rate per
 second: chat and tool turns on a pool of device threads, stateless turns, OpenAI and DashScope,
-streamed and not, with a share of injected upstream faults and client hang-ups. Every
+streamed and not, with a share of injected upstream faults and client hang-ups. The device
+threads live for the whole run, so their memory reaches its cap (--memory-max-messages) early
+and stays there, as a long-lived thread's does. Every
 --sample-s it records the server's RSS. At the end it prints a table and writes a JSON report:
 turns by outcome, latency, and RSS at start, end and peak, and the growth over the second half
 (after warm-up), which is what "flat memory" means here. See docs/reliability.md.
@@ -52,6 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval")
     parser.add_argument("--faults", type=float, default=0.02, help="share of turns given a fault")
     parser.add_argument("--hangups", type=float, default=0.02, help="share of streams cut early")
+    parser.add_argument(
+        "--memory-max-messages",
+        type=int,
+        default=40,
+        help="the server's MEMORY_MAX_MESSAGES: small, so the threads reach it early in the run",
+    )
     parser.add_argument("--conn-str", default=None, help="Postgres DSN (default: embedded)")
     parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the turn mix")
@@ -82,7 +90,7 @@ def postgres(conn_str: str | None):
 
 
 @contextlib.contextmanager
-def server_process(dsn: str, sim_url: str, workdir: Path):
+def server_process(dsn: str, sim_url: str, workdir: Path, *, memory_max_messages: int):
     port = free_port()
     (workdir / "mcp.json").write_text("{}", encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_", "SIM_", "CONN_"))}
@@ -95,6 +103,7 @@ def server_process(dsn: str, sim_url: str, workdir: Path):
         MCP_CONFIG=str(workdir / "mcp.json"),
         DATA_DIR=str(workdir / "data"),
         LOG_LEVEL="WARNING",
+        MEMORY_MAX_MESSAGES=str(memory_max_messages),
     )
     log = (workdir / "server.log").open("wb")
     argv = [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py"), "--port", str(port)]
@@ -252,7 +261,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         with (
             tempfile.TemporaryDirectory(prefix="lang-agent-soak-") as workdir,
             postgres(args.conn_str) as dsn,
-            server_process(dsn, sim_url, Path(workdir)) as (url, process),
+            server_process(
+                dsn, sim_url, Path(workdir), memory_max_messages=args.memory_max_messages
+            ) as (url, process),
         ):
             started = time.monotonic()
             outcomes, latencies, samples = await load(url, process, sim, args)
