@@ -107,6 +107,17 @@ def test_memory_across_turns_and_restart(live_server, thread_id):
     assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
 
 
+def test_model_calls_reuse_their_upstream_connections(client, simulator):
+    # A call that stopped reading at [DONE] left the chunked body's end unread, so its
+    # connection was closed and every call opened a new one (a TLS handshake with a provider).
+    for _ in range(10):
+        ask(client, "你好")
+    before = simulator.snapshot()["connections"]
+    for _ in range(10):
+        ask(client, "你好")
+    assert simulator.snapshot()["connections"] - before <= 2  # 20 calls
+
+
 def test_numeric_thread_id_is_its_string(client, thread_id):
     number = int(thread_id.encode().hex()[:12], 16)
     ask(client, "my name is Ada", thread_id=number)

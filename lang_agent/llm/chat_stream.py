@@ -10,6 +10,7 @@ turns (docs/performance.md). Same wire request as ChatOpenAI sends, same errors 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from lang_agent.llm.factory import ModelSpec
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 RETRY_BASE_S = 0.5
+DRAIN_S = 0.5
 
 
 @dataclass
@@ -126,6 +128,16 @@ async def _sse_lines(response: httpx2.Response) -> AsyncIterator[str]:
         yield pending.removesuffix("\r")
 
 
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the body to its end after [DONE], within DRAIN_S: a connection left with unread
+    bytes (the chunked body's last chunk) cannot be reused, so every call would open a new
+    one, with a TLS handshake for a real provider."""
+    with contextlib.suppress(TimeoutError, httpx2.TransportError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _line in lines:
+                pass
+
+
 async def stream_chat(
     http: httpx2.AsyncClient,
     spec: ModelSpec,
@@ -152,11 +164,13 @@ async def stream_chat(
                         f"the model API answered HTTP {response.status_code}",
                         status=response.status_code,
                     )
-                async for line in _sse_lines(response):
+                lines = _sse_lines(response)
+                async for line in lines:
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        await _drain(lines)
                         return
                     try:
                         chunk = json.loads(data)

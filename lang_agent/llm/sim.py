@@ -134,6 +134,7 @@ class Simulator:
             "faults": {},
             "cancelled": 0,
             "in_flight": 0,
+            "connections": 0,  # accepted: a client that reuses its connections keeps this low
         }
         self._faults: list[list[Any]] = []  # [fault, role or None, remaining]
         # Each answered chat call's own time, so a benchmark can subtract it from a turn's:
@@ -233,6 +234,7 @@ class Simulator:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)  # type: ignore[arg-type]
+        self.stats["connections"] += 1
         buf = bytearray()
         try:
             while True:
