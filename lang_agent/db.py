@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -309,16 +308,3 @@ class Database:
     async def connection(self) -> AsyncIterator[AsyncConnection]:
         async with self.pool.connection() as conn:
             yield conn
-
-
-class PooledSaver(AsyncPostgresSaver):
-    """AsyncPostgresSaver over our pool, without its instance-wide asyncio.Lock.
-
-    The saver takes the lock around every cursor, even when each operation checks out its own
-    pooled connection, so all threads' checkpoint reads and writes queued behind one another
-    (langgraph#7259; pitfalls §3). With a pool (never a shared pipeline) nothing needs it.
-    """
-
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        super().__init__(pool)
-        self.lock = contextlib.nullcontext()  # type: ignore[assignment]

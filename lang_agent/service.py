@@ -16,8 +16,9 @@ from lang_agent.agent.runner import Agent
 from lang_agent.agent.state import AgentDeps
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.capture import CapturingTransport, Recorder
+from lang_agent.checkpointer import PooledSaver, install_loop_executor
 from lang_agent.conversations import ConversationLog
-from lang_agent.db import Database, PooledSaver, resolve_dsn
+from lang_agent.db import Database, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.pools import ShardedTransport
@@ -83,6 +84,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         await db.open()
         stack.push_async_callback(db.close)
 
+        install_loop_executor()
         checkpointer = PooledSaver(db.pool)
         await checkpointer.setup()
         await stack.enter_async_context(retention_job(settings, db=db))

@@ -1,0 +1,74 @@
+"""The checkpointer: memory round trips, and its (de)serialisation stays on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.graph import START, MessagesState, StateGraph
+
+from lang_agent.checkpointer import LoopExecutor, PooledSaver, inline, install_loop_executor
+from lang_agent.db import Database
+
+
+def test_the_executor_runs_inline_only_when_asked():
+    executor = LoopExecutor(max_workers=1)
+    try:
+        assert executor.submit(threading.get_ident).result() != threading.get_ident()
+        with inline():
+            assert executor.submit(threading.get_ident).result() == threading.get_ident()
+            with pytest.raises(ZeroDivisionError):
+                executor.submit(lambda: 1 / 0).result()
+    finally:
+        executor.shutdown()
+
+
+class ThreadRecordingSaver(PooledSaver):
+    """PooledSaver that notes the thread each (de)serialisation step ran on."""
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.threads: set[int] = set()
+
+    def _dump_blobs(self, *args):
+        self.threads.add(threading.get_ident())
+        return super()._dump_blobs(*args)
+
+    def _dump_writes(self, *args):
+        self.threads.add(threading.get_ident())
+        return super()._dump_writes(*args)
+
+    def _load_writes(self, *args):
+        self.threads.add(threading.get_ident())
+        return super()._load_writes(*args)
+
+
+def _answer(state: MessagesState) -> dict:
+    return {"messages": [AIMessage(f"第{len(state['messages'])}条")]}
+
+
+async def test_memory_round_trips_without_a_thread_hop(pg_dsn):
+    install_loop_executor()
+    db = Database(pg_dsn, max_size=2)
+    await db.open()
+    try:
+        saver = ThreadRecordingSaver(db.pool)
+        await saver.setup()
+        builder = StateGraph(MessagesState)
+        builder.add_node("answer", _answer)
+        builder.add_edge(START, "answer")
+        graph = builder.compile(checkpointer=saver)
+        config = {"configurable": {"thread_id": f"cp-{uuid.uuid4().hex[:8]}"}}
+        for text in ("你好", "再见"):
+            await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
+        state = await saver.aget_tuple(config)
+        contents = [m.content for m in state.checkpoint["channel_values"]["messages"]]
+        assert contents == ["你好", "第1条", "再见", "第3条"]
+        assert saver.threads == {threading.get_ident()}
+        # Anything else the loop hands its default executor still runs on a worker.
+        assert await asyncio.to_thread(threading.get_ident) != threading.get_ident()
+    finally:
+        await db.close()
