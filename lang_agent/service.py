@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -134,6 +135,12 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         stack.push_async_callback(agent.close)  # first at shutdown: turns end before the log
         for role, spec in deps.models.specs.items():
             logger.info("role %s → %s", role, spec)
+        # What start-up built (modules, schemas, the graph, pools: some 200,000 objects) lives
+        # as long as the process; out of the collector's reach, a full collection pauses every
+        # turn for about 2 ms instead of 120-180 ms.
+        gc.collect()
+        gc.freeze()
+        stack.callback(gc.unfreeze)
         yield Service(
             settings=settings,
             db=db,
