@@ -96,13 +96,8 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
 
         catalog = ModelCatalog.load(settings.models_file)
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
-        # Keep every upstream connection alive: a turn holds two or three calls at once, so at
-        # concurrency 100 a keep-alive cap of 200 closed and reopened connections all the time.
-        limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
         http_client = httpx2.AsyncClient(
-            transport=CapturingTransport(
-                ShardedTransport(limits=limits), recorder=recorder, catalog=catalog
-            ),
+            transport=CapturingTransport(ShardedTransport(), recorder=recorder, catalog=catalog),
             timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
         )
         stack.push_async_callback(http_client.aclose)

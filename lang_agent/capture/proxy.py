@@ -32,6 +32,7 @@ from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
 from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.llm.pools import ShardedTransport
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ async def running_proxy(
     catalog = ModelCatalog.load(settings.models_file)
     async with Recorder.open(settings, dsn=dsn) as recorder:
         transport = CapturingTransport(
-            httpx2.AsyncHTTPTransport(),
+            ShardedTransport(),
             recorder=recorder,
             catalog=catalog,
             source="proxy",
