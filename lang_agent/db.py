@@ -258,10 +258,15 @@ class CheckoutCheck:
 def _has_news(conn: AsyncConnection) -> bool:
     """True when the idle connection's socket is readable (a message or EOF) or gone."""
     try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        fd = conn.fileno()
+        if not hasattr(select, "poll"):  # Windows
+            return bool(select.select([fd], [], [], 0)[0])
+        # poll, not select: a busy server's descriptors pass select's limit of 1024.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, psycopg.Error):
         return True
-    return bool(readable)
 
 
 class Database:
