@@ -4,13 +4,16 @@ A connection pool walks all its connections and queued requests on every request
 end, so each request costs time in proportion to the open connections. K pools of n/K
 connections cut that by K: at 200 concurrent streams 8 pools saved about a fifth of the client
 CPU (docs/performance.md). Requests go round-robin; a pool keeps its connections alive as
-before. The agent's model calls and the capture proxy both go through one."""
+before. The agent's model calls and the capture proxy both go through one. Its connections
+read through `network.LeanBackend`."""
 
 from __future__ import annotations
 
 import itertools
 
 import httpx2
+
+from lang_agent.llm.network import LeanBackend
 
 DEFAULT_SHARDS = 8
 # Every upstream connection kept alive: a turn holds two or three calls at once, so at
@@ -37,6 +40,10 @@ class ShardedTransport(httpx2.AsyncBaseTransport):
         self._pools = [
             httpx2.AsyncHTTPTransport(verify=tls, limits=per_pool) for _ in range(shards)
         ]
+        backend = LeanBackend()
+        for pool in self._pools:
+            # httpx2 takes no network backend; its httpcore2 pool does, and reads it per connect.
+            pool._pool._network_backend = backend
         self._next = itertools.cycle(self._pools)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
