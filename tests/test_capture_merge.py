@@ -70,6 +70,15 @@ def test_usage_inside_a_choice_and_calls_without_index_are_kept():
     assert merge_chunks(no_index)["choices"][0]["message"]["tool_calls"][0]["id"] == "x"
 
 
+def test_unicode_line_separators_inside_an_event_do_not_split_it():
+    # Providers send JSON with ensure_ascii off: U+2028, U+0085 or a form feed arrive raw.
+    text = "a\u2028b\u0085c\x0cd"
+    events = [chunk({"content": text}), chunk({"content": "!"}, finish="stop")]
+    sse = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\r\n\r\n" for e in events)
+    merged = merge_sse(sse + "data: [DONE]\r\n\r\n")
+    assert merged["choices"][0]["message"]["content"] == text + "!"
+
+
 def test_sse_splitter_reports_event_ends_across_chunks():
     splitter = SseSplitter()
     assert splitter.feed(b"data: 1\r\n") == []

@@ -44,7 +44,11 @@ class SseSplitter:
 def event_data(raw: bytes | str) -> str | None:
     """The joined `data:` lines of one event; None for comments and events without data."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    lines = [line[5:].removeprefix(" ") for line in text.splitlines() if line.startswith("data:")]
+    # SSE lines end in \r\n, \n or \r, nothing else: str.splitlines also splits at U+2028
+    # and friends, which JSON may carry unescaped, and the event's chunk was lost.
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line[5:].removeprefix(" ") for line in text.split("\n") if line.startswith("data:")]
     return "\n".join(lines) if lines else None
 
 

@@ -116,19 +116,20 @@ def request_body(
     return body
 
 
-async def _sse_lines(response: httpx2.Response) -> AsyncIterator[str]:
-    """The SSE lines of a response, split on \\n only. httpx2's aiter_lines splits like
-    str.splitlines, so text holding U+0085, U+2028 or a form feed broke an event in two."""
-    pending = ""
-    async for text in response.aiter_text():
-        *lines, pending = (pending + text).split("\n")
+async def _sse_lines(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The SSE lines of a response as bytes, split on \\n only (a UTF-8 byte \\n is always a
+    newline). Not aiter_lines: it splits like str.splitlines, so text holding U+0085, U+2028
+    or a form feed broke an event in two; and bytes save a text decoding layer per chunk."""
+    pending = b""
+    async for data in response.aiter_bytes():
+        *lines, pending = (pending + data).split(b"\n")
         for line in lines:
-            yield line.removesuffix("\r")
+            yield line.removesuffix(b"\r")
     if pending:
-        yield pending.removesuffix("\r")
+        yield pending.removesuffix(b"\r")
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+async def _drain(lines: AsyncIterator[bytes]) -> None:
     """Read the body to its end after [DONE], within DRAIN_S: a connection left with unread
     bytes (the chunked body's last chunk) cannot be reused, so every call would open a new
     one, with a TLS handshake for a real provider."""
@@ -166,10 +167,10 @@ async def stream_chat(
                     )
                 lines = _sse_lines(response)
                 async for line in lines:
-                    if not line.startswith("data:"):
+                    if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         await _drain(lines)
                         return
                     try:
