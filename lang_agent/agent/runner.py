@@ -89,16 +89,21 @@ class Agent:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         last: TurnEvent | None = None
+        ended: float | None = None
         try:
             while not isinstance(last, Done | Failed):
                 last = await events.get()
+                if isinstance(last, Done | Failed):
+                    ended = time.perf_counter()
                 yield last
         finally:
 
             def record(_: object = None) -> None:
-                self.log.record(self._record(ctx, started_at, last))
+                self.log.record(self._record(ctx, started_at, last, ended))
 
-            if task.done():
+            if task.done() or ended is not None:
+                # After the last event the task at most gives the lease back: neither the log
+                # nor the caller waits for that, and it is not cancelled (close() awaits it).
                 record()
             else:
                 # Logged when the turn task ends, not after our wait: a hang-up's cancel scope
@@ -114,6 +119,7 @@ class Agent:
         try:
             if request.thread_id is None:
                 await self._invoke(ctx, self._stateless_graph, {}, durability=None)
+                self._done(ctx)
             else:
                 with store_errors():  # the lease and the checkpoints live in Postgres
                     async with self.locks.hold(request.thread_id):
@@ -121,13 +127,19 @@ class Agent:
                         config = {"configurable": {"thread_id": request.thread_id}}
                         # Saved once at the end: a failed turn never reaches memory.
                         await self._invoke(ctx, self._memory_graph, config, durability="exit")
-            ctx.emit(Done(ctx.total_usage(), "length" if ctx.finish_reason == "length" else "stop"))
+                        # Done once memory is saved, before the lease round trip: the next
+                        # turn on this thread waits for the lease, not the client for it.
+                        self._done(ctx)
         except LangAgentError as exc:
             logger.warning("turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
             ctx.emit(Failed(exc.code, exc.message))
         except Exception:  # the edge of the engine: anything unexpected becomes Failed
             logger.exception("turn %s failed unexpectedly", ctx.turn_id)
             ctx.emit(Failed("internal_error", "the turn failed unexpectedly"))
+
+    @staticmethod
+    def _done(ctx: TurnContext) -> None:
+        ctx.emit(Done(ctx.total_usage(), "length" if ctx.finish_reason == "length" else "stop"))
 
     async def _invoke(
         self, ctx: TurnContext, graph: CompiledStateGraph, config: dict, *, durability: str | None
@@ -139,7 +151,9 @@ class Agent:
         except TimeoutError as exc:
             raise TurnTimeout("the turn ran out of time") from exc
 
-    def _record(self, ctx: TurnContext, started_at: datetime, last: TurnEvent | None) -> TurnRecord:
+    def _record(
+        self, ctx: TurnContext, started_at: datetime, last: TurnEvent | None, ended: float | None
+    ) -> TurnRecord:
         usage = ctx.total_usage()
         match last:
             case Done():
@@ -159,7 +173,7 @@ class Agent:
             error_code=code,
             error=error,
             ttft_ms=_ms(ctx.started, ctx.first_text_at),
-            latency_ms=_ms(ctx.started, time.perf_counter()),
+            latency_ms=_ms(ctx.started, ended or time.perf_counter()),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             models=[asdict(m) for m in usage.models],
