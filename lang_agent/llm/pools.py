@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 
 import httpx2
+from httpcore2 import AsyncNetworkBackend
 
 from lang_agent.llm.network import LeanBackend
 
@@ -25,7 +26,11 @@ class ShardedTransport(httpx2.AsyncBaseTransport):
     """`shards` AsyncHTTPTransports sharing the limits between them."""
 
     def __init__(
-        self, *, limits: httpx2.Limits = UPSTREAM_LIMITS, shards: int = DEFAULT_SHARDS
+        self,
+        *,
+        limits: httpx2.Limits = UPSTREAM_LIMITS,
+        shards: int = DEFAULT_SHARDS,
+        network_backend: AsyncNetworkBackend | None = None,
     ) -> None:
         def part(value: int | None) -> int | None:
             return None if value is None else max(1, -(-value // shards))
@@ -40,7 +45,7 @@ class ShardedTransport(httpx2.AsyncBaseTransport):
         self._pools = [
             httpx2.AsyncHTTPTransport(verify=tls, limits=per_pool) for _ in range(shards)
         ]
-        backend = LeanBackend()
+        backend = network_backend or LeanBackend()
         for pool in self._pools:
             # httpx2 takes no network backend; its httpcore2 pool does, and reads it per connect.
             pool._pool._network_backend = backend

@@ -1,0 +1,114 @@
+"""CPU per streamed model call through the agent's own client stack, lean vs anyio network reads.
+
+    python scripts/bench_model_call.py                  # 40 concurrent calls × 6 rounds each way
+    python scripts/bench_model_call.py --calls 20 --rounds 3
+
+It starts Postgres (embedded) and `lang-agent sim --profile original` as their own processes,
+so this process's CPU is the client's alone: `chat_stream.stream_chat` on an httpx2 client with
+capture on (`CapturingTransport` over `ShardedTransport`), the recorder writing every call.
+The same calls go through two clients that differ only in the network backend of their
+connection pools: `llm/network.py`'s LeanBackend (what the agent uses) and httpcore2's anyio
+backend (a cancel scope per read). Rounds alternate between the two, so a machine whose speed
+drifts (docs/performance.md) moves both alike. Prints CPU ms per call, per round and median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+from httpcore2 import AnyIOBackend, AsyncNetworkBackend
+from langchain_core.messages import HumanMessage
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lang_agent import loop  # noqa: E402
+from lang_agent.bench.stack import Stack  # noqa: E402
+from lang_agent.bench.workload import CHAT_TEXT, marker  # noqa: E402
+from lang_agent.capture.transport import CapturingTransport  # noqa: E402
+from lang_agent.llm.chat_stream import Reply, request_body, stream_chat  # noqa: E402
+from lang_agent.llm.models_catalog import ModelCatalog  # noqa: E402
+from lang_agent.llm.network import LeanBackend  # noqa: E402
+from lang_agent.llm.pools import ShardedTransport  # noqa: E402
+from lang_agent.service import open_service  # noqa: E402
+from lang_agent.settings import Settings  # noqa: E402
+
+BACKENDS: dict[str, type[AsyncNetworkBackend]] = {"lean": LeanBackend, "anyio": AnyIOBackend}
+
+
+async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str, list[float]]:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-call-"))
+    (workdir / "mcp.json").write_text("{}")
+    settings = Settings(
+        sim_url=sim_url, llm_provider="sim", conn_str=dsn, mcp_config=workdir / "mcp.json",
+        _env_file=None,
+    )  # fmt: skip
+    async with open_service(settings) as service:
+        models = service.agent.deps.models
+        spec = models.spec("chat")
+        clients = {
+            name: httpx2.AsyncClient(
+                transport=CapturingTransport(
+                    ShardedTransport(network_backend=backend()),
+                    recorder=service.recorder,
+                    catalog=ModelCatalog.load(settings.models_file),
+                ),
+                timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
+            )
+            for name, backend in BACKENDS.items()
+        }
+
+        async def call(client: httpx2.AsyncClient, number: int) -> int:
+            messages = [HumanMessage(CHAT_TEXT + marker(number))]
+            body = request_body(spec, messages, max_tokens=settings.max_tokens)
+            pieces = 0
+            async for _piece in stream_chat(client, spec, body, Reply(), retries=0):
+                pieces += 1
+            return pieces
+
+        results: dict[str, list[float]] = {name: [] for name in clients}
+        try:
+            for client in clients.values():  # warm: connections open, code paths loaded
+                await asyncio.gather(*(call(client, n) for n in range(calls)))
+            for round_number in range(rounds):
+                order = list(clients) if round_number % 2 == 0 else list(reversed(clients))
+                for name in order:
+                    started = time.process_time()
+                    pieces = await asyncio.gather(*(call(clients[name], n) for n in range(calls)))
+                    cpu_ms = (time.process_time() - started) * 1000 / calls
+                    results[name].append(cpu_ms)
+                    print(f"round {round_number + 1} {name:5s} {cpu_ms:6.2f} ms/call "
+                          f"({pieces[0]} pieces)", flush=True)  # fmt: skip
+        finally:
+            for client in clients.values():
+                await client.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=40, help="concurrent calls per round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per backend")
+    args = parser.parse_args()
+    with Stack(Path(tempfile.mkdtemp(prefix="bench-call-stack-"))) as stack:
+        dsn = stack.postgres()
+        sim = stack.simulator(profile="original")
+        results = loop.run(bench(sim.url, dsn, calls=args.calls, rounds=args.rounds))
+    print("\nbackend  median CPU ms per call  (min … max)")
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(f"{name:7s}  {median:6.2f}  ({min(values):.2f} … {max(values):.2f})")
+    lean, anyio = (statistics.median(results[name]) for name in ("lean", "anyio"))
+    print(f"lean / anyio: {lean / anyio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
