@@ -53,7 +53,17 @@ def alibl_call(text_or_messages, *, session_id=None, api_key=TEST_KEY, **kwargs)
     return "".join(spoken), items
 
 
-def test_stream_speaks_every_character_once(base_url):
+def test_stream_speaks_every_character_once(base_url, simulator):
+    # Paced like a real model: deltas that arrive together are sent as one frame, and an
+    # unpaced simulator delivers the whole answer at once.
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=200)
+    try:
+        _speak_every_character_once()
+    finally:
+        set_latency(simulator, "chat", ttft_ms=0)
+
+
+def _speak_every_character_once():
     for text in ("你好，今天过得怎么样？", "hello, how are you today?"):
         spoken, items = alibl_call(text, session_id=uuid.uuid4().hex)
         assert all(item.status_code == 200 for item in items)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
-from lang_agent.agent.events import Done, Failed, TurnEvent, TurnRequest
+from lang_agent.agent.events import AnswerDelta, Done, Failed, TurnEvent, TurnRequest
 from lang_agent.agent.graph import build_graph
 from lang_agent.agent.history import client_dialogue
 from lang_agent.agent.state import AgentDeps, Profile, TurnContext
@@ -27,6 +27,21 @@ logger = logging.getLogger(__name__)
 
 def _ms(start: float, end: float | None) -> float | None:
     return None if end is None else round((end - start) * 1000, 1)
+
+
+def _coalesce(
+    first: AnswerDelta, events: asyncio.Queue[TurnEvent]
+) -> tuple[AnswerDelta, TurnEvent | None]:
+    """The answer deltas already waiting behind `first`, as one, and the event after them.
+    A busy server reads several model chunks at once; a frame per chunk would make the
+    front end, the socket and the client pay per chunk again. Nothing waits to be merged."""
+    texts = [first.text]
+    while not events.empty():
+        event = events.get_nowait()
+        if not isinstance(event, AnswerDelta):
+            return AnswerDelta("".join(texts)), event
+        texts.append(event.text)
+    return AnswerDelta("".join(texts)), None
 
 
 class Agent:
@@ -89,10 +104,13 @@ class Agent:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         last: TurnEvent | None = None
+        after: TurnEvent | None = None
         ended: float | None = None
         try:
             while not isinstance(last, Done | Failed):
-                last = await events.get()
+                last, after = (after or await events.get()), None
+                if isinstance(last, AnswerDelta) and not events.empty():
+                    last, after = _coalesce(last, events)
                 if isinstance(last, Done | Failed):
                     ended = time.perf_counter()
                 yield last
