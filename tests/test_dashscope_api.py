@@ -53,17 +53,16 @@ def alibl_call(text_or_messages, *, session_id=None, api_key=TEST_KEY, **kwargs)
     return "".join(spoken), items
 
 
-def test_stream_speaks_every_character_once(base_url, simulator):
-    # Paced like a real model: deltas that arrive together are sent as one frame, and an
-    # unpaced simulator delivers the whole answer at once.
+@pytest.fixture
+def paced_chat(simulator):
+    """The chat model streams like a real one. Deltas that arrive together go out as one
+    frame, and the unpaced simulator would deliver a whole answer at once."""
     set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=200)
-    try:
-        _speak_every_character_once()
-    finally:
-        set_latency(simulator, "chat", ttft_ms=0)
+    yield
+    set_latency(simulator, "chat", ttft_ms=0)
 
 
-def _speak_every_character_once():
+def test_stream_speaks_every_character_once(base_url, paced_chat):
     for text in ("你好，今天过得怎么样？", "hello, how are you today?"):
         spoken, items = alibl_call(text, session_id=uuid.uuid4().hex)
         assert all(item.status_code == 200 for item in items)
@@ -144,7 +143,7 @@ def test_non_stream(base_url):
     assert response.usage.models[0].input_tokens > 0
 
 
-def test_incremental_output(base_url):
+def test_incremental_output(base_url, paced_chat):
     responses = Application.call(
         api_key=TEST_KEY,
         app_id="lang-agent",
