@@ -46,6 +46,13 @@ class FillerTask:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def cancel(self) -> None:
+        """Stop at once, mid-phrase too: the turn is over."""
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
     async def _run(self) -> None:
         delay = self.ctx.deps.settings.filler_delay_ms / 1000
         try:

@@ -109,9 +109,11 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
         route = settings.route_fallback
         logger.warning("turn %s: router answer unparseable, taking %s", ctx.turn_id, route)
     ctx.route = route
-    if route == "tool" and ctx.speculation is not None:
-        ctx.speculation.drop()  # winds down on its own: the filler must not wait for it
-        ctx.speculation = None
+    if route == "tool":
+        _start_filler(ctx, new)  # now, not in tool_model_call: the graph's step costs ms
+        if ctx.speculation is not None:
+            ctx.speculation.drop()  # winds down on its own: the filler must not wait for it
+            ctx.speculation = None
     ctx.emit(RouteChosen(route))
     return {"turn_input": new, "route": route}
 
@@ -120,7 +122,8 @@ async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     ctx = runtime.context
     new = state["turn_input"]
     if ctx.speculation is not None:
-        answer = await ctx.speculation.answer()
+        speculation, ctx.speculation = ctx.speculation, None  # this node owns it now
+        answer = await speculation.answer()
     else:
         history = [*(state.get("messages") or []), *new]
         answer = await stream_reply(
@@ -185,6 +188,14 @@ async def _run_tool(
     )
 
 
+def _start_filler(ctx: TurnContext, new: list[AnyMessage]) -> None:
+    """On the tool route of a stream, the filler starts talking while the tool model works."""
+    settings = ctx.deps.settings
+    if ctx.request.stream and settings.filler and ctx.profile.filler:
+        ctx.filler = FillerTask(ctx, user_text=text_of(new[-1].content) if new else "")
+        ctx.filler.start()
+
+
 async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     ctx = runtime.context
     settings = ctx.deps.settings
@@ -193,11 +204,7 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     tools = ctx.deps.tools.tools()
     by_name = {tool.name: tool for tool in tools}
     system = _system(ctx, "tool_prompt")
-    filler = None
-    if ctx.request.stream and settings.filler and ctx.profile.filler:
-        filler = FillerTask(ctx, user_text=text_of(new[-1].content) if new else "")
-        filler.start()
-        await asyncio.sleep(0)  # the filler sends its request first: it speaks first
+    filler, ctx.filler = ctx.filler, None  # this node finishes it from here on
     finish_filler = filler.finish if filler else None
     transcript: list[AnyMessage] = list(new)
     try:

@@ -168,6 +168,12 @@ class Agent:
                 await graph.ainvoke(state, config, context=ctx, durability=durability)
         except TimeoutError as exc:
             raise TurnTimeout("the turn ran out of time") from exc
+        finally:
+            # A turn that ended between the router and the next node left these running.
+            if ctx.speculation is not None:
+                await ctx.speculation.discard()
+            if ctx.filler is not None:
+                await ctx.filler.cancel()
 
     def _record(
         self, ctx: TurnContext, started_at: datetime, last: TurnEvent | None, ended: float | None

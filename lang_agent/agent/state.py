@@ -79,6 +79,7 @@ class TurnContext:
     log: list[LogEntry] = field(default_factory=list)
     finish_reason: str = "stop"
     speculation: Any = None  # a SpeculativeChat while the router decides
+    filler: Any = None  # a FillerTask from the router's "tool" until tool_model_call takes it
     # When the turn took its thread (wall clock): the log orders a thread's turns by it, so
     # turns that queued for the thread, in any process, are logged in the order they ran.
     began_at: datetime | None = None
