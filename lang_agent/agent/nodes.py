@@ -63,12 +63,6 @@ def _router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     return recent
 
 
-async def _discard_speculation(ctx: TurnContext) -> None:
-    if ctx.speculation is not None:
-        await ctx.speculation.discard()
-        ctx.speculation = None
-
-
 async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     ctx = runtime.context
     memory = state.get("messages") or []
@@ -85,20 +79,16 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
     view = _router_view([*memory, *new], settings.router_history)
     if settings.speculative_chat:
         chat = _fit(ctx, "chat", [*memory, *new], _system(ctx, "chat_prompt"))
-        ctx.speculation = SpeculativeChat(ctx, chat)
-    try:
-        # Structured output by function calling, the route forced as the one tool call.
-        answer = await stream_reply(
-            ctx,
-            "router",
-            _fit(ctx, "chat", view, system),
-            tools=[RouteDecision],
-            tool_choice=RouteDecision.__name__,
-            speak=None,
-        )
-    except BaseException:
-        await _discard_speculation(ctx)
-        raise
+        ctx.speculation = SpeculativeChat(ctx, chat)  # Agent._invoke discards it if we fail
+    # Structured output by function calling, the route forced as the one tool call.
+    answer = await stream_reply(
+        ctx,
+        "router",
+        _fit(ctx, "chat", view, system),
+        tools=[RouteDecision],
+        tool_choice=RouteDecision.__name__,
+        speak=None,
+    )
     decision = None
     if answer.tool_calls:
         with contextlib.suppress(ValidationError):

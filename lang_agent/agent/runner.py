@@ -169,7 +169,7 @@ class Agent:
         except TimeoutError as exc:
             raise TurnTimeout("the turn ran out of time") from exc
         finally:
-            # A turn that ended between the router and the next node left these running.
+            # Left running by a turn that failed or ended in or after the router.
             if ctx.speculation is not None:
                 await ctx.speculation.discard()
             if ctx.filler is not None:
