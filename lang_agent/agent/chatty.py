@@ -37,20 +37,18 @@ class FillerTask:
         """Stop filling; return once nothing more will be said."""
         self._stop.set()
         task = self._task
-        if task is None or task.done():
-            return
-        if self._speaking:
+        if task is not None and not task.done() and self._speaking:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), FINISH_PHRASE_S)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await self.cancel()
 
     async def cancel(self) -> None:
         """Stop at once, mid-phrase too: the turn is over."""
         self._stop.set()
         if self._task is not None:
             self._task.cancel()
+            # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+            # swallow a cancel aimed at the caller.
             await asyncio.wait([self._task])
 
     async def _run(self) -> None:
