@@ -54,12 +54,13 @@ async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str,
     async with open_service(settings) as service:
         models = service.agent.deps.models
         spec = models.spec("chat")
+        catalog = ModelCatalog.load(settings.models_file)
         clients = {
             name: httpx2.AsyncClient(
                 transport=CapturingTransport(
                     ShardedTransport(network_backend=backend()),
                     recorder=service.recorder,
-                    catalog=ModelCatalog.load(settings.models_file),
+                    catalog=catalog,
                 ),
                 timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
             )
