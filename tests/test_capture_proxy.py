@@ -12,7 +12,7 @@ import pytest
 
 from lang_agent.capture.proxy import running_proxy, upstream_url
 from lang_agent.capture.query import CallFilter, get_calls
-from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim import Latency, SimProfile, Simulator
 from lang_agent.settings import Settings
 from tests.capture_fixtures import capture_db, capture_dsn, capture_pg, capture_sim, eventually
 
@@ -171,6 +171,47 @@ async def test_force_stream_with_a_tool_call(capture_sim, capture_dsn, capture_d
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
     assert row["flags"]["force_stream"] is True and row["stream"] is True
+
+
+async def test_an_upstream_cut_mid_stream_ends_with_an_error_frame(proxy, capture_sim, capture_db):
+    capture_sim.inject("cut", role="chat")
+    tag = marker()
+    body = {"model": "sim-chat", "stream": True, "messages": [{"role": "user", "content": tag}]}
+    async with (
+        httpx2.AsyncClient() as http,
+        http.stream("POST", f"{proxy}/chat/completions", json=body) as response,
+    ):
+        events = [line async for line in response.aiter_lines() if line.startswith("data:")]
+    assert response.status_code == 200 and len(events) > 1
+    error = json.loads(events[-1].removeprefix("data:"))["error"]
+    assert error["code"] == "upstream_stream_error"
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["status"] == "incomplete" and "RemoteProtocolError" in row["error"]
+
+
+async def test_a_client_that_leaves_mid_stream_ends_the_upstream_call(capture_dsn, capture_db):
+    slow = Simulator(profile=SimProfile(chat=Latency(ttft_ms=0, tokens_per_s=10)))
+    url = await slow.start(host="127.0.0.1", port=0)
+    tag = marker()
+    body = {
+        "model": "sim-chat",
+        "stream": True,
+        "messages": [{"role": "user", "content": f"讲个故事 {tag}"}],
+    }
+    try:
+        async with running_proxy(proxy_settings(url, capture_dsn), dsn=capture_dsn, port=0) as p:
+            async with (
+                httpx2.AsyncClient() as http,
+                http.stream("POST", f"{p.base_url}/chat/completions", json=body) as response,
+            ):
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # the first event, then the client leaves
+            await eventually(lambda: _async(slow.snapshot()["cancelled"] == 1))
+    finally:
+        await slow.stop()
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["status"] == "incomplete" and row["latency_ms"] < 3000
 
 
 async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db):

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import uvicorn
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
@@ -102,7 +103,7 @@ def log_call(record: CallRecord) -> None:
     logger.info(
         "%s %s -> %s %s request_id=%s chatcmpl=%s tokens=%s/%s latency=%sms",
         record.method,
-        httpx2.URL(record.url).path,
+        urlsplit(record.url).path,
         record.status_code if record.status_code is not None else "-",
         record.status,
         record.upstream_request_id or "-",
@@ -129,10 +130,14 @@ class CaptureProxy:
             return
         request = Request(scope, receive)
         if request.method == "GET" and request.url.path == "/metrics":
-            response: Response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
-        else:
-            response = await self._forward(request)
-        await response(scope, receive, send)
+            response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
+            await response(scope, receive, send)
+            return
+        upstream = await self._forward(request)
+        if isinstance(upstream, Response):
+            await upstream(scope, receive, send)
+            return
+        await _relay(upstream, receive, send)
 
     def _headers(self, request: Request) -> list[tuple[str, str]]:
         headers = [
@@ -148,7 +153,8 @@ class CaptureProxy:
             headers.append(("authorization", f"Bearer {self._key}"))
         return headers
 
-    async def _forward(self, request: Request) -> Response:
+    async def _forward(self, request: Request) -> httpx2.Response | Response:
+        """The upstream's streamed response, or an error response when it cannot be reached."""
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         query = request.scope.get("query_string", b"").decode("latin-1")
         url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
@@ -161,37 +167,68 @@ class CaptureProxy:
             extensions=extensions,
         )
         try:
-            upstream = await self.client.send(outgoing, stream=True)
+            return await self.client.send(outgoing, stream=True)
         except httpx2.TimeoutException as exc:
             return _error_response(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
         except httpx2.HTTPError as exc:
             return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
-        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        plain = "content-encoding" not in upstream.headers
-        response = StreamingResponse(
-            _relay(upstream, error_frame=sse and plain), status_code=upstream.status_code
-        )
-        response.raw_headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in upstream.headers.multi_items()
-            if k.lower() not in HOP_BY_HOP
-        ]
-        return response
 
 
-async def _relay(upstream: httpx2.Response, *, error_frame: bool) -> AsyncIterator[bytes]:
-    """Upstream bytes to the client as they come; a failure mid-stream ends with an error frame."""
+async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> None:
+    """Upstream bytes to the client as they come; a failure mid-stream ends with an error frame.
+
+    The end of the body goes out before the upstream response is closed: closing it finishes
+    the call's record, and the client need not wait for that. A client that goes away cancels
+    the relay, which closes the upstream call too.
+    """
+    relaying = asyncio.current_task()
+    assert relaying is not None
+    closing = False
+
+    def client_gone(_: asyncio.Future) -> None:
+        if not closing:
+            relaying.cancel()
+
+    # The body has been read, so receive() returns only once the client disconnects.
+    listener = asyncio.ensure_future(receive())
+    listener.add_done_callback(client_gone)
+    headers = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in upstream.headers.multi_items()
+        if k.lower() not in HOP_BY_HOP
+    ]
+    start = {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
     try:
-        async for chunk in upstream.aiter_raw():
-            yield chunk
-    except httpx2.HTTPError as exc:
-        logger.warning("upstream stream failed mid-way: %r", exc)
-        if error_frame:
-            error = {"error": {"type": "proxy_error", "code": "upstream_stream_error"}}
-            error["error"]["message"] = f"the upstream stream failed: {type(exc).__name__}"
-            yield f"data: {json.dumps(error)}\n\n".encode()
+        await send(start)
+        failure = None
+        try:
+            # Not aiter_raw(): it closes the response before its loop ends.
+            async with contextlib.aclosing(upstream.stream.__aiter__()) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx2.HTTPError as exc:
+            logger.warning("upstream stream failed mid-way: %r", exc)
+            failure = exc
+        closing = True
+        await send({"type": "http.response.body", "body": _tail(upstream, failure)})
+    except asyncio.CancelledError:
+        if not listener.done() or relaying.uncancel():
+            raise
     finally:
+        closing = True
+        listener.cancel()
         await upstream.aclose()
+
+
+def _tail(upstream: httpx2.Response, failure: httpx2.HTTPError | None) -> bytes:
+    """The body's last bytes: an SSE error frame after a failure mid-stream, if the client can
+    read one (an event stream that is not compressed)."""
+    sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    if failure is None or not sse or "content-encoding" in upstream.headers:
+        return b""
+    error = {"type": "proxy_error", "code": "upstream_stream_error"}
+    error["message"] = f"the upstream stream failed: {type(failure).__name__}"
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
 @dataclass
