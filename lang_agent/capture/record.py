@@ -119,7 +119,7 @@ class CallRecord:
         return round((time.monotonic() - self.started) * 1000, 3)
 
     def row(self) -> dict[str, Any]:
-        """Parameters for INSERT_CALL_SQL / UPSERT_CALL_SQL."""
+        """Parameters for the recorder's UPSERT_CALL_SQL."""
         row = {name: getattr(self, name) for name in COLUMNS}
         for name in JSON_COLUMNS:
             row[name] = None if row[name] is None else Jsonb(row[name], dumps=_dumps)

@@ -1,7 +1,8 @@
 """Write-behind capture: records go through a bounded queue to a batch writer with its own pool.
 
 A record is inserted when its call starts (status `pending`) and finalised when it ends, so
-in-flight and killed calls are visible. Nothing here ever blocks or fails a model call: `begin`
+in-flight and killed calls are visible (a call shorter than the writer's linger of 50 ms only
+gets its final row). Nothing here ever blocks or fails a model call: `begin`
 and `finish` only `put_nowait`; a full queue or a dead database drops rows, counted in `dropped`
 and in /metrics, and the writer keeps retrying the database with a backoff until it is back.
 """
@@ -28,15 +29,8 @@ from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-INSERT_CALL_SQL = """
-INSERT INTO llm_calls (call_id, source, thread_id, turn_id, node, method, url, model, stream,
-                       status, request_header, request_body, client_request_body, created_at,
-                       client_request_id, flags)
-VALUES (%(call_id)s, %(source)s, %(thread_id)s, %(turn_id)s, %(node)s, %(method)s, %(url)s,
-        %(model)s, %(stream)s, %(status)s, %(request_header)s, %(request_body)s,
-        %(client_request_body)s, %(created_at)s, %(client_request_id)s, %(flags)s)
-ON CONFLICT (call_id) DO NOTHING
-"""
+# Pending and final rows alike, in one statement so that a batch keeps the order of its calls
+# (ids follow it). Only a pending row is ever overwritten.
 UPSERT_CALL_SQL = """
 INSERT INTO llm_calls (call_id, source, thread_id, turn_id, node, method, url, model, stream,
     status, status_code, error, request_header, request_body, client_request_body,
@@ -67,9 +61,14 @@ ON CONFLICT (call_id) DO UPDATE SET
     completion_tokens = EXCLUDED.completion_tokens, cached_tokens = EXCLUDED.cached_tokens,
     reasoning_tokens = EXCLUDED.reasoning_tokens, total_tokens = EXCLUDED.total_tokens,
     cost = EXCLUDED.cost, finish_reason = EXCLUDED.finish_reason, flags = EXCLUDED.flags
+WHERE llm_calls.status = 'pending'
 """
 
 CONNECT_TIMEOUT_S = 3.0
+# How long the writer lets a batch gather after its first row. The pending and final rows of
+# a short call then go in one transaction (the pending one is skipped), and the database work
+# does not run in the middle of the call that queued the row.
+LINGER_S = 0.05
 BACKOFF_MAX_S = 5.0
 FAILURE_LOG_EVERY_S = 30.0
 
@@ -98,6 +97,7 @@ class Recorder:
         force_stream: bool = False,
         repeat: RepeatConfig | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.dsn = dsn
         self.enabled = enabled and dsn is not None
@@ -107,6 +107,7 @@ class Recorder:
         self.metrics = metrics or Metrics()
         self.apply_schema = apply_schema
         self.connect_timeout_s = connect_timeout_s
+        self.linger_s = linger_s
         # Defaults for the transports that share this recorder.
         self.force_stream = force_stream
         self.repeat = repeat or RepeatConfig()
@@ -233,9 +234,11 @@ class Recorder:
         backoff = 0.0
         while True:
             batch = [await self._queue.get()]
-            while len(batch) < self.batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
             try:
+                if self.linger_s and self._queue.qsize() < self.batch_size:
+                    await asyncio.sleep(self.linger_s)
+                while len(batch) < self.batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
                 await self._write(batch)
                 backoff = 0.0
             except (psycopg.OperationalError, OSError) as exc:
@@ -274,8 +277,7 @@ class Recorder:
 
     async def _write(self, batch: list[_Item]) -> None:
         finished = {item.call_id for item in batch if item.kind == "finish"}
-        begins = [i.row for i in batch if i.kind == "begin" and i.call_id not in finished]
-        finishes = [item.row for item in batch if item.kind == "finish"]
+        rows = [i.row for i in batch if i.kind == "finish" or i.call_id not in finished]
         assert self._pool is not None
         async with self._pool.connection() as conn:
             if not self._schema_ready:
@@ -283,27 +285,20 @@ class Recorder:
                 self._schema_ready = True
             try:
                 async with conn.transaction(), conn.cursor() as cur:
-                    if begins:
-                        await cur.executemany(INSERT_CALL_SQL, begins)
-                    if finishes:
-                        await cur.executemany(UPSERT_CALL_SQL, finishes)
+                    await cur.executemany(UPSERT_CALL_SQL, rows)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
                 # One bad row must not sink the batch: retry row by row, drop the bad ones.
-                refused = await self._write_one_by_one(conn, begins, finishes)
+                refused = await self._write_one_by_one(conn, rows)
                 self.written += len(batch) - refused
                 return
         self.written += len(batch)
 
-    async def _write_one_by_one(
-        self, conn: psycopg.AsyncConnection, begins: list[dict], finishes: list[dict]
-    ) -> int:
+    async def _write_one_by_one(self, conn: psycopg.AsyncConnection, rows: list[dict]) -> int:
         """Write rows singly; returns how many the database refused (those are dropped)."""
-        statements = [(INSERT_CALL_SQL, r) for r in begins]
-        statements += [(UPSERT_CALL_SQL, r) for r in finishes]
         refused = 0
-        for statement, row in statements:
+        for row in rows:
             try:
-                await conn.execute(statement, row)
+                await conn.execute(UPSERT_CALL_SQL, row)
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 refused += 1
                 self._drop(1)
