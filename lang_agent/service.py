@@ -21,8 +21,8 @@ from lang_agent.checkpointer import PooledSaver, install_loop_executor
 from lang_agent.conversations import ConversationLog
 from lang_agent.db import Database, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
+from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
-from lang_agent.llm.pools import ShardedTransport
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
@@ -97,7 +97,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         catalog = ModelCatalog.load(settings.models_file)
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
         http_client = httpx2.AsyncClient(
-            transport=CapturingTransport(ShardedTransport(), recorder=recorder, catalog=catalog),
+            transport=CapturingTransport(Http1Transport(), recorder=recorder, catalog=catalog),
             timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
         )
         stack.push_async_callback(http_client.aclose)

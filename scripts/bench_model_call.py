@@ -1,15 +1,15 @@
-"""CPU per streamed model call through the agent's own client stack, lean vs anyio network reads.
+"""CPU per streamed model call through the agent's own client stack, on two upstream transports.
 
     python scripts/bench_model_call.py                  # 40 concurrent calls × 6 rounds each way
     python scripts/bench_model_call.py --calls 20 --rounds 3
 
 It starts Postgres (embedded) and `lang-agent sim --profile original` as their own processes,
 so this process's CPU is the client's alone: `chat_stream.stream_chat` on an httpx2 client with
-capture on (`CapturingTransport` over `ShardedTransport`), the recorder writing every call.
-The same calls go through two clients that differ only in the network backend of their
-connection pools: `llm/network.py`'s LeanBackend (what the agent uses) and httpcore2's anyio
-backend (a cancel scope per read). Rounds alternate between the two, so a machine whose speed
-drifts (docs/performance.md) moves both alike. Prints CPU ms per call, per round and median.
+capture on (`CapturingTransport`), the recorder writing every call. The same calls go through
+two clients that differ only in the transport under the capture: `llm/http1.py`'s
+Http1Transport (what the agent uses) and httpx2's stock AsyncHTTPTransport (httpcore2 and h11).
+Rounds alternate between the two, so a machine whose speed drifts (docs/performance.md) moves
+both alike. Prints CPU ms per call, per round and median.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import httpx2
-from httpcore2 import AnyIOBackend, AsyncNetworkBackend
 from langchain_core.messages import HumanMessage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +34,15 @@ from lang_agent.bench.stack import Stack  # noqa: E402
 from lang_agent.bench.workload import CHAT_TEXT, marker  # noqa: E402
 from lang_agent.capture.transport import CapturingTransport  # noqa: E402
 from lang_agent.llm.chat_stream import Reply, request_body, stream_chat  # noqa: E402
+from lang_agent.llm.http1 import UPSTREAM_LIMITS, Http1Transport  # noqa: E402
 from lang_agent.llm.models_catalog import ModelCatalog  # noqa: E402
-from lang_agent.llm.network import LeanBackend  # noqa: E402
-from lang_agent.llm.pools import ShardedTransport  # noqa: E402
 from lang_agent.service import open_service  # noqa: E402
 from lang_agent.settings import Settings  # noqa: E402
 
-BACKENDS: dict[str, type[AsyncNetworkBackend]] = {"lean": LeanBackend, "anyio": AnyIOBackend}
+TRANSPORTS = {
+    "http1": Http1Transport,
+    "httpcore2": lambda: httpx2.AsyncHTTPTransport(limits=UPSTREAM_LIMITS),
+}
 
 
 async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str, list[float]]:
@@ -58,13 +59,13 @@ async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str,
         clients = {
             name: httpx2.AsyncClient(
                 transport=CapturingTransport(
-                    ShardedTransport(network_backend=backend()),
+                    transport(),
                     recorder=service.recorder,
                     catalog=catalog,
                 ),
                 timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
             )
-            for name, backend in BACKENDS.items()
+            for name, transport in TRANSPORTS.items()
         }
 
         async def call(client: httpx2.AsyncClient, number: int) -> int:
@@ -86,7 +87,7 @@ async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str,
                     pieces = await asyncio.gather(*(call(clients[name], n) for n in range(calls)))
                     cpu_ms = (time.process_time() - started) * 1000 / calls
                     results[name].append(cpu_ms)
-                    print(f"round {round_number + 1} {name:5s} {cpu_ms:6.2f} ms/call "
+                    print(f"round {round_number + 1} {name:9s} {cpu_ms:6.2f} ms/call "
                           f"({pieces[0]} pieces)", flush=True)  # fmt: skip
         finally:
             for client in clients.values():
@@ -106,9 +107,9 @@ def main() -> None:
     print("\nbackend  median CPU ms per call  (min … max)")
     for name, values in results.items():
         median = statistics.median(values)
-        print(f"{name:7s}  {median:6.2f}  ({min(values):.2f} … {max(values):.2f})")
-    lean, anyio = (statistics.median(results[name]) for name in ("lean", "anyio"))
-    print(f"lean / anyio: {lean / anyio:.2f}")
+        print(f"{name:9s}  {median:6.2f}  ({min(values):.2f} … {max(values):.2f})")
+    ours, stock = (statistics.median(results[name]) for name in ("http1", "httpcore2"))
+    print(f"http1 / httpcore2: {ours / stock:.2f}")
 
 
 if __name__ == "__main__":

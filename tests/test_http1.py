@@ -1,16 +1,20 @@
-"""The lean network backend keeps httpx2's read timeout: per read, from outside or inside."""
+"""Http1Transport against raw HTTP/1.1 servers: framing, keep-alive, errors and timeouts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import pytest
 
-from lang_agent.llm.pools import ShardedTransport
+from lang_agent.llm.http1 import Http1Transport
+from lang_agent.llm.sim import Latency, SimProfile, Simulator
 
+BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "讲个笑话"}], "stream": True}
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
@@ -52,9 +56,10 @@ async def upstream(
             await asyncio.wait_for(server.wait_closed(), 1)
 
 
-def _client(read_timeout_s: float) -> httpx2.AsyncClient:
+def _client(read_timeout_s: float, **limits: int) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(
-        transport=ShardedTransport(shards=1), timeout=httpx2.Timeout(read_timeout_s, connect=5.0)
+        transport=Http1Transport(limits=httpx2.Limits(**limits)) if limits else Http1Transport(),
+        timeout=httpx2.Timeout(read_timeout_s, connect=5.0, pool=0.3),
     )
 
 
@@ -106,3 +111,160 @@ async def test_an_outer_timeout_shorter_than_the_read_timeout_wins():
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await _read(client, url, [])
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server that runs `handler` on each connection; yields its URL and a one-item list
+    counting the connections it accepted."""
+    accepted = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        try:
+            await handler(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/x?q=1", accepted
+    finally:
+        server.close()
+
+
+def answering(*responses: bytes, keep: bool = True) -> Handler:
+    """Each request on a connection gets the next response; without `keep` the server closes
+    the connection after each (with no Connection: close header)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for response in responses:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [
+                line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            ]
+            if length:
+                await reader.readexactly(int(length[0].split(b":")[1]))
+            writer.write(response)
+            await writer.drain()
+            if not keep:
+                return
+
+    return handler
+
+
+def sized(body: bytes, *extra: bytes) -> bytes:
+    head = [b"HTTP/1.1 200 OK", b"content-length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+async def test_length_chunked_and_close_delimited_bodies_and_keep_alive():
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        + b"5;ext=1\r\nhello\r\n"
+        + _chunk(b" world")
+        + b"0\r\ntrailer: x\r\n\r\n"
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n" + sized(b"after 100")
+    handler = answering(sized(b'{"a": 1}'), chunked, interim, b"HTTP/1.1 200 OK\r\n\r\nto the end")
+    async with raw_server(handler) as (url, accepted), _client(5) as client:
+        assert (await client.post(url, json={"q": 1})).json() == {"a": 1}
+        assert (await client.get(url)).text == "hello world"
+        assert (await client.get(url)).text == "after 100"
+        assert (await client.get(url)).text == "to the end"
+        assert accepted[0] == 1  # one connection carried all four
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error():
+    async with raw_server(answering(sized(b"one"), keep=False)) as (url, accepted):
+        async with _client(5) as client:
+            assert (await client.get(url)).text == "one"
+            await asyncio.sleep(0.05)  # the server's close has arrived: the idle one is dropped
+            assert (await client.get(url)).text == "one"
+    assert accepted[0] == 2
+
+
+async def test_connection_close_is_honoured():
+    closing = sized(b"bye", b"connection: close")
+    async with raw_server(answering(closing, closing)) as (url, accepted), _client(5) as client:
+        assert (await client.get(url)).text == "bye"
+        assert (await client.get(url)).text == "bye"
+    assert accepted[0] == 2
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTCPCP/1.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-",
+    ],
+)
+async def test_a_broken_response_is_a_protocol_error(response):
+    async with raw_server(answering(response, keep=False)) as (url, _), _client(5) as client:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await client.get(url)
+
+
+async def test_refused_connection_and_full_pool_are_httpx2_errors():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    async with _client(5) as client:
+        with pytest.raises(httpx2.ConnectError):
+            await client.get(f"http://127.0.0.1:{closed}/")
+    async with upstream(5, 0.0, stall_after=1) as url, _client(30, max_connections=1) as client:
+        first = asyncio.Event()
+        holder = asyncio.create_task(_read(client, url, [], first))
+        await asyncio.wait_for(first.wait(), 5)
+        with pytest.raises(httpx2.PoolTimeout):
+            await client.get(url)
+        holder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holder
+        # The cancelled stream gave its slot back.
+        async with upstream(2, 0.0) as other:
+            assert (await client.get(other)).status_code == 200
+
+
+async def test_cancelled_calls_leave_no_stranded_connection_slots():
+    # Hang-ups, turn timeouts, the filler and a discarded speculation all cancel model calls
+    # mid-flight. httpcore 1 kept a pool slot for a call cancelled while its connection was
+    # being set up (encode/httpcore#1093); enough of them and every later call waited out its
+    # pool timeout. No cancel may strand a slot or a half-read connection here either.
+    sim = Simulator(profile=SimProfile(chat=Latency(ttft_ms=10, tokens_per_s=400)))
+    url = await sim.start() + "/chat/completions"
+    limits = httpx2.Limits(max_connections=4, max_keepalive_connections=4)
+    client = httpx2.AsyncClient(
+        transport=Http1Transport(limits=limits),
+        timeout=httpx2.Timeout(10.0, pool=5.0),
+    )
+
+    async def call() -> str:
+        async with client.stream("POST", url, json=BODY) as response:
+            return (await response.aread()).decode()
+
+    rng = random.Random(7)
+    try:
+        for _ in range(60):
+            calls = [asyncio.create_task(call()) for _ in range(12)]
+            await asyncio.sleep(rng.uniform(0.0, 0.03))
+            for task in calls:
+                task.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        answers = await asyncio.gather(*(call() for _ in range(8)))
+    finally:
+        await client.aclose()
+        await sim.stop()
+    assert all(answer.rstrip().endswith("data: [DONE]") for answer in answers)

@@ -20,7 +20,7 @@ import httpx2
 
 from lang_agent.bench.workload import Front, Job, StreamReader, build_request, completion_text
 from lang_agent.bench.workload import turn_text as make_text
-from lang_agent.llm.pools import ShardedTransport
+from lang_agent.llm.http1 import Http1Transport
 
 CLIENT_TIMEOUT_S = 120.0
 
@@ -83,13 +83,12 @@ class Counter:
 
 
 def make_client(concurrency: int) -> httpx2.AsyncClient:
-    """One client for all users, its connections spread over several pools: a pool's cost per
-    request grows with its connections (see lang_agent/llm/pools.py)."""
+    """One client for all users, on the agent's own upstream transport: the load generator
+    shares the machine with the server, so its CPU per request matters."""
     limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency)
-    shards = max(1, min(16, concurrency // 16))
     return httpx2.AsyncClient(
         timeout=httpx2.Timeout(CLIENT_TIMEOUT_S, connect=10.0),
-        transport=ShardedTransport(limits=limits, shards=shards),
+        transport=Http1Transport(limits=limits),
     )
 
 

@@ -32,8 +32,8 @@ from lang_agent.capture.record import CallRecord
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
+from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
-from lang_agent.llm.pools import ShardedTransport
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ async def running_proxy(
     catalog = ModelCatalog.load(settings.models_file)
     async with Recorder.open(settings, dsn=dsn) as recorder:
         transport = CapturingTransport(
-            ShardedTransport(),
+            Http1Transport(),
             recorder=recorder,
             catalog=catalog,
             source="proxy",
