@@ -55,6 +55,11 @@ def inline() -> Iterator[None]:
         _inline.reset(token)
 
 
+SETUP_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('lang_agent_checkpoint_setup')) AS locked"
+SETUP_WAIT_S = 120.0
+SETUP_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_checkpoint_setup'))"
+
+
 class PooledSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver over our pool, without its instance-wide asyncio.Lock, and without
     a thread hop per checkpoint.
@@ -72,6 +77,24 @@ class PooledSaver(AsyncPostgresSaver):
     def __init__(self, pool: AsyncConnectionPool) -> None:
         super().__init__(pool)
         self.lock = contextlib.nullcontext()  # type: ignore[assignment]
+
+    async def setup(self) -> None:
+        """LangGraph's table setup, one process at a time: workers starting together on a new
+        database both created its tables and one died (UniqueViolation on
+        checkpoint_migrations). It runs on one connection holding a session advisory lock; the
+        others poll for it rather than wait in a statement, since a waiting statement is a
+        transaction that the setup's CREATE INDEX CONCURRENTLY would wait for in turn."""
+        async with self.conn.connection() as conn:  # type: ignore[union-attr]
+            async with asyncio.timeout(SETUP_WAIT_S):
+                while True:
+                    row = await (await conn.execute(SETUP_LOCK_SQL)).fetchone()
+                    if row["locked"]:
+                        break
+                    await asyncio.sleep(0.1)
+            try:
+                await AsyncPostgresSaver(conn).setup()
+            finally:
+                await conn.execute(SETUP_UNLOCK_SQL)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         with inline():

@@ -6,9 +6,11 @@ import asyncio
 import threading
 import uuid
 
+import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, MessagesState, StateGraph
+from psycopg.conninfo import make_conninfo
 
 from lang_agent.checkpointer import LoopExecutor, PooledSaver, inline, install_loop_executor
 from lang_agent.db import Database
@@ -72,3 +74,22 @@ async def test_memory_round_trips_without_a_thread_hop(pg_dsn):
         assert await asyncio.to_thread(threading.get_ident) != threading.get_ident()
     finally:
         await db.close()
+
+
+async def test_servers_starting_together_on_a_new_database_set_it_up_once(pg_dsn):
+    # Two workers (`--workers 2`) start at the same moment against an empty database: both
+    # ran LangGraph's CREATE TABLE IF NOT EXISTS and one died of a UniqueViolation.
+    name = f"cp_race_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    databases = [Database(make_conninfo(pg_dsn, dbname=name), max_size=2) for _ in range(4)]
+    try:
+        for db in databases:
+            await db.open()
+        await asyncio.gather(*(PooledSaver(db.pool).setup() for db in databases))
+        async with databases[0].pool.connection() as conn:
+            rows = await (await conn.execute("SELECT v FROM checkpoint_migrations")).fetchall()
+        assert sorted(row["v"] for row in rows) == list(range(len(PooledSaver.MIGRATIONS)))
+    finally:
+        for db in databases:
+            await db.close()
