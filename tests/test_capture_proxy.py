@@ -189,6 +189,19 @@ async def test_an_upstream_cut_mid_stream_ends_with_an_error_frame(proxy, captur
     assert row["status"] == "incomplete" and "RemoteProtocolError" in row["error"]
 
 
+async def test_a_sized_body_cut_by_the_upstream_reaches_the_client_cut(
+    proxy, capture_sim, capture_db
+):
+    capture_sim.inject("cut", role="chat")
+    tag = marker()
+    with pytest.raises(openai.APIConnectionError):
+        await sdk(proxy).chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": tag}]
+        )
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["status"] == "incomplete" and "RemoteProtocolError" in row["error"]
+
+
 async def test_a_client_that_leaves_mid_stream_ends_the_upstream_call(capture_dsn, capture_db):
     slow = Simulator(profile=SimProfile(chat=Latency(ttft_ms=0, tokens_per_s=10)))
     url = await slow.start(host="127.0.0.1", port=0)

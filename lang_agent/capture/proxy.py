@@ -54,6 +54,9 @@ HOP_BY_HOP = frozenset(
         "content-length",
     }
 )
+# The upstream's content-length stays: the body goes through unchanged, and with it the client
+# knows the body is whole without waiting for the end of a chunked one.
+RESPONSE_HOP_BY_HOP = HOP_BY_HOP - {"content-length"}
 DECODABLE_ENCODINGS = ("gzip", "deflate")
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
@@ -115,59 +118,72 @@ def log_call(record: CallRecord) -> None:
 
 
 class CaptureProxy:
-    """The proxy as a plain ASGI app over a capturing httpx2 client."""
+    """The proxy as a plain ASGI app over a capturing transport.
+
+    Requests go to the transport as they are, not through an httpx2 client: a client adds its
+    own default headers (user-agent, accept) and its auth, redirect and cookie steps, none of
+    which a pass-through wants, and they cost time on every call."""
 
     def __init__(
-        self, *, upstream: str, client: httpx2.AsyncClient, metrics: Metrics, key: str | None
+        self,
+        *,
+        upstream: str,
+        transport: httpx2.AsyncBaseTransport,
+        timeout: httpx2.Timeout,
+        metrics: Metrics,
+        key: str | None,
     ) -> None:
         self.upstream = upstream
-        self.client = client
+        self.transport = transport
         self.metrics = metrics
         self._key = key
+        self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
+        if key is not None:
+            self._extensions[FLAGS_EXTENSION] = {"key_override": True}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
-        if request.method == "GET" and request.url.path == "/metrics":
+        if scope["method"] == "GET" and scope["path"] == "/metrics":
             response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
             await response(scope, receive, send)
             return
-        upstream = await self._forward(request)
+        upstream = await self._forward(scope, Request(scope, receive))
         if isinstance(upstream, Response):
             await upstream(scope, receive, send)
             return
         await _relay(upstream, receive, send)
 
-    def _headers(self, request: Request) -> list[tuple[str, str]]:
-        headers = [
-            (k, v)
-            for k, v in request.headers.items()
-            if k not in HOP_BY_HOP and k != "accept-encoding"
-        ]
-        headers.append(
-            ("accept-encoding", _accept_encoding(request.headers.get("accept-encoding")))
-        )
+    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The client's headers (ASGI gives the names in lower case) less the hop-by-hop ones."""
+        wanted = b""
+        headers = []
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding":
+                wanted = value
+            elif name.decode("latin-1") in HOP_BY_HOP:
+                continue
+            elif name != b"authorization" or self._key is None:
+                headers.append((name, value))
+        headers.append((b"accept-encoding", _accept_encoding(wanted.decode("latin-1")).encode()))
         if self._key is not None:
-            headers = [(k, v) for k, v in headers if k != "authorization"]
-            headers.append(("authorization", f"Bearer {self._key}"))
+            headers.append((b"authorization", f"Bearer {self._key}".encode()))
         return headers
 
-    async def _forward(self, request: Request) -> httpx2.Response | Response:
+    async def _forward(self, scope: Scope, request: Request) -> httpx2.Response | Response:
         """The upstream's streamed response, or an error response when it cannot be reached."""
-        raw_path = request.scope.get("raw_path") or request.url.path.encode()
-        query = request.scope.get("query_string", b"").decode("latin-1")
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"").decode("latin-1")
         url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
-        extensions = {FLAGS_EXTENSION: {"key_override": True}} if self._key is not None else {}
-        outgoing = self.client.build_request(
+        outgoing = httpx2.Request(
             request.method,
             url,
-            headers=self._headers(request),
+            headers=self._headers(scope),
             content=await request.body(),
-            extensions=extensions,
+            extensions=dict(self._extensions),
         )
         try:
-            return await self.client.send(outgoing, stream=True)
+            return await self.transport.handle_async_request(outgoing)
         except httpx2.TimeoutException as exc:
             return _error_response(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
         except httpx2.HTTPError as exc:
@@ -195,7 +211,7 @@ async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> Non
     headers = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in upstream.headers.multi_items()
-        if k.lower() not in HOP_BY_HOP
+        if k.lower() not in RESPONSE_HOP_BY_HOP
     ]
     start = {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
     try:
@@ -210,6 +226,11 @@ async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> Non
             logger.warning("upstream stream failed mid-way: %r", exc)
             failure = exc
         closing = True
+        if failure is not None and "content-length" in upstream.headers:
+            # The client was promised a length it will not get: ending the body here would be
+            # a lie (and an error in uvicorn). Returning leaves uvicorn to close the connection,
+            # so the client sees the body cut short, as it was.
+            return
         await send({"type": "http.response.body", "body": _tail(upstream, failure)})
     except asyncio.CancelledError:
         if not listener.done() or relaying.uncancel():
@@ -265,9 +286,13 @@ async def running_proxy(
         timeout = httpx2.Timeout(
             connect=CONNECT_TIMEOUT_S, read=settings.proxy_read_timeout_s, write=30.0, pool=30.0
         )
-        async with httpx2.AsyncClient(transport=transport, timeout=timeout) as client:
+        async with transport:
             app = CaptureProxy(
-                upstream=settings.proxy_upstream, client=client, metrics=recorder.metrics, key=key
+                upstream=settings.proxy_upstream,
+                transport=transport,
+                timeout=timeout,
+                metrics=recorder.metrics,
+                key=key,
             )
             config = uvicorn.Config(
                 app,
