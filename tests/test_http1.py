@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import pytest
+import trustme
 
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.sim import Latency, SimProfile, Simulator
@@ -268,3 +270,21 @@ async def test_cancelled_calls_leave_no_stranded_connection_slots():
         await client.aclose()
         await sim.stop()
     assert all(answer.rstrip().endswith("data: [DONE]") for answer in answers)
+
+
+async def test_https_verifies_the_server_certificate():
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
+    server = await asyncio.start_server(answering(sized(b"secret")), "127.0.0.1", 0, ssl=server_tls)
+    url = f"https://localhost:{server.sockets[0].getsockname()[1]}/v1/models"
+    try:
+        async with httpx2.AsyncClient(transport=Http1Transport(verify=trusting)) as client:
+            assert (await client.get(url)).text == "secret"
+        async with httpx2.AsyncClient(transport=Http1Transport()) as client:
+            with pytest.raises(httpx2.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await client.get(url)
+    finally:
+        server.close()

@@ -50,15 +50,20 @@ class _Connection:
 
 
 class Http1Transport(httpx2.AsyncBaseTransport):
-    """A keep-alive pool per origin under one limit on open connections."""
+    """A keep-alive pool per origin under one limit on open connections.
 
-    def __init__(self, *, limits: httpx2.Limits = UPSTREAM_LIMITS) -> None:
+    `verify` is the TLS context for https upstreams; without one, httpx2's default (certifi's
+    CA bundle, or SSL_CERT_FILE), made once, on the first https connection."""
+
+    def __init__(
+        self, *, limits: httpx2.Limits = UPSTREAM_LIMITS, verify: ssl.SSLContext | None = None
+    ) -> None:
         self._slots = asyncio.Semaphore(limits.max_connections or 2**31)
         self._keep = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._idle_count = 0
-        self._tls: ssl.SSLContext | None = None
+        self._tls = verify
         self._closed = False
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
