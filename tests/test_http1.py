@@ -192,8 +192,11 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_
     assert accepted[0] == 2
 
 
-async def test_connection_close_is_honoured():
-    closing = sized(b"bye", b"connection: close")
+@pytest.mark.parametrize(
+    "closing",
+    [sized(b"bye", b"connection: close"), sized(b"bye").replace(b"HTTP/1.1", b"HTTP/1.0")],
+)
+async def test_connection_close_and_http_1_0_are_honoured(closing):
     async with raw_server(answering(closing, closing)) as (url, accepted), _client(5) as client:
         assert (await client.get(url)).text == "bye"
         assert (await client.get(url)).text == "bye"
@@ -207,6 +210,8 @@ async def test_connection_close_is_honoured():
         b"HTTP/1.1 2x0 OK\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: ten\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffff\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello",

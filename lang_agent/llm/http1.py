@@ -16,6 +16,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import httpx2
 
@@ -24,9 +25,19 @@ import httpx2
 UPSTREAM_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000)
 MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
+MAX_CHUNK = 64 * 1024 * 1024  # a chunk is read whole; a larger one is refused, not buffered
 NO_BODY_STATUS = frozenset({204, 304})
 
 Origin = tuple[str, str, int]
+
+
+class Head(NamedTuple):
+    """A response's status line and headers; `old` for HTTP/1.0."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    old: bool
 
 
 class _Connection:
@@ -74,25 +85,28 @@ class Http1Transport(httpx2.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         await self._acquire(timeouts.get("pool"))
         try:
-            conn, (status, reason, headers) = await self._exchange(origin, request, timeouts)
+            conn, head = await self._exchange(origin, request, timeouts)
         except BaseException:
             self._slots.release()
             raise
         try:
-            body = _Body(self, conn, origin, request, status, headers, timeouts.get("read"))
+            body = _Body(self, conn, origin, request, head, timeouts.get("read"))
         except BaseException:
             self._release(conn, origin, reusable=False)
             raise
         return httpx2.Response(
-            status,
-            headers=headers,
+            head.status,
+            headers=head.headers,
             stream=body,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            extensions={
+                "http_version": b"HTTP/1.0" if head.old else b"HTTP/1.1",
+                "reason_phrase": head.reason,
+            },
         )
 
     async def _exchange(
         self, origin: Origin, request: httpx2.Request, timeouts: dict
-    ) -> tuple[_Connection, tuple[int, bytes, list[tuple[bytes, bytes]]]]:
+    ) -> tuple[_Connection, Head]:
         """Send the request and read the response head, on a kept-alive connection if any.
 
         Nothing is retried here: a call that failed is the caller's to retry (`LLM_RETRIES`)."""
@@ -191,10 +205,8 @@ async def _send(conn: _Connection, request: httpx2.Request, write_s: float | Non
         raise httpx2.WriteError(f"writing the request failed: {exc}") from exc
 
 
-async def _read_head(
-    conn: _Connection, read_s: float | None
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """Status, reason and headers of the final response (1xx interim ones are skipped)."""
+async def _read_head(conn: _Connection, read_s: float | None) -> Head:
+    """The head of the final response (1xx interim ones are skipped)."""
     while True:
         try:
             async with asyncio.timeout(read_s):
@@ -209,12 +221,12 @@ async def _read_head(
             raise httpx2.RemoteProtocolError("the response head is too large") from exc
         except OSError as exc:
             raise httpx2.ReadError(f"reading the response failed: {exc}") from exc
-        status, reason, headers = _parse_head(raw)
-        if not 100 <= status < 200:
-            return status, reason, headers
+        head = _parse_head(raw)
+        if not 100 <= head.status < 200:
+            return head
 
 
-def _parse_head(raw: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+def _parse_head(raw: bytes) -> Head:
     status_line, *lines = raw[:-4].split(b"\r\n")
     version, _, rest = status_line.partition(b" ")
     code, _, reason = rest.partition(b" ")
@@ -226,7 +238,7 @@ def _parse_head(raw: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         if not sep or not name or name != name.strip():
             raise httpx2.RemoteProtocolError(f"malformed header line {line[:100]!r}")
         headers.append((name, value.strip()))
-    return int(code), reason, headers
+    return Head(int(code), reason, headers, old=version == b"HTTP/1.0")
 
 
 class _Body(httpx2.AsyncByteStream):
@@ -238,25 +250,26 @@ class _Body(httpx2.AsyncByteStream):
         conn: _Connection,
         origin: Origin,
         request: httpx2.Request,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
+        head: Head,
         read_s: float | None,
     ) -> None:
         self._transport = transport
         self._conn = conn
         self._origin = origin
         self._read_s = read_s
-        fields = {name.lower(): value for name, value in headers}
+        fields = {name.lower(): value for name, value in head.headers}
         self._chunked = b"chunked" in fields.get(b"transfer-encoding", b"").lower()
         self._length: int | None = None
-        if request.method == "HEAD" or status in NO_BODY_STATUS:
+        if request.method == "HEAD" or head.status in NO_BODY_STATUS:
             self._length = 0
         elif not self._chunked and b"content-length" in fields:
-            try:
-                self._length = int(fields[b"content-length"])
-            except ValueError:
-                raise httpx2.RemoteProtocolError("malformed content-length") from None
-        closes = b"close" in fields.get(b"connection", b"").lower()
+            length = fields[b"content-length"].strip()
+            if not length.isdigit():
+                raise httpx2.RemoteProtocolError(f"malformed content-length {length[:40]!r}")
+            self._length = int(length)
+        connection = fields.get(b"connection", b"").lower()
+        # HTTP/1.0 closes unless it says keep-alive; HTTP/1.1 keeps alive unless it says close.
+        closes = b"close" in connection or (head.old and b"keep-alive" not in connection)
         closes = closes or request.headers.get("connection", "").lower() == "close"
         # Without a length or chunks the body ends where the connection does.
         self._keep_alive = not closes and (self._chunked or self._length is not None)
@@ -338,6 +351,8 @@ class _Body(httpx2.AsyncByteStream):
                 size = int(line.split(b";", 1)[0], 16)
             except ValueError:
                 raise httpx2.RemoteProtocolError(f"malformed chunk size {line[:40]!r}") from None
+            if size > MAX_CHUNK:
+                raise httpx2.RemoteProtocolError(f"a chunk of {size} bytes is too large")
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass  # trailers: not used
