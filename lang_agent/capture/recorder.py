@@ -97,7 +97,6 @@ class Recorder:
         force_stream: bool = False,
         repeat: RepeatConfig | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
-        linger_s: float = LINGER_S,
     ) -> None:
         self.dsn = dsn
         self.enabled = enabled and dsn is not None
@@ -107,7 +106,6 @@ class Recorder:
         self.metrics = metrics or Metrics()
         self.apply_schema = apply_schema
         self.connect_timeout_s = connect_timeout_s
-        self.linger_s = linger_s
         # Defaults for the transports that share this recorder.
         self.force_stream = force_stream
         self.repeat = repeat or RepeatConfig()
@@ -235,8 +233,8 @@ class Recorder:
         while True:
             batch = [await self._queue.get()]
             try:
-                if self.linger_s and self._queue.qsize() < self.batch_size:
-                    await asyncio.sleep(self.linger_s)
+                if self._queue.qsize() < self.batch_size:
+                    await asyncio.sleep(LINGER_S)
                 while len(batch) < self.batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 await self._write(batch)
