@@ -148,7 +148,7 @@ class CaptureProxy:
             response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
             await response(scope, receive, send)
             return
-        upstream = await self._forward(scope, Request(scope, receive))
+        upstream = await self._forward(Request(scope, receive))
         if isinstance(upstream, Response):
             await upstream(scope, receive, send)
             return
@@ -170,13 +170,14 @@ class CaptureProxy:
             headers.append((b"authorization", f"Bearer {self._key}".encode()))
         return headers
 
-    async def _forward(self, scope: Scope, request: Request) -> httpx2.Response | Response:
+    async def _forward(self, request: Request) -> httpx2.Response | Response:
         """The upstream's streamed response, or an error response when it cannot be reached."""
+        scope = request.scope
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"").decode("latin-1")
         url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
         outgoing = httpx2.Request(
-            request.method,
+            scope["method"],
             url,
             headers=self._headers(scope),
             content=await request.body(),
