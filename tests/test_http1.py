@@ -24,25 +24,19 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
 @contextlib.asynccontextmanager
-async def upstream(
-    events: int, gap_s: float, *, stall_after: int | None = None
-) -> AsyncIterator[str]:
-    """An HTTP/1.1 server that answers every request with `events` chunks `gap_s` apart;
-    with `stall_after`, it goes silent after that many chunks and keeps the socket open."""
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server that runs `handler` on each connection; yields its URL and a one-item list
+    counting the connections it accepted."""
+    accepted = [0]
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
         try:
-            while await reader.readuntil(b"\r\n\r\n"):
-                writer.write(HEAD)
-                for number in range(events):
-                    if number == stall_after:
-                        await asyncio.sleep(3600)
-                    writer.write(_chunk(b"data: %d\n\n" % number))
-                    await writer.drain()
-                    await asyncio.sleep(gap_s)
-                writer.write(b"0\r\n\r\n")
-                await writer.drain()
+            await handler(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -51,11 +45,30 @@ async def upstream(
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/v1/x?q=1", accepted
     finally:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1)
+
+
+def streaming(events: int, gap_s: float, *, stall_after: int | None = None) -> Handler:
+    """Every request gets `events` chunks `gap_s` apart; with `stall_after`, the server goes
+    silent after that many chunks and keeps the socket open."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(HEAD)
+            for number in range(events):
+                if number == stall_after:
+                    await asyncio.sleep(3600)
+                writer.write(_chunk(b"data: %d\n\n" % number))
+                await writer.drain()
+                await asyncio.sleep(gap_s)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    return handler
 
 
 def _client(read_timeout_s: float, **limits: int) -> httpx2.AsyncClient:
@@ -77,7 +90,7 @@ async def _read(
 
 async def test_a_stream_that_goes_silent_times_out_after_the_read_timeout():
     got: list[bytes] = []
-    async with upstream(5, 0.0, stall_after=2) as url, _client(0.3) as client:
+    async with raw_server(streaming(5, 0.0, stall_after=2)) as (url, _), _client(0.3) as client:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(httpx2.ReadTimeout):
@@ -90,7 +103,7 @@ async def test_a_stream_that_goes_silent_times_out_after_the_read_timeout():
 async def test_reads_that_keep_coming_never_time_out_though_the_stream_outlasts_the_timeout():
     # 8 chunks 0.15 s apart (1.2 s in all) under a 0.4 s read timeout: each read starts over.
     got: list[bytes] = []
-    async with upstream(8, 0.15) as url, _client(0.4) as client:
+    async with raw_server(streaming(8, 0.15)) as (url, _), _client(0.4) as client:
         await _read(client, url, got)
         # The connection idled past the old deadline in the pool; it is reused without harm.
         await asyncio.sleep(0.5)
@@ -99,7 +112,7 @@ async def test_reads_that_keep_coming_never_time_out_though_the_stream_outlasts_
 
 
 async def test_a_cancel_from_outside_stays_a_cancel():
-    async with upstream(5, 0.0, stall_after=1) as url, _client(30) as client:
+    async with raw_server(streaming(5, 0.0, stall_after=1)) as (url, _), _client(30) as client:
         first = asyncio.Event()
         task = asyncio.create_task(_read(client, url, [], first))
         await asyncio.wait_for(first.wait(), 5)
@@ -109,36 +122,10 @@ async def test_a_cancel_from_outside_stays_a_cancel():
 
 
 async def test_an_outer_timeout_shorter_than_the_read_timeout_wins():
-    async with upstream(5, 0.0, stall_after=1) as url, _client(30) as client:
+    async with raw_server(streaming(5, 0.0, stall_after=1)) as (url, _), _client(30) as client:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await _read(client, url, [])
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
-    """A server that runs `handler` on each connection; yields its URL and a one-item list
-    counting the connections it accepted."""
-    accepted = [0]
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted[0] += 1
-        try:
-            await handler(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/x?q=1", accepted
-    finally:
-        server.close()
 
 
 def answering(*responses: bytes, keep: bool = True) -> Handler:
@@ -231,7 +218,10 @@ async def test_refused_connection_and_full_pool_are_httpx2_errors():
     async with _client(5) as client:
         with pytest.raises(httpx2.ConnectError):
             await client.get(f"http://127.0.0.1:{closed}/")
-    async with upstream(5, 0.0, stall_after=1) as url, _client(30, max_connections=1) as client:
+    async with (
+        raw_server(streaming(5, 0.0, stall_after=1)) as (url, _),
+        _client(30, max_connections=1) as client,
+    ):
         first = asyncio.Event()
         holder = asyncio.create_task(_read(client, url, [], first))
         await asyncio.wait_for(first.wait(), 5)
@@ -241,7 +231,7 @@ async def test_refused_connection_and_full_pool_are_httpx2_errors():
         with contextlib.suppress(asyncio.CancelledError):
             await holder
         # The cancelled stream gave its slot back.
-        async with upstream(2, 0.0) as other:
+        async with raw_server(streaming(2, 0.0)) as (other, _):
             assert (await client.get(other)).status_code == 200
 
 
