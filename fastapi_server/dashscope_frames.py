@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from fastapi_server.sse import dumps
 from lang_agent.agent.events import Usage
+from lang_agent.jsonwire import dumps
 
 # code → (HTTP status, DashScope error code)
 DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {

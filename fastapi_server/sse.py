@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from lang_agent.jsonwire import dumps
+
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def dumps(obj: Any) -> str:
-    """Compact one-line JSON, non-ASCII kept readable."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def data_frame(obj: Any) -> str:

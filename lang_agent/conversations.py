@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
 from lang_agent.db import Database
+from lang_agent.jsonwire import jsonb_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,8 @@ def _text(value: Any) -> Any:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=str).replace("\\u0000", "\\ufffd")  # jsonb refuses \u0000
-
-
 def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=_dumps)
+    return Jsonb(value, dumps=jsonb_text)
 
 
 @dataclass

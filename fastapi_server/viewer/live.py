@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from fastapi_server.sse import dumps
 from lang_agent.conversations import NOTIFY_CHANNEL
 from lang_agent.db import CONNECTION_KWARGS
+from lang_agent.jsonwire import dumps
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ also with `choices: []`) or inside a choice (Moonshot); the last non-null finish
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from lang_agent.jsonwire import dumpb, loads
 
 DONE = "[DONE]"
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -64,7 +65,7 @@ def split_events(text: str) -> Iterator[str]:
 
 def parse_chunk(data: str) -> dict[str, Any] | None:
     try:
-        value = json.loads(data)
+        value = loads(data)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
@@ -151,7 +152,7 @@ class CompletionMerger:
     def result(self) -> dict[str, Any]:
         choices = []
         for index in sorted(self.choices):
-            choice = json.loads(json.dumps(self.choices[index]))
+            choice = loads(dumpb(self.choices[index]))  # a deep copy
             message = choice["message"]
             calls = self._tool_calls.get(index)
             if calls:

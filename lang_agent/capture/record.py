@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -12,6 +11,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
+
+from lang_agent.jsonwire import jsonb_text
 
 REDACTED = "[REDACTED]"
 ALWAYS_REDACTED = frozenset(
@@ -122,13 +123,8 @@ class CallRecord:
         """Parameters for the recorder's UPSERT_CALL_SQL."""
         row = {name: getattr(self, name) for name in COLUMNS}
         for name in JSON_COLUMNS:
-            row[name] = None if row[name] is None else Jsonb(row[name], dumps=_dumps)
+            row[name] = None if row[name] is None else Jsonb(row[name], dumps=jsonb_text)
         for name in ("response_sse", "error"):
             if row[name] is not None:
                 row[name] = row[name].replace("\x00", "\ufffd")
         return row
-
-
-def _dumps(value: Any) -> str:
-    # Postgres jsonb refuses \u0000.
-    return json.dumps(value, ensure_ascii=False, default=str).replace("\\u0000", "\\ufffd")

@@ -22,6 +22,7 @@ import httpx2
 from lang_agent.capture.detect import RepeatDetector
 from lang_agent.capture.merge import DONE, CompletionMerger, SseSplitter, event_data, parse_chunk
 from lang_agent.capture.record import CallRecord
+from lang_agent.jsonwire import loads
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class CapturingStream(httpx2.AsyncByteStream):
         if not text or self._seen > self._max_bytes:
             return text or None
         try:
-            return json.loads(text)
+            return loads(text)
         except ValueError:
             return text
 

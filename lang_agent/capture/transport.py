@@ -28,6 +28,7 @@ from lang_agent.capture.detect import (
 from lang_agent.capture.record import CallRecord, redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.stream import CapturingStream, describe_error
+from lang_agent.jsonwire import loads
 from lang_agent.llm.context import current_call
 from lang_agent.llm.models_catalog import ModelCatalog
 
@@ -63,7 +64,7 @@ def _parse_body(content: bytes, *, max_bytes: int) -> tuple[Any, bool]:
         return content[:max_bytes].decode("utf-8", "replace"), True
     text = content.decode("utf-8", "replace")
     try:
-        return json.loads(text), False
+        return loads(text), False
     except ValueError:
         return text, False
 

@@ -20,6 +20,7 @@ import httpx2
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 
 from lang_agent.errors import UpstreamError, UpstreamStatus
+from lang_agent.jsonwire import dumpb, loads
 from lang_agent.llm.factory import ModelSpec
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -150,12 +151,17 @@ async def stream_chat(
     """POST the body and yield each text piece, filling `reply`; raises UpstreamError
     subclasses (httpx2 errors are left to `errors.upstream_errors`)."""
     key = spec.api_key.get_secret_value() if spec.api_key else "missing"
-    headers = {"authorization": f"Bearer {key}", "accept": "text/event-stream"}
+    headers = {
+        "authorization": f"Bearer {key}",
+        "accept": "text/event-stream",
+        "content-type": "application/json",
+    }
+    content = dumpb(body)
     url = spec.base_url.rstrip("/") + "/chat/completions"
     for attempt in range(retries + 1):
         spoke = False
         try:
-            async with http.stream("POST", url, json=body, headers=headers) as response:
+            async with http.stream("POST", url, content=content, headers=headers) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     if response.status_code in RETRY_STATUSES and attempt < retries:
@@ -174,7 +180,7 @@ async def stream_chat(
                         await _drain(lines)
                         return
                     try:
-                        chunk = json.loads(data)
+                        chunk = loads(data)
                     except ValueError as exc:
                         raise UpstreamError("the model API sent a malformed event") from exc
                     if not isinstance(chunk, dict) or "error" in chunk:

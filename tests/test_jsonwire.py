@@ -1,0 +1,69 @@
+"""jsonwire answers as the standard library does: with orjson where it can, json where not."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lang_agent.jsonwire import dumpb, dumps, jsonb_text, loads
+
+# Any text, lone surrogates included; integers past 64 bits; nesting.
+text = st.text(st.characters(exclude_categories=()))
+finite = st.floats(allow_nan=False, allow_infinity=False)
+values = st.recursive(
+    st.none() | st.booleans() | st.integers() | text | finite,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(values)
+def test_loads_agrees_with_the_standard_library(value):
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False)):
+        assert loads(text) == json.loads(text) or _same_floats(loads(text), json.loads(text))
+
+
+@given(values)
+def test_dumps_round_trips_and_keeps_non_ascii(value):
+    assert json.loads(dumps(value)) == value or _same_floats(json.loads(dumps(value)), value)
+    assert json.loads(dumpb(value)) == json.loads(dumps(value))
+    assert "\\u4f60" not in dumps({"text": "你好"}) and "你好" in dumps({"text": "你好"})
+
+
+def _same_floats(a, b) -> bool:
+    """orjson reads an integer past 64 bits as a float; the standard library as an int."""
+    return json.dumps(a) == json.dumps(b) or (
+        isinstance(a, float) and isinstance(b, int) and math.isclose(a, b)
+    )
+
+
+def test_what_orjson_refuses_is_answered_as_before():
+    assert loads('{"a": NaN}')["a"] != loads('{"a": NaN}')["a"]  # NaN, as json.loads reads it
+    assert loads('"\\ud83d"') == "\ud83d"  # half an emoji, as some upstreams split one
+    assert dumps({1: "x"}) == '{"1":"x"}'
+    assert dumps([math.nan, math.inf]) == "[null,null]"  # JSON has no NaN
+    assert dumps({"n": 2**70}) == '{"n":1180591620717411303424}'
+    assert dumps("\ud83d") == '"\ud83d"'
+    assert dumpb("\ud83d") == b'"\\ud83d"'  # bytes must be UTF-8: escaped
+
+
+@pytest.mark.parametrize("bad", [b"{", b"", b'{"a":1}x', b'"\xff"', "{'a': 1}"])
+def test_not_json_is_a_value_error(bad):
+    with pytest.raises(ValueError):
+        loads(bad)
+
+
+def test_jsonb_text_is_what_postgres_jsonb_takes():
+    text = jsonb_text({"nul": "a\x00b", "when": object.__new__(_Stamp)})
+    assert "\\u0000" not in text
+    assert json.loads(text) == {"nul": "a\ufffdb", "when": "stamp"}
+    assert json.loads(jsonb_text({"half": "\ud83d", 3: "x"})) == {"half": "\ud83d", "3": "x"}
+
+
+class _Stamp:
+    def __str__(self) -> str:
+        return "stamp"
