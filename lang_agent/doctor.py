@@ -90,13 +90,11 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
             simulator = Simulator()
             sim_url = await simulator.start(host="127.0.0.1", port=0)
             stack.push_async_callback(simulator.stop)
-        client = await stack.enter_async_context(
-            httpx2.AsyncClient(timeout=httpx2.Timeout(timeout_s, connect=min(5.0, timeout_s)))
-        )
         quick = settings.model_copy(
             update={"llm_retries": 0, "llm_timeout_s": timeout_s, "max_tokens": 1}
         )
-        factory = ModelFactory(quick, http_client=client, sim_url=sim_url)
+        factory = ModelFactory(quick, transport=httpx2.AsyncHTTPTransport(), sim_url=sim_url)
+        stack.push_async_callback(factory.aclose)
         # Roles that share an endpoint and model share one call.
         calls: dict[str, asyncio.Task[None]] = {}
         for spec in factory.specs.values():

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx2
-
 from lang_agent.agent.profiles import load_profiles
 from lang_agent.agent.runner import Agent
 from lang_agent.agent.state import AgentDeps
@@ -45,7 +43,6 @@ class Service:
     tools: ToolRegistry
     log: ConversationLog
     recorder: Recorder
-    http_client: httpx2.AsyncClient
     extras: dict[str, Any] = field(default_factory=dict)
 
     def health(self) -> dict[str, Any]:
@@ -96,18 +93,19 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
 
         catalog = ModelCatalog.load(settings.models_file)
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
-        http_client = httpx2.AsyncClient(
+        models = ModelFactory(
+            settings,
             transport=CapturingTransport(Http1Transport(), recorder=recorder, catalog=catalog),
-            timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
+            sim_url=sim_url,
         )
-        stack.push_async_callback(http_client.aclose)
+        stack.push_async_callback(models.aclose)
 
         zone = ZoneInfo(settings.timezone)
         tools = ToolRegistry([BuiltinTools(timezone=settings.timezone)])
         tools.add(await stack.enter_async_context(MCPManager.from_settings(settings)))
         deps = AgentDeps(
             settings=settings,
-            models=ModelFactory(settings, http_client=http_client, sim_url=sim_url),
+            models=models,
             tools=tools,
             prompts=Prompts.load(settings.prompts_dir),
             window=catalog.window,
@@ -143,5 +141,4 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             tools=tools,
             log=log,
             recorder=recorder,
-            http_client=http_client,
         )

@@ -4,12 +4,12 @@
     python scripts/bench_model_call.py --calls 20 --rounds 3
 
 It starts Postgres (embedded) and `lang-agent sim --profile original` as their own processes,
-so this process's CPU is the client's alone: `chat_stream.stream_chat` on an httpx2 client with
-capture on (`CapturingTransport`), the recorder writing every call. The same calls go through
-two clients that differ only in the transport under the capture: `llm/http1.py`'s
-Http1Transport (what the agent uses) and httpx2's stock AsyncHTTPTransport (httpcore2 and h11).
-Rounds alternate between the two, so a machine whose speed drifts (docs/performance.md) moves
-both alike. Prints CPU ms per call, per round and median.
+so this process's CPU is the client's alone: `chat_stream.stream_chat` with capture on
+(`CapturingTransport`), the recorder writing every call. The same calls go through two
+transports under the capture: `llm/http1.py`'s Http1Transport (what the agent uses) and
+httpx2's stock AsyncHTTPTransport (httpcore2 and h11). Rounds alternate between the two, so
+a machine whose speed drifts (docs/performance.md) moves both alike. Prints CPU ms per call,
+per round and median.
 """
 
 from __future__ import annotations
@@ -57,22 +57,16 @@ async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str,
         spec = models.spec("chat")
         catalog = ModelCatalog.load(settings.models_file)
         clients = {
-            name: httpx2.AsyncClient(
-                transport=CapturingTransport(
-                    transport(),
-                    recorder=service.recorder,
-                    catalog=catalog,
-                ),
-                timeout=httpx2.Timeout(settings.llm_timeout_s, connect=5.0),
-            )
+            name: CapturingTransport(transport(), recorder=service.recorder, catalog=catalog)
             for name, transport in TRANSPORTS.items()
         }
 
-        async def call(client: httpx2.AsyncClient, number: int) -> int:
+        async def call(client: CapturingTransport, number: int) -> int:
             messages = [HumanMessage(CHAT_TEXT + marker(number))]
             body = request_body(spec, messages, max_tokens=settings.max_tokens)
             pieces = 0
-            async for _piece in stream_chat(client, spec, body, Reply(), retries=0):
+            stream = stream_chat(client, spec, body, Reply(), timeouts=models.timeouts, retries=0)
+            async for _piece in stream:
                 pieces += 1
             return pieces
 

@@ -1,11 +1,13 @@
-"""Test support: an asyncio loop in a thread, and the app under uvicorn on a free loopback port."""
+"""Test support: an asyncio loop in a thread, the app under uvicorn on a free loopback port, and
+raw HTTP/1.1 servers that answer byte for byte."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx2
@@ -80,3 +82,56 @@ def set_latency(simulator, role: str, *, ttft_ms: float, tokens_per_s: float = 0
     timing = {"ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s}
     response = httpx2.post(f"{root}/_sim/profile", json={role: timing}, timeout=5)
     response.raise_for_status()
+
+
+def http_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server that runs `handler` on each connection; yields its URL and a one-item list
+    counting the connections it accepted."""
+    accepted = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        try:
+            await handler(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1/x?q=1", accepted
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1)
+
+
+def answering(*responses: bytes, keep: bool = True) -> Handler:
+    """Each request on a connection gets the next response; without `keep` the server closes
+    the connection after each (with no Connection: close header)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for response in responses:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [
+                line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            ]
+            if length:
+                await reader.readexactly(int(length[0].split(b":")[1]))
+            writer.write(response)
+            await writer.drain()
+            if not keep:
+                return
+
+    return handler

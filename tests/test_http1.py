@@ -7,7 +7,6 @@ import contextlib
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx2
 import pytest
@@ -15,41 +14,10 @@ import trustme
 
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.sim import Latency, SimProfile, Simulator
+from tests.support import Handler, answering, http_chunk, raw_server
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "讲个笑话"}], "stream": True}
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[tuple[str, list[int]]]:
-    """A server that runs `handler` on each connection; yields its URL and a one-item list
-    counting the connections it accepted."""
-    accepted = [0]
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted[0] += 1
-        try:
-            await handler(reader, writer)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1/x?q=1", accepted
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 1)
 
 
 def streaming(events: int, gap_s: float, *, stall_after: int | None = None) -> Handler:
@@ -62,7 +30,7 @@ def streaming(events: int, gap_s: float, *, stall_after: int | None = None) -> H
             for number in range(events):
                 if number == stall_after:
                     await asyncio.sleep(3600)
-                writer.write(_chunk(b"data: %d\n\n" % number))
+                writer.write(http_chunk(b"data: %d\n\n" % number))
                 await writer.drain()
                 await asyncio.sleep(gap_s)
             writer.write(b"0\r\n\r\n")
@@ -128,26 +96,6 @@ async def test_an_outer_timeout_shorter_than_the_read_timeout_wins():
                 await _read(client, url, [])
 
 
-def answering(*responses: bytes, keep: bool = True) -> Handler:
-    """Each request on a connection gets the next response; without `keep` the server closes
-    the connection after each (with no Connection: close header)."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for response in responses:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = [
-                line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
-            ]
-            if length:
-                await reader.readexactly(int(length[0].split(b":")[1]))
-            writer.write(response)
-            await writer.drain()
-            if not keep:
-                return
-
-    return handler
-
-
 def sized(body: bytes, *extra: bytes) -> bytes:
     head = [b"HTTP/1.1 200 OK", b"content-length: %d" % len(body), *extra]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -157,7 +105,7 @@ async def test_length_chunked_and_close_delimited_bodies_and_keep_alive():
     chunked = (
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
         + b"5;ext=1\r\nhello\r\n"
-        + _chunk(b" world")
+        + http_chunk(b" world")
         + b"0\r\ntrailer: x\r\n\r\n"
     )
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" + sized(b"after 100")

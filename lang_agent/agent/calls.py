@@ -95,8 +95,9 @@ async def stream_reply(
         spoken = False
         try:
             pieces = stream_chat(
-                models.http_client, candidate, body, reply, retries=settings.llm_retries
-            )
+                models.transport, candidate, body, reply,
+                timeouts=models.timeouts, retries=settings.llm_retries,
+            )  # fmt: skip
             # aclosing: a body that raises (a dropped speculation) or is cancelled must close
             # the stream now, not whenever the abandoned generator is collected.
             with calling(node=NODE_OF_ROLE[role]), upstream_errors():

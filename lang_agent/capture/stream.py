@@ -5,7 +5,8 @@ merged into a chat.completion, TTFT is taken separately for the first content (o
 argument) token and the first reasoning token, and the repeat detector watches the output.
 The record is finished exactly once, in `aclose()`, whatever ended the stream. A stream without
 `[DONE]` or a finish_reason, a transport error mid-body and a consumer that stops early are all
-`incomplete`, with the reason in `error`.
+`incomplete`, with the reason in `error`. A reader of the body that wants the chunks parsed
+can `subscribe()` to the tee's own parse instead of parsing the same bytes again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx2
 
@@ -101,6 +103,7 @@ class CapturingStream(httpx2.AsyncByteStream):
         self._error: BaseException | None = None
         self._inner_closed = False
         self._closed = False
+        self._subscriber: list[dict[str, Any] | None] | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -118,6 +121,17 @@ class CapturingStream(httpx2.AsyncByteStream):
         if self._cut:
             # Closing the upstream response aborts the generation (and its billing).
             await self._close_inner()
+
+    def subscribe(self) -> list[dict[str, Any] | None]:
+        """A list that each data event before [DONE] is appended to, as its parsed chunk (None
+        for one that is not a JSON object), as the body is read; the reader empties it.
+        [DONE] itself sets `done`."""
+        self._subscriber = []
+        return self._subscriber
+
+    @property
+    def done(self) -> bool:
+        return self._done
 
     async def aclose(self) -> None:
         if self._closed:
@@ -163,6 +177,8 @@ class CapturingStream(httpx2.AsyncByteStream):
             self._done = True
             return
         chunk = parse_chunk(data)
+        if self._subscriber is not None and not self._done:
+            self._subscriber.append(chunk)
         if chunk is None:
             return
         self._merger.add(chunk)

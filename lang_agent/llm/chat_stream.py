@@ -1,8 +1,8 @@
-"""A lean streaming chat-completions call on the shared (capturing) httpx2 client.
+"""A lean streaming chat-completions call on the shared (capturing) upstream transport.
 
 The turn engine's hot path. `ChatOpenAI.astream` spent about 6 ms of CPU per call in the
 openai SDK and LangChain (a pydantic chunk object, callbacks and a message merge per chunk);
-this parses the SSE lines itself in about 1 ms, so a server core serves several times more
+this takes the chunks capture's tee parsed, in well under 1 ms, so a server core serves more
 turns (docs/performance.md). Same wire request as ChatOpenAI sends, same errors as
 `errors.upstream_errors` gives, same retries (`LLM_RETRIES`, before any token only).
 """
@@ -19,8 +19,10 @@ from typing import Any
 import httpx2
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
 
+from lang_agent.capture.merge import DONE, SseSplitter, event_data, parse_chunk
+from lang_agent.capture.stream import CapturingStream
 from lang_agent.errors import UpstreamError, UpstreamStatus
-from lang_agent.jsonwire import dumpb, loads
+from lang_agent.jsonwire import dumpb
 from lang_agent.llm.factory import ModelSpec
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -117,51 +119,85 @@ def request_body(
     return body
 
 
-async def _sse_lines(response: httpx2.Response) -> AsyncIterator[bytes]:
-    """The SSE lines of a response as bytes, split on \\n only (a UTF-8 byte \\n is always a
-    newline). Not aiter_lines: it splits like str.splitlines, so text holding U+0085, U+2028
-    or a form feed broke an event in two; and bytes save a text decoding layer per chunk."""
-    pending = b""
-    async for data in response.aiter_bytes():
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            yield line.removesuffix(b"\r")
-    if pending:
-        yield pending.removesuffix(b"\r")
-
-
-async def _drain(lines: AsyncIterator[bytes]) -> None:
+async def _drain(body: AsyncIterator[bytes]) -> None:
     """Read the body to its end after [DONE], within DRAIN_S: a connection left with unread
     bytes (the chunked body's last chunk) cannot be reused, so every call would open a new
     one, with a TLS handshake for a real provider."""
     with contextlib.suppress(TimeoutError, httpx2.TransportError):
         async with asyncio.timeout(DRAIN_S):
-            async for _line in lines:
+            async for _data in body:
                 pass
 
 
+async def _tee_events(
+    tee: CapturingStream, body: AsyncIterator[bytes]
+) -> AsyncIterator[dict[str, Any] | None]:
+    parsed = tee.subscribe()
+    async for _data in body:
+        for chunk in parsed:
+            yield chunk
+        parsed.clear()
+        if tee.done:
+            return
+
+
+async def _sse_events(body: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any] | None]:
+    splitter = SseSplitter()
+    async for data in body:
+        for raw, _end in splitter.feed(data):
+            text = event_data(raw)
+            if text is None:
+                continue
+            if text.strip() == DONE:
+                return
+            yield parse_chunk(text)
+
+
+async def _chunks(response: httpx2.Response) -> AsyncIterator[dict[str, Any] | None]:
+    """The data events of an SSE body up to [DONE], each as its parsed chunk (None for one
+    that is not a JSON object); then the rest of the body is drained. Capture's tee parses
+    every event for its record anyway: when the body passes through it, that parse is taken,
+    not repeated (about a twelfth of a streamed call's CPU, docs/performance.md)."""
+    stream = response.stream
+    tee = stream if isinstance(stream, CapturingStream) else None
+    body = aiter(stream) if tee is not None else response.aiter_bytes()
+    async with contextlib.aclosing(body):
+        events = _tee_events(tee, body) if tee is not None else _sse_events(body)
+        async with contextlib.aclosing(events):
+            async for chunk in events:
+                yield chunk
+        await _drain(body)
+
+
 async def stream_chat(
-    http: httpx2.AsyncClient,
+    transport: httpx2.AsyncBaseTransport,
     spec: ModelSpec,
     body: dict[str, Any],
     reply: Reply,
     *,
+    timeouts: httpx2.Timeout,
     retries: int,
 ) -> AsyncIterator[str]:
     """POST the body and yield each text piece, filling `reply`; raises UpstreamError
-    subclasses (httpx2 errors are left to `errors.upstream_errors`)."""
+    subclasses (httpx2 errors are left to `errors.upstream_errors`). The request goes to the
+    transport itself: an httpx2 client adds nothing a model call needs, for ~5 % of its CPU."""
     key = spec.api_key.get_secret_value() if spec.api_key else "missing"
     headers = {
         "authorization": f"Bearer {key}",
         "accept": "text/event-stream",
         "content-type": "application/json",
     }
-    content = dumpb(body)
     url = spec.base_url.rstrip("/") + "/chat/completions"
+    request = httpx2.Request(
+        "POST", url, headers=headers, content=dumpb(body),
+        extensions={"timeout": timeouts.as_dict()},
+    )  # fmt: skip
     for attempt in range(retries + 1):
         spoke = False
         try:
-            async with http.stream("POST", url, content=content, headers=headers) as response:
+            response = await transport.handle_async_request(request)
+            response.request = request
+            try:
                 if response.status_code >= 400:
                     await response.aread()
                     if response.status_code in RETRY_STATUSES and attempt < retries:
@@ -171,25 +207,19 @@ async def stream_chat(
                         f"the model API answered HTTP {response.status_code}",
                         status=response.status_code,
                     )
-                lines = _sse_lines(response)
-                async for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        await _drain(lines)
-                        return
-                    try:
-                        chunk = loads(data)
-                    except ValueError as exc:
-                        raise UpstreamError("the model API sent a malformed event") from exc
-                    if not isinstance(chunk, dict) or "error" in chunk:
-                        raise UpstreamError("the model API returned an error")
-                    piece = reply.add(chunk)
-                    if piece:
-                        spoke = True
-                        yield piece
-            return  # a stream that ends without [DONE] but cleanly: take what came
+                async with contextlib.aclosing(_chunks(response)) as chunks:
+                    async for chunk in chunks:
+                        if chunk is None:
+                            raise UpstreamError("the model API sent a malformed event")
+                        if "error" in chunk:
+                            raise UpstreamError("the model API returned an error")
+                        piece = reply.add(chunk)
+                        if piece:
+                            spoke = True
+                            yield piece
+            finally:
+                await response.aclose()
+            return  # [DONE], or a stream that ends cleanly without it: take what came
         # Like the openai SDK: a timeout or a dropped connection before any token is retried.
         except (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError):
             if spoke or reply.calls or attempt >= retries:

@@ -99,19 +99,26 @@ def uses_sim(settings: Settings) -> bool:
 
 
 class ModelFactory:
-    """Builds (and caches) a ChatOpenAI per role on the shared, capturing HTTP client."""
+    """The model specs per role, the upstream transport the calls go through (capturing, in
+    the server), and a ChatOpenAI per role on it for the callers that want one."""
 
     def __init__(
-        self, settings: Settings, *, http_client: httpx2.AsyncClient, sim_url: str | None
+        self, settings: Settings, *, transport: httpx2.AsyncBaseTransport, sim_url: str | None
     ) -> None:
         self.settings = settings
-        self.http_client = http_client
+        self.transport = transport
+        self.timeouts = httpx2.Timeout(settings.llm_timeout_s, connect=5.0)
+        self.http_client = httpx2.AsyncClient(transport=transport, timeout=self.timeouts)
         self.sim_url = sim_url
         self.specs = resolve_specs(settings, sim_url=sim_url)
         self._cache: dict[tuple[Role, str], ChatOpenAI] = {}
         for spec in self.specs.values():
             if spec.provider != "sim" and spec.api_key is None:
                 logger.warning("role %s uses %s but no API key is set", spec.role, spec)
+
+    async def aclose(self) -> None:
+        """Close the client and with it the transport."""
+        await self.http_client.aclose()
 
     def spec(self, role: Role, *, model: str | None = None) -> ModelSpec:
         if model is None:
@@ -145,7 +152,7 @@ class ModelFactory:
             stream_usage=True,
             max_retries=self.settings.llm_retries,
             max_tokens=self.settings.max_tokens,
-            timeout=httpx2.Timeout(self.settings.llm_timeout_s, connect=5.0),
+            timeout=self.timeouts,
             extra_body=extra_body or None,
             tags=[spec.role],
         )
