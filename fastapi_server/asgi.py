@@ -1,9 +1,11 @@
-"""An import-string app factory for uvicorn's own CLI, e.g. several worker processes:
+"""An import-string app factory for uvicorn's own CLI and other ASGI servers:
 
-    uvicorn fastapi_server.asgi:app_factory --factory --workers 2 --port 8588
+    uvicorn fastapi_server.asgi:app_factory --factory --port 8588
 
-Each worker builds its Settings from the environment (and .env) and opens its own pool;
-they share Postgres, where the per-thread lease keeps one turn per thread across workers.
+Each process builds its Settings from the environment (and .env) and opens its own pool;
+they share Postgres, where the per-thread lease keeps one turn per thread across processes.
+For several workers on one port prefer `server_dashscope.py --workers N` (fastapi_server/
+workers.py): uvicorn's `--workers` shares one socket and can leave a worker idle.
 """
 
 from __future__ import annotations

@@ -6,5 +6,4 @@ from fastapi_server.serve import run, settings_from_flags
 if __name__ == "__main__":
     settings = settings_from_flags(None, description=__doc__, port=8588, open_host="0.0.0.0")
     settings = settings.model_copy(update={"dashscope_fake_stream": True})
-    app = create_app(settings)
-    raise SystemExit(run(app, settings=settings, host=settings.host, port=settings.port))
+    raise SystemExit(run(create_app, settings=settings, host=settings.host, port=settings.port))

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -18,6 +18,8 @@ from lang_agent.settings import Settings
 logger = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3
+
+AppFactory = Callable[[Settings], FastAPI]
 
 
 def configure_logging(settings: Settings) -> None:
@@ -50,12 +52,17 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
     await asyncio.gather(*(server.serve() for server in servers))
 
 
-def run(app: FastAPI, *, settings: Settings, host: str, port: int) -> int:
+def run(factory: AppFactory, *, settings: Settings, host: str, port: int) -> int:
+    """Serve `factory(settings)`, from WORKERS processes when more than one."""
     configure_logging(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
+    if settings.workers > 1:
+        from fastapi_server.workers import run_workers
+
+        return run_workers(factory, settings=settings, host=host, port=port)
     server = uvicorn.Server(
-        uvicorn_config(app, host=host, port=port, grace_s=settings.shutdown_grace_s)
+        uvicorn_config(factory(settings), host=host, port=port, grace_s=settings.shutdown_grace_s)
     )
     loop.run(serve([server]))
     return 0 if server.started else STARTUP_FAILURE
@@ -104,9 +111,14 @@ def settings_from_flags(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=None, help="bind address (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: WORKERS or 1)"
+    )
     parser.add_argument("route", nargs="*", help="`route PROFILE`: default pipeline profile")
     args = parser.parse_args(argv)
     overrides: dict[str, object] = {"port": args.port}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if args.host:
         overrides["host"] = args.host
     if args.route:

@@ -5,6 +5,4 @@ from fastapi_server.serve import run, settings_from_flags
 
 if __name__ == "__main__":
     settings = settings_from_flags(None, description=__doc__, port=8589)
-    raise SystemExit(
-        run(create_app(settings), settings=settings, host=settings.host, port=settings.port)
-    )
+    raise SystemExit(run(create_app, settings=settings, host=settings.host, port=settings.port))

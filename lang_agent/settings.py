@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     # --- network and auth
     host: str = Field("127.0.0.1", description="Address the agent API binds to.")
     port: int = Field(8588, description="Port of the agent API (OpenAI and DashScope paths).")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Worker processes of server_dashscope.py and server_openai.py; each has its "
+        "own socket on the port (SO_REUSEPORT), so connections spread evenly.",
+    )
     viewer_port: int = Field(8590, description="Port of the conversation viewer.")
     viewer_host: str = Field(
         "127.0.0.1",

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--turns-per-thread", type=int, default=1, help="turns a user sends on one thread")
     add("--tool-every", type=int, default=0, help="every n-th turn is a tool turn (0: none)")
     add("--profile", default="original", help="simulator latency profile (fast, original)")
-    add("--workers", type=int, default=1, help="server worker processes (uvicorn --workers)")
+    add("--workers", type=int, default=1, help="server worker processes (WORKERS)")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
     add("--target", default=None, help="measure this running server instead of starting one")

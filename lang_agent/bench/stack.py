@@ -127,15 +127,11 @@ class Stack:
         return self._add(Service("sim", url, proc, proc.pid, log))
 
     def server(self, *, env: dict[str, str], workers: int = 1, front: str = "dashscope") -> Service:
-        """The agent server: `server_<front>.py`, or uvicorn with `--workers` for more than one."""
+        """The agent server: `server_<front>.py`, with `--workers` processes."""
         port = free_port()
-        if workers > 1:
-            argv = [sys.executable, "-m", "uvicorn", "fastapi_server.asgi:app_factory",
-                    "--factory", "--workers", str(workers), "--host", "127.0.0.1",
-                    "--port", str(port), "--no-access-log"]  # fmt: skip
-        else:
-            script = ROOT / "fastapi_server" / f"server_{front}.py"
-            argv = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)]
+        script = ROOT / "fastapi_server" / f"server_{front}.py"
+        argv = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(workers)]  # fmt: skip
         env = {"PYTHONPATH": str(ROOT), **env}
         proc, log = self._spawn(f"server-{port}", argv, env)
         url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,109 @@
+"""Several worker processes on one port, each with its own listening socket (SO_REUSEPORT).
+
+uvicorn's `--workers` shares one listening socket and the process that wakes first takes the
+connection, so with keep-alive clients (the load generator, a xiaozhi server) one worker got
+about five sixths of the turns while the other idled (docs/performance.md). With a socket
+per worker in one SO_REUSEPORT group, the kernel spreads connections by their addresses.
+
+The parent only supervises. It holds the port (bound, never listening, so it takes no
+connections), forwards SIGTERM and SIGINT once to every worker, and when a worker exits on
+its own it stops the others and exits with that worker's code, for systemd or Docker to
+restart the group. Workers run in their own process group, so a terminal's Ctrl-C reaches
+them once, through the parent, and they drain gracefully instead of being forced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from multiprocessing.connection import wait
+
+import uvicorn
+from pydantic import SecretStr
+
+from fastapi_server.serve import STARTUP_FAILURE, AppFactory, configure_logging, uvicorn_config
+from lang_agent import loop
+from lang_agent.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port in the port's SO_REUSEPORT group."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(factory: AppFactory, settings: Settings, host: str, port: int) -> None:
+    os.setpgid(0, 0)
+    configure_logging(settings)
+    sock = reuse_port_socket(host, port)
+    config = uvicorn_config(
+        factory(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
+    )
+    server = uvicorn.Server(config)
+    loop.run(server.serve(sockets=[sock]))
+    raise SystemExit(0 if server.started else STARTUP_FAILURE)
+
+
+def run_workers(factory: AppFactory, *, settings: Settings, host: str, port: int) -> int:
+    """Serve `factory(settings)` from WORKERS processes on host:port until signalled."""
+    workers = settings.workers
+    from lang_agent.db import resolve_dsn
+
+    if settings.conn_str is None:
+        # One embedded Postgres for all workers, started before any of them could race to.
+        dsn, _embedded = asyncio.run(resolve_dsn(settings))
+        settings = settings.model_copy(update={"conn_str": SecretStr(dsn)})
+    holder = reuse_port_socket(host, port)
+    port = holder.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_worker, args=(factory, settings, host, port), name=f"lang-agent-worker-{n}"
+        )
+        for n in range(workers)
+    ]
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.start()
+        logger.info("%d workers on %s:%d (SO_REUSEPORT)", workers, host, port)
+        code = 0
+        running = {process.sentinel: process for process in processes}
+        while running:
+            for sentinel in wait(list(running)):
+                process = running.pop(sentinel)
+                process.join()
+                exit_code = process.exitcode or 0
+                if not stopping:
+                    logger.error("worker %s exited (%s); stopping the others", process.pid,
+                                 exit_code)  # fmt: skip
+                    code = exit_code if exit_code > 0 else 1
+                    stop()
+                elif exit_code > 0 and not code:  # not a signal that stopped a worker
+                    code = exit_code
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        holder.close()

@@ -1,0 +1,79 @@
+"""WORKERS=2: a group of server processes on one port, each with its own SO_REUSEPORT socket.
+Connections spread over every worker, a thread's turns stay in order across them, SIGTERM
+drains them all, and a worker that dies takes the group down for a supervisor to restart."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import httpx2
+import psutil
+import pytest
+
+from tests.support import wait_until
+from tests.test_faults_concurrency import (
+    WorkerProcess,
+    _assert_recorded_in_order,
+    _hit,
+    worker_env,
+)
+
+CONNECTIONS = 16
+
+
+@pytest.fixture
+def group(pg_dsn, simulator, tmp_path) -> Iterator[WorkerProcess]:
+    env = worker_env(pg_dsn, simulator.base_url, tmp_path, WORKERS="2")
+    group = WorkerProcess(env, cwd=tmp_path).wait_ready()
+    yield group
+    group.stop()
+
+
+def _workers(group: WorkerProcess) -> list[psutil.Process]:
+    children = psutil.Process(group.process.pid).children()
+    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+
+def _held(worker: psutil.Process, port: int) -> int:
+    return sum(
+        1
+        for conn in worker.net_connections("tcp")
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == port
+    )
+
+
+def test_connections_spread_over_every_worker(group):
+    workers = _workers(group)
+    assert len(workers) == 2
+    clients = [httpx2.Client(base_url=group.url, timeout=10) for _ in range(CONNECTIONS)]
+    try:
+        for client in clients:  # each keeps its connection open afterwards
+            assert client.get("/health").status_code == 200
+        held = [_held(worker, group.port) for worker in workers]
+    finally:
+        for client in clients:
+            client.close()
+    assert sum(held) == CONNECTIONS and min(held) > 0, held
+
+
+def test_a_threads_turns_stay_in_order_across_the_workers(group, pg_dsn, thread_id):
+    texts = _hit([group.url], thread_id)
+    _assert_recorded_in_order(pg_dsn, thread_id, texts)
+
+
+def test_sigterm_drains_every_worker_and_exits_cleanly(group):
+    workers = _workers(group)
+    group.process.send_signal(signal.SIGTERM)
+    assert group.process.wait(30) == 0
+    assert not any(worker.is_running() for worker in workers)
+    assert group.log.read_text().count("Application shutdown complete") == 2
+
+
+def test_a_worker_that_dies_takes_the_group_down(group):
+    first, second = _workers(group)
+    first.kill()
+    assert group.process.wait(30) == 1
+    wait_until(lambda: not second.is_running())
+    log = group.log.read_text()
+    assert "exited (-9); stopping the others" in log, log
