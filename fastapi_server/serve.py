@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -18,8 +19,16 @@ from lang_agent.settings import Settings
 logger = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3
+AGENT_APP = "fastapi_server.app:create_app"
 
 AppFactory = Callable[[Settings], FastAPI]
+
+
+def load_factory(path: str) -> AppFactory:
+    """`module:function`, imported in the process that serves: a worker group's parent only
+    supervises, and the app's imports would cost it about 90 MB."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -52,8 +61,9 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
     await asyncio.gather(*(server.serve() for server in servers))
 
 
-def run(factory: AppFactory, *, settings: Settings, host: str, port: int) -> int:
-    """Serve `factory(settings)`, from WORKERS processes when more than one."""
+def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
+    """Serve the app `factory(settings)` makes (`module:function`), from WORKERS processes
+    when more than one."""
     configure_logging(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
@@ -62,7 +72,9 @@ def run(factory: AppFactory, *, settings: Settings, host: str, port: int) -> int
 
         return run_workers(factory, settings=settings, host=host, port=port)
     server = uvicorn.Server(
-        uvicorn_config(factory(settings), host=host, port=port, grace_s=settings.shutdown_grace_s)
+        uvicorn_config(
+            load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
+        )
     )
     loop.run(serve([server]))
     return 0 if server.started else STARTUP_FAILURE

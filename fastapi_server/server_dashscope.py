@@ -4,9 +4,8 @@ Binds 0.0.0.0 once FAST_AUTH_KEYS is set, loopback until then. `route PROFILE` p
 default pipeline profile, e.g. `python fastapi_server/server_dashscope.py route chatty_tool_node`.
 """
 
-from fastapi_server.app import create_app
-from fastapi_server.serve import run, settings_from_flags
+from fastapi_server.serve import AGENT_APP, run, settings_from_flags
 
 if __name__ == "__main__":
     settings = settings_from_flags(None, description=__doc__, port=8588, open_host="0.0.0.0")
-    raise SystemExit(run(create_app, settings=settings, host=settings.host, port=settings.port))
+    raise SystemExit(run(AGENT_APP, settings=settings, host=settings.host, port=settings.port))

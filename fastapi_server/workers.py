@@ -25,7 +25,7 @@ from multiprocessing.connection import wait
 import uvicorn
 from pydantic import SecretStr
 
-from fastapi_server.serve import STARTUP_FAILURE, AppFactory, configure_logging, uvicorn_config
+from fastapi_server.serve import STARTUP_FAILURE, configure_logging, load_factory, uvicorn_config
 from lang_agent import loop
 from lang_agent.settings import Settings
 
@@ -42,20 +42,21 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(factory: AppFactory, settings: Settings, host: str, port: int) -> None:
+def _worker(factory: str, settings: Settings, host: str, port: int) -> None:
     os.setpgid(0, 0)
     configure_logging(settings)
     sock = reuse_port_socket(host, port)
     config = uvicorn_config(
-        factory(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
+        load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
     )
     server = uvicorn.Server(config)
     loop.run(server.serve(sockets=[sock]))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
 
 
-def run_workers(factory: AppFactory, *, settings: Settings, host: str, port: int) -> int:
-    """Serve `factory(settings)` from WORKERS processes on host:port until signalled."""
+def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> int:
+    """Serve the app `factory` (`module:function`) makes from WORKERS processes on host:port
+    until signalled."""
     workers = settings.workers
     from lang_agent.db import resolve_dsn
 
