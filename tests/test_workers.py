@@ -5,6 +5,7 @@ drains them all, and a worker that dies takes the group down for a supervisor to
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 
 import httpx2
@@ -77,3 +78,13 @@ def test_a_worker_that_dies_takes_the_group_down(group):
     wait_until(lambda: not second.is_running())
     log = group.log.read_text()
     assert "exited (-9); stopping the others" in log, log
+
+
+def test_without_so_reuseport_workers_are_refused_with_a_clear_error(monkeypatch, caplog):
+    from fastapi_server.serve import AGENT_APP, STARTUP_FAILURE, run
+    from lang_agent.settings import Settings
+
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    settings = Settings(_env_file=None, workers=2, fast_auth_keys="k")
+    assert run(AGENT_APP, settings=settings, host="127.0.0.1", port=0) == STARTUP_FAILURE
+    assert "needs SO_REUSEPORT" in caplog.text
