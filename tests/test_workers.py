@@ -32,8 +32,19 @@ def group(pg_dsn, simulator, tmp_path) -> Iterator[WorkerProcess]:
 
 
 def _workers(group: WorkerProcess) -> list[psutil.Process]:
+    """The group's workers, once each listens: /health answered by one says nothing of the
+    other, and a worker still starting takes no connections."""
     children = psutil.Process(group.process.pid).children()
-    return [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+    workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+
+    def listening(worker: psutil.Process) -> bool:
+        return any(
+            conn.status == psutil.CONN_LISTEN and conn.laddr.port == group.port
+            for conn in worker.net_connections("tcp")
+        )
+
+    wait_until(lambda: all(listening(worker) for worker in workers), within_s=60)
+    return workers
 
 
 def _held(worker: psutil.Process, port: int) -> int:
