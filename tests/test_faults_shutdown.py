@@ -56,7 +56,8 @@ def _stream(url: str, thread_id: str, started: concurrent.futures.Future) -> dic
 def _refused(url: str) -> bool:
     try:
         httpx2.get(f"{url}/health", timeout=2)
-    except httpx2.ConnectError:
+    except (httpx2.ConnectError, httpx2.ReadError, httpx2.RemoteProtocolError):
+        # Refused, or reset: a connection that reached the backlog as the listener closed.
         return True
     return False
 
