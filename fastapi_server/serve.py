@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -69,13 +68,6 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
     if settings.workers > 1:
-        if not hasattr(socket, "SO_REUSEPORT"):
-            logger.error(
-                "WORKERS=%d needs SO_REUSEPORT, which this system lacks: run one "
-                "process per port behind a proxy (docs/operations.md)",
-                settings.workers,
-            )
-            return STARTUP_FAILURE
         from fastapi_server.workers import run_workers
 
         return run_workers(factory, settings=settings, host=host, port=port)

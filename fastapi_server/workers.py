@@ -57,9 +57,13 @@ def _worker(factory: str, settings: Settings, host: str, port: int) -> None:
 def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> int:
     """Serve the app `factory` (`module:function`) makes from WORKERS processes on host:port
     until signalled."""
-    workers = settings.workers
     from lang_agent.db import resolve_dsn
 
+    workers = settings.workers
+    if not hasattr(socket, "SO_REUSEPORT"):
+        logger.error("WORKERS=%d needs SO_REUSEPORT, which this system lacks: run one process "
+                     "per port behind a proxy (docs/operations.md)", workers)  # fmt: skip
+        return STARTUP_FAILURE
     if settings.conn_str is None:
         # One embedded Postgres for all workers, started before any of them could race to.
         dsn, _embedded = asyncio.run(resolve_dsn(settings))

@@ -2,7 +2,7 @@
 
 orjson parses a stream chunk about four times and writes a frame about ten times faster than
 the standard library, which matters when every one of a turn's ~40 streamed chunks is parsed
-twice and written once (docs/performance.md). Where orjson refuses what the standard library
+and written again (docs/performance.md). Where orjson refuses what the standard library
 accepts (a lone UTF-16 surrogate, NaN, an integer over 64 bits to write, a non-string key) the
 standard library answers instead, so what worked before still works. Two differences are left:
 orjson reads an integer over 64 bits as a float, and writes NaN and infinities as null (the
@@ -35,7 +35,7 @@ def dumpb(value: Any) -> bytes:
 
 
 def dumps(value: Any) -> str:
-    """`dumpb` as text."""
+    """Compact JSON text, non-ASCII as itself, lone surrogates too (text can hold them)."""
     try:
         return orjson.dumps(value).decode()
     except TypeError:
