@@ -4,6 +4,7 @@ connection reuse either way, the tee's parse taken instead of a second one."""
 from __future__ import annotations
 
 import gzip
+import json
 from collections.abc import AsyncIterator
 
 import httpx2
@@ -29,7 +30,7 @@ BODY = {
 
 def _event(text: str, finish: str | None = None) -> bytes:
     choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
-    return b"data: " + httpx2.Response(200, json={"choices": [choice]}).content + b"\n\n"
+    return f"data: {json.dumps({'choices': [choice]}, ensure_ascii=False)}\n\n".encode()
 
 
 def _sse(*events: bytes, headers: bytes = b"") -> bytes:
