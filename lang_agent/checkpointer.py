@@ -1,5 +1,6 @@
 """The LangGraph checkpointer of thread memory: AsyncPostgresSaver over our pool, lock-free,
-its (de)serialisation done on the event loop instead of in a worker thread."""
+its (de)serialisation done on the event loop instead of in a worker thread, and its first read
+of a turn answerable from a row fetched beside the thread's lease."""
 
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
 _inline = contextvars.ContextVar("lang_agent_inline_to_thread", default=False)
+
+# AsyncPostgresSaver.aget_tuple's query for a thread's latest checkpoint (no checkpoint_id).
+LATEST_WHERE = "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
 
 
 class LoopExecutor(ThreadPoolExecutor):
@@ -60,6 +65,31 @@ SETUP_WAIT_S = 120.0
 SETUP_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_checkpoint_setup'))"
 
 
+class _Preload:
+    """A thread's latest checkpoint row, read already; answers one aget_tuple."""
+
+    __slots__ = ("thread_id", "row", "used")
+
+    def __init__(self, thread_id: str, row: DictRow | None) -> None:
+        self.thread_id = thread_id
+        self.row = row
+        self.used = False
+
+    def answers(self, config: RunnableConfig) -> bool:
+        configurable = config["configurable"]
+        return (
+            not self.used
+            and configurable["thread_id"] == self.thread_id
+            and not configurable.get("checkpoint_ns")
+            and not configurable.get("checkpoint_id")
+        )
+
+
+_preload: contextvars.ContextVar[_Preload | None] = contextvars.ContextVar(
+    "lang_agent_preloaded_checkpoint", default=None
+)
+
+
 class PooledSaver(AsyncPostgresSaver):
     """AsyncPostgresSaver over our pool, without its instance-wide asyncio.Lock, and without
     a thread hop per checkpoint.
@@ -96,7 +126,34 @@ class PooledSaver(AsyncPostgresSaver):
             finally:
                 await conn.execute(SETUP_UNLOCK_SQL)
 
+    def latest_query(self, thread_id: str) -> tuple[str, tuple[str, str]]:
+        """The SQL and parameters aget_tuple would run for the thread's latest checkpoint, for
+        a caller that can run them in a round trip it makes anyway (the thread's lease)."""
+        return self.SELECT_SQL + LATEST_WHERE, (thread_id, "")
+
+    @contextlib.contextmanager
+    def preloaded(self, thread_id: str, row: DictRow | None) -> Iterator[None]:
+        """Within the block, the first aget_tuple of the thread's latest checkpoint in this
+        context answers with `row` (a `latest_query` result; None: the thread has none)
+        instead of reading again. Later reads go to the database."""
+        token = _preload.set(_Preload(thread_id, row))
+        try:
+            yield
+        finally:
+            _preload.reset(token)
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        preload = _preload.get()
+        if preload is not None and preload.answers(config):
+            preload.used = True
+            row = preload.row
+            if row is None:
+                return None
+            # A checkpoint from before format 4 needs its pending sends migrated, by a second
+            # query: aget_tuple does that.
+            if row["checkpoint"]["v"] >= 4 or not row["parent_checkpoint_id"]:
+                with inline():
+                    return await self._load_checkpoint_tuple(row)
         with inline():
             return await super().aget_tuple(config)
 

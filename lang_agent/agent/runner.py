@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 
 from lang_agent.agent.events import AnswerDelta, Done, Failed, TurnEvent, TurnRequest
@@ -18,6 +17,7 @@ from lang_agent.agent.graph import build_graph
 from lang_agent.agent.history import client_dialogue
 from lang_agent.agent.state import AgentDeps, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
+from lang_agent.checkpointer import PooledSaver
 from lang_agent.conversations import ConversationLog, TurnRecord
 from lang_agent.errors import LangAgentError, TurnTimeout, store_errors
 from lang_agent.llm.context import calling
@@ -51,7 +51,7 @@ class Agent:
         self,
         deps: AgentDeps,
         *,
-        checkpointer: BaseCheckpointSaver,
+        checkpointer: PooledSaver,
         locks: ThreadLocks,
         log: ConversationLog,
         profiles: dict[str, Profile],
@@ -139,12 +139,16 @@ class Agent:
                 await self._invoke(ctx, self._stateless_graph, {}, durability=None)
                 self._done(ctx)
             else:
+                thread_id, saver = request.thread_id, self.checkpointer
+                # Memory is read in the lease's round trip: one fewer before the router.
+                read = saver.latest_query(thread_id)
                 with store_errors():  # the lease and the checkpoints live in Postgres
-                    async with self.locks.hold(request.thread_id):
+                    async with self.locks.hold(thread_id, read=read) as row:
                         ctx.began_at = datetime.now(UTC)
-                        config = {"configurable": {"thread_id": request.thread_id}}
+                        config = {"configurable": {"thread_id": thread_id}}
                         # Saved once at the end: a failed turn never reaches memory.
-                        await self._invoke(ctx, self._memory_graph, config, durability="exit")
+                        with saver.preloaded(thread_id, row):
+                            await self._invoke(ctx, self._memory_graph, config, durability="exit")
                         # Done once memory is saved, before the lease round trip: the next
                         # turn on this thread waits for the lease, not the client for it.
                         self._done(ctx)

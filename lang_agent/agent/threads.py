@@ -7,7 +7,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 
 from lang_agent.db import Database
 from lang_agent.errors import ThreadBusy
@@ -27,6 +31,8 @@ RETURNING owner
 """
 RELEASE_LEASE_SQL = "DELETE FROM thread_leases WHERE thread_id = %s AND owner = %s"
 
+Query = tuple[str, Sequence[Any]]
+
 POLL_START_S = 0.02
 POLL_MAX_S = 0.25
 
@@ -43,7 +49,12 @@ class ThreadLocks:
         self._process = f"{uuid.uuid4().hex}:"  # prefixes the owner of every lease we take
 
     @contextlib.asynccontextmanager
-    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+    async def hold(
+        self, thread_id: str, *, read: Query | None = None
+    ) -> AsyncIterator[DictRow | None]:
+        """Yields the first row of `read` (None without one), a query run in the lease's own
+        round trip, after the lease is taken: it sees whatever the previous holder saved
+        before giving the thread back."""
         lock, users = self._local.get(thread_id, (asyncio.Lock(), 0))
         self._local[thread_id] = (lock, users + 1)
         try:
@@ -56,9 +67,9 @@ class ThreadLocks:
             except TimeoutError as exc:
                 raise ThreadBusy("the thread stayed busy for too long") from exc
             try:
-                owner = await self._acquire_lease(thread_id, deadline)
+                owner, row = await self._acquire_lease(thread_id, deadline, read)
                 try:
-                    yield
+                    yield row
                 finally:
                     # Shielded: a cancelled turn must still give the thread back.
                     await asyncio.shield(self._release_lease(thread_id, owner))
@@ -71,7 +82,9 @@ class ThreadLocks:
             else:
                 self._local[thread_id] = (lock, users - 1)
 
-    async def _acquire_lease(self, thread_id: str, deadline: float) -> str:
+    async def _acquire_lease(
+        self, thread_id: str, deadline: float, read: Query | None
+    ) -> tuple[str, DictRow | None]:
         owner = self._process + uuid.uuid4().hex
         params = {
             "thread_id": thread_id,
@@ -82,9 +95,9 @@ class ThreadLocks:
         pause = POLL_START_S
         while True:
             async with self.db.connection() as conn:
-                row = await (await conn.execute(ACQUIRE_LEASE_SQL, params)).fetchone()
-            if row is not None:
-                return owner
+                granted, row = await _lease_and_read(conn, params, read)
+            if granted is not None:
+                return owner, row
             if self.mode == "reject" or time.monotonic() + pause > deadline:
                 raise ThreadBusy("another turn is running on this thread")
             await asyncio.sleep(pause)
@@ -96,3 +109,17 @@ class ThreadLocks:
                 await conn.execute(RELEASE_LEASE_SQL, (thread_id, owner))
         except Exception:  # the lease expires by itself; a failed release must not fail the turn
             logger.exception("could not release the lease on thread %s", thread_id)
+
+
+async def _lease_and_read(
+    conn: AsyncConnection, params: dict[str, Any], read: Query | None
+) -> tuple[DictRow | None, DictRow | None]:
+    """The lease's row (None: not granted) and `read`'s first row, in one round trip."""
+    if read is None:
+        return await (await conn.execute(ACQUIRE_LEASE_SQL, params)).fetchone(), None
+    # Binary, as AsyncPostgresSaver reads: its loaders expect that form.
+    async with conn.cursor(binary=True) as after:
+        async with conn.pipeline():
+            lease = await conn.execute(ACQUIRE_LEASE_SQL, params)
+            await after.execute(*read)
+        return await lease.fetchone(), await after.fetchone()
