@@ -9,7 +9,8 @@ The parent only supervises. It holds the port (bound, never listening, so it tak
 connections), forwards SIGTERM and SIGINT once to every worker, and when a worker exits on
 its own it stops the others and exits with that worker's code, for systemd or Docker to
 restart the group. Workers run in their own process group, so a terminal's Ctrl-C reaches
-them once, through the parent, and they drain gracefully instead of being forced.
+them once, through the parent, and they drain gracefully instead of being forced. A worker
+whose parent is gone (killed outright) drains and stops too.
 """
 
 from __future__ import annotations
@@ -50,8 +51,30 @@ def _worker(factory: str, settings: Settings, host: str, port: int) -> None:
         load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
     )
     server = uvicorn.Server(config)
-    loop.run(server.serve(sockets=[sock]))
+    loop.run(_serve_while_parent_lives(server, sock))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
+
+
+async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Serve until signalled, or until the parent is gone: a parent killed outright (SIGKILL,
+    the OOM killer) forwards nothing, and its workers would hold the port on their own, out
+    of a supervisor's sight. The parent's end of the spawn pipe closes however it dies."""
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:  # not started by run_workers
+        await server.serve(sockets=[sock])
+        return
+    running = asyncio.get_running_loop()
+
+    def orphaned() -> None:
+        running.remove_reader(parent.sentinel)
+        logger.warning("the parent process is gone; worker %d drains and stops", os.getpid())
+        server.should_exit = True
+
+    running.add_reader(parent.sentinel, orphaned)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        running.remove_reader(parent.sentinel)
 
 
 def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> int:

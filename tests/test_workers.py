@@ -47,6 +47,14 @@ def _workers(group: WorkerProcess) -> list[psutil.Process]:
     return workers
 
 
+def _gone(worker: psutil.Process) -> bool:
+    """Exited: orphans are reaped by whoever adopts them, so a zombie counts as gone."""
+    try:
+        return worker.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _held(worker: psutil.Process, port: int) -> int:
     return sum(
         1
@@ -99,3 +107,16 @@ def test_without_so_reuseport_workers_are_refused_with_a_clear_error(monkeypatch
     settings = Settings(_env_file=None, workers=2, fast_auth_keys="k")
     assert run(AGENT_APP, settings=settings, host="127.0.0.1", port=0) == STARTUP_FAILURE
     assert "needs SO_REUSEPORT" in caplog.text
+
+
+def test_workers_stop_when_the_parent_is_killed_outright(group):
+    # SIGKILL forwards nothing: the workers must notice on their own, not hold the port.
+    workers = _workers(group)
+    group.process.kill()
+    group.process.wait(10)
+    wait_until(lambda: all(_gone(worker) for worker in workers), within_s=30)
+    log = group.log.read_text()
+    assert log.count("the parent process is gone") == 2, log
+    assert log.count("Application shutdown complete") == 2, log
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", group.port)) != 0  # nobody listens any more
