@@ -21,6 +21,7 @@ from lang_agent.db import Database, resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.llm.proxies import ProxyRoutes
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
@@ -95,7 +96,11 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))
         models = ModelFactory(
             settings,
-            transport=CapturingTransport(Http1Transport(), recorder=recorder, catalog=catalog),
+            transport=CapturingTransport(
+                Http1Transport(proxies=ProxyRoutes.from_environment()),
+                recorder=recorder,
+                catalog=catalog,
+            ),
             sim_url=sim_url,
         )
         stack.push_async_callback(models.aclose)

@@ -135,3 +135,43 @@ def answering(*responses: bytes, keep: bool = True) -> Handler:
                 return
 
     return handler
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+def proxying(routes: dict[str, int], *, seen: list[bytes], require: bytes | None = None) -> Handler:
+    """An HTTP proxy: CONNECT tunnels, and requests in absolute form, to the loopback port
+    `routes` gives for each authority (host:port), so no name is ever resolved. `seen` gets
+    each request line; with `require`, one without that Proxy-Authorization gets a 407."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, *fields = head[:-4].split(b"\r\n")
+        seen.append(line)
+        given = [f.split(b":", 1)[1].strip() for f in fields if f.lower().startswith(b"proxy-auth")]
+        if require is not None and given != [require]:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            return
+        method, target, _ = line.split(b" ")
+        if method == b"CONNECT":
+            upstream = await asyncio.open_connection("127.0.0.1", routes[target.decode()])
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            url = httpx2.URL(target.decode())
+            upstream = await asyncio.open_connection("127.0.0.1", routes[url.netloc.decode()])
+            kept = [f for f in fields if not f.lower().startswith(b"proxy-auth")]
+            request_line = b" ".join([method, url.raw_path, b"HTTP/1.1"])
+            upstream[1].write(b"\r\n".join([request_line, *kept]) + b"\r\n\r\n")
+        await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
+
+    return handler

@@ -34,6 +34,7 @@ from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.llm.proxies import ProxyRoutes
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ async def running_proxy(
     catalog = ModelCatalog.load(settings.models_file)
     async with Recorder.open(settings, dsn=dsn) as recorder:
         transport = CapturingTransport(
-            Http1Transport(),
+            Http1Transport(proxies=ProxyRoutes.from_environment()),
             recorder=recorder,
             catalog=catalog,
             source="proxy",

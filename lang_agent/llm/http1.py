@@ -6,7 +6,8 @@ A model upstream needs little of that: one request at a time per connection, a b
 content-length, chunks or the end of the connection, keep-alive and TLS. This is that much.
 Timeouts mean what they mean in httpx2: `connect` (TCP and TLS), `write`, `read` (each wait for
 bytes, so a stream that keeps coming never times out) and `pool` (waiting for a connection).
-Errors are httpx2's, so callers and the capture layer see no difference.
+Errors are httpx2's, so callers and the capture layer see no difference. With `proxies`
+(llm/proxies.py: HTTPS_PROXY and friends) a connection goes through an HTTP proxy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import AsyncIterator
 from typing import NamedTuple
 
 import httpx2
+
+from lang_agent.llm.proxies import Proxy, ProxyRoutes
 
 # Every upstream connection kept alive: a turn holds two or three calls at once, so at
 # concurrency 100 a keep-alive cap of 200 closed and reopened connections all the time.
@@ -41,14 +44,21 @@ class Head(NamedTuple):
 
 
 class _Connection:
-    """One TCP (or TLS) connection and when it went back to the pool."""
+    """One TCP (or TLS) connection and when it went back to the pool. `forward` is the proxy
+    an http request goes to in absolute form (a tunnel for https needs nothing per request)."""
 
-    __slots__ = ("reader", "writer", "idle_since")
+    __slots__ = ("reader", "writer", "idle_since", "forward")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        forward: Proxy | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        self.forward = forward
 
     def usable(self, now: float, expiry: float | None) -> bool:
         """Still open, nothing unread from the server, not idle past the keep-alive expiry."""
@@ -64,11 +74,17 @@ class Http1Transport(httpx2.AsyncBaseTransport):
     """A keep-alive pool per origin under one limit on open connections.
 
     `verify` is the TLS context for https upstreams; without one, httpx2's default (certifi's
-    CA bundle, or SSL_CERT_FILE), made once, on the first https connection."""
+    CA bundle, or SSL_CERT_FILE), made once, on the first https connection. `proxies` says
+    which upstreams are reached through an HTTP proxy (none without)."""
 
     def __init__(
-        self, *, limits: httpx2.Limits = UPSTREAM_LIMITS, verify: ssl.SSLContext | None = None
+        self,
+        *,
+        limits: httpx2.Limits = UPSTREAM_LIMITS,
+        verify: ssl.SSLContext | None = None,
+        proxies: ProxyRoutes | None = None,
     ) -> None:
+        self._proxies = proxies
         self._slots = asyncio.Semaphore(limits.max_connections or 2**31)
         self._keep = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
@@ -167,22 +183,62 @@ class Http1Transport(httpx2.AsyncBaseTransport):
             if self._tls is None:
                 self._tls = httpx2.create_ssl_context()  # loads the CA bundle: about 25 ms
             tls = self._tls
+        proxy = self._proxies.proxy_for(scheme, host) if self._proxies else None
+        where = f"{host}:{port}" if proxy is None else f"{host}:{port} through the proxy {proxy}"
         try:
             async with asyncio.timeout(timeouts.get("connect")):
+                if proxy is None:
+                    reader, writer = await asyncio.open_connection(
+                        host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_HEAD
+                    )
+                    return _Connection(reader, writer)
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_HEAD
+                    proxy.host, proxy.port, limit=MAX_HEAD
                 )
+                conn = _Connection(reader, writer, forward=None if tls else proxy)
+                try:
+                    if tls is not None:
+                        await _tunnel(conn, host, port, proxy)
+                        await writer.start_tls(tls, server_hostname=host)
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
         except TimeoutError:
-            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
-        return _Connection(reader, writer)
+            raise httpx2.ConnectTimeout(f"connecting to {where} timed out") from None
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            raise httpx2.ConnectError(f"cannot connect to {where}: {exc}") from exc
+
+
+async def _tunnel(conn: _Connection, host: str, port: int, proxy: Proxy) -> None:
+    """CONNECT host:port through the proxy; a refusal is a ProxyError with its status."""
+    authority = (f"[{host}]" if ":" in host else host).encode("idna") + b":%d" % port
+    lines = [b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (authority, authority)]
+    if proxy.authorization:
+        lines.append(b"Proxy-Authorization: %s\r\n" % proxy.authorization)
+    conn.writer.write(b"".join(lines) + b"\r\n")
+    await conn.writer.drain()
+    try:
+        head = _parse_head(await conn.reader.readuntil(b"\r\n\r\n"))
+    except (httpx2.RemoteProtocolError, asyncio.LimitOverrunError) as exc:
+        raise httpx2.ProxyError(f"the proxy {proxy} answered CONNECT with garbage") from exc
+    if not 200 <= head.status < 300:
+        reason = head.reason.decode("latin-1")
+        raise httpx2.ProxyError(
+            f"the proxy {proxy} refused the tunnel to {host}:{port}: {head.status} {reason}"
+        )
 
 
 async def _send(conn: _Connection, request: httpx2.Request, write_s: float | None) -> None:
     url = request.url
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), url.raw_path)]
+    # Through a forwarding proxy the request line names the whole URL (absolute form).
+    target = url.raw_path
+    if conn.forward is not None:
+        target = b"%s://%s%s" % (url.raw_scheme, url.netloc, url.raw_path)
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), target)]
     lines += [b"%s: %s\r\n" % pair for pair in request.headers.raw]
+    if conn.forward is not None and conn.forward.authorization:
+        lines.append(b"Proxy-Authorization: %s\r\n" % conn.forward.authorization)
     lines.append(b"\r\n")
     writer = conn.writer
     try:
