@@ -9,7 +9,6 @@ import httpx2
 from lang_agent.capture.detect import (
     RepeatConfig,
     RepeatDetector,
-    estimate_tokens,
     preflight,
     truncation,
 )
@@ -17,6 +16,7 @@ from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import CapturingTransport
 from lang_agent.llm.context import calling
 from lang_agent.llm.models_catalog import ModelCatalog
+from lang_agent.llm.tokens import estimate_tokens
 from lang_agent.settings import CONFIGS
 from tests.capture_fixtures import (
     capture_db,

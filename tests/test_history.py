@@ -1,19 +1,28 @@
 """Which client messages are new, trimming history to the context window, capping memory."""
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from hypothesis import given
+from hypothesis import strategies as st
+from langchain_core.messages import (
+    AIMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    trim_messages,
+)
 from langgraph.graph.message import add_messages
 
 from lang_agent.agent.events import InputMessage
 from lang_agent.agent.history import (
-    approx_tokens,
     client_dialogue,
     client_instructions,
+    count_message_tokens,
     fit_window,
     new_messages,
     remember,
 )
 from lang_agent.errors import InvalidRequest
+from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 XIAOZHI_DIALOGUE = (
     InputMessage("system", "你是小智"),
@@ -76,7 +85,7 @@ def test_fit_window_keeps_newest_turns_within_budget():
     assert isinstance(fitted[0], SystemMessage)
     assert fitted[-1].content == "最后的问题"
     assert isinstance(fitted[1], HumanMessage)
-    used = sum(approx_tokens(m.content) + 4 for m in fitted)
+    used = sum(estimate_tokens(m.content) + 4 for m in fitted)
     assert used + 300 <= 1000
     assert len(fitted) < len(history)
 
@@ -86,9 +95,21 @@ def test_fit_window_refuses_a_message_larger_than_the_window():
         fit_window([HumanMessage("字" * 5000)], system="s", window=1000, max_tokens=100)
 
 
-def test_approx_tokens_counts_cjk_per_character():
-    assert approx_tokens("你好世界") == 4
-    assert approx_tokens("hello world!") == 3
+def test_estimate_tokens_counts_cjk_per_character():
+    assert estimate_tokens("你好世界") == 4
+    assert estimate_tokens("hello world!") == 3
+
+
+def _cjk(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u303f" or "\u3400" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef"
+
+
+@given(
+    st.text(alphabet=st.sampled_from("ab ,。你好！ｘ\u3000\u303f\u3400\u9fff\uff00\uffef\u2fff"))
+)
+def test_estimate_tokens_counts_every_cjk_character_once(text):
+    cjk = sum(1 for ch in text if _cjk(ch))
+    assert estimate_tokens(text) == cjk + (len(text) - cjk + 3) // 4
 
 
 def _turns(count: int, *, tool: bool = False) -> list:
@@ -130,3 +151,34 @@ def test_memory_is_never_cut_inside_a_turn():
 def test_a_turn_longer_than_the_cap_is_kept_whole():
     turn = _turns(1, tool=True)
     assert _saved(_turns(4), turn, keep=2) == turn
+
+
+_ROLES = st.sampled_from([HumanMessage, AIMessage, ToolMessage])
+_TEXT = st.text(alphabet="ab 你好", max_size=40)
+
+
+def _message(role, text: str):
+    return role(text, tool_call_id="c") if role is ToolMessage else role(text)
+
+
+@given(
+    history=st.lists(st.builds(_message, _ROLES, _TEXT), max_size=30),
+    window=st.integers(min_value=0, max_value=400),
+)
+def test_fit_window_keeps_what_langchains_trim_messages_keeps(history, window):
+    budget = window - 50 - MESSAGE_OVERHEAD_TOKENS - estimate_tokens("系统")
+    expected = trim_messages(
+        history,
+        max_tokens=max(budget, 0),
+        token_counter=count_message_tokens,
+        strategy="last",
+        start_on="human",
+        allow_partial=False,
+    )
+    if not expected:
+        with pytest.raises(InvalidRequest):
+            fit_window(history, system="系统", window=window, max_tokens=50)
+        return
+    fitted = fit_window(history, system="系统", window=window, max_tokens=50)
+    assert fitted[0] == SystemMessage("系统")
+    assert [id(m) for m in fitted[1:]] == [id(m) for m in expected]

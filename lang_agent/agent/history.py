@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 
 from langchain_core.messages import (
@@ -14,30 +13,21 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
     ToolMessage,
-    trim_messages,
 )
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
 from lang_agent.agent.events import InputMessage
 from lang_agent.errors import InvalidRequest
-
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
-MESSAGE_OVERHEAD_TOKENS = 4
-
-
-def approx_tokens(text: str) -> int:
-    """A tokenizer-free estimate: one token per CJK character, one per ~4 other characters."""
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4
+from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 
 def count_message_tokens(messages: Sequence[BaseMessage]) -> int:
     total = 0
     for message in messages:
         content = message.content if isinstance(message.content, str) else str(message.content)
-        total += MESSAGE_OVERHEAD_TOKENS + approx_tokens(content)
+        total += MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
         for call in getattr(message, "tool_calls", None) or []:
-            total += approx_tokens(call["name"]) + approx_tokens(json.dumps(call["args"]))
+            total += estimate_tokens(call["name"]) + estimate_tokens(json.dumps(call["args"]))
     return total
 
 
@@ -115,15 +105,20 @@ def fit_window(
     messages: Sequence[AnyMessage], *, system: str, window: int, max_tokens: int
 ) -> list[BaseMessage]:
     """System prompt plus the newest history that fits: prompt_tokens + max_tokens ≤ window."""
-    budget = window - max_tokens - MESSAGE_OVERHEAD_TOKENS - approx_tokens(system)
-    kept = trim_messages(
-        list(messages),
-        max_tokens=max(budget, 0),
-        token_counter=count_message_tokens,
-        strategy="last",
-        start_on="human",
-        allow_partial=False,
-    )
+    budget = window - max_tokens - MESSAGE_OVERHEAD_TOKENS - estimate_tokens(system)
+    # The newest messages that fit, starting on a user message: what LangChain's trim_messages
+    # (strategy "last", start_on "human") keeps, in one pass. Counts are per message, so a
+    # suffix's cost is the sum of its messages'; trim_messages searched prefixes and read its
+    # arguments' signature on every call, several times the cost, twice per turn.
+    kept: list[BaseMessage] = []
+    for message in reversed(messages):
+        budget -= count_message_tokens([message])
+        if budget < 0:
+            break
+        kept.append(message)
+    kept.reverse()
+    while kept and not isinstance(kept[0], HumanMessage):
+        kept.pop(0)
     if not kept:
         raise InvalidRequest("the latest message alone exceeds the model's context window")
     return [SystemMessage(system), *kept]

@@ -13,21 +13,12 @@ Memory and work per character are constant.
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from lang_agent.llm.models_catalog import ModelCatalog
-
-_CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
-MESSAGE_OVERHEAD_TOKENS = 4
-
-
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free estimate: one token per CJK character, one per ~4 other characters."""
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4
+from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 
 def _content_text(content: Any) -> str:
