@@ -1,5 +1,7 @@
 """Which client messages are new, trimming history to the context window, capping memory."""
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,7 +18,6 @@ from lang_agent.agent.events import InputMessage
 from lang_agent.agent.history import (
     client_dialogue,
     client_instructions,
-    count_message_tokens,
     fit_window,
     new_messages,
     remember,
@@ -153,24 +154,42 @@ def test_a_turn_longer_than_the_cap_is_kept_whole():
     assert _saved(_turns(4), turn, keep=2) == turn
 
 
-_ROLES = st.sampled_from([HumanMessage, AIMessage, ToolMessage])
+_ROLES = st.sampled_from(["user", "assistant", "tool call", "tool"])
 _TEXT = st.text(alphabet="ab 你好", max_size=40)
 
 
-def _message(role, text: str):
-    return role(text, tool_call_id="c") if role is ToolMessage else role(text)
+def _message(role: str, text: str):
+    match role:
+        case "user":
+            return HumanMessage(text)
+        case "assistant":
+            return AIMessage(text)
+        case "tool call":
+            return AIMessage("", tool_calls=[{"name": "play", "args": {"song": text}, "id": "c"}])
+        case _:
+            return ToolMessage(text, tool_call_id="c")
+
+
+def _tokens(messages) -> int:
+    """The estimate, message by message, as trim_messages' counter."""
+    total = 0
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS + estimate_tokens(message.content)
+        for call in getattr(message, "tool_calls", None) or []:
+            total += estimate_tokens(call["name"]) + estimate_tokens(json.dumps(call["args"]))
+    return total
 
 
 @given(
     history=st.lists(st.builds(_message, _ROLES, _TEXT), max_size=30),
-    window=st.integers(min_value=0, max_value=400),
+    window=st.integers(min_value=0, max_value=1500),
 )
 def test_fit_window_keeps_what_langchains_trim_messages_keeps(history, window):
     budget = window - 50 - MESSAGE_OVERHEAD_TOKENS - estimate_tokens("系统")
     expected = trim_messages(
         history,
         max_tokens=max(budget, 0),
-        token_counter=count_message_tokens,
+        token_counter=_tokens,
         strategy="last",
         start_on="human",
         allow_partial=False,

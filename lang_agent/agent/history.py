@@ -21,14 +21,14 @@ from lang_agent.errors import InvalidRequest
 from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 
-def count_message_tokens(messages: Sequence[BaseMessage]) -> int:
-    total = 0
-    for message in messages:
-        content = message.content if isinstance(message.content, str) else str(message.content)
-        total += MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
-        for call in getattr(message, "tool_calls", None) or []:
-            total += estimate_tokens(call["name"]) + estimate_tokens(json.dumps(call["args"]))
-    return total
+def _texts(message: BaseMessage) -> list[str]:
+    """What of a message reaches the model as text: its content and its tool calls."""
+    content = message.content if isinstance(message.content, str) else str(message.content)
+    texts = [content]
+    if isinstance(message, AIMessage):  # a getattr that misses costs pydantic an exception
+        for call in message.tool_calls:
+            texts += [call["name"], json.dumps(call["args"])]
+    return texts
 
 
 def _tool_call(raw: dict) -> dict:
@@ -106,19 +106,28 @@ def fit_window(
 ) -> list[BaseMessage]:
     """System prompt plus the newest history that fits: prompt_tokens + max_tokens ≤ window."""
     budget = window - max_tokens - MESSAGE_OVERHEAD_TOKENS - estimate_tokens(system)
-    # The newest messages that fit, starting on a user message: what LangChain's trim_messages
-    # (strategy "last", start_on "human") keeps, in one pass. Counts are per message, so a
-    # suffix's cost is the sum of its messages'; trim_messages searched prefixes and read its
-    # arguments' signature on every call, several times the cost, twice per turn.
-    kept: list[BaseMessage] = []
-    for message in reversed(messages):
-        budget -= count_message_tokens([message])
-        if budget < 0:
-            break
-        kept.append(message)
-    kept.reverse()
+    kept = _newest_within(messages, budget)
     while kept and not isinstance(kept[0], HumanMessage):
         kept.pop(0)
     if not kept:
         raise InvalidRequest("the latest message alone exceeds the model's context window")
     return [SystemMessage(system), *kept]
+
+
+def _newest_within(messages: Sequence[AnyMessage], budget: int) -> list[AnyMessage]:
+    """The newest messages whose tokens fit the budget. Counts are per message, so a suffix
+    costs the sum of its messages': one pass, where LangChain's trim_messages searched
+    prefixes (and read its arguments' signature on every call)."""
+    texts = [_texts(message) for message in messages]
+    # No text estimates to more tokens than it has characters: when the characters fit, so
+    # does everything (a long-lived thread far inside a large window), and none is scanned.
+    if sum(MESSAGE_OVERHEAD_TOKENS + sum(map(len, parts)) for parts in texts) <= budget:
+        return list(messages)
+    kept: list[AnyMessage] = []
+    for message, parts in zip(reversed(messages), reversed(texts), strict=True):
+        budget -= MESSAGE_OVERHEAD_TOKENS + sum(map(estimate_tokens, parts))
+        if budget < 0:
+            break
+        kept.append(message)
+    kept.reverse()
+    return kept
