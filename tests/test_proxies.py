@@ -44,6 +44,12 @@ SQUID = Proxy("squid.corp", 3128, None)
         ({"HTTPS_PROXY": "http://squid.corp:3128"}, "https", "127.0.0.1", None),
         ({"HTTPS_PROXY": "http://squid.corp:3128"}, "https", "localhost", None),
         ({"HTTPS_PROXY": "http://squid.corp:3128"}, "https", "::1", None),
+        ({"HTTPS_PROXY": "http://squid.corp:3128", "NO_PROXY": "[2001:db8::2], 10.0.0.1"},
+         "https", "2001:db8::2", None),
+        ({"HTTPS_PROXY": "http://squid.corp:3128", "NO_PROXY": "[2001:db8::2], 10.0.0.1"},
+         "https", "10.0.0.1", None),
+        ({"HTTPS_PROXY": "http://squid.corp:3128", "NO_PROXY": "[2001:db8::2], 10.0.0.1"},
+         "https", "10.0.0.2", SQUID),
     ],
 )  # fmt: skip
 def test_the_environment_picks_the_route(environ, scheme, host, expected):
@@ -62,6 +68,8 @@ def test_credentials_become_a_header_and_never_a_string():
     proxy = parse_proxy("http://alice:p%40ss@squid.corp:3128")
     assert proxy.authorization == b"Basic YWxpY2U6cEBzcw=="  # alice:p@ss
     assert str(proxy) == "http://squid.corp:3128" and "alice" not in repr(str(proxy))
+    assert str(parse_proxy("http://[::1]:3128")) == "http://[::1]:3128"
+    assert parse_proxy("http://:3128") is None and parse_proxy("http://proxy:port") is None
 
 
 def _tls_pair(name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -29,7 +29,8 @@ class Proxy(NamedTuple):
     authorization: bytes | None
 
     def __str__(self) -> str:  # never the credentials: this goes into logs and errors
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
 
 def parse_proxy(url: str) -> Proxy | None:
@@ -43,9 +44,12 @@ def parse_proxy(url: str) -> Proxy | None:
     except ValueError:
         logger.warning("ignoring a proxy URL that does not parse")
         return None
-    if parts.scheme.lower() != "http" or not parts.hostname:
+    if parts.scheme.lower() != "http":
         logger.warning("ignoring proxy %s://%s: only http:// proxies are supported",
                        parts.scheme, parts.hostname)  # fmt: skip
+        return None
+    if not parts.hostname:
+        logger.warning("ignoring a proxy URL without a host")
         return None
     authorization = None
     if parts.username is not None:
@@ -71,8 +75,8 @@ class ProxyRoutes:
     ) -> None:
         self.http = http
         self.https = https
-        self._bypass = [name.strip().lstrip(".").lower() for name in no_proxy.split(",")]
-        self._bypass = [name for name in self._bypass if name]
+        names = (name.strip().lstrip(".").strip("[]").lower() for name in no_proxy.split(","))
+        self._bypass = [name for name in names if name]
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> ProxyRoutes | None:
