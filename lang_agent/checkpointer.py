@@ -1,6 +1,7 @@
 """The LangGraph checkpointer of thread memory: AsyncPostgresSaver over our pool, lock-free,
-its (de)serialisation done on the event loop instead of in a worker thread, and its first read
-of a turn answerable from a row fetched beside the thread's lease."""
+its (de)serialisation done on the event loop instead of in a worker thread, chat messages
+loaded without validating them again, and its first read of a turn answerable from a row
+fetched beside the thread's lease."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import ormsgpack
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     ChannelVersions,
@@ -19,6 +28,7 @@ from langgraph.checkpoint.base import (
     CheckpointTuple,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.jsonplus import EXT_PYDANTIC_V2, JsonPlusSerializer
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
@@ -65,6 +75,40 @@ SETUP_WAIT_S = 120.0
 SETUP_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_checkpoint_setup'))"
 
 
+_MESSAGES = {
+    (cls.__module__, cls.__name__): cls
+    for cls in (HumanMessage, AIMessage, AIMessageChunk, SystemMessage, ToolMessage)
+}
+
+
+class MemorySerializer(JsonPlusSerializer):
+    """LangGraph's serializer, except that a stored chat message is rebuilt with
+    `model_construct` instead of its validating constructor.
+
+    A thread's whole memory is loaded on every turn: at the 200-message cap the validation
+    took a third of the load (3.6 → 2.3 ms). The fields were dumped from a valid message
+    (`model_dump`), so they need no second check. What is written is unchanged, so older and
+    newer code read each other's checkpoints. Everything else goes through LangGraph's own
+    hook. (Under LANGGRAPH_STRICT_MSGPACK a graph's allowlist clone gets a fresh hook: messages
+    then load the slower way, and still correctly.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        general = self._unpack_ext_hook
+
+        def hook(code: int, data: bytes) -> Any:
+            if code == EXT_PYDANTIC_V2:
+                module, name, fields, *_ = ormsgpack.unpackb(
+                    data, ext_hook=hook, option=ormsgpack.OPT_NON_STR_KEYS
+                )
+                message = _MESSAGES.get((module, name))
+                if message is not None and isinstance(fields, dict):
+                    return message.model_construct(**fields)
+            return general(code, data)
+
+        self._unpack_ext_hook = hook
+
+
 class _Preload:
     """A thread's latest checkpoint row, read already; answers one aget_tuple."""
 
@@ -105,7 +149,7 @@ class PooledSaver(AsyncPostgresSaver):
     """
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
-        super().__init__(pool)
+        super().__init__(pool, serde=MemorySerializer())
         self.lock = contextlib.nullcontext()  # type: ignore[assignment]
 
     async def setup(self) -> None:

@@ -6,15 +6,30 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from datetime import datetime
 
 import psycopg
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import START, MessagesState, StateGraph
 from psycopg.conninfo import make_conninfo
+from pydantic import BaseModel
 
 from lang_agent.agent.threads import ThreadLocks
-from lang_agent.checkpointer import LoopExecutor, PooledSaver, inline, install_loop_executor
+from lang_agent.checkpointer import (
+    LoopExecutor,
+    MemorySerializer,
+    PooledSaver,
+    inline,
+    install_loop_executor,
+)
 from lang_agent.db import Database
 
 
@@ -168,3 +183,51 @@ async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(pg_ds
         assert contents == ["先", "第1条", "后", "第3条"]
     finally:
         await db.close()
+
+
+class Verdict(BaseModel):
+    """Not a chat message: loads through LangGraph's own hook."""
+
+    route: str
+    when: datetime
+
+
+MEMORY = [
+    SystemMessage("你是小智", id="s1"),
+    HumanMessage("放首歌", id="h1"),
+    AIMessage(
+        "",
+        id="a1",
+        tool_calls=[{"name": "play", "args": {"song": "晴天"}, "id": "c1"}],
+        usage_metadata={"input_tokens": 12, "output_tokens": 3, "total_tokens": 15},
+        response_metadata={"model_name": "qwen-plus", "finish_reason": "tool_calls"},
+    ),
+    ToolMessage("正在播放", tool_call_id="c1", id="t1", artifact={"ok": True}, status="success"),
+    AIMessageChunk("好的", id="a2"),
+    AIMessage([{"type": "text", "text": "好的"}], id="a3", name="xiaozhi"),
+]
+
+
+def test_stored_messages_load_as_langgraph_loads_them_without_validating_again(monkeypatch):
+    stock, ours = JsonPlusSerializer(), MemorySerializer()
+    state = {"messages": MEMORY, "verdict": Verdict(route="tool", when=datetime(2026, 12, 3))}
+    blob = stock.dumps_typed(state)
+    assert ours.dumps_typed(state) == blob  # the stored form is LangGraph's
+    expected = stock.loads_typed(blob)
+    for cls in {type(m) for m in MEMORY}:  # rebuilt without their validating constructors
+        monkeypatch.setattr(cls, "__init__", _refuse)
+    loaded = ours.loads_typed(blob)
+    assert loaded["verdict"] == expected["verdict"] == state["verdict"]
+    assert [type(m) for m in loaded["messages"]] == [type(m) for m in MEMORY]
+    assert [m.model_dump() for m in loaded["messages"]] == [m.model_dump() for m in MEMORY]
+    assert [m.model_fields_set for m in loaded["messages"]] == [
+        m.model_fields_set for m in expected["messages"]
+    ]
+
+
+class Constructed(BaseException):
+    """Not an Exception: LangGraph's hook falls back to model_construct on those."""
+
+
+def _refuse(*args, **kwargs):
+    raise Constructed("a stored message went through its constructor")
