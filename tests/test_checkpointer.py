@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import psycopg
@@ -69,28 +70,36 @@ def _answer(state: MessagesState) -> dict:
     return {"messages": [AIMessage(f"第{len(state['messages'])}条")]}
 
 
-async def test_memory_round_trips_without_a_thread_hop(pg_dsn):
+def _memory_graph(saver: PooledSaver):
+    builder = StateGraph(MessagesState)
+    builder.add_node("answer", _answer)
+    builder.add_edge(START, "answer")
+    return builder.compile(checkpointer=saver)
+
+
+@pytest.fixture
+async def database(pg_dsn) -> AsyncIterator[Database]:
+    """An open pool on the test database, under the loop executor the server installs."""
     install_loop_executor()
-    db = Database(pg_dsn, max_size=2)
+    db = Database(pg_dsn, max_size=4)
     await db.open()
-    try:
-        saver = ThreadRecordingSaver(db.pool)
-        await saver.setup()
-        builder = StateGraph(MessagesState)
-        builder.add_node("answer", _answer)
-        builder.add_edge(START, "answer")
-        graph = builder.compile(checkpointer=saver)
-        config = {"configurable": {"thread_id": f"cp-{uuid.uuid4().hex[:8]}"}}
-        for text in ("你好", "再见"):
-            await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
-        state = await saver.aget_tuple(config)
-        contents = [m.content for m in state.checkpoint["channel_values"]["messages"]]
-        assert contents == ["你好", "第1条", "再见", "第3条"]
-        assert saver.threads == {threading.get_ident()}
-        # Anything else the loop hands its default executor still runs on a worker.
-        assert await asyncio.to_thread(threading.get_ident) != threading.get_ident()
-    finally:
-        await db.close()
+    yield db
+    await db.close()
+
+
+async def test_memory_round_trips_without_a_thread_hop(database):
+    saver = ThreadRecordingSaver(database.pool)
+    await saver.setup()
+    graph = _memory_graph(saver)
+    config = {"configurable": {"thread_id": f"cp-{uuid.uuid4().hex[:8]}"}}
+    for text in ("你好", "再见"):
+        await graph.ainvoke({"messages": [HumanMessage(text)]}, config)
+    state = await saver.aget_tuple(config)
+    contents = [m.content for m in state.checkpoint["channel_values"]["messages"]]
+    assert contents == ["你好", "第1条", "再见", "第3条"]
+    assert saver.threads == {threading.get_ident()}
+    # Anything else the loop hands its default executor still runs on a worker.
+    assert await asyncio.to_thread(threading.get_ident) != threading.get_ident()
 
 
 async def test_servers_starting_together_on_a_new_database_set_it_up_once(pg_dsn):
@@ -112,77 +121,58 @@ async def test_servers_starting_together_on_a_new_database_set_it_up_once(pg_dsn
             await db.close()
 
 
-def _memory_graph(saver: PooledSaver):
-    builder = StateGraph(MessagesState)
-    builder.add_node("answer", _answer)
-    builder.add_edge(START, "answer")
-    return builder.compile(checkpointer=saver)
+async def test_a_preloaded_row_answers_the_first_read_only(database):
+    saver = PooledSaver(database.pool)
+    await saver.setup()
+    graph = _memory_graph(saver)
+    thread = f"pre-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread}}
+    await graph.ainvoke({"messages": [HumanMessage("一")]}, config)
+    async with database.connection() as conn, conn.cursor(binary=True) as cur:
+        await cur.execute(*saver.latest_query(thread))
+        row = await cur.fetchone()
+    stored = await saver.aget_tuple(config)
+    await graph.ainvoke({"messages": [HumanMessage("二")]}, config)  # now the row is stale
+    with saver.preloaded(thread, row):
+        other = {"configurable": {"thread_id": "someone-else"}}
+        assert await saver.aget_tuple(other) is None  # another thread reads the database
+        first = await saver.aget_tuple(config)
+        second = await saver.aget_tuple(config)
+    assert first == stored  # the same tuple aget_tuple builds from the database
+    contents = [m.content for m in second.checkpoint["channel_values"]["messages"]]
+    assert contents == ["一", "第1条", "二", "第3条"]  # used once: then the database
+    with saver.preloaded(thread, None):
+        assert await saver.aget_tuple(config) is None  # the thread had no memory then
+        assert await saver.aget_tuple(config) is not None
 
 
-async def test_a_preloaded_row_answers_the_first_read_only(pg_dsn):
-    install_loop_executor()
-    db = Database(pg_dsn, max_size=2)
-    await db.open()
-    try:
-        saver = PooledSaver(db.pool)
-        await saver.setup()
-        graph = _memory_graph(saver)
-        thread = f"pre-{uuid.uuid4().hex[:8]}"
-        config = {"configurable": {"thread_id": thread}}
-        await graph.ainvoke({"messages": [HumanMessage("一")]}, config)
-        async with db.connection() as conn, conn.cursor(binary=True) as cur:
-            await cur.execute(*saver.latest_query(thread))
-            row = await cur.fetchone()
-        stored = await saver.aget_tuple(config)
-        await graph.ainvoke({"messages": [HumanMessage("二")]}, config)  # now the row is stale
-        with saver.preloaded(thread, row):
-            other = {"configurable": {"thread_id": "someone-else"}}
-            assert await saver.aget_tuple(other) is None  # another thread reads the database
-            first = await saver.aget_tuple(config)
-            second = await saver.aget_tuple(config)
-        assert first == stored  # the same tuple aget_tuple builds from the database
-        contents = [m.content for m in second.checkpoint["channel_values"]["messages"]]
-        assert contents == ["一", "第1条", "二", "第3条"]  # used once: then the database
-        with saver.preloaded(thread, None):
-            assert await saver.aget_tuple(config) is None  # the thread had no memory then
-            assert await saver.aget_tuple(config) is not None
-    finally:
-        await db.close()
-
-
-async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(pg_dsn):
+async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(database):
     # Two processes' lock tables on one database. The second waits for the lease while the
     # first turn saves its memory; the read riding on the lease must see that memory.
-    install_loop_executor()
-    db = Database(pg_dsn, max_size=4)
-    await db.open()
-    try:
-        saver = PooledSaver(db.pool)
-        await saver.setup()
-        graph = _memory_graph(saver)
-        ours, theirs = (ThreadLocks(db, mode="wait", wait_s=10, lease_ttl_s=60) for _ in range(2))
-        thread = f"lease-{uuid.uuid4().hex[:8]}"
-        config = {"configurable": {"thread_id": thread}}
-        held = asyncio.Event()
+    saver = PooledSaver(database.pool)
+    await saver.setup()
+    graph = _memory_graph(saver)
+    ours, theirs = (ThreadLocks(database, mode="wait", wait_s=10, lease_ttl_s=60) for _ in range(2))
+    thread = f"lease-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread}}
+    held = asyncio.Event()
 
-        async def first_turn() -> None:
-            async with theirs.hold(thread):
-                held.set()
-                await asyncio.sleep(0.1)  # the other process polls meanwhile
-                await graph.ainvoke({"messages": [HumanMessage("先")]}, config)
+    async def first_turn() -> None:
+        async with theirs.hold(thread):
+            held.set()
+            await asyncio.sleep(0.1)  # the other process polls meanwhile
+            await graph.ainvoke({"messages": [HumanMessage("先")]}, config)
 
-        async def second_turn() -> list[str]:
-            await held.wait()
-            async with ours.hold(thread, read=saver.latest_query(thread)) as row:
-                with saver.preloaded(thread, row):
-                    await graph.ainvoke({"messages": [HumanMessage("后")]}, config)
-            state = await saver.aget_tuple(config)
-            return [m.content for m in state.checkpoint["channel_values"]["messages"]]
+    async def second_turn() -> list[str]:
+        await held.wait()
+        async with ours.hold(thread, read=saver.latest_query(thread)) as row:
+            with saver.preloaded(thread, row):
+                await graph.ainvoke({"messages": [HumanMessage("后")]}, config)
+        state = await saver.aget_tuple(config)
+        return [m.content for m in state.checkpoint["channel_values"]["messages"]]
 
-        _, contents = await asyncio.gather(first_turn(), second_turn())
-        assert contents == ["先", "第1条", "后", "第3条"]
-    finally:
-        await db.close()
+    _, contents = await asyncio.gather(first_turn(), second_turn())
+    assert contents == ["先", "第1条", "后", "第3条"]
 
 
 class Verdict(BaseModel):
