@@ -86,11 +86,11 @@ class MemorySerializer(JsonPlusSerializer):
     `model_construct` instead of its validating constructor.
 
     A thread's whole memory is loaded on every turn: at the 200-message cap the validation
-    took a third of the load (3.6 → 2.3 ms). The fields were dumped from a valid message
-    (`model_dump`), so they need no second check. What is written is unchanged, so older and
-    newer code read each other's checkpoints. Everything else goes through LangGraph's own
-    hook. (Under LANGGRAPH_STRICT_MSGPACK a graph's allowlist clone gets a fresh hook: messages
-    then load the slower way, and still correctly.)"""
+    took about two fifths of the load (docs/performance.md). The fields were dumped from a
+    valid message (`model_dump`), so they need no second check. What is written is unchanged,
+    so older and newer code read each other's checkpoints. Everything else goes through
+    LangGraph's own hook. (Under LANGGRAPH_STRICT_MSGPACK a graph's allowlist clone gets a
+    fresh hook: messages then load the slower way, and still correctly.)"""
 
     def __init__(self) -> None:
         super().__init__()
