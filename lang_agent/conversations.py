@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
 from lang_agent.db import Database
-from lang_agent.jsonwire import jsonb_text
+from lang_agent.jsonwire import jsonb_dumps
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _text(value: Any) -> Any:
 
 
 def _jsonb(value: Any) -> Jsonb:
-    return Jsonb(value, dumps=jsonb_text)
+    return Jsonb(value, dumps=jsonb_dumps)
 
 
 @dataclass

@@ -12,9 +12,14 @@ standard library writes `NaN`, which is not JSON).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
+
+# A `\u0000` escape, but not `\\u0000`: that is an escaped backslash, then the text u0000.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def loads(data: bytes | str) -> Any:
@@ -42,11 +47,14 @@ def dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def jsonb_text(value: Any) -> str:
-    """Text for a Postgres jsonb parameter: unknown types as their str(), and \\u0000, which
-    jsonb refuses, as U+FFFD."""
+def jsonb_dumps(value: Any) -> bytes:
+    """UTF-8 JSON for a Postgres jsonb parameter (psycopg's `Jsonb(value, dumps=jsonb_dumps)`):
+    unknown types as their str(), and what Postgres cannot store in any form as U+FFFD: NUL
+    (jsonb refuses \\u0000) and lone surrogates (they have no UTF-8, and jsonb refuses them
+    escaped)."""
     try:
-        text = orjson.dumps(value, default=str).decode()
-    except TypeError:
+        data = orjson.dumps(value, default=str)
+    except TypeError:  # orjson refuses lone surrogates, non-string keys, integers over 64 bits
         text = json.dumps(value, ensure_ascii=False, default=str)
-    return text.replace("\\u0000", "\\ufffd")
+        data = _SURROGATE.sub("\ufffd", text).encode()
+    return _NUL_ESCAPE.sub(rb"\1\\ufffd", data) if b"\\u0000" in data else data

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import httpx2
 
-from lang_agent.capture.record import redact_headers, redact_url
+from lang_agent.capture.record import CallRecord, redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import CapturingTransport
 from lang_agent.llm.context import calling
@@ -88,6 +89,38 @@ async def test_a_nul_byte_does_not_sink_the_batch(recorder, capture_db):
     await recorder.flush()
     (row,) = await rows_of_thread(capture_db, thread)
     assert row["status"] == "ok" and row["response_body"]["note"] == "a\ufffdb"
+
+
+async def test_a_batch_keeps_queue_order_and_loses_only_the_row_postgres_refuses(
+    recorder, capture_db
+):
+    thread = new_thread()
+    records = [_record(thread, f"m{i}") for i in range(6)]
+    records[2].status_code = 2**40  # over the integer column's range: refused
+    records[4].request_body = {"half": "\ud83d", 7: "non-string key"}  # stored as U+FFFD
+    dropped = recorder.dropped
+    for record in records:
+        record.status = "ok"
+        recorder.finish(record)  # one batch: all six are queued before the writer wakes
+    await recorder.flush()
+    rows = await rows_of_thread(capture_db, thread)
+    assert [row["model"] for row in rows] == ["m0", "m1", "m3", "m4", "m5"]
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+    assert rows[3]["request_body"] == {"half": "\ufffd", "7": "non-string key"}
+    assert rows[0]["event_offsets_ms"] == [1.5, 2.25] and rows[0]["tags"] == ["a"]
+    assert recorder.dropped == dropped + 1
+
+
+def _record(thread: str, model: str) -> CallRecord:
+    record = CallRecord(
+        method="POST",
+        url="http://up/v1/chat/completions",
+        request_header={"content-type": "application/json"},
+        created_at=datetime.now(UTC),
+    )
+    record.thread_id, record.model, record.status_code = thread, model, 200
+    record.event_offsets_ms, record.tags = [1.5, 2.25], ["a"]
+    return record
 
 
 async def test_burst_of_200_calls_with_the_database_down(capture_sim, pg_gate):

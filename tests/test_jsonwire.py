@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lang_agent.jsonwire import dumpb, dumps, jsonb_text, loads
+from lang_agent.jsonwire import dumpb, dumps, jsonb_dumps, loads
 
 # Any text, lone surrogates included; integers that fit 64 bits (past that, see below).
 text = st.text(st.characters(exclude_categories=()))
@@ -52,11 +52,29 @@ def test_not_json_is_a_value_error(bad):
         loads(bad)
 
 
-def test_jsonb_text_is_what_postgres_jsonb_takes():
-    text = jsonb_text({"nul": "a\x00b", "when": object.__new__(_Stamp)})
+def test_jsonb_dumps_is_what_postgres_jsonb_takes():
+    text = jsonb_dumps({"nul": "a\x00b", "when": object.__new__(_Stamp)}).decode()
     assert "\\u0000" not in text
     assert json.loads(text) == {"nul": "a\ufffdb", "when": "stamp"}
-    assert json.loads(jsonb_text({"half": "\ud83d", 3: "x"})) == {"half": "\ud83d", "3": "x"}
+    assert json.loads(jsonb_dumps({"half": "\ud83d", 3: "x"})) == {"half": "\ufffd", "3": "x"}
+    assert json.loads(jsonb_dumps("a\\u0000b")) == "a\\u0000b"  # text, not an escape
+
+
+@given(values)
+def test_jsonb_dumps_keeps_everything_postgres_can_store(value):
+    data = jsonb_dumps(value)
+    assert json.loads(data.decode()) == _storable(value)  # UTF-8: no lone surrogate
+
+
+def _storable(value):
+    """The value as Postgres jsonb keeps it: NUL and lone surrogates become U+FFFD."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if c == "\x00" or "\ud800" <= c <= "\udfff" else c for c in value)
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
 
 
 class _Stamp:

@@ -10,10 +10,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from psycopg.types.json import Jsonb
-
-from lang_agent.jsonwire import jsonb_text
-
 REDACTED = "[REDACTED]"
 ALWAYS_REDACTED = frozenset(
     {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"}
@@ -29,14 +25,6 @@ _QUERY_SECRET = re.compile(r"([?&][^=&#]*(?:key|token|secret|sig)[^=&#]*=)[^&#]*
 # response (refused, timeout) · incomplete: the body or stream ended early · stopped: cut by us
 # (the repeat detector).
 Status = Literal["pending", "ok", "http_error", "error", "incomplete", "stopped"]
-JSON_COLUMNS = (
-    "request_header",
-    "request_body",
-    "client_request_body",
-    "response_header",
-    "response_body",
-    "flags",
-)
 COLUMNS = (
     "call_id source thread_id turn_id node method url model stream status status_code error "
     "request_header request_body client_request_body response_header response_body "
@@ -120,11 +108,5 @@ class CallRecord:
         return round((time.monotonic() - self.started) * 1000, 3)
 
     def row(self) -> dict[str, Any]:
-        """Parameters for the recorder's UPSERT_CALL_SQL."""
-        row = {name: getattr(self, name) for name in COLUMNS}
-        for name in JSON_COLUMNS:
-            row[name] = None if row[name] is None else Jsonb(row[name], dumps=jsonb_text)
-        for name in ("response_sse", "error"):
-            if row[name] is not None:
-                row[name] = row[name].replace("\x00", "\ufffd")
-        return row
+        """The `llm_calls` columns as JSON-ready values, for the recorder's batch upsert."""
+        return {name: getattr(self, name) for name in COLUMNS}

@@ -19,33 +19,28 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from lang_agent.capture.detect import RepeatConfig
 from lang_agent.capture.metrics import Metrics
-from lang_agent.capture.record import CallRecord
-from lang_agent.db import CONNECTION_KWARGS, mask_dsn, migrate
+from lang_agent.capture.record import COLUMNS, CallRecord
+from lang_agent.db import CONNECTION_KWARGS, CheckoutCheck, mask_dsn, migrate
+from lang_agent.jsonwire import jsonb_dumps
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Pending and final rows alike, in one statement so that a batch keeps the order of its calls
-# (ids follow it). Only a pending row is ever overwritten.
-UPSERT_CALL_SQL = """
-INSERT INTO llm_calls (call_id, source, thread_id, turn_id, node, method, url, model, stream,
-    status, status_code, error, request_header, request_body, client_request_body,
-    response_header, response_body, response_sse, event_offsets_ms, client_request_id,
-    upstream_request_id, chatcmpl_id, server_timing_ms, created_at, finished_at, ttfb_ms,
-    ttft_ms, ttft_reasoning_ms, latency_ms, tpot_ms, prompt_tokens, completion_tokens,
-    cached_tokens, reasoning_tokens, total_tokens, cost, finish_reason, flags, category, tags)
-VALUES (%(call_id)s, %(source)s, %(thread_id)s, %(turn_id)s, %(node)s, %(method)s, %(url)s,
-    %(model)s, %(stream)s, %(status)s, %(status_code)s, %(error)s, %(request_header)s,
-    %(request_body)s, %(client_request_body)s, %(response_header)s, %(response_body)s,
-    %(response_sse)s, %(event_offsets_ms)s, %(client_request_id)s, %(upstream_request_id)s,
-    %(chatcmpl_id)s, %(server_timing_ms)s, %(created_at)s, %(finished_at)s, %(ttfb_ms)s,
-    %(ttft_ms)s, %(ttft_reasoning_ms)s, %(latency_ms)s, %(tpot_ms)s, %(prompt_tokens)s,
-    %(completion_tokens)s, %(cached_tokens)s, %(reasoning_tokens)s, %(total_tokens)s,
-    %(cost)s, %(finish_reason)s, %(flags)s, %(category)s, %(tags)s)
+# A batch is one statement with one parameter, the rows as a JSON array: executemany adapted
+# ~40 parameters a row and sent a statement each, which cost several times the JSON. Pending
+# and final rows alike, in queue order, so that ids follow the order of the calls. Only a
+# pending row is ever overwritten.
+UPSERT_CALLS_SQL = (
+    sql.SQL("""
+INSERT INTO llm_calls ({columns})
+SELECT {columns} FROM jsonb_populate_recordset(NULL::llm_calls, %s) WITH ORDINALITY AS batch
+ORDER BY batch.ordinality
 ON CONFLICT (call_id) DO UPDATE SET
     model = EXCLUDED.model, stream = EXCLUDED.stream, status = EXCLUDED.status,
     status_code = EXCLUDED.status_code, error = EXCLUDED.error,
@@ -62,7 +57,10 @@ ON CONFLICT (call_id) DO UPDATE SET
     reasoning_tokens = EXCLUDED.reasoning_tokens, total_tokens = EXCLUDED.total_tokens,
     cost = EXCLUDED.cost, finish_reason = EXCLUDED.finish_reason, flags = EXCLUDED.flags
 WHERE llm_calls.status = 'pending'
-"""
+""")
+    .format(columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+    .as_string()
+)
 
 CONNECT_TIMEOUT_S = 3.0
 # How long the writer lets a batch gather after its first row. The pending and final rows of
@@ -161,13 +159,15 @@ class Recorder:
         """A fresh pool that starts connecting in the background (never waits for the DB)."""
         if self._pool is not None:
             await self._pool.close()
+        checkout = CheckoutCheck()
         self._pool = AsyncConnectionPool(
             self.dsn or "",
             min_size=1,
             max_size=2,
             open=False,
             kwargs={**CONNECTION_KWARGS, "connect_timeout": max(1, round(self.connect_timeout_s))},
-            check=AsyncConnectionPool.check_connection,
+            check=checkout.check,
+            reset=checkout.returned,
             timeout=self.connect_timeout_s,
             max_idle=300,
             max_lifetime=1800,
@@ -282,8 +282,7 @@ class Recorder:
                 await migrate(conn)
                 self._schema_ready = True
             try:
-                async with conn.transaction(), conn.cursor() as cur:
-                    await cur.executemany(UPSERT_CALL_SQL, rows)
+                await conn.execute(UPSERT_CALLS_SQL, (Jsonb(rows, dumps=jsonb_dumps),))
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
                 # One bad row must not sink the batch: retry row by row, drop the bad ones.
                 refused = await self._write_one_by_one(conn, rows)
@@ -296,7 +295,7 @@ class Recorder:
         refused = 0
         for row in rows:
             try:
-                await conn.execute(UPSERT_CALL_SQL, row)
+                await conn.execute(UPSERT_CALLS_SQL, (Jsonb([row], dumps=jsonb_dumps),))
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 refused += 1
                 self._drop(1)
