@@ -14,30 +14,28 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
-from lang_agent.db import Database
+from lang_agent.db import Database, insert_rows_sql
 from lang_agent.jsonwire import jsonb_dumps
 
 logger = logging.getLogger(__name__)
 
-INSERT_TURN_SQL = """
-INSERT INTO turns (turn_id, thread_id, front_end, profile, route, status, error_code, error,
-                   started_at, ttft_ms, latency_ms, prompt_tokens, completion_tokens, models,
-                   metadata)
-VALUES (%(turn_id)s, %(thread_id)s, %(front_end)s, %(profile)s, %(route)s, %(status)s,
-        %(error_code)s, %(error)s, %(started_at)s, %(ttft_ms)s, %(latency_ms)s,
-        %(prompt_tokens)s, %(completion_tokens)s, %(models)s, %(metadata)s)
-ON CONFLICT (turn_id) DO NOTHING
-"""
-INSERT_MESSAGE_SQL = """
-INSERT INTO messages (thread_id, turn_id, seq, role, content, tool_calls, tool_call_id,
-                      tool_name, is_filler, model, turn_started_at)
-VALUES (%(thread_id)s, %(turn_id)s, %(seq)s, %(role)s, %(content)s, %(tool_calls)s,
-        %(tool_call_id)s, %(tool_name)s, %(is_filler)s, %(model)s, %(turn_started_at)s)
-ON CONFLICT (turn_id, seq) DO NOTHING
-"""
+TURN_COLUMNS = (
+    "turn_id thread_id front_end profile route status error_code error started_at ttft_ms "
+    "latency_ms prompt_tokens completion_tokens models metadata"
+).split()
+MESSAGE_COLUMNS = (
+    "thread_id turn_id seq role content tool_calls tool_call_id tool_name is_filler model "
+    "turn_started_at"
+).split()
+INSERT_TURNS_SQL = insert_rows_sql("turns", TURN_COLUMNS, then="ON CONFLICT (turn_id) DO NOTHING")
+INSERT_MESSAGES_SQL = insert_rows_sql(
+    "messages", MESSAGE_COLUMNS, then="ON CONFLICT (turn_id, seq) DO NOTHING"
+)
 # Viewers LISTEN on this channel; the payload is the thread id ('' for stateless turns).
 NOTIFY_CHANNEL = "lang_agent_turns"
-NOTIFY_SQL = "SELECT pg_notify('lang_agent_turns', %s)"
+NOTIFY_SQL = (
+    "SELECT pg_notify('lang_agent_turns', thread) FROM jsonb_array_elements_text(%s) AS thread"
+)
 SELECT_THREAD_SQL = """
 SELECT m.turn_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.tool_name,
        m.is_filler, m.model, m.turn_started_at, t.route, t.status
@@ -52,12 +50,9 @@ WRITE_ATTEMPTS = 3
 OUTAGE_WAIT_S = 60.0
 
 
-def _text(value: Any) -> Any:
-    """Postgres text cannot hold NUL; a client may still send one. Keep the rest."""
-    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
-
-
 def _jsonb(value: Any) -> Jsonb:
+    """A jsonb parameter; NUL, which Postgres text cannot hold, and lone surrogates become
+    U+FFFD (a client may still send either)."""
     return Jsonb(value, dumps=jsonb_dumps)
 
 
@@ -81,22 +76,19 @@ class TurnRecord:
     entries: list[LogEntry] = field(default_factory=list)
 
     def turn_row(self) -> dict[str, Any]:
-        row = {k: _text(v) for k, v in self.__dict__.items() if k != "entries"}
-        row["models"] = _jsonb(self.models)
-        row["metadata"] = _jsonb(self.metadata)
-        return row
+        return {name: getattr(self, name) for name in TURN_COLUMNS}
 
     def message_rows(self) -> list[dict[str, Any]]:
         return [
             {
-                "thread_id": _text(self.thread_id),
+                "thread_id": self.thread_id,
                 "turn_id": self.turn_id,
                 "seq": seq,
                 "role": entry.role,
-                "content": _text(entry.content),
-                "tool_calls": _jsonb(entry.tool_calls) if entry.tool_calls else None,
-                "tool_call_id": _text(entry.tool_call_id),
-                "tool_name": _text(entry.tool_name),
+                "content": entry.content,
+                "tool_calls": entry.tool_calls or None,
+                "tool_call_id": entry.tool_call_id,
+                "tool_name": entry.tool_name,
                 "is_filler": entry.is_filler,
                 "model": entry.model,
                 "turn_started_at": self.started_at,
@@ -159,14 +151,13 @@ class ConversationLog:
         while attempt < WRITE_ATTEMPTS:
             attempt += 1
             try:
-                async with self.db.connection() as conn, conn.transaction():
-                    async with conn.cursor() as cur:
-                        await cur.executemany(INSERT_TURN_SQL, [t.turn_row() for t in batch])
-                        rows = [row for t in batch for row in t.message_rows()]
-                        if rows:
-                            await cur.executemany(INSERT_MESSAGE_SQL, rows)
-                        threads = {_text(t.thread_id) or "" for t in batch}
-                        await cur.executemany(NOTIFY_SQL, [(t,) for t in threads])
+                async with self.db.connection() as conn, conn.pipeline(), conn.transaction():
+                    await conn.execute(INSERT_TURNS_SQL, (_jsonb([t.turn_row() for t in batch]),))
+                    rows = [row for t in batch for row in t.message_rows()]
+                    if rows:
+                        await conn.execute(INSERT_MESSAGES_SQL, (_jsonb(rows),))
+                    threads = sorted({t.thread_id or "" for t in batch})
+                    await conn.execute(NOTIFY_SQL, (_jsonb(threads),))
                 self.written += len(batch)
                 return
             except psycopg.DataError:  # a row the database refuses: retrying cannot help

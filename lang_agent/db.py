@@ -10,12 +10,12 @@ import re
 import select
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -175,6 +175,23 @@ def schema_script() -> str:
         lines.append(f"{INSERT_VERSION_SQL.replace('%s', str(version))};")
     lines.append("COMMIT;")
     return "\n".join(lines) + "\n"
+
+
+def insert_rows_sql(table: str, columns: Iterable[str], *, then: str = "") -> str:
+    """An INSERT of a whole batch in one statement with one parameter: the rows as a jsonb
+    array of objects keyed by column (`Jsonb(rows, dumps=jsonwire.jsonb_dumps)`), inserted in
+    array order; `then` is the ON CONFLICT clause. `executemany` adapted every parameter of
+    every row and sent a statement each, which cost several times the JSON dump."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    return (
+        sql.SQL(
+            "INSERT INTO {table} ({names})\nSELECT {names}\n"
+            "FROM jsonb_populate_recordset(NULL::{table}, %s) WITH ORDINALITY AS batch\n"
+            "ORDER BY batch.ordinality\n{then}"
+        )
+        .format(table=sql.Identifier(table), names=names, then=sql.SQL(then))  # type: ignore[arg-type]
+        .as_string()
+    )
 
 
 def mask_dsn(dsn: str) -> str:

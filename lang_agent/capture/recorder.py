@@ -19,29 +19,24 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from lang_agent.capture.detect import RepeatConfig
 from lang_agent.capture.metrics import Metrics
 from lang_agent.capture.record import COLUMNS, CallRecord
-from lang_agent.db import CONNECTION_KWARGS, CheckoutCheck, mask_dsn, migrate
+from lang_agent.db import CONNECTION_KWARGS, CheckoutCheck, insert_rows_sql, mask_dsn, migrate
 from lang_agent.jsonwire import jsonb_dumps
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# A batch is one statement with one parameter, the rows as a JSON array: executemany adapted
-# ~40 parameters a row and sent a statement each, which cost several times the JSON. Pending
-# and final rows alike, in queue order, so that ids follow the order of the calls. Only a
-# pending row is ever overwritten.
-UPSERT_CALLS_SQL = (
-    sql.SQL("""
-INSERT INTO llm_calls ({columns})
-SELECT {columns} FROM jsonb_populate_recordset(NULL::llm_calls, %s) WITH ORDINALITY AS batch
-ORDER BY batch.ordinality
-ON CONFLICT (call_id) DO UPDATE SET
+# Pending and final rows alike, in one statement (in queue order, so that ids follow the order
+# of the calls). Only a pending row is ever overwritten.
+UPSERT_CALLS_SQL = insert_rows_sql(
+    "llm_calls",
+    COLUMNS,
+    then="""ON CONFLICT (call_id) DO UPDATE SET
     model = EXCLUDED.model, stream = EXCLUDED.stream, status = EXCLUDED.status,
     status_code = EXCLUDED.status_code, error = EXCLUDED.error,
     request_header = EXCLUDED.request_header, request_body = EXCLUDED.request_body,
@@ -56,10 +51,7 @@ ON CONFLICT (call_id) DO UPDATE SET
     completion_tokens = EXCLUDED.completion_tokens, cached_tokens = EXCLUDED.cached_tokens,
     reasoning_tokens = EXCLUDED.reasoning_tokens, total_tokens = EXCLUDED.total_tokens,
     cost = EXCLUDED.cost, finish_reason = EXCLUDED.finish_reason, flags = EXCLUDED.flags
-WHERE llm_calls.status = 'pending'
-""")
-    .format(columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
-    .as_string()
+WHERE llm_calls.status = 'pending'""",
 )
 
 CONNECT_TIMEOUT_S = 3.0
