@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import httpx2
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
-from lang_agent.capture.merge import SseSplitter, merge_chunks, merge_sse
+from lang_agent.capture.merge import SseSplitter, event_data, merge_chunks, merge_sse
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import CapturingTransport
 from lang_agent.llm.context import calling
@@ -86,6 +89,41 @@ def test_sse_splitter_reports_event_ends_across_chunks():
     assert [raw for raw, _ in events] == [b"data: 1\r\n\r\n", b"data: 2\n\n", b": comment\n\n"]
     assert events[0][1] == 2  # the first event ended two bytes into this chunk
     assert splitter.tail() == b"data: 3"
+
+
+# SSE lines: data, comments, other fields; any of the three line ends; text with U+2028.
+_line = st.sampled_from(["data: ", "data:", ": ", "event: ", "id: "]).flatmap(
+    lambda field: st.text(st.sampled_from('ab {}"\u2028你'), max_size=6).map(
+        lambda value: field + value
+    )
+)
+_end = st.sampled_from(["\n", "\r\n", "\r"])
+_event = st.tuples(st.lists(st.tuples(_line, _end), min_size=1, max_size=3), _end).map(
+    lambda parts: "".join(line + end for line, end in parts[0]) + parts[1]
+)
+
+
+@given(
+    st.lists(_event, max_size=6),
+    st.text(st.sampled_from("da:t \n"), max_size=5),
+    st.lists(st.integers(0, 200), max_size=5),
+)
+@example(["data: a\rdata: b\n\n"], "", [])  # a lone \r ends a line too
+@settings(max_examples=300)
+def test_sse_splitter_and_event_data_follow_the_spec_however_chunked(events, tail, cuts):
+    stream = ("".join(events) + tail).encode()
+    cuts = sorted(min(cut, len(stream)) for cut in cuts)
+    splitter = SseSplitter()
+    found = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        found += [raw for raw, _ in splitter.feed(stream[start:end])]
+    ends = [m.end() for m in re.finditer(rb"\r\n\r\n|\n\n|\r\r", stream)]
+    assert found == [stream[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+    assert b"".join(found) + splitter.tail() == stream
+    for raw in found:
+        lines = re.split(r"\r\n|\r|\n", raw.decode())
+        data_lines = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        assert event_data(raw) == ("\n".join(data_lines) if data_lines else None)
 
 
 def test_merge_sse_text_skips_comments_and_done():

@@ -29,12 +29,18 @@ class SseSplitter:
         """Complete events as (raw bytes with terminator, end offset inside `chunk`)."""
         carried = len(self._buffer)
         self._buffer += chunk
+        buffer = self._buffer
         events = []
         position = 0
-        while match := _BOUNDARY.search(self._buffer, position):
-            events.append((bytes(self._buffer[position : match.end()]), match.end() - carried))
-            position = match.end()
-        del self._buffer[:position]
+        if b"\r" in buffer:
+            while match := _BOUNDARY.search(buffer, position):
+                events.append((bytes(buffer[position : match.end()]), match.end() - carried))
+                position = match.end()
+        else:  # the usual case, without the regex: every boundary is \n\n
+            while (found := buffer.find(b"\n\n", position)) >= 0:
+                events.append((bytes(buffer[position : found + 2]), found + 2 - carried))
+                position = found + 2
+        del buffer[:position]
         return events
 
     def tail(self) -> bytes:
@@ -45,6 +51,8 @@ class SseSplitter:
 def event_data(raw: bytes | str) -> str | None:
     """The joined `data:` lines of one event; None for comments and events without data."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if text.startswith("data: ") and text.find("\n") == len(text) - 2 and "\r" not in text:
+        return text[6:-2]  # the usual event: one data line and the blank line
     # SSE lines end in \r\n, \n or \r, nothing else: str.splitlines also splits at U+2028
     # and friends, which JSON may carry unescaped, and the event's chunk was lost.
     if "\r" in text:

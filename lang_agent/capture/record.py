@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
@@ -37,18 +38,24 @@ COLUMNS = (
 
 def is_secret_header(name: str, *, extra: Iterable[str] = ()) -> bool:
     lowered = name.lower()
-    if lowered in ALWAYS_REDACTED or lowered in {e.lower() for e in extra}:
+    return _looks_secret(lowered) or lowered in {e.lower() for e in extra}
+
+
+@functools.lru_cache(maxsize=1024)
+def _looks_secret(lowered: str) -> bool:
+    """Cached: every captured call asks again about the same few dozen header names."""
+    if lowered in ALWAYS_REDACTED:
         return True
     return lowered not in _HARMLESS and bool(_KEY_LIKE.search(lowered))
 
 
 def redact_headers(headers: Iterable[tuple[str, str]], *, extra: Iterable[str] = ()) -> dict:
     """Headers as {lower-case name: value} with every key-like value replaced by [REDACTED]."""
-    extra = tuple(extra)
+    configured = {name.lower() for name in extra}
     result: dict[str, str] = {}
     for name, value in headers:
         key = name.lower()
-        value = REDACTED if is_secret_header(key, extra=extra) else value
+        value = REDACTED if _looks_secret(key) or key in configured else value
         result[key] = f"{result[key]}, {value}" if key in result else value
     return result
 

@@ -92,7 +92,7 @@ class CapturingStream(httpx2.AsyncByteStream):
         self._on_close = on_close
         self._splitter = SseSplitter()
         self._merger = CompletionMerger()
-        self._events: list[str] = []
+        self._events: list[bytes] = []
         self._offsets: list[float] = []
         self._body = bytearray()
         self._kept = 0
@@ -163,14 +163,13 @@ class CapturingStream(httpx2.AsyncByteStream):
 
     def _on_event(self, raw: bytes) -> None:
         offset = self.record.elapsed_ms()
-        text = raw.decode("utf-8", "replace")
         if self._kept + len(raw) <= self._max_bytes:
-            self._events.append(text)
+            self._events.append(raw)  # decoded once, at the end
             self._offsets.append(offset)
             self._kept += len(raw)
         else:
             self.record.flags["response_truncated"] = True
-        data = event_data(text)
+        data = event_data(raw)
         if data is None:
             return
         if data.strip() == DONE:
@@ -240,8 +239,11 @@ class CapturingStream(httpx2.AsyncByteStream):
         if self._seen > self._max_bytes:
             record.flags["response_truncated"] = True
         if self._sse:
-            tail = self._splitter.tail().decode("utf-8", "replace")
-            record.response_sse = "".join(self._events) + tail
+            # Events end at a blank line, so no UTF-8 sequence spans two: one decode of the
+            # whole is the same text as one per event.
+            record.response_sse = b"".join([*self._events, self._splitter.tail()]).decode(
+                "utf-8", "replace"
+            )
             record.event_offsets_ms = self._offsets
             record.response_body = self._merger.result() if self._merger.chunks else None
         else:
