@@ -7,12 +7,13 @@ simulator profile a chat turn's answer is about 37 pieces (≈ 0.97 s) and the r
 
 from __future__ import annotations
 
-import json
 import re
 import string
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from lang_agent.jsonwire import loads
 
 Front = Literal["openai", "dashscope"]
 FRONTS: tuple[Front, ...] = ("dashscope", "openai")
@@ -107,7 +108,7 @@ class StreamReader:
             self.finished = self.error is None
             return
         try:
-            body = json.loads(data)
+            body = loads(data)
         except ValueError:
             self.error = f"bad frame: {data[:80]}"
             return
