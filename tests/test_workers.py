@@ -120,3 +120,28 @@ def test_workers_stop_when_the_parent_is_killed_outright(group):
     assert log.count("Application shutdown complete") == 2, log
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", group.port)) != 0  # nobody listens any more
+
+
+def test_the_embedded_postgres_of_a_killed_parent_is_stopped_by_the_next_run(simulator, tmp_path):
+    # Without CONN_STR the parent starts an embedded Postgres for its workers. Killed outright,
+    # it cannot stop it; the next run must adopt that server and stop it when it exits.
+    env = worker_env("", simulator.base_url, tmp_path, WORKERS="2")
+    del env["CONN_STR"]
+    postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
+    first = WorkerProcess(env, cwd=tmp_path).wait_ready()
+    server = psutil.Process(int(postmaster.read_text().split()[0]))
+    second = None
+    try:
+        first.process.kill()
+        first.process.wait(10)
+        second = WorkerProcess(env, cwd=tmp_path).wait_ready()
+        assert int(postmaster.read_text().split()[0]) == server.pid  # the same server, adopted
+        assert "this run adopts it" in second.log.read_text()
+        second.stop()
+        assert second.process.returncode == 0
+        wait_until(lambda: _gone(server), within_s=30)
+    finally:
+        if second is not None:
+            second.stop()
+        if not _gone(server):
+            server.send_signal(signal.SIGINT)  # Postgres's fast shutdown
