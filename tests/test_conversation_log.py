@@ -1,0 +1,43 @@
+"""The conversation log's writer: a batch in one transaction, and a refused turn costs only
+itself."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from lang_agent.agent.state import LogEntry
+from lang_agent.conversations import ConversationLog, TurnRecord, read_thread
+from lang_agent.db import Database
+
+
+def _turn(thread_id: str, text: str, **fields) -> TurnRecord:
+    turn = TurnRecord(
+        turn_id=str(uuid.uuid4()),
+        thread_id=thread_id,
+        front_end="openai",
+        profile="default",
+        started_at=datetime.now(UTC),
+        status="ok",
+        **fields,
+    )
+    turn.entries = [LogEntry(role="user", content=text), LogEntry(role="assistant", content="好")]
+    return turn
+
+
+async def test_a_refused_turn_costs_only_itself_and_text_postgres_cannot_hold_is_kept(pg_dsn):
+    db = Database(pg_dsn, max_size=2)
+    await db.open()
+    threads = [f"log-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    try:
+        async with ConversationLog(db) as log:
+            log.record(_turn(threads[0], "半个\ud83d表情和\x00"))
+            log.record(_turn(threads[1], "太多", prompt_tokens=2**40))  # over integer: refused
+            log.record(_turn(threads[2], "正常"))
+            await log.flush(within_s=10)
+        assert (log.written, log.dropped) == (2, 1)
+        first, refused, last = [await read_thread(db, thread) for thread in threads]
+        assert [m["content"] for m in first] == ["半个\ufffd表情和\ufffd", "好"]
+        assert refused == [] and [m["content"] for m in last] == ["正常", "好"]
+    finally:
+        await db.close()
