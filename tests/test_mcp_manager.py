@@ -197,6 +197,27 @@ async def test_a_server_down_at_start_up_comes_up_later():
             await asyncio.wait_for(sim.wait(), 10)
 
 
+async def test_a_loopback_server_is_reached_directly_whatever_the_proxy_variables(monkeypatch):
+    # A proxy for the outside world (Clash, a corporate one) must not swallow a local device.
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, dead_proxy)
+    for name in ("NO_PROXY", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_port()
+    command = [sys.executable, "-m", "lang_agent.tools.device_sim", "--port", str(port)]
+    sim = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+    servers = {"bridge": {"transport": "streamable_http", "url": f"http://127.0.0.1:{port}/mcp"}}
+    try:
+        async with manager(servers) as mcp:
+            await until(lambda: mcp.health()["state"] == "up")
+            assert (await invoke(mcp, "self_audio_speaker_set_volume", volume=40)).content == "true"
+            assert await volume(mcp) == 40
+    finally:
+        sim.terminate()
+        await asyncio.wait_for(sim.wait(), 10)
+
+
 async def test_a_hanging_tool_times_out_and_the_session_survives():
     servers = {"dev": stdio("--hang-tool", "self.lamp.turn_on", timeout_s=1)}
     async with manager(servers) as mcp:

@@ -58,7 +58,8 @@ def parse_proxy(url: str) -> Proxy | None:
     return Proxy(parts.hostname, port, authorization)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """A host on this machine: no proxy is ever right for it."""
     if host.lower() == "localhost" or host.lower().endswith(".localhost"):
         return True
     try:
@@ -98,7 +99,7 @@ class ProxyRoutes:
 
     def proxy_for(self, scheme: str, host: str) -> Proxy | None:
         proxy = self.https if scheme == "https" else self.http
-        if proxy is None or _is_loopback(host):
+        if proxy is None or is_loopback(host):
             return None
         host = host.lower().strip("[]")
         for name in self._bypass:

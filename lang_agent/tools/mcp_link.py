@@ -21,9 +21,11 @@ import anyio
 import httpx
 from langchain_mcp_adapters.sessions import create_session
 from mcp import ClientSession, types
+from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
 from mcp.shared.exceptions import McpError
 
-from lang_agent.tools.mcp_config import ServerConfig
+from lang_agent.llm.proxies import is_loopback
+from lang_agent.tools.mcp_config import HTTP_TRANSPORTS, ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,21 @@ def describe(exc: BaseException) -> str:
         return exc.error.message
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def direct_client(
+    headers: dict[str, str] | None = None,
+    timeout: httpx.Timeout | None = None,
+    auth: httpx.Auth | None = None,
+) -> httpx.AsyncClient:
+    """The mcp library's HTTP client, for a server on this host, without the environment's
+    proxies: httpx would send a loopback URL to HTTPS_PROXY unless NO_PROXY names it."""
+    return httpx.AsyncClient(
+        headers=headers,
+        timeout=timeout or httpx.Timeout(MCP_DEFAULT_TIMEOUT, read=MCP_DEFAULT_SSE_READ_TIMEOUT),
+        auth=auth,
+        trust_env=False,
+    )
 
 
 class ServerLink:
@@ -208,6 +225,10 @@ class ServerLink:
         kwargs = dict(connection.get("session_kwargs") or {})
         kwargs["message_handler"] = self._on_message
         connection["session_kwargs"] = kwargs
+        if self.config.transport in ("sse", *HTTP_TRANSPORTS) and is_loopback(
+            httpx.URL(connection["url"]).host
+        ):
+            connection["httpx_client_factory"] = direct_client
         async with contextlib.AsyncExitStack() as stack:
             try:
                 async with asyncio.timeout(self.connect_timeout_s):
