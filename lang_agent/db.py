@@ -19,6 +19,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from lang_agent.settings import Settings
 
@@ -316,6 +317,31 @@ def _has_news(conn: AsyncConnection) -> bool:
         return True
 
 
+# psycopg_pool tries to replace a lost connection 1, 3, 7, 15, 31… s after losing it. After an
+# outage of a minute its next try could come half a minute after the database was back, and
+# every turn on a thread failed until then. Past this delay it tries at a steady pace.
+RECONNECT_MAX_DELAY_S = 2.0
+
+
+class _SteadyBackoff(AttemptWithBackoff):
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_DELAY_S)
+
+
+class Pool(AsyncConnectionPool):
+    """AsyncConnectionPool whose reconnection attempts come at most RECONNECT_MAX_DELAY_S
+    apart; it still gives up after `reconnect_timeout`. (`_add_connection` is the pool's own
+    hook for each attempt; if a release renames it, the outage test in
+    test_faults_postgres.py fails.)"""
+
+    async def _add_connection(
+        self, attempt: AttemptWithBackoff | None, growing: bool = False
+    ) -> None:
+        attempt = attempt or _SteadyBackoff(timeout=self.reconnect_timeout)
+        await super()._add_connection(attempt, growing)
+
+
 class Database:
     """A pool over one Postgres, with the schema applied."""
 
@@ -330,7 +356,7 @@ class Database:
     ) -> None:
         self.dsn = dsn
         checkout = checkout or CheckoutCheck()
-        self.pool = AsyncConnectionPool(
+        self.pool = Pool(
             dsn,
             min_size=min_size,
             max_size=max_size,

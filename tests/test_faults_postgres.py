@@ -272,3 +272,29 @@ def test_a_lease_lost_in_an_outage_does_not_wedge_its_thread(live_server, own_pg
         again = answers[-1]
         # The failed turn never reached memory.
         assert "小明" in again.json()["choices"][0]["message"]["content"]
+
+
+def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
+    """psycopg_pool tries to replace a lost connection 1, 3, 7, 15… s after losing it. After an
+    outage of eight seconds its next try came five to eight seconds after the database was
+    back, and every turn on a thread failed until then. Its tries now come at most
+    RECONNECT_MAX_DELAY_S apart."""
+    server = live_server(conn_str=own_pg.dsn, db_timeout_s=1.0)
+    thread_id = f"pgback-{uuid.uuid4().hex[:8]}"
+    body = {"messages": [{"role": "user", "content": "你好"}], "thread_id": thread_id}
+    with httpx2.Client(base_url=server.url, headers=HEADERS, timeout=REQUEST_BOUND_S) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        own_pg.stop()
+        try:
+            # The turn finds the pooled connection dead: the pool starts replacing it.
+            lost = client.post("/v1/chat/completions", json=body)
+            lost_at = time.monotonic()
+            assert lost.status_code == 503
+            time.sleep(max(0.0, lost_at + 7.5 - time.monotonic()))
+        finally:
+            own_pg.start()
+        wait_until(
+            lambda: client.post("/v1/chat/completions", json=body).status_code == 200,
+            within_s=4.0,
+            every_s=0.2,
+        )
