@@ -19,7 +19,8 @@ from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.replay import ReplayCase, ReplayServer
 from lang_agent.capture.transport import CapturingTransport
 from lang_agent.llm.context import calling
-from lang_agent.llm.sim import Latency, SimProfile, Simulator
+from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim_profile import Latency, SimProfile
 from tests.capture_fixtures import capture_db, capture_dsn, capture_pg, capture_sim
 
 __all__ = ["capture_db", "capture_dsn", "capture_pg", "capture_sim"]

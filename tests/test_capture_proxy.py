@@ -12,7 +12,8 @@ import pytest
 
 from lang_agent.capture.proxy import running_proxy, upstream_url
 from lang_agent.capture.query import CallFilter, get_calls
-from lang_agent.llm.sim import Latency, SimProfile, Simulator
+from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim_profile import Latency, SimProfile
 from lang_agent.settings import Settings
 from tests.capture_fixtures import capture_db, capture_dsn, capture_pg, capture_sim, eventually
 

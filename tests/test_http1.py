@@ -13,7 +13,8 @@ import pytest
 import trustme
 
 from lang_agent.llm.http1 import Http1Transport
-from lang_agent.llm.sim import Latency, SimProfile, Simulator
+from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim_profile import Latency, SimProfile
 from tests.support import Handler, answering, http_chunk, raw_server
 
 BODY = {"model": "sim-chat", "messages": [{"role": "user", "content": "讲个笑话"}], "stream": True}

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from lang_agent.cli import main
-from lang_agent.llm.sim import Latency, SimProfile, Simulator
+from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim_profile import Latency, SimProfile
 
 ROUTE_TOOL = {
     "type": "function",

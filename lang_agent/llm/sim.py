@@ -4,7 +4,7 @@ A small asyncio HTTP/1.1 server (keep-alive, chunked streams flushed per event) 
 `POST /v1/chat/completions` in Qwen's compatible-mode wire format, with replies from
 `sim_replies` (role detection, tool calls, answers) and `sim_intents` (what a request asks for).
 Faults queued with `Simulator.inject` or `POST /_sim/faults` produce real errors, resets, cut
-and endless streams. Latency comes from a `SimProfile`; see `SimProfile` for the numbers.
+and endless streams. Latency comes from a `SimProfile` (`sim_profile`), which has the numbers.
 A `sim_script.Script` (`script=` or `POST /_sim/script`) scripts chosen replies, e.g. mistakes.
 """
 
@@ -14,17 +14,17 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import math
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from lang_agent import loop
 from lang_agent.llm import sim_replies
+from lang_agent.llm.sim_profile import ROLES, Latency, SimProfile
 from lang_agent.llm.sim_script import Script
 from lang_agent.llm.sim_wire import (
     ChatPlan,
@@ -43,7 +43,6 @@ from lang_agent.llm.sim_wire import (
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("router", "chat", "tool", "chatty")
 MODELS = tuple(f"sim-{role}" for role in ROLES)
 FAULTS = ("429", "500", "timeout", "reset", "cut", "loop", "length", "slow")
 TIMEOUT_FAULT_S = 120.0  # a `timeout` fault holds the request this long at most
@@ -51,67 +50,6 @@ SLOW_TTFT_MS = 2000.0  # time to first byte of a `slow` fault
 CUT_AFTER = 3  # content chunks a `cut` stream sends before it drops the connection
 YIELD_EVERY = 64  # unpaced streams flush and look for a departed client this often
 CALL_LOG_SIZE = 200_000  # completed calls kept for GET /_sim/calls (benchmarks read and clear it)
-
-
-@dataclass(frozen=True)
-class Latency:
-    """One role's timing."""
-
-    ttft_ms: float = 0.0  # delay before the first byte of the answer
-    tokens_per_s: float = 0.0  # 0 = all chunks at once
-
-
-@dataclass(frozen=True)
-class SimProfile:
-    """Timing per role.
-
-    ``fast`` (the default): no delays at all. ``original`` mimics the reference system's models:
-    router 250 ms to the first byte + 80 tokens/s (its 3-fragment route call ≈ 0.3 s in all);
-    chat 350 ms + 60 tokens/s (a 40-token answer ≈ 1 s); tool like chat; chatty filler 200 ms
-    + 60 tokens/s (a short clause ≈ 0.3 s).
-    """
-
-    router: Latency = Latency()
-    chat: Latency = Latency()
-    tool: Latency = Latency()
-    chatty: Latency = Latency()
-
-    @classmethod
-    def named(cls, name: str) -> SimProfile:
-        if name == "fast":
-            return cls()
-        if name == "original":
-            return cls(
-                router=Latency(250, 80),
-                chat=Latency(350, 60),
-                tool=Latency(350, 60),
-                chatty=Latency(200, 60),
-            )
-        raise ValueError(f"unknown simulator profile {name!r} (fast or original)")
-
-    def updated(self, changes: dict[str, Any]) -> SimProfile:
-        """A copy with `{"profile": name}` and/or `{role: {"ttft_ms": …, "tokens_per_s": …}}`."""
-        base = SimProfile.named(str(changes["profile"])) if "profile" in changes else self
-        roles: dict[str, Latency] = {}
-        for role, values in changes.items():
-            if role == "profile":
-                continue
-            if role not in ROLES or not isinstance(values, dict):
-                raise ValueError(f"unknown profile setting {role!r}")
-            for key, number in values.items():
-                if key not in ("ttft_ms", "tokens_per_s") or not _non_negative(number):
-                    raise ValueError(f"{role}.{key} must be ttft_ms or tokens_per_s, a number >= 0")
-            roles[role] = replace(getattr(base, role), **values)
-        return replace(base, **roles)
-
-    def as_dict(self) -> dict[str, dict[str, float]]:
-        return asdict(self)
-
-
-def _non_negative(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and value >= 0
 
 
 class Simulator:
