@@ -319,6 +319,22 @@ def test_memory_keeps_the_latest_turns_and_the_log_keeps_all(live_server, pg_dsn
     ]  # fmt: skip
 
 
+def test_memory_holds_the_dialogue_not_the_turns_input(live_server, pg_dsn, thread_id):
+    """The turn's input reaches the nodes through an ephemeral channel: the checkpoint saved at
+    the end has the dialogue and the route, and no copy of what the client sent."""
+    server = live_server()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    ask(client, "我叫小明", thread_id=thread_id)
+    assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
+    with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
+        channels = conn.execute(
+            "SELECT DISTINCT channel FROM checkpoint_blobs WHERE thread_id = %s", (thread_id,)
+        ).fetchall()
+    assert set(state.checkpoint["channel_values"]) == {"messages", "route"}
+    assert [row["channel"] for row in channels] == ["messages"]
+
+
 def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_id):
     set_latency(simulator, "tool", ttft_ms=300)
     try:

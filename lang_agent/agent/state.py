@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypedDict
 
 from langchain_core.messages import AnyMessage
+from langgraph.channels.ephemeral_value import EphemeralValue
 from langgraph.graph.message import add_messages
 
 from lang_agent.agent.events import AnswerDelta, Filler, ModelUsage, TurnEvent, TurnRequest, Usage
@@ -25,8 +26,9 @@ MIN_TOOL_BUDGET_S = 1.0
 class TurnState(TypedDict, total=False):
     # Memory: only the answering node writes it, in one step, so a failed turn adds nothing.
     messages: Annotated[list[AnyMessage], add_messages]
-    # This turn's input as the client sent it; overwritten every turn.
-    turn_input: list[Any]
+    # This turn's new messages, for the nodes of this turn only: an ephemeral channel is empty
+    # once a step passes without a write, so the checkpoint saved at the end leaves it out.
+    turn_input: Annotated[list[Any], EphemeralValue(list)]
     route: str
 
 
