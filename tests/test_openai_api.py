@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 
 import httpx2
 import openai
@@ -11,6 +12,7 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
+from lang_agent.checkpointer import LoopExecutor
 from tests.conftest import TEST_KEY
 from tests.support import set_latency, wait_until
 
@@ -333,6 +335,35 @@ def test_memory_holds_the_dialogue_not_the_turns_input(live_server, pg_dsn, thre
         ).fetchall()
     assert set(state.checkpoint["channel_values"]) == {"messages", "route"}
     assert [row["channel"] for row in channels] == ["messages"]
+
+
+def test_a_turn_hands_no_work_to_a_worker_thread(live_server, monkeypatch, thread_id):
+    """LangGraph and langchain run a plain function (a route, a tool) in the loop's default
+    executor: a thread hop per call, and under load a wait for the GIL. A chat turn, a stream
+    and tool turns run all their work on the event loop."""
+    server = live_server()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+
+    def turns() -> None:
+        assert ask(client, "你好", thread_id=thread_id)
+        assert stream_chunks(client, "你好")
+        assert ask(client, "现在几点了", thread_id=thread_id)
+        assert "16" in ask(client, "(3+5)*2等于多少", thread_id=thread_id)
+
+    turns()  # start-up work (first connections) is not a turn's
+    ran_on: list[str] = []
+    submit = LoopExecutor.submit
+
+    def observed_submit(self, fn, /, *args, **kwargs):
+        def observed(*inner_args, **inner_kwargs):
+            ran_on.append(threading.current_thread().name)
+            return fn(*inner_args, **inner_kwargs)
+
+        return submit(self, observed, *args, **kwargs)
+
+    monkeypatch.setattr(LoopExecutor, "submit", observed_submit)
+    turns()
+    assert ran_on and not [name for name in ran_on if name.startswith("lang-agent")]
 
 
 def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_id):

@@ -10,7 +10,9 @@ from lang_agent.agent.nodes import chat_model_call, router_call, tool_model_call
 from lang_agent.agent.state import TurnContext, TurnState
 
 
-def _route(state: TurnState) -> str:
+async def _route(state: TurnState) -> str:
+    # A coroutine, not a plain function: LangGraph runs a plain one in a worker thread, a hop
+    # (and a wait for the GIL under load) on every turn for a dict lookup.
     return state["route"]
 
 
