@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -191,16 +192,19 @@ async def test_an_upstream_cut_mid_stream_ends_with_an_error_frame(proxy, captur
 
 
 async def test_a_sized_body_cut_by_the_upstream_reaches_the_client_cut(
-    proxy, capture_sim, capture_db
+    proxy, capture_sim, capture_db, caplog
 ):
     capture_sim.inject("cut", role="chat")
     tag = marker()
-    with pytest.raises(openai.APIConnectionError):
+    with caplog.at_level(logging.WARNING), pytest.raises(openai.APIConnectionError):
         await sdk(proxy).chat.completions.create(
             model="sim-chat", messages=[{"role": "user", "content": tag}]
         )
     (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
     assert row["status"] == "incomplete" and "RemoteProtocolError" in row["error"]
+    # Said once, as a warning of the proxy's, not as an error in the app.
+    assert [r.levelname for r in caplog.records if r.name.startswith("uvicorn")] == []
+    assert any("failed mid-way" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_client_that_leaves_mid_stream_ends_the_upstream_call(capture_dsn, capture_db):

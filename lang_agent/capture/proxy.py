@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import tomllib
@@ -68,6 +69,26 @@ CONFIG_KEYS = {
     "key": "proxy_key",
     "read_timeout_s": "proxy_read_timeout_s",
 }
+
+
+# Set by a relay that leaves a sized body cut because the upstream cut it. uvicorn then closes
+# the connection, as it should, and logs "ASGI callable returned without completing response"
+# at error level, as if the proxy had a bug; the relay's own warning says what happened.
+_cut_on_purpose: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "lang_agent_proxy_cut_on_purpose", default=False
+)
+UNFINISHED_RESPONSE = "ASGI callable returned without completing response."
+
+
+class _CutOnPurpose(logging.Filter):
+    """Drops uvicorn's error line for a response the relay left cut on purpose. uvicorn logs
+    it in the request's task after the app returns, so the relay's context flag is visible."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_cut_on_purpose.get() and record.getMessage() == UNFINISHED_RESPONSE)
+
+
+_CUT_FILTER = _CutOnPurpose()
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -232,6 +253,7 @@ async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> Non
             # The client was promised a length it will not get: ending the body here would be
             # a lie (and an error in uvicorn). Returning leaves uvicorn to close the connection,
             # so the client sees the body cut short, as it was.
+            _cut_on_purpose.set(True)
             return
         await send({"type": "http.response.body", "body": _tail(upstream, failure)})
     except asyncio.CancelledError:
@@ -305,6 +327,7 @@ async def running_proxy(
                 access_log=False,
             )
             server = uvicorn.Server(config)
+            logging.getLogger("uvicorn.error").addFilter(_CUT_FILTER)  # once: a filter is a set
             task = asyncio.create_task(server.serve(), name="capture-proxy")
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
