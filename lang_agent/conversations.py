@@ -14,7 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
-from lang_agent.db import Database, insert_rows_sql
+from lang_agent.db import OUTAGE_WAIT_S, Database, insert_rows_sql
 from lang_agent.jsonwire import jsonb_dumps
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,6 @@ ORDER BY m.turn_started_at, m.turn_id, m.seq
 """
 
 WRITE_ATTEMPTS = 3
-# A database that is down or restarting is waited out this long before turns are dropped; the
-# queue holds the turns that arrive meanwhile.
-OUTAGE_WAIT_S = 60.0
 
 
 def _jsonb(value: Any) -> Jsonb:

@@ -317,6 +317,10 @@ def _has_news(conn: AsyncConnection) -> bool:
         return True
 
 
+# A background writer (conversation log, capture) keeps a batch through a database outage this
+# long before dropping it; its queue holds what arrives meanwhile.
+OUTAGE_WAIT_S = 60.0
+
 # psycopg_pool tries to replace a lost connection 1, 3, 7, 15, 31… s after losing it. After an
 # outage of a minute its next try could come half a minute after the database was back, and
 # every turn on a thread failed until then. Past this delay it tries at a steady pace.

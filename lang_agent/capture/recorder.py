@@ -3,8 +3,9 @@
 A record is inserted when its call starts (status `pending`) and finalised when it ends, so
 in-flight and killed calls are visible (a call shorter than the writer's linger of 50 ms only
 gets its final row). Nothing here ever blocks or fails a model call: `begin`
-and `finish` only `put_nowait`; a full queue or a dead database drops rows, counted in `dropped`
-and in /metrics, and the writer keeps retrying the database with a backoff until it is back.
+and `finish` only `put_nowait`. Through a database outage the writer keeps its batch and retries
+it with a backoff for up to `OUTAGE_WAIT_S`, while the queue holds what arrives meanwhile; a full
+queue, or an outage longer than that, drops rows, counted in `dropped` and in /metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from psycopg_pool import AsyncConnectionPool
 from lang_agent.capture.detect import RepeatConfig
 from lang_agent.capture.metrics import Metrics
 from lang_agent.capture.record import COLUMNS, CallRecord
-from lang_agent.db import CONNECTION_KWARGS, CheckoutCheck, insert_rows_sql, mask_dsn, migrate
+from lang_agent.db import (
+    CONNECTION_KWARGS,
+    OUTAGE_WAIT_S,
+    CheckoutCheck,
+    insert_rows_sql,
+    mask_dsn,
+    migrate,
+)
 from lang_agent.jsonwire import jsonb_dumps
 from lang_agent.settings import Settings
 
@@ -221,7 +229,6 @@ class Recorder:
         self.dropped += count
 
     async def _run(self) -> None:
-        backoff = 0.0
         while True:
             batch = [await self._queue.get()]
             try:
@@ -229,18 +236,10 @@ class Recorder:
                     await asyncio.sleep(LINGER_S)
                 while len(batch) < self.batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
-                await self._write(batch)
-                backoff = 0.0
-            except (psycopg.OperationalError, OSError) as exc:
-                # Unreachable or restarted: drop the batch, back off, retry on a fresh pool
-                # (its first connection attempt is immediate, so recovery is quick).
+                await self._write_through_outage(batch)
+            except psycopg.Error as exc:  # not an outage: retrying the batch cannot help
                 self._drop(len(batch))
-                self._log_failure(exc)
-                backoff = min(BACKOFF_MAX_S, max(0.2, backoff * 2))
-                await self._open_pool()
-            except psycopg.Error as exc:
-                self._drop(len(batch))
-                self._log_failure(exc)
+                logger.warning("capture writer dropped a batch of %s rows: %r", len(batch), exc)
             except asyncio.CancelledError:
                 self._drop(len(batch))  # stopped mid-batch: these rows are lost, count them
                 raise
@@ -250,16 +249,33 @@ class Recorder:
             finally:
                 for _ in batch:
                     self._queue.task_done()
-            if backoff:
-                await asyncio.sleep(backoff)
 
-    def _log_failure(self, exc: BaseException) -> None:
+    async def _write_through_outage(self, batch: list[_Item]) -> None:
+        """Write the batch; an unreachable or restarting database is retried on a fresh pool
+        (its first connection attempt is immediate) with a backoff, for up to OUTAGE_WAIT_S.
+        The calls of a short outage are then written when the database is back, not lost."""
+        give_up_at = time.monotonic() + OUTAGE_WAIT_S
+        backoff = 0.2
+        while True:
+            try:
+                await self._write(batch)
+                return
+            except (psycopg.OperationalError, OSError) as exc:
+                self._log_outage(exc)
+                if time.monotonic() + backoff > give_up_at:
+                    self._drop(len(batch))
+                    return
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            await self._open_pool()
+
+    def _log_outage(self, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last_failure_log >= FAILURE_LOG_EVERY_S:
             self._last_failure_log = now
             logger.warning(
-                "capture writer cannot reach the database (%s: %s); rows are dropped "
-                "until it is back (%s dropped so far)",
+                "capture writer cannot reach the database (%s: %s); rows wait for it "
+                "(%s dropped so far)",
                 type(exc).__name__,
                 exc,
                 self.dropped,
