@@ -114,7 +114,7 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
         self._schema_ready = not apply_schema
         self._stopped = False
-        self._last_failure_log = 0.0
+        self._last_failure_log = float("-inf")  # the first outage is always logged
         self.metrics.bind_capture(self)
 
     def __repr__(self) -> str:
