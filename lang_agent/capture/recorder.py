@@ -30,6 +30,7 @@ from lang_agent.db import (
     CONNECTION_KWARGS,
     OUTAGE_WAIT_S,
     CheckoutCheck,
+    Pool,
     insert_rows_sql,
     mask_dsn,
     migrate,
@@ -156,11 +157,10 @@ class Recorder:
         logger.info("capture writer started on %s", mask_dsn(self.dsn or ""))
 
     async def _open_pool(self) -> None:
-        """A fresh pool that starts connecting in the background (never waits for the DB)."""
-        if self._pool is not None:
-            await self._pool.close()
+        """A pool that starts connecting in the background (never waits for the DB); through
+        an outage it keeps trying at a steady pace (`db.Pool`)."""
         checkout = CheckoutCheck()
-        self._pool = AsyncConnectionPool(
+        self._pool = Pool(
             self.dsn or "",
             min_size=1,
             max_size=2,
@@ -251,9 +251,9 @@ class Recorder:
                     self._queue.task_done()
 
     async def _write_through_outage(self, batch: list[_Item]) -> None:
-        """Write the batch; an unreachable or restarting database is retried on a fresh pool
-        (its first connection attempt is immediate) with a backoff, for up to OUTAGE_WAIT_S.
-        The calls of a short outage are then written when the database is back, not lost."""
+        """Write the batch; an unreachable or restarting database is retried with a backoff
+        for up to OUTAGE_WAIT_S while the pool reconnects. The calls of a short outage are then
+        written when the database is back, not lost."""
         give_up_at = time.monotonic() + OUTAGE_WAIT_S
         backoff = 0.2
         while True:
@@ -267,7 +267,6 @@ class Recorder:
                     return
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
-            await self._open_pool()
 
     def _log_outage(self, exc: BaseException) -> None:
         now = time.monotonic()
