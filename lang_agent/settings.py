@@ -202,7 +202,7 @@ class Settings(BaseSettings):
         0.5, description="Repeat verdict when the share of new text in the recent output is below."
     )
     repeat_min_length: int = Field(
-        200, description="Characters of recent output the repeat detector judges at once."
+        200, ge=1, description="Characters of recent output the repeat detector judges at once."
     )
     proxy_port: int = Field(9988, description="Port of `lang-agent proxy start` (127.0.0.1).")
     proxy_upstream: str = Field(

@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 
 import httpx2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lang_agent.capture.detect import (
     RepeatConfig,
     RepeatDetector,
+    _Track,
     preflight,
     truncation,
 )
@@ -173,6 +176,43 @@ def test_no_false_alarm_on_long_normal_text():
         for i, w in enumerate(["睡眠", "饮食", "运动", "阅读", "社交", "工作", "休息", "学习"], 1)
     )
     assert feed(RepeatDetector(RepeatConfig()), listing) is None
+
+
+def judging_from_the_first_character(config: RepeatConfig) -> RepeatDetector:
+    """A detector whose content track judges every character as it comes (no waiting)."""
+    detector = RepeatDetector(config)
+    track = detector.tracks[(0, "content")] = _Track(config)
+    track.unjudged = None
+    return detector
+
+
+@given(
+    st.sampled_from([CHINESE[:150], ENGLISH[:260], "好的 42, ", "ab12 ", "x"]),
+    st.integers(0, 40),
+    st.lists(st.integers(1, 9), min_size=1, max_size=30),
+    st.sampled_from([RepeatConfig(), RepeatConfig(min_length=20, gram=5), RepeatConfig(gram=1)]),
+)
+def test_short_text_waits_unjudged_with_the_same_verdicts(prefix, periods, steps, config):
+    """Text too short for a verdict is judged later in one go: every delta gets the verdict
+    (or none) that judging each character as it came gives, and at the same place."""
+    text = prefix + "重复的句子 again 7; " * periods
+    waiting, eager = RepeatDetector(config), judging_from_the_first_character(config)
+    at = 0
+    for step in steps * (len(text) // sum(steps) + 1):
+        piece, at = text[at : at + step], at + step
+        if not piece:
+            break
+        assert waiting.feed(0, "content", piece) == eager.feed(0, "content", piece)
+    assert waiting.output_tokens == eager.output_tokens
+
+
+def test_an_answer_shorter_than_the_judged_length_is_not_walked_per_character():
+    detector = RepeatDetector(RepeatConfig())
+    feed(detector, CHINESE[:210])
+    track = detector.tracks[(0, "content")]
+    assert not track.grams and track.unjudged
+    feed(detector, CHINESE[210:220])
+    assert track.unjudged is None and len(track.grams) == 220 - 11
 
 
 async def test_looping_simulated_stream_is_flagged_without_cut(capture_db, capture_sim):

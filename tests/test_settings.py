@@ -26,3 +26,10 @@ def test_conn_str_aliases(monkeypatch, name):
     settings = Settings(_env_file=None)
     assert settings.conn_str.get_secret_value() == "postgresql://u:secret@db/x"
     assert "secret" not in repr(settings)
+
+
+def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
+    """The repeat detector divides by it: zero would fail every streamed call, not the start."""
+    monkeypatch.setenv("REPEAT_MIN_LENGTH", "0")
+    with pytest.raises(ValidationError, match="repeat_min_length"):
+        Settings(_env_file=None)

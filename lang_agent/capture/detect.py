@@ -112,10 +112,16 @@ class RepeatConfig:
 
 
 class _Track:
-    """One output field of one choice, judged over a bounded window."""
+    """One output field of one choice, judged over a bounded window.
+
+    No verdict is possible before `min_length` n-grams, so text waits unjudged until the field
+    has `gram + min_length - 1` characters (normalising only shortens it): most spoken answers
+    are shorter, and the character loop is a turn's costliest per-character work."""
 
     def __init__(self, config: RepeatConfig) -> None:
         self.config = config
+        self.unjudged: list[str] | None = []  # None once the field is long enough to judge
+        self.judge_from = config.gram + config.min_length - 1
         self.counts: dict[str, int] = {}
         self.grams: deque[str] = deque()
         self.recent: deque[bool] = deque()
@@ -129,6 +135,11 @@ class _Track:
         """Feed a delta; returns the novelty share when it fell below the threshold."""
         self.chars += len(text)
         self.tokens += estimate_tokens(text)
+        if self.unjudged is not None:
+            self.unjudged.append(text)
+            if self.chars < self.judge_from:
+                return None
+            text, self.unjudged = "".join(self.unjudged), None
         verdict = None
         for char in text:
             if char.isdigit():
