@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from lang_agent import loop
-from lang_agent.settings import Settings
+from lang_agent.settings import Settings, settings_error
 
 logger = logging.getLogger(__name__)
 
@@ -137,11 +137,16 @@ def settings_from_flags(
         if len(args.route) != 2 or args.route[0] != "route":
             parser.error("expected `route PROFILE`")
         overrides["default_profile"] = args.route[1]
+    settings = settings_or_exit(**overrides)
+    if open_host and not args.host and settings.auth_keys and settings.host == "127.0.0.1":
+        settings = settings_or_exit(**overrides, host=open_host)
+    return settings
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """Settings from env/.env with `overrides` on top; a bad value exits with a line naming it."""
     try:
-        settings = Settings(**overrides)
-        if open_host and not args.host and settings.auth_keys and settings.host == "127.0.0.1":
-            settings = Settings(**overrides, host=open_host)
-        return settings
+        return Settings(**overrides)
     except ValidationError as exc:
-        sys.stderr.write(f"error: {exc.errors()[0]['msg']}\n")
+        sys.stderr.write(f"error: {settings_error(exc)}\n")
         raise SystemExit(STARTUP_FAILURE) from exc

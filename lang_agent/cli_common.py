@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from pydantic import ValidationError
 
-from lang_agent.settings import Settings
+from lang_agent.settings import Settings, settings_error
 
 # Named exit codes, as uvicorn does.
 OK = 0
@@ -22,4 +22,4 @@ def settings_from(**flags: object) -> Settings:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
-        raise click.ClickException(exc.errors()[0]["msg"]) from exc
+        raise click.ClickException(settings_error(exc)) from exc

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def settings_error(exc: ValidationError) -> str:
+    """Every problem of a ValidationError on one line, each under its setting's variable name."""
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]).upper()
+        parts.append(f"{name}: {error['msg']}" if name else error["msg"])
+    return "; ".join(parts)
+
+
 class Settings(BaseSettings):
     """Everything configurable: field `conn_str` = env var `CONN_STR` = flag `--conn-str`."""
 
@@ -34,7 +43,9 @@ class Settings(BaseSettings):
 
     # --- network and auth
     host: str = Field("127.0.0.1", description="Address the agent API binds to.")
-    port: int = Field(8588, description="Port of the agent API (OpenAI and DashScope paths).")
+    port: int = Field(
+        8588, ge=0, le=65535, description="Port of the agent API (OpenAI and DashScope paths)."
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -42,7 +53,7 @@ class Settings(BaseSettings):
         description="Worker processes of server_dashscope.py and server_openai.py; each has its "
         "own socket on the port (SO_REUSEPORT), so connections spread evenly.",
     )
-    viewer_port: int = Field(8590, description="Port of the conversation viewer.")
+    viewer_port: int = Field(8590, ge=0, le=65535, description="Port of the conversation viewer.")
     viewer_host: str = Field(
         "127.0.0.1",
         description="Address the viewer binds to; beyond loopback it needs VIEWER_KEYS or "
@@ -63,8 +74,10 @@ class Settings(BaseSettings):
         description="Comma-separated API keys clients send as `Authorization: Bearer <key>`. "
         "Empty: loopback only.",
     )
-    max_body_bytes: int = Field(2_000_000, description="Largest accepted request body, bytes.")
-    max_messages: int = Field(2000, description="Most messages accepted in one request.")
+    max_body_bytes: int = Field(
+        2_000_000, ge=1, description="Largest accepted request body, bytes."
+    )
+    max_messages: int = Field(2000, ge=1, description="Most messages accepted in one request.")
 
     dashscope_fallback_text: str = Field(
         "抱歉，我这边出了点问题，请稍后再试。",
@@ -81,9 +94,10 @@ class Settings(BaseSettings):
         description="Postgres DSN. Empty: an embedded Postgres in `data_dir`.",
     )
     data_dir: Path = Field(Path(".lang-agent"), description="Where the embedded Postgres lives.")
-    db_pool_size: int = Field(20, description="Largest Postgres pool for turns and memory.")
+    db_pool_size: int = Field(20, ge=1, description="Largest Postgres pool for turns and memory.")
     db_timeout_s: float = Field(
         10.0,
+        gt=0,
         description="Longest wait for a Postgres connection, seconds; a turn that gets none "
         "(the database is down or restarting) fails with a clean, retryable 503.",
     )
@@ -119,15 +133,19 @@ class Settings(BaseSettings):
         description="Model, `[provider:]name`, that answers for any role whose call fails "
         "before its first token once its retries are spent. Empty: no fallback.",
     )
-    max_tokens: int = Field(1024, description="Completion token budget per model call.")
-    llm_timeout_s: float = Field(20.0, description="Idle-read timeout of one model call, seconds.")
-    llm_retries: int = Field(2, description="Retries of a model call that fails before any token.")
+    max_tokens: int = Field(1024, ge=1, description="Completion token budget per model call.")
+    llm_timeout_s: float = Field(
+        20.0, gt=0, description="Idle-read timeout of one model call, seconds."
+    )
+    llm_retries: int = Field(
+        2, ge=0, description="Retries of a model call that fails before any token."
+    )
 
     # --- the turn
     route_fallback: Literal["chat", "tool"] = Field(
         "chat", description="Route taken when the router's decision cannot be parsed."
     )
-    router_history: int = Field(6, description="Recent messages the router sees.")
+    router_history: int = Field(6, ge=1, description="Recent messages the router sees.")
     memory_max_messages: int = Field(
         200,
         ge=0,
@@ -139,35 +157,41 @@ class Settings(BaseSettings):
         description="Start the chat answer while the router decides; discarded on the tool "
         "route. Faster first text, a few wasted tokens per tool turn.",
     )
-    max_tool_steps: int = Field(4, description="Most model→tool rounds in one turn.")
-    tool_timeout_s: float = Field(30.0, description="Default timeout of one tool call, seconds.")
+    max_tool_steps: int = Field(4, ge=1, description="Most model→tool rounds in one turn.")
+    tool_timeout_s: float = Field(
+        30.0, gt=0, description="Default timeout of one tool call, seconds."
+    )
     filler: bool = Field(True, description="Stream filler speech while tools run (streams only).")
     filler_delay_ms: int = Field(
         0,
+        ge=0,
         description="Wait this long on the tool route before filler starts; a tool path that "
         "answers sooner gets no filler (e.g. 300). 0: filler starts with the tool call.",
     )
-    turn_timeout_s: float = Field(25.0, description="Budget of one whole turn, seconds.")
+    turn_timeout_s: float = Field(25.0, gt=0, description="Budget of one whole turn, seconds.")
     shutdown_grace_s: float = Field(
         10.0,
+        ge=0,
         description="On SIGTERM, how long streams in flight may run on before they are cut; "
         "new requests are refused at once.",
     )
     busy_thread: Literal["wait", "reject"] = Field(
         "wait", description="A second request on a busy thread waits, or is refused with 409."
     )
-    busy_wait_s: float = Field(30.0, description="Longest wait for a busy thread, seconds.")
+    busy_wait_s: float = Field(30.0, ge=0, description="Longest wait for a busy thread, seconds.")
 
     # --- files
     prompts_dir: Path = Field(CONFIGS / "route_sys_prompts", description="System prompt files.")
     models_file: Path = Field(CONFIGS / "models.json", description="Context windows and prices.")
     mcp_config: Path = Field(CONFIGS / "mcp_config.json", description="MCP server connections.")
-    mcp_retry_s: float = Field(1.0, description="First MCP reconnect delay; doubles per failure.")
-    mcp_retry_max_s: float = Field(30.0, description="Longest MCP reconnect delay, seconds.")
-    mcp_connect_timeout_s: float = Field(
-        10.0, description="Budget to connect to one MCP server and list its tools, seconds."
+    mcp_retry_s: float = Field(
+        1.0, gt=0, description="First MCP reconnect delay; doubles per failure."
     )
-    mcp_ping_s: float = Field(15.0, description="Ping interval that finds dead MCP sessions.")
+    mcp_retry_max_s: float = Field(30.0, gt=0, description="Longest MCP reconnect delay, seconds.")
+    mcp_connect_timeout_s: float = Field(
+        10.0, gt=0, description="Budget to connect to one MCP server and list its tools, seconds."
+    )
+    mcp_ping_s: float = Field(15.0, gt=0, description="Ping interval that finds dead MCP sessions.")
     device_map: Path | None = Field(
         None,
         description='JSON file {"<thread_id>": "<device_id>", "*": "<fallback>"}: the device '
@@ -181,11 +205,17 @@ class Settings(BaseSettings):
     # --- capture (every model call recorded in llm_calls) and the standalone proxy
     capture: bool = Field(True, description="Record every model call in the llm_calls table.")
     capture_queue_size: int = Field(
-        10000, description="Capture rows waiting for the writer; beyond this they are dropped."
+        10000,
+        ge=1,
+        description="Capture rows waiting for the writer; beyond this they are dropped.",
     )
-    capture_batch_size: int = Field(200, description="Most capture rows written in one batch.")
+    capture_batch_size: int = Field(
+        200, ge=1, description="Most capture rows written in one batch."
+    )
     capture_max_body_bytes: int = Field(
-        1_000_000, description="Request/response bytes kept per call; the rest is cut (flagged)."
+        1_000_000,
+        ge=0,
+        description="Request/response bytes kept per call; the rest is cut (flagged).",
     )
     redact_headers: str = Field(
         "",
@@ -199,12 +229,17 @@ class Settings(BaseSettings):
         False, description="Cut a looping stream and end it with finish_reason `repeat`."
     )
     repeat_threshold: float = Field(
-        0.5, description="Repeat verdict when the share of new text in the recent output is below."
+        0.5,
+        ge=0,
+        le=1,
+        description="Repeat verdict when the share of new text in the recent output is below.",
     )
     repeat_min_length: int = Field(
         200, ge=1, description="Characters of recent output the repeat detector judges at once."
     )
-    proxy_port: int = Field(9988, description="Port of `lang-agent proxy start` (127.0.0.1).")
+    proxy_port: int = Field(
+        9988, ge=0, le=65535, description="Port of `lang-agent proxy start` (127.0.0.1)."
+    )
     proxy_upstream: str = Field(
         "https://api.moonshot.cn/v1", description="Base URL the proxy forwards to."
     )
@@ -212,7 +247,9 @@ class Settings(BaseSettings):
         None, description="API key the proxy sends upstream instead of the client's."
     )
     proxy_read_timeout_s: float = Field(
-        300.0, description="Proxy idle-read timeout: longest silence inside a response, seconds."
+        300.0,
+        gt=0,
+        description="Proxy idle-read timeout: longest silence inside a response, seconds.",
     )
 
     # --- retention (`lang-agent cleanup`, and the server's periodic job)

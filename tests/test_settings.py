@@ -1,9 +1,17 @@
-"""Settings: secure defaults, the CONN_STR alias, and keys that stay secret."""
+"""Settings: secure defaults, the CONN_STR alias, keys that stay secret, and values in range."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from lang_agent.settings import Settings
+from fastapi_server.serve import STARTUP_FAILURE
+from lang_agent.settings import Settings, settings_error
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_refuses_open_bind_without_keys():
@@ -33,3 +41,42 @@ def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
     monkeypatch.setenv("REPEAT_MIN_LENGTH", "0")
     with pytest.raises(ValidationError, match="repeat_min_length"):
         Settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "70000"),
+        ("MAX_BODY_BYTES", "0"),
+        ("DB_POOL_SIZE", "0"),
+        ("LLM_TIMEOUT_S", "0"),
+        ("LLM_RETRIES", "-1"),
+        ("ROUTER_HISTORY", "0"),  # plain[-0:] would have shown the router the whole thread
+        ("TURN_TIMEOUT_S", "-5"),
+        ("MCP_PING_S", "0"),  # a ping loop without a pause
+        ("CAPTURE_BATCH_SIZE", "0"),
+        ("REPEAT_THRESHOLD", "1.5"),
+    ],
+)
+def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert settings_error(caught.value).startswith(f"{name}: ")
+
+
+def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
+    env = {**os.environ, "MCP_PING_S": "0", "REPEAT_THRESHOLD": "2"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == STARTUP_FAILURE
+    assert done.stderr.strip() == (
+        "error: MCP_PING_S: Input should be greater than 0; "
+        "REPEAT_THRESHOLD: Input should be less than or equal to 1"
+    )
