@@ -14,7 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
-from lang_agent.db import OUTAGE_WAIT_S, Database, insert_rows_sql
+from lang_agent.db import OUTAGE_WAIT_S, Database, gather_batch, insert_rows_sql
 from lang_agent.jsonwire import jsonb_dumps
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ class ConversationLog:
     async def _writer(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            while len(batch) < self.batch_size and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
             try:
+                await gather_batch(self.queue, batch, self.batch_size)
                 await self._write(batch)
             finally:
                 for _ in batch:

@@ -320,6 +320,21 @@ def _has_news(conn: AsyncConnection) -> bool:
 # A background writer (conversation log, capture) keeps a batch through a database outage this
 # long before dropping it; its queue holds what arrives meanwhile.
 OUTAGE_WAIT_S = 60.0
+# How long a background writer lets a batch gather after its first row: one transaction then
+# covers the turns (or calls) that end close together, not one each, and the database work
+# does not run in the middle of the turn that queued the row.
+LINGER_S = 0.05
+
+
+async def gather_batch(queue: asyncio.Queue[Any], batch: list[Any], size: int) -> None:
+    """Fill `batch` (already holding the first item) from `queue` up to `size` items, after
+    LINGER_S unless enough are already waiting. Items land in the caller's list as they are
+    taken, so a writer cancelled here still knows which ones to account for."""
+    if queue.qsize() < size - len(batch):
+        await asyncio.sleep(LINGER_S)
+    while len(batch) < size and not queue.empty():
+        batch.append(queue.get_nowait())
+
 
 # psycopg_pool tries to replace a lost connection 1, 3, 7, 15, 31… s after losing it. After an
 # outage of a minute its next try could come half a minute after the database was back, and

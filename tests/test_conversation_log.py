@@ -1,8 +1,9 @@
-"""The conversation log's writer: a batch in one transaction, and a refused turn costs only
-itself."""
+"""The conversation log's writer: turns that end together share a transaction, and a refused
+turn costs only itself."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 
@@ -39,5 +40,30 @@ async def test_a_refused_turn_costs_only_itself_and_text_postgres_cannot_hold_is
         first, refused, last = [await read_thread(db, thread) for thread in threads]
         assert [m["content"] for m in first] == ["半个\ufffd表情和\ufffd", "好"]
         assert refused == [] and [m["content"] for m in last] == ["正常", "好"]
+    finally:
+        await db.close()
+
+
+async def test_turns_that_end_close_together_share_one_transaction(pg_dsn):
+    """The writer lets a batch gather (LINGER_S) after its first turn instead of writing each
+    turn alone as it wakes: at 50 turns a second that was a transaction per turn."""
+    db = Database(pg_dsn, max_size=2)
+    await db.open()
+    threads = [f"log-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    try:
+        async with ConversationLog(db) as log:
+            log.record(_turn(threads[0], "第一"))
+            for _ in range(3):  # the writer wakes and takes the first turn
+                await asyncio.sleep(0)
+            assert log.queue.empty()
+            log.record(_turn(threads[1], "第二"))
+            log.record(_turn(threads[2], "第三"))
+            await log.flush(within_s=10)
+        async with db.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT count(DISTINCT xmin::text) FROM turns WHERE thread_id = ANY(%s)", (threads,)
+            )
+            assert (await cursor.fetchone())["count"] == 1
+        assert log.written == 3
     finally:
         await db.close()

@@ -31,6 +31,7 @@ from lang_agent.db import (
     OUTAGE_WAIT_S,
     CheckoutCheck,
     Pool,
+    gather_batch,
     insert_rows_sql,
     mask_dsn,
     migrate,
@@ -64,10 +65,6 @@ WHERE llm_calls.status = 'pending'""",
 )
 
 CONNECT_TIMEOUT_S = 3.0
-# How long the writer lets a batch gather after its first row. The pending and final rows of
-# a short call then go in one transaction (the pending one is skipped), and the database work
-# does not run in the middle of the call that queued the row.
-LINGER_S = 0.05
 BACKOFF_MAX_S = 5.0
 FAILURE_LOG_EVERY_S = 30.0
 
@@ -232,10 +229,9 @@ class Recorder:
         while True:
             batch = [await self._queue.get()]
             try:
-                if self._queue.qsize() < self.batch_size:
-                    await asyncio.sleep(LINGER_S)
-                while len(batch) < self.batch_size and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                # A short call's pending and final rows then share a batch (the pending one
+                # is skipped).
+                await gather_batch(self._queue, batch, self.batch_size)
                 await self._write_through_outage(batch)
             except psycopg.Error as exc:  # not an outage: retrying the batch cannot help
                 self._drop(len(batch))
