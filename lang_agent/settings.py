@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Capture rows waiting for the writer; beyond this they are dropped.",
     )
+    capture_queue_mb: float = Field(
+        32,
+        gt=0,
+        description="Request and response bodies of the capture rows waiting for the writer, "
+        "MB; beyond this, as beyond CAPTURE_QUEUE_SIZE, rows are dropped.",
+    )
     capture_batch_size: int = Field(
         200, ge=1, description="Most capture rows written in one batch."
     )

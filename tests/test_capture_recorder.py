@@ -185,3 +185,36 @@ async def test_calls_made_while_the_database_is_down_are_written_when_it_is_back
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_outage_holds_no_more_bodies_than_the_queue_budget(
+    capture_db, capture_sim, pg_gate
+):
+    """Rows carry whole request bodies: with the database down, the queue keeps rows up to
+    `queue_bytes` of bodies and drops (and counts) the rest, however many rows it may hold.
+    Bounded by rows alone, 5,000 calls of a long thread held half a gigabyte."""
+    budget = 200_000
+    recorder = Recorder(
+        dsn=pg_gate.dsn(), queue_size=1000, queue_bytes=budget, batch_size=50, connect_timeout_s=1
+    )
+    await recorder.start()
+    transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=recorder)
+    thread = new_thread()
+    long_thread = HELLO | {"messages": [{"role": "user", "content": "很长的对话。" * 2000}]}
+    async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+        await pg_gate.shut()
+        with calling(thread_id=thread):
+            for _ in range(10):
+                (await http.post("/chat/completions", json=long_thread)).raise_for_status()
+                assert recorder.queued_bytes <= budget
+        kept = 20 - recorder.dropped  # a pending and a final row per call
+        assert 0 < kept < 20
+        await pg_gate.open()
+        await recorder.flush(timeout_s=30)
+    assert (recorder.written, recorder.queued_bytes) == (kept, 0)
+    rows = await rows_of_thread(capture_db, thread)
+    assert (
+        rows[0]["status"] == "ok"
+        and len(rows[0]["request_body"]["messages"][0]["content"]) == 12000
+    )
+    await recorder.close()

@@ -110,6 +110,8 @@ class CallRecord:
     flags: dict[str, Any] = field(default_factory=dict)
     category: str | None = None
     tags: list[str] = field(default_factory=list)
+    # Request and response bytes the record holds, for the writer's queue budget (not stored).
+    body_bytes: int = 0
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 3)

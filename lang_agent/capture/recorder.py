@@ -4,8 +4,9 @@ A record is inserted when its call starts (status `pending`) and finalised when 
 in-flight and killed calls are visible (a call shorter than the writer's linger of 50 ms only
 gets its final row). Nothing here ever blocks or fails a model call: `begin`
 and `finish` only `put_nowait`. Through a database outage the writer keeps its batch and retries
-it with a backoff for up to `OUTAGE_WAIT_S`, while the queue holds what arrives meanwhile; a full
-queue, or an outage longer than that, drops rows, counted in `dropped` and in /metrics.
+it with a backoff for up to `OUTAGE_WAIT_S`, while the queue holds what arrives meanwhile. The
+queue is bounded in rows and in the bytes of the bodies they carry; a full queue, or an outage
+longer than that, drops rows, counted in `dropped` and in /metrics.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class _Item:
     kind: Literal["begin", "finish"]
     call_id: uuid.UUID
     row: dict[str, Any]
+    size: int  # the record's body bytes, counted against `queue_bytes`
 
 
 class Recorder:
@@ -85,6 +87,7 @@ class Recorder:
         dsn: str | None,
         enabled: bool = True,
         queue_size: int = 10000,
+        queue_bytes: int = 32 * 2**20,
         batch_size: int = 200,
         redact: Iterable[str] = (),
         max_body_bytes: int = 1_000_000,
@@ -108,6 +111,10 @@ class Recorder:
         self.written = 0
         self.dropped = 0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max(1, queue_size))
+        # Rows carry whole request bodies, and a long thread's is tens of kilobytes: through an
+        # outage a queue bounded by rows alone held half a gigabyte (docs/reliability.md).
+        self.queue_bytes = queue_bytes
+        self.queued_bytes = 0
         self._pool: AsyncConnectionPool | None = None
         self._task: asyncio.Task[None] | None = None
         self._schema_ready = not apply_schema
@@ -126,6 +133,7 @@ class Recorder:
             dsn=dsn,
             enabled=settings.capture,
             queue_size=settings.capture_queue_size,
+            queue_bytes=round(settings.capture_queue_mb * 2**20),
             batch_size=settings.capture_batch_size,
             redact=settings.redact_headers.split(","),
             max_body_bytes=settings.capture_max_body_bytes,
@@ -184,8 +192,7 @@ class Recorder:
             await self._task
         self._task = None
         while not self._queue.empty():
-            self._queue.get_nowait()
-            self._queue.task_done()
+            self._taken(self._queue.get_nowait())
             self._drop(1)
         if self._pool is not None:
             await self._pool.close()
@@ -202,12 +209,12 @@ class Recorder:
     def begin(self, record: CallRecord) -> None:
         """The call has started: queue its pending row."""
         self.metrics.call_started()
-        self._put(_Item("begin", record.call_id, record.row()))
+        self._put(_Item("begin", record.call_id, record.row(), record.body_bytes))
 
     def finish(self, record: CallRecord) -> None:
         """The call has ended: count it in the metrics and queue its final row."""
         self.metrics.call_finished(record)
-        self._put(_Item("finish", record.call_id, record.row()))
+        self._put(_Item("finish", record.call_id, record.row(), record.body_bytes))
 
     def _put(self, item: _Item) -> None:
         if not self.enabled:
@@ -215,10 +222,21 @@ class Recorder:
         if self._stopped:
             self._drop(1)  # a call that outlived the writer
             return
+        # One row larger than the whole budget still goes through when nothing else is held.
+        if self.queued_bytes and self.queued_bytes + item.size > self.queue_bytes:
+            self._drop(1)
+            return
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self._drop(1)
+            return
+        self.queued_bytes += item.size
+
+    def _taken(self, item: _Item) -> None:
+        """The item has left the queue for good (written or dropped)."""
+        self.queued_bytes -= item.size
+        self._queue.task_done()
 
     def _drop(self, count: int) -> None:
         if self.dropped == 0:
@@ -243,8 +261,8 @@ class Recorder:
                 self._drop(len(batch))
                 logger.exception("capture writer failed on a batch of %s rows", len(batch))
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                for item in batch:
+                    self._taken(item)
 
     async def _write_through_outage(self, batch: list[_Item]) -> None:
         """Write the batch; an unreachable or restarting database is retried with a backoff

@@ -238,6 +238,7 @@ class CapturingStream(httpx2.AsyncByteStream):
             record.flags["response_encoding"] = self._decoder.encoding
         if self._seen > self._max_bytes:
             record.flags["response_truncated"] = True
+        record.body_bytes += self._kept if self._sse else len(self._body)
         if self._sse:
             # Events end at a blank line, so no UTF-8 sequence spans two: one decode of the
             # whole is the same text as one per event.

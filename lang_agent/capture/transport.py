@@ -159,6 +159,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             request_body=body,
             client_request_id=request.headers.get("x-request-id"),
         )
+        record.body_bytes = min(len(request.content), self.recorder.max_body_bytes)
         record.flags.update(request.extensions.get(FLAGS_EXTENSION) or {})
         if cut:
             record.flags["request_truncated"] = len(request.content)
@@ -202,6 +203,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         headers["content-length"] = str(len(content))
         record.client_request_body = body
         record.request_body = rewritten
+        record.body_bytes += len(content)
         record.flags["force_stream"] = True
         upstream = httpx2.Request(
             request.method,
