@@ -1,4 +1,5 @@
-"""The load generator: `concurrency` closed-loop users on one asyncio loop and one httpx2 client.
+"""The load generator: `concurrency` closed-loop users on one asyncio loop, each on its own
+keep-alive connection (`wire.LoadClient`).
 
 Each user sends a turn, waits for the whole answer, and sends the next at once (no think time).
 A user keeps its thread for `turns_per_thread` turns, then starts a new one, so by default
@@ -16,11 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx2
-
+from lang_agent.bench.wire import Connection, LoadClient, WireError
 from lang_agent.bench.workload import Front, Job, StreamReader, build_request, completion_text
 from lang_agent.bench.workload import turn_text as make_text
-from lang_agent.llm.http1 import Http1Transport
+from lang_agent.jsonwire import loads
 
 CLIENT_TIMEOUT_S = 120.0
 
@@ -82,47 +82,35 @@ class Counter:
         return next(self._numbers)
 
 
-def make_client(concurrency: int) -> httpx2.AsyncClient:
-    """One client for all users, on the agent's own upstream transport: the load generator
-    shares the machine with the server, so its CPU per request matters."""
-    limits = httpx2.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency)
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(CLIENT_TIMEOUT_S, connect=10.0),
-        transport=Http1Transport(limits=limits),
-    )
+def make_client(base_url: str) -> LoadClient:
+    return LoadClient(base_url, timeout_s=CLIENT_TIMEOUT_S)
 
 
-async def send(
-    client: httpx2.AsyncClient, base_url: str, job: Job, sample: Sample, *, key: str | None
-) -> None:
+async def send(connection: Connection, job: Job, sample: Sample, *, key: str | None) -> None:
     """Send one turn and fill in `sample` (never raises for a failed turn)."""
     path, body, headers = build_request(job, key=key)
     try:
         if job.stream:
             reader = StreamReader(job.front, started=sample.start)
-            async with client.stream("POST", base_url + path, json=body, headers=headers) as r:
-                sample.status = r.status_code
-                async for chunk in r.aiter_raw():
-                    reader.feed(chunk)
+            sample.status = await connection.post(path, body, headers=headers, sink=reader.feed)
             sample.first_text, sample.first_clause = reader.first_text, reader.first_clause
-            sample.ok = r.status_code == 200 and reader.finished and bool(reader.text)
+            sample.ok = sample.status == 200 and reader.finished and bool(reader.text)
             if not sample.ok:
-                sample.error = reader.error or f"status {r.status_code}, stream not finished"
+                sample.error = reader.error or f"status {sample.status}, stream not finished"
         else:
-            r = await client.post(base_url + path, json=body, headers=headers)
-            sample.status = r.status_code
-            text = completion_text(job.front, r.json()) if r.status_code == 200 else ""
-            sample.ok = r.status_code == 200 and bool(text)
+            answer = bytearray()
+            sample.status = await connection.post(path, body, headers=headers, sink=answer.extend)
+            ok = sample.status == 200
+            sample.ok = ok and bool(completion_text(job.front, loads(answer)))
             if not sample.ok:
-                sample.error = f"status {r.status_code}: {r.text[:200]}"
-    except (httpx2.HTTPError, ValueError) as exc:
+                sample.error = f"status {sample.status}: {answer[:200].decode(errors='replace')}"
+    except (WireError, TimeoutError, ValueError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:300]
     sample.end = time.monotonic()
 
 
 async def run_cell(
-    client: httpx2.AsyncClient,
-    base_url: str,
+    client: LoadClient,
     *,
     front: Front,
     stream: bool,
@@ -146,6 +134,7 @@ async def run_cell(
     tag = f"{run_id}-{'s' if stream else 'n'}{front[0]}{concurrency}"
 
     async def user(index: int) -> None:
+        connection = client.connection()
         for count in itertools.count():
             if time.monotonic() >= deadline or (max_turns is not None and count >= max_turns):
                 return
@@ -154,7 +143,7 @@ async def run_cell(
             thread = f"{tag}-u{index}-t{count // turns_per_thread}"
             job = Job(front, stream, thread, make_text(number, kind=kind), kind)
             sample = Sample(kind, job.text, thread, count % turns_per_thread, time.monotonic())
-            await send(client, base_url, job, sample, key=key)
+            await send(connection, job, sample, key=key)
             samples.append(sample)
             if on_done is not None:
                 on_done(sample)

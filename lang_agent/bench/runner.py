@@ -95,10 +95,9 @@ async def run_cell(
         target.meter.start()
     tick = asyncio.create_task(ticker())
     try:
-        async with make_client(concurrency) as client:
+        async with make_client(target.base_url) as client:
             cell = await run_one(
                 client,
-                target.base_url,
                 front=mode.front,
                 stream=mode.stream,
                 concurrency=concurrency,

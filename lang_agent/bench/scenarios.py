@@ -14,13 +14,13 @@ import asyncio
 import time
 from typing import Any
 
-import httpx2
-
 from lang_agent.bench.load import Counter, Sample, attach_model_time, make_client
 from lang_agent.bench.runner import Mode, Target, drain_calls, log, run_cell
 from lang_agent.bench.stack import Meter, Stack
 from lang_agent.bench.stats import percentile
+from lang_agent.bench.wire import Connection, WireError
 from lang_agent.bench.workload import FRONTS, StreamReader, turn_text
+from lang_agent.jsonwire import loads
 
 VOICE_CONFIGS: list[tuple[str, dict[str, str]]] = [
     ("speculative chat", {"SPECULATIVE_CHAT": "true", "FILLER_DELAY_MS": "0"}),
@@ -126,27 +126,24 @@ async def voice(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "markdown": "\n".join(lines)}
 
 
-async def _raw_call(http: httpx2.AsyncClient, base: str, text: str, stream: bool,
-                    sample: Sample) -> None:  # fmt: skip
+async def _raw_call(connection: Connection, text: str, stream: bool, sample: Sample) -> None:
     body = {"model": "sim-chat", "messages": [{"role": "user", "content": text}],
             "stream": stream}  # fmt: skip
     headers = {"authorization": "Bearer sim"}
     try:
         if stream:
             reader = StreamReader("openai", started=sample.start)
-            async with http.stream("POST", f"{base}/chat/completions", json=body,
-                                   headers=headers) as response:  # fmt: skip
-                sample.status = response.status_code
-                async for chunk in response.aiter_raw():
-                    reader.feed(chunk)
+            sample.status = await connection.post("/chat/completions", body, headers=headers,
+                                                  sink=reader.feed)  # fmt: skip
             sample.ok = sample.status == 200 and reader.finished and bool(reader.text)
         else:
-            response = await http.post(f"{base}/chat/completions", json=body, headers=headers)
-            sample.status = response.status_code
-            sample.ok = sample.status == 200 and bool(response.json().get("choices"))
+            answer = bytearray()
+            sample.status = await connection.post("/chat/completions", body, headers=headers,
+                                                  sink=answer.extend)  # fmt: skip
+            sample.ok = sample.status == 200 and bool(loads(answer).get("choices"))
         if not sample.ok:
             sample.error = f"status {sample.status}"
-    except (httpx2.HTTPError, ValueError) as exc:
+    except (WireError, TimeoutError, ValueError) as exc:
         sample.error = f"{type(exc).__name__}: {exc}"[:200]
     sample.end = time.monotonic()
 
@@ -156,13 +153,14 @@ async def _proxy_cell(base: str, sim_root: str, *, stream: bool, concurrency: in
     await drain_calls(sim_root)
     samples: list[Sample] = []
     deadline = time.monotonic() + duration_s
-    async with make_client(concurrency) as http:
+    async with make_client(base) as client:
 
         async def user() -> None:
+            connection = client.connection()
             while time.monotonic() < deadline:
                 text = turn_text(counter.next(), kind="chat")
                 sample = Sample("chat", text, "", 0, time.monotonic())
-                await _raw_call(http, base, text, stream, sample)
+                await _raw_call(connection, text, stream, sample)
                 samples.append(sample)
 
         await asyncio.gather(*(user() for _ in range(concurrency)))
@@ -230,15 +228,15 @@ async def _ordering_check(url: str, key: str, dsn: str, *, threads: int, per_thr
     memory must hold all of them, each answer right after its own question."""
     from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 
-    async with make_client(threads * per_thread) as http:
+    async with make_client(url) as client:
 
         async def one(thread: str) -> int:
             text = turn_text(counter.next(), kind="chat")
             body = {"model": "lang-agent", "thread_id": thread, "stream": False,
                     "messages": [{"role": "user", "content": text}]}  # fmt: skip
-            response = await http.post(f"{url}/v1/chat/completions", json=body,
-                                       headers={"authorization": f"Bearer {key}"})  # fmt: skip
-            return response.status_code
+            return await client.connection().post(
+                "/v1/chat/completions", body, headers={"authorization": f"Bearer {key}"}
+            )
 
         names = [f"{run_id}-order-{i}" for i in range(threads)]
         statuses = await asyncio.gather(*(one(t) for t in names for _ in range(per_thread)))
