@@ -2,10 +2,10 @@
 response parsed in its protocol's `data_received`, so a streamed chunk costs no task wake-up.
 
 The load generator shares the machine with the server it measures. Through an httpx2 client
-(with `Http1Transport`) it spent 3.8 ms of CPU on a streamed turn and 1.6 ms on a plain one at
-c=50, about a tenth of the machine taken from the server (docs/performance.md). This speaks
-only what the benchmark needs: POST with a JSON body, answers framed by content-length, chunks
-or the end of the connection, and keep-alive. Errors are `WireError` (or TimeoutError).
+(with `Http1Transport`) it spent 4.3 ms of CPU on a streamed turn and 1.3 ms on a plain one at
+c=50; this client spends 2.7 and 0.7 ms (docs/performance.md). It speaks only what the
+benchmark needs: POST with a JSON body, answers framed by content-length, chunks or the end of
+the connection, and keep-alive. Errors are `WireError` (or TimeoutError).
 """
 
 from __future__ import annotations
