@@ -128,6 +128,8 @@ async def test_a_body_without_content_is_done_at_its_head(scripted):
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "malformed"),
         (b"HTTP/1.1 2OO OK\r\nContent-Length: 0\r\n\r\n", "malformed"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY", "malformed"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabc", "negative"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "negative"),
         (b"garbage", "connection lost in the answer"),
     ],
 )

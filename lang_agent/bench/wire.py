@@ -115,7 +115,7 @@ class _Exchange(asyncio.Protocol):
                 if state == "trailer":
                     if not line:
                         self._finish()
-                elif (size := int(line.split(b";", 1)[0], 16)) == 0:
+                elif (size := _size(int(line.split(b";", 1)[0], 16))) == 0:
                     self._state = "trailer"
                 else:
                     self._left, self._state = size, "chunk"
@@ -140,7 +140,7 @@ class _Exchange(asyncio.Protocol):
         elif headers.get(b"transfer-encoding", b"").endswith(b"chunked"):
             self._state = "size"
         elif b"content-length" in headers:
-            self._state, self._left = "length", int(headers[b"content-length"])
+            self._state, self._left = "length", _size(int(headers[b"content-length"]))
         else:
             self._state, self._keep = "eof", False
         if self._state == "length" and not self._left:
@@ -167,6 +167,12 @@ class _Exchange(asyncio.Protocol):
 
 def _discard(_: bytes) -> None:
     pass
+
+
+def _size(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"negative length {value}")
+    return value
 
 
 class Connection:
