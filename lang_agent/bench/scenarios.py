@@ -11,6 +11,7 @@ scale  – throughput at concurrency 200 with one and two worker processes, and 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -21,6 +22,9 @@ from lang_agent.bench.stats import percentile
 from lang_agent.bench.wire import Connection, WireError
 from lang_agent.bench.workload import FRONTS, StreamReader, turn_text
 from lang_agent.jsonwire import loads
+
+SCALE_WORKERS = (1, 2)
+SCALE_ROUNDS = 2  # cells alternate between the two servers, each order once
 
 VOICE_CONFIGS: list[tuple[str, dict[str, str]]] = [
     ("speculative chat", {"SPECULATIVE_CHAT": "true", "FILLER_DELAY_MS": "0"}),
@@ -257,36 +261,48 @@ async def _ordering_check(url: str, key: str, dsn: str, *, threads: int, per_thr
 
 
 async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
+    """One and two workers at once, their cells alternating: this machine's speed drifts by
+    tens of percent within minutes, and one configuration measured after the other once came
+    out the wrong way round (docs/performance.md)."""
     duration = 5.0 if args.quick else 15.0
     concurrency = 20 if args.quick else 200
-    rows, checks = [], {}
-    for workers in (1, 2):
+    targets: dict[int, Target] = {}
+    servers = []
+    for workers in SCALE_WORKERS:
         server = await asyncio.to_thread(stack.server, env=env["server_env"], workers=workers)
+        servers.append(server)
         meter = Meter({"server": server.pid, "sim": env.get("sim_pid"),
                        "postgres": stack.postgres_pid()})  # fmt: skip
-        target = Target(server.url, env["sim_root"], meter, env["key"], env["dsn"])
+        targets[workers] = Target(server.url, env["sim_root"], meter, env["key"], env["dsn"])
+    rows, checks = [], {}
+    for round_ in range(SCALE_ROUNDS):
         for mode in (Mode("openai", True), Mode("dashscope", False)):
-            log(f"▶ scale: {workers} worker(s), {mode.label}, c={concurrency}")
-            row, _ = await run_cell(
-                target,
-                mode,
-                concurrency,
-                duration_s=duration,
-                counter=env["counter"],
-                run_id=env["run_id"] + f"w{workers}",
-            )
-            rows.append(row | {"workers": workers})  # fmt: skip
+            for workers in SCALE_WORKERS if round_ % 2 == 0 else SCALE_WORKERS[::-1]:
+                log(f"▶ scale: round {round_ + 1}, {workers} worker(s), {mode.label}, "
+                    f"c={concurrency}")  # fmt: skip
+                row, _ = await run_cell(
+                    targets[workers],
+                    mode,
+                    concurrency,
+                    duration_s=duration,
+                    counter=env["counter"],
+                    run_id=env["run_id"] + f"w{workers}r{round_}",
+                )
+                rows.append(row | {"workers": workers, "round": round_ + 1})  # fmt: skip
+    for workers, target in targets.items():
         log(f"▶ scale: {workers} worker(s), per-thread ordering check")
         checks[workers] = await _ordering_check(
-            server.url, env["key"], env["dsn"], threads=10 if args.quick else 40, per_thread=4,
-            counter=env["counter"], run_id=env["run_id"] + f"w{workers}",
+            target.base_url, env["key"], env["dsn"], threads=10 if args.quick else 40,
+            per_thread=4, counter=env["counter"], run_id=env["run_id"] + f"w{workers}",
         )  # fmt: skip
+    for server in servers:
         await asyncio.to_thread(stack.stop, server)
     lines = [
         "## Scale-out: one vs two worker processes, one Postgres", "",
-        "| Workers | Mode | c | Requests | Success % | Throughput (req/s) | Avg (ms) | p99 (ms) "
-        "| Overhead p50 / p99 (ms) | CPU % server / sim / pg / load / other | Server RSS (MB) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Round | Workers | Mode | c | Requests | Success % | Throughput (req/s) | Avg (ms) "
+        "| p99 (ms) | Overhead p50 / p99 (ms) | CPU % server / sim / pg / load / other "
+        "| Server RSS (MB) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in rows:
         cpu = r.get("cpu_pct") or {}
@@ -294,13 +310,25 @@ async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
                             ("server", "sim", "postgres", "loadgen", "other"))  # fmt: skip
         mode = f"{r['front']} {'stream' if r['stream'] else 'non-stream'}"
         lines.append(
-            f"| {r['workers']} | {mode} | {r['concurrency']} | {r['requests']} "
+            f"| {r['round']} | {r['workers']} | {mode} | {r['concurrency']} | {r['requests']} "
             f"| {r['success_pct']} | {r['throughput_rps']:.1f} | {r['avg_ms']} | {r['p99_ms']} "
             f"| {r['overhead_p50_ms']} / {r['overhead_p99_ms']} | {shares} "
             f"| {(r.get('peak_rss_mb') or {}).get('server')} |"
         )
     lines.append("")
-    for workers in (1, 2):
+    for mode in sorted({(r["front"], r["stream"]) for r in rows}):
+        means = {
+            w: statistics.mean(r["throughput_rps"] for r in rows
+                               if (r["front"], r["stream"]) == mode and r["workers"] == w)
+            for w in SCALE_WORKERS
+        }  # fmt: skip
+        label = f"{mode[0]} {'stream' if mode[1] else 'non-stream'}"
+        gain = (means[SCALE_WORKERS[-1]] / means[SCALE_WORKERS[0]] - 1) * 100
+        lines.append(f"Mean throughput, {label}: " + " → ".join(
+            f"{means[w]:.1f} req/s with {w} worker(s)" for w in SCALE_WORKERS
+        ) + f" ({gain:+.0f} %).")  # fmt: skip
+        lines.append("")
+    for workers in SCALE_WORKERS:
         check = checks[workers]
         verdict = "holds" if not check["bad_threads"] and not check["non_200"] else "BROKEN"
         lines.append(
