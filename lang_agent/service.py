@@ -57,6 +57,7 @@ class Service:
                 "written": self.recorder.written,
                 "dropped": self.recorder.dropped,
                 "queued": self.recorder.queued,
+                "queued_bytes": self.recorder.queued_bytes,
             },
         }
 

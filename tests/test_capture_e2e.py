@@ -42,5 +42,6 @@ def test_a_tool_turn_is_captured_call_by_call(live_server, pg_dsn, thread_id):
 
     metrics = httpx2.get(f"{server.url}/metrics").text
     assert "sim-tool" in metrics
+    assert "lang_agent_capture_queue_bytes " in metrics
     health = httpx2.get(f"{server.url}/health").json()
-    assert health["capture"]["dropped"] == 0
+    assert health["capture"]["dropped"] == 0 and health["capture"]["queued_bytes"] >= 0

@@ -209,6 +209,9 @@ async def test_an_outage_holds_no_more_bodies_than_the_queue_budget(
                 assert recorder.queued_bytes <= budget
         kept = 20 - recorder.dropped  # a pending and a final row per call
         assert 0 < kept < 20
+        assert f"lang_agent_capture_queue_bytes {recorder.queued_bytes}\n" in (
+            recorder.metrics.render()
+        )
         await pg_gate.open()
         await recorder.flush(timeout_s=30)
     assert (recorder.written, recorder.queued_bytes) == (kept, 0)

@@ -20,6 +20,7 @@ Labels = tuple[tuple[str, str], ...]
 class CaptureStats(Protocol):
     written: int
     dropped: int
+    queued_bytes: int
 
     @property
     def queued(self) -> int: ...
@@ -129,8 +130,10 @@ class Metrics:
             f"{p}_llm_calls_in_flight", "gauge", "Model calls running now.", {(): self.in_flight}
         )
         capture = self._capture
-        written, dropped, queued = (
-            (capture.written, capture.dropped, capture.queued) if capture else (0, 0, 0)
+        written, dropped, queued, queued_bytes = (
+            (capture.written, capture.dropped, capture.queued, capture.queued_bytes)
+            if capture
+            else (0, 0, 0, 0)
         )
         family(f"{p}_capture_rows_written_total", "counter", "Capture rows written.", {(): written})
         family(
@@ -140,4 +143,10 @@ class Metrics:
             {(): dropped},
         )
         family(f"{p}_capture_queue_depth", "gauge", "Capture rows waiting.", {(): queued})
+        family(
+            f"{p}_capture_queue_bytes",
+            "gauge",
+            "Request and response bytes of the capture rows waiting (CAPTURE_QUEUE_MB bounds it).",
+            {(): queued_bytes},
+        )
         return "\n".join(out) + "\n"
