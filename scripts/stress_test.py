@@ -28,13 +28,14 @@ from lang_agent.bench.cli import main  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from lang_agent.bench.cli import add_arguments
+    from lang_agent.bench.cli import add_arguments, check_arguments
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     if args.out is None:
         args.out = ROOT / "stress_results" / time.strftime("%Y%m%d-%H%M%S")
     args.out = args.out.resolve()  # the servers run in a directory of their own

@@ -4,10 +4,13 @@ success accounting, E(c), the simulator call-log matching. No timing asserts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from lang_agent.bench import report
+from lang_agent.bench.cli import ROOT
 from lang_agent.bench.load import Sample, attach_model_time, completed_within
 from lang_agent.bench.runner import Mode, Target, run_matrix
 from lang_agent.bench.stats import add_efficiency, percentile
@@ -144,3 +147,28 @@ def test_turn_texts_are_unique_and_route_as_intended() -> None:
         assert sim_intents.detect(turn_text(n, kind="chat")) == []
         assert sim_intents.detect(turn_text(n, kind="tool")) != []
     assert turn_text(3, kind="chat").startswith(CHAT_TEXT)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--py-spy", "50"], "--py-spy needs py-spy on PATH"),
+        (["--levels", "0,10"], "expected positive whole numbers"),
+        (["--levels", "ten"], "expected positive whole numbers"),
+        (["--duration", "0"], "--duration must be above 0"),
+        (["--workers", "-1"], "--workers must be above 0"),
+    ],
+)
+def test_a_run_that_cannot_work_is_refused_before_anything_starts(tmp_path, flags, message):
+    # An empty PATH: no py-spy, whatever this machine has installed.
+    argv = [
+        sys.executable,
+        str(ROOT / "scripts" / "stress_test.py"),
+        *flags,
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, env={"PATH": str(tmp_path)})  # noqa: S603
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not any(tmp_path.iterdir())  # no stack, no results

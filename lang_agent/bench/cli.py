@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +26,13 @@ LITELLM = "/tmp/litellm-venv/bin/litellm"  # noqa: S108 - a path the user chose,
 
 
 def _levels(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive whole numbers, e.g. 1,10,50: {text!r}")
+    return levels
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +57,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record the server with py-spy during the first cell at concurrency C")  # fmt: skip
     add("--litellm", default=LITELLM, help="litellm binary, for the proxy comparison")
     add("--out", type=Path, default=None, help="output directory (default stress_results/<time>)")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a run that would fail or mean nothing once the stack is up."""
+    if args.py_spy and shutil.which("py-spy") is None:
+        parser.error("--py-spy needs py-spy on PATH (pip install py-spy)")
+    for flag in ("duration", "workers", "turns_per_thread"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be above 0, not {value:g}")
 
 
 def _modes(args: argparse.Namespace) -> list[Mode]:
@@ -193,4 +210,4 @@ SCENARIO_RUNNERS = {
     "proxy": scenarios.proxy,
     "scale": scenarios.scale,
 }
-__all__ = ["ROOT", "add_arguments", "main"]
+__all__ = ["ROOT", "add_arguments", "check_arguments", "main"]
