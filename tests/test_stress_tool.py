@@ -3,6 +3,7 @@ success accounting, E(c), the simulator call-log matching. No timing asserts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 
 from lang_agent.bench import report
 from lang_agent.bench.cli import ROOT
-from lang_agent.bench.load import Sample, attach_model_time, completed_within
+from lang_agent.bench.load import Counter, Sample, attach_model_time, completed_within, make_client
+from lang_agent.bench.load import run_cell as run_one
 from lang_agent.bench.runner import Mode, Target, run_matrix
 from lang_agent.bench.stats import add_efficiency, percentile
 from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
@@ -172,3 +174,15 @@ def test_a_run_that_cannot_work_is_refused_before_anything_starts(tmp_path, flag
     assert done.returncode == 2
     assert message in done.stderr
     assert not any(tmp_path.iterdir())  # no stack, no results
+
+
+async def test_a_ramp_starts_the_users_one_after_another(bench_server) -> None:
+    async with make_client(bench_server.url) as client:
+        cell = await run_one(
+            client, front="openai", stream=False, concurrency=4, duration_s=60,
+            counter=Counter(), run_id="r", key=TEST_KEY, ramp_s=0.4, max_turns=1,
+        )  # fmt: skip
+    assert all(s.ok for s in cell.samples) and len(cell.samples) == 4
+    starts = sorted(s.start for s in cell.samples)
+    # user i waits i × ramp / concurrency before its first turn (a sleep: never shorter)
+    assert all(later - earlier >= 0.09 for earlier, later in itertools.pairwise(starts))

@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fronts", default="dashscope,openai", help="front ends: dashscope,openai")
     add("--streams", default="both", choices=["both", "stream", "plain"], help="stream modes")
     add("--turns-per-thread", type=int, default=1, help="turns a user sends on one thread")
+    add("--ramp", type=float, default=0.0, metavar="S",
+        help="start the users evenly over S seconds (default 0: all at once, in step)")  # fmt: skip
     add("--tool-every", type=int, default=0, help="every n-th turn is a tool turn (0: none)")
     add("--profile", default="original", help="simulator latency profile (fast, original)")
     add("--workers", type=int, default=1, help="server worker processes (WORKERS)")
@@ -67,6 +69,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be above 0, not {value:g}")
+    if args.ramp < 0:
+        parser.error(f"--ramp must be 0 or more, not {args.ramp:g}")
 
 
 def _modes(args: argparse.Namespace) -> list[Mode]:
@@ -135,11 +139,14 @@ async def matrix(args: argparse.Namespace, _stack: Stack, env: dict[str, Any]) -
         counter=env["counter"],
         turns_per_thread=args.turns_per_thread,
         tool_every=args.tool_every,
+        ramp_s=args.ramp,
         on_cell=on_cell,
     )
     if env.get("spy") is not None:
         env.pop("spy").__exit__(None, None, None)
     title = f"Matrix: {duration:g} s per cell, {args.turns_per_thread} turn(s) per thread"
+    if args.ramp:
+        title += f", users started over {args.ramp:g} s"
     (args.out / "chart.svg").write_text(report.chart_svg(rows, title=title), "utf-8")
     return {"rows": rows, "markdown": report.matrix_markdown(rows, title=title)}
 

@@ -2,6 +2,9 @@
 keep-alive connection (`wire.LoadClient`).
 
 Each user sends a turn, waits for the whole answer, and sends the next at once (no think time).
+By default all users start together; with a fixed model latency they then stay in step, and
+every turn arrives with all the others (the hardest case for the tail). `ramp_s` starts them
+evenly over that many seconds instead, so turns arrive as a steady stream.
 A user keeps its thread for `turns_per_thread` turns, then starts a new one, so by default
 every turn opens a fresh thread. The cell runs for `duration_s`; turns in flight at the end
 are awaited and counted in the latency figures, but throughput counts only the share of
@@ -121,19 +124,23 @@ async def run_cell(
     key: str | None = None,
     turns_per_thread: int = 1,
     tool_every: int = 0,
+    ramp_s: float = 0.0,
     warmup_s: float | None = None,
     max_turns: int | None = None,
     on_done: Callable[[Sample], None] | None = None,
 ) -> CellResult:
     """Run one (front end, stream, concurrency) cell; `tool_every` = n makes every n-th turn a
-    tool turn (0: chat turns only); `max_turns` caps the turns per user (for tests)."""
+    tool turn (0: chat turns only); `ramp_s` spreads the users' starts over that long, before
+    the warm-up and the cell's duration; `max_turns` caps the turns per user (for tests)."""
     warmup = min(2.0, duration_s / 5) if warmup_s is None else warmup_s
     t0 = time.monotonic()
-    window_start, deadline = t0 + warmup, t0 + duration_s
+    window_start, deadline = t0 + ramp_s + warmup, t0 + ramp_s + duration_s
     samples: list[Sample] = []
     tag = f"{run_id}-{'s' if stream else 'n'}{front[0]}{concurrency}"
 
     async def user(index: int) -> None:
+        if ramp_s:
+            await asyncio.sleep(ramp_s * index / concurrency)
         connection = client.connection()
         for count in itertools.count():
             if time.monotonic() >= deadline or (max_turns is not None and count >= max_turns):

@@ -70,6 +70,7 @@ async def run_cell(
     run_id: str,
     turns_per_thread: int = 1,
     tool_every: int = 0,
+    ramp_s: float = 0.0,
     max_turns: int | None = None,
     quiet: bool = False,
 ) -> tuple[dict[str, Any], CellResult]:
@@ -107,6 +108,7 @@ async def run_cell(
                 key=target.key,
                 turns_per_thread=turns_per_thread,
                 tool_every=tool_every,
+                ramp_s=ramp_s,
                 max_turns=max_turns,
                 on_done=on_done,
             )
@@ -121,6 +123,7 @@ async def run_cell(
         await attach_server_latency(target.dsn, cell.samples)
     row = summarise(cell) | resources
     row["turns_per_thread"] = turns_per_thread
+    row["ramp_s"] = ramp_s
     return row, cell
 
 
@@ -179,6 +182,7 @@ async def run_matrix(
     counter: Counter | None = None,
     turns_per_thread: int = 1,
     tool_every: int = 0,
+    ramp_s: float = 0.0,
     max_turns: int | None = None,
     pause_s: float = 1.0,
     on_cell: Callable[[Mode, int], None] | None = None,
@@ -201,6 +205,7 @@ async def run_matrix(
                 run_id=run_id,
                 turns_per_thread=turns_per_thread,
                 tool_every=tool_every,
+                ramp_s=ramp_s,
                 max_turns=max_turns,
             )
             mode_rows.append(row)

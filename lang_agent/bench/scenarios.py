@@ -153,13 +153,15 @@ async def _raw_call(connection: Connection, text: str, stream: bool, sample: Sam
 
 
 async def _proxy_cell(base: str, sim_root: str, *, stream: bool, concurrency: int,
-                      duration_s: float, counter: Counter) -> list[Sample]:  # fmt: skip
+                      duration_s: float, ramp_s: float,
+                      counter: Counter) -> list[Sample]:  # fmt: skip
     await drain_calls(sim_root)
     samples: list[Sample] = []
-    deadline = time.monotonic() + duration_s
+    deadline = time.monotonic() + ramp_s + duration_s
     async with make_client(base) as client:
 
-        async def user() -> None:
+        async def user(index: int) -> None:
+            await asyncio.sleep(ramp_s * index / concurrency)
             connection = client.connection()
             while time.monotonic() < deadline:
                 text = turn_text(counter.next(), kind="chat")
@@ -167,7 +169,7 @@ async def _proxy_cell(base: str, sim_root: str, *, stream: bool, concurrency: in
                 await _raw_call(connection, text, stream, sample)
                 samples.append(sample)
 
-        await asyncio.gather(*(user() for _ in range(concurrency)))
+        await asyncio.gather(*(user(i) for i in range(concurrency)))
     attach_model_time(samples, await drain_calls(sim_root))
     return samples
 
@@ -194,7 +196,7 @@ async def proxy(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
                 log(f"▶ proxy: {name}, {'stream' if stream else 'non-stream'}, c={concurrency}")
                 samples = await _proxy_cell(url, env["sim_root"], stream=stream,
                                             concurrency=concurrency, duration_s=duration,
-                                            counter=env["counter"])  # fmt: skip
+                                            ramp_s=args.ramp, counter=env["counter"])  # fmt: skip
                 extra = [s.overhead for s in samples if s.ok and s.overhead is not None]
                 base.setdefault(name, extra)
                 direct = base["direct"]
