@@ -159,6 +159,8 @@ def test_turn_texts_are_unique_and_route_as_intended() -> None:
         (["--levels", "ten"], "expected positive whole numbers"),
         (["--duration", "0"], "--duration must be above 0"),
         (["--workers", "-1"], "--workers must be above 0"),
+        (["--ramp", "-1"], "--ramp must be 0 or more"),
+        (["--tool-every", "-3"], "--tool-every must be 0 or more"),
     ],
 )
 def test_a_run_that_cannot_work_is_refused_before_anything_starts(tmp_path, flags, message):

@@ -69,8 +69,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, flag)
         if value is not None and value <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be above 0, not {value:g}")
-    if args.ramp < 0:
-        parser.error(f"--ramp must be 0 or more, not {args.ramp:g}")
+    for flag in ("ramp", "tool_every"):
+        value = getattr(args, flag)
+        if value < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be 0 or more, not {value:g}")
 
 
 def _modes(args: argparse.Namespace) -> list[Mode]:
