@@ -188,3 +188,22 @@ async def test_a_ramp_starts_the_users_one_after_another(bench_server) -> None:
     starts = sorted(s.start for s in cell.samples)
     # user i waits i × ramp / concurrency before its first turn (a sleep: never shorter)
     assert all(later - earlier >= 0.09 for earlier, later in itertools.pairwise(starts))
+
+
+def test_the_report_marks_each_target_the_run_covers_met_or_not() -> None:
+    def row(stream: bool, concurrency: int, **values: float) -> dict:
+        return {"front": "openai", "stream": stream, "concurrency": concurrency, **values}
+
+    rows = [
+        row(False, 1, efficiency=1.0, overhead_p50_ms=9.5),
+        row(False, 50, efficiency=0.96, overhead_p99_ms=51.0),
+        row(True, 1, efficiency=1.0, overhead_p50_ms=10.5),
+        row(True, 50, efficiency=0.94, overhead_p99_ms=50.0),
+    ]
+    lines = report.targets_markdown(rows).splitlines()
+    assert lines[2] == "| Target | openai non-stream | openai stream |"
+    assert "| E(50) ≥ 0.95 | 0.960 met | 0.940 **not met** |" in lines
+    assert "| Overhead p50 ≤ 10 ms at c=1 | 9.500 met | 10.5 **not met** |" in lines
+    assert "| Overhead p99 ≤ 50 ms at c=50 | 51.0 **not met** | 50.0 met |" in lines
+    assert not any(line.startswith("| E(100)") for line in lines)  # no c=100 in this run
+    assert report.targets_markdown([row(False, 5, efficiency=0.99)]) == ""

@@ -150,7 +150,11 @@ async def matrix(args: argparse.Namespace, _stack: Stack, env: dict[str, Any]) -
     if args.ramp:
         title += f", users started over {args.ramp:g} s"
     (args.out / "chart.svg").write_text(report.chart_svg(rows, title=title), "utf-8")
-    return {"rows": rows, "markdown": report.matrix_markdown(rows, title=title)}
+    markdown = report.matrix_markdown(rows, title=title)
+    targets = report.targets_markdown(rows)
+    if targets:
+        log(targets)
+    return {"rows": rows, "markdown": f"{markdown}\n{targets}".rstrip() + "\n"}
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -87,6 +87,43 @@ def matrix_markdown(rows: Sequence[dict[str, Any]], *, title: str = "") -> str:
     return "\n".join(out)
 
 
+# Issue 8's targets that one matrix run can show: label, concurrency, row key, bound, and
+# whether the bound is a most (else a least).
+TARGETS = (
+    ("E(50) ≥ 0.95", 50, "efficiency", 0.95, False),
+    ("E(100) ≥ 0.90", 100, "efficiency", 0.90, False),
+    ("Overhead p50 ≤ 10 ms at c=1", 1, "overhead_p50_ms", 10.0, True),
+    ("Overhead p99 ≤ 50 ms at c=50", 50, "overhead_p99_ms", 50.0, True),
+)
+
+
+def targets_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The targets this run's levels cover, met or not in each mode ('' for none)."""
+    modes: list[tuple[str, bool]] = []
+    for row in rows:
+        if (row["front"], row["stream"]) not in modes:
+            modes.append((row["front"], row["stream"]))
+    cells = {(r["front"], r["stream"], r["concurrency"]): r for r in rows}
+    names = [f"{front} {'stream' if stream else 'non-stream'}" for front, stream in modes]
+    lines = []
+    for label, concurrency, key, bound, at_most in TARGETS:
+        verdicts = []
+        for front, stream in modes:
+            value = (cells.get((front, stream, concurrency)) or {}).get(key)
+            if value is None:
+                verdicts.append("–")
+                continue
+            met = value <= bound if at_most else value >= bound
+            verdicts.append(f"{_fmt(value)} {'met' if met else '**not met**'}")
+        if any(v != "–" for v in verdicts):
+            lines.append(f"| {label} | " + " | ".join(verdicts) + " |")
+    if not lines:
+        return ""
+    head = ["## Targets", "", "| Target | " + " | ".join(names) + " |",
+            "|---|" + "---:|" * len(names)]  # fmt: skip
+    return "\n".join(head + lines)
+
+
 def write_json(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(record, ensure_ascii=False, indent=1, default=str), "utf-8")
 
