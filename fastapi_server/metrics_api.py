@@ -1,4 +1,4 @@
-"""GET /metrics: the capture layer's Prometheus text, read from `app.state.recorder`."""
+"""GET /metrics: Prometheus text, the capture layer's (`app.state.recorder`) and the server's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ router = APIRouter(tags=["ops"])
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
-    """Calls by model and status, latency and TTFT histograms, tokens, cost, dropped rows."""
+    """Calls by model and status, latency and TTFT histograms, tokens, cost, dropped rows; turns
+    in flight and the event loop's lag."""
     recorder = getattr(request.app.state, "recorder", None)
     source: Metrics = recorder.metrics if recorder is not None else Metrics()
-    return PlainTextResponse(source.render(), media_type=CONTENT_TYPE)
+    body = source.render()
+    service = getattr(request.app.state, "service", None)
+    if service is not None:
+        body += "\n".join(service.metrics_lines()) + "\n"
+    return PlainTextResponse(body, media_type=CONTENT_TYPE)

@@ -15,6 +15,7 @@ from lang_agent.agent.runner import Agent
 from lang_agent.agent.state import AgentDeps
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.capture import CapturingTransport, Recorder
+from lang_agent.capture.metrics import PREFIX, family_lines
 from lang_agent.checkpointer import PooledSaver, install_loop_executor
 from lang_agent.conversations import ConversationLog
 from lang_agent.db import Database, resolve_dsn
@@ -22,6 +23,7 @@ from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.proxies import ProxyRoutes
+from lang_agent.loop_lag import LoopLag
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
@@ -44,12 +46,14 @@ class Service:
     tools: ToolRegistry
     log: ConversationLog
     recorder: Recorder
+    loop_lag: LoopLag
     extras: dict[str, Any] = field(default_factory=dict)
 
     def health(self) -> dict[str, Any]:
         specs = self.agent.deps.models.specs
         return {
             "status": "ok",
+            "turns_in_flight": self.agent.turns_running,
             "models": {role: str(spec) for role, spec in specs.items()},
             "tools": self.tools.health(),
             "conversation_log": {"written": self.log.written, "dropped": self.log.dropped},
@@ -60,6 +64,14 @@ class Service:
                 "queued_bytes": self.recorder.queued_bytes,
             },
         }
+
+    def metrics_lines(self) -> list[str]:
+        """The server's own families for /metrics, beside capture's."""
+        running = {(): self.agent.turns_running}
+        return [
+            *family_lines(f"{PREFIX}_turns_in_flight", "gauge", "Turns running now.", running),
+            *self.loop_lag.lines(),
+        ]
 
 
 async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
@@ -79,6 +91,7 @@ async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
 @contextlib.asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     async with contextlib.AsyncExitStack() as stack:
+        loop_lag = await stack.enter_async_context(LoopLag().running())
         dsn, _embedded = await resolve_dsn(settings)
         db = Database(dsn, max_size=settings.db_pool_size, timeout=settings.db_timeout_s)
         await db.open()
@@ -147,4 +160,5 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             tools=tools,
             log=log,
             recorder=recorder,
+            loop_lag=loop_lag,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx2
 import openai
 import psycopg
@@ -43,5 +45,8 @@ def test_a_tool_turn_is_captured_call_by_call(live_server, pg_dsn, thread_id):
     metrics = httpx2.get(f"{server.url}/metrics").text
     assert "sim-tool" in metrics
     assert "lang_agent_capture_queue_bytes " in metrics
+    assert re.search(r"^lang_agent_turns_in_flight \d+$", metrics, re.MULTILINE)
+    assert "lang_agent_event_loop_lag_seconds_bucket{le=" in metrics
     health = httpx2.get(f"{server.url}/health").json()
     assert health["capture"]["dropped"] == 0 and health["capture"]["queued_bytes"] >= 0
+    assert isinstance(health["turns_in_flight"], int)

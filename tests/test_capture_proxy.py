@@ -120,6 +120,7 @@ async def test_proxy_metrics(proxy):
     assert response.status_code == 200
     assert "lang_agent_llm_calls_total{" in response.text
     assert "lang_agent_capture_rows_dropped_total" in response.text
+    assert "lang_agent_event_loop_lag_seconds_count" in response.text
 
 
 async def test_unreachable_upstream_is_a_502_and_a_recorded_error(capture_dsn, capture_db):

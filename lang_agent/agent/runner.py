@@ -74,6 +74,10 @@ class Agent:
         if running:
             await asyncio.wait(running, timeout=timeout_s)
 
+    @property
+    def turns_running(self) -> int:
+        return len(self._running)
+
     def profile(self, name: str | None) -> Profile:
         default = self.profiles.get(self.deps.settings.default_profile, Profile())
         return self.profiles.get(name or "", default)

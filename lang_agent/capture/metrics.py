@@ -68,6 +68,18 @@ class Histogram:
         return out
 
 
+def family_lines(name: str, kind: str, help_text: str, values: dict[Labels, float]) -> list[str]:
+    """One counter or gauge family: HELP, TYPE and a line per label set."""
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in sorted(values.items()):
+        out.append(f"{name}{_labels(labels)} {_number(value)}")
+    return out
+
+
+def histogram_lines(name: str, help_text: str, histogram: Histogram) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} histogram", *histogram.lines(name)]
+
+
 class Metrics:
     """Counters fed by the recorder as calls end; `render()` is the /metrics body."""
 
@@ -110,19 +122,14 @@ class Metrics:
         out: list[str] = []
 
         def family(name: str, kind: str, help_text: str, values: dict[Labels, float]) -> None:
-            out.append(f"# HELP {name} {help_text}")
-            out.append(f"# TYPE {name} {kind}")
-            for labels, value in sorted(values.items()):
-                out.append(f"{name}{_labels(labels)} {_number(value)}")
+            out.extend(family_lines(name, kind, help_text, values))
 
         family(f"{p}_llm_calls_total", "counter", "Model calls by model and status.", self.calls)
         for name, hist, text in (
             (f"{p}_llm_call_duration_seconds", self.latency, "Model call latency."),
             (f"{p}_llm_ttft_seconds", self.ttft, "Time to the first content token."),
         ):
-            out.append(f"# HELP {name} {text}")
-            out.append(f"# TYPE {name} histogram")
-            out.extend(hist.lines(name))
+            out.extend(histogram_lines(name, text, hist))
         family(f"{p}_llm_tokens_total", "counter", "Tokens by model and kind.", self.tokens)
         family(f"{p}_llm_cost_total", "counter", "Cost from the price table.", self.cost)
         family(f"{p}_llm_flags_total", "counter", "Detector verdicts by flag.", self.flags)

@@ -36,6 +36,7 @@ from lang_agent.db import resolve_dsn
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.proxies import ProxyRoutes
+from lang_agent.loop_lag import LoopLag
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -154,10 +155,12 @@ class CaptureProxy:
         timeout: httpx2.Timeout,
         metrics: Metrics,
         key: str | None,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self.upstream = upstream
         self.transport = transport
         self.metrics = metrics
+        self.loop_lag = loop_lag
         self._key = key
         self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
         if key is not None:
@@ -167,7 +170,10 @@ class CaptureProxy:
         if scope["type"] != "http":
             return
         if scope["method"] == "GET" and scope["path"] == "/metrics":
-            response = PlainTextResponse(self.metrics.render(), media_type=CONTENT_TYPE)
+            body = self.metrics.render()
+            if self.loop_lag is not None:
+                body += "\n".join(self.loop_lag.lines()) + "\n"
+            response = PlainTextResponse(body, media_type=CONTENT_TYPE)
             await response(scope, receive, send)
             return
         upstream = await self._forward(Request(scope, receive))
@@ -299,7 +305,7 @@ async def running_proxy(
             "client's Authorization header"
         )
     catalog = ModelCatalog.load(settings.models_file)
-    async with Recorder.open(settings, dsn=dsn) as recorder:
+    async with Recorder.open(settings, dsn=dsn) as recorder, LoopLag().running() as loop_lag:
         transport = CapturingTransport(
             Http1Transport(proxies=ProxyRoutes.from_environment()),
             recorder=recorder,
@@ -317,6 +323,7 @@ async def running_proxy(
                 timeout=timeout,
                 metrics=recorder.metrics,
                 key=key,
+                loop_lag=loop_lag,
             )
             config = uvicorn.Config(
                 app,
