@@ -16,8 +16,6 @@ async def metrics(request: Request) -> PlainTextResponse:
     in flight and the event loop's lag."""
     recorder = getattr(request.app.state, "recorder", None)
     source: Metrics = recorder.metrics if recorder is not None else Metrics()
-    body = source.render()
     service = getattr(request.app.state, "service", None)
-    if service is not None:
-        body += "\n".join(service.metrics_lines()) + "\n"
-    return PlainTextResponse(body, media_type=CONTENT_TYPE)
+    extra = service.metrics_lines() if service is not None else ()
+    return PlainTextResponse(source.render(extra), media_type=CONTENT_TYPE)

@@ -66,14 +66,19 @@ def table(rows: Sequence[dict[str, Any]], *, stream: bool) -> str:
     return "\n".join(lines)
 
 
+def _modes(rows: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """The (front end, stream) modes of the rows, in the order they came."""
+    modes: list[tuple[str, bool]] = []
+    for row in rows:
+        if (row["front"], row["stream"]) not in modes:
+            modes.append((row["front"], row["stream"]))
+    return modes
+
+
 def matrix_markdown(rows: Sequence[dict[str, Any]], *, title: str = "") -> str:
     """A heading and a table per mode (front end × stream), in the order the rows came."""
     out = [f"## {title}", ""] if title else []
-    seen: list[tuple[str, bool]] = []
-    for row in rows:
-        if (row["front"], row["stream"]) not in seen:
-            seen.append((row["front"], row["stream"]))
-    for front, stream in seen:
+    for front, stream in _modes(rows):
         mode_rows = [r for r in rows if r["front"] == front and r["stream"] == stream]
         out += [f"### {front}, {'streaming' if stream else 'non-streaming'}", ""]
         out += [table(mode_rows, stream=stream), ""]
@@ -99,10 +104,7 @@ TARGETS = (
 
 def targets_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The targets this run's levels cover, met or not in each mode ('' for none)."""
-    modes: list[tuple[str, bool]] = []
-    for row in rows:
-        if (row["front"], row["stream"]) not in modes:
-            modes.append((row["front"], row["stream"]))
+    modes = _modes(rows)
     cells = {(r["front"], r["stream"], r["concurrency"]): r for r in rows}
     names = [f"{front} {'stream' if stream else 'non-stream'}" for front, stream in modes]
     lines = []

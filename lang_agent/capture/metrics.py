@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -117,7 +118,8 @@ class Metrics:
         for flag in record.flags:
             self.flags[(("flag", flag),)] += 1
 
-    def render(self) -> str:
+    def render(self, extra: Sequence[str] = ()) -> str:
+        """The body, with `extra` lines (other families of the same process) at the end."""
         p = PREFIX
         out: list[str] = []
 
@@ -156,4 +158,5 @@ class Metrics:
             "Request and response bytes of the capture rows waiting (CAPTURE_QUEUE_MB bounds it).",
             {(): queued_bytes},
         )
+        out.extend(extra)
         return "\n".join(out) + "\n"

@@ -170,10 +170,8 @@ class CaptureProxy:
         if scope["type"] != "http":
             return
         if scope["method"] == "GET" and scope["path"] == "/metrics":
-            body = self.metrics.render()
-            if self.loop_lag is not None:
-                body += "\n".join(self.loop_lag.lines()) + "\n"
-            response = PlainTextResponse(body, media_type=CONTENT_TYPE)
+            extra = self.loop_lag.lines() if self.loop_lag is not None else ()
+            response = PlainTextResponse(self.metrics.render(extra), media_type=CONTENT_TYPE)
             await response(scope, receive, send)
             return
         upstream = await self._forward(Request(scope, receive))
