@@ -9,7 +9,9 @@ A user keeps its thread for `turns_per_thread` turns, then starts a new one, so 
 every turn opens a fresh thread. The cell runs for `duration_s`; turns in flight at the end
 are awaited and counted in the latency figures, but throughput counts only the share of
 each turn that fell inside the measuring window (after the warm-up), so ramp-up, ramp-down
-and window edges do not bias it.
+and window edges do not bias it. The summary also gives the overhead of the turns that
+started inside the window alone: in lockstep the first rounds, when every user arrives at
+once, make most of a cell's tail.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class CellResult:
     stream: bool
     concurrency: int
     window_s: float
+    window_start: float  # monotonic; turns that start before it are the warm-up
     samples: list[Sample] = field(default_factory=list)
     completed_in_window: float = 0.0
     calls: list[dict] = field(default_factory=list)  # the simulator's log for this cell
@@ -163,6 +166,7 @@ async def run_cell(
         stream,
         concurrency,
         max(deadline - window_start, 1e-6),
+        window_start,
         samples,
         completed_within(samples, window_start, deadline),
     )

@@ -99,6 +99,9 @@ TARGETS = (
     ("E(100) ≥ 0.90", 100, "efficiency", 0.90, False),
     ("Overhead p50 ≤ 10 ms at c=1", 1, "overhead_p50_ms", 10.0, True),
     ("Overhead p99 ≤ 50 ms at c=50", 50, "overhead_p99_ms", 50.0, True),
+    # Not a target of its own: read with the line above, it tells a start-up burst (every
+    # user arriving at once) from a tail that lasts.
+    ("… of the turns started after the warm-up", 50, "window_overhead_p99_ms", 50.0, True),
 )
 
 

@@ -57,6 +57,8 @@ def summarise(cell: CellResult) -> dict[str, Any]:
     overheads = [s.overhead for s in ok if s.overhead is not None]
     row |= _spread(overheads, "overhead_")
     row["overhead_matched"] = len(overheads)
+    steady = [s.overhead for s in ok if s.overhead is not None and s.start >= cell.window_start]
+    row |= _spread(steady, "window_overhead_")
     engine = [s.engine_overhead for s in ok if s.engine_overhead is not None]
     row |= _spread(engine, "engine_overhead_")
     row |= _spread([s.before_model_s for s in ok if s.before_model_s is not None], "before_model_")
