@@ -8,7 +8,7 @@ import httpx2
 import openai
 import pytest
 
-from lang_agent.llm.sim import Simulator
+from lang_agent.llm.sim import HIGH_WATER, Pacer, Simulator
 
 MESSAGES = [{"role": "user", "content": "你好"}]
 
@@ -175,3 +175,54 @@ async def test_stop_ends_streams_in_progress(client):
     await simulator.stop()
     with pytest.raises(openai.APIConnectionError):
         await pending
+
+
+class SlowReader:
+    """A transport whose client reads only when told to, and a peer that may leave."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered, self.written, self.gone = buffered, [], False
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def left(self) -> bool:
+        return self.gone
+
+
+async def test_a_stream_waits_for_a_client_that_does_not_read():
+    slow = SlowReader(buffered=HIGH_WATER + 1)
+    events = (b"e%d" % i for i in range(500))
+    sending = asyncio.create_task(Pacer(slow, slow, interval=0).send(events))
+    await asyncio.sleep(0.05)
+    assert slow.written == []  # nothing more piles up in memory
+    slow.buffered = 0
+    await asyncio.wait_for(sending, 5)
+    assert len(slow.written) == 500
+
+
+async def test_a_paced_stream_stops_at_its_limit_or_when_the_client_leaves():
+    slow = SlowReader()
+    await Pacer(slow, slow, interval=0.001, limit=3).send(iter([b"a", b"b", b"c", b"d"]))
+    assert slow.written == [b"a", b"b", b"c"]
+    slow.gone = True
+    with pytest.raises(ConnectionResetError):
+        await Pacer(slow, slow, interval=0.001).send(iter([b"e"]))
+    assert slow.written == [b"a", b"b", b"c"]
+
+
+async def test_a_cancelled_stream_writes_nothing_more():
+    slow = SlowReader()
+    sending = asyncio.create_task(Pacer(slow, slow, interval=0.01).send(iter([b"x"] * 100)))
+    await until(lambda: len(slow.written) >= 2)
+    sending.cancel()
+    await asyncio.wait([sending])
+    count = len(slow.written)
+    await asyncio.sleep(0.05)
+    assert len(slow.written) == count < 100

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -48,7 +48,9 @@ FAULTS = ("429", "500", "timeout", "reset", "cut", "loop", "length", "slow")
 TIMEOUT_FAULT_S = 120.0  # a `timeout` fault holds the request this long at most
 SLOW_TTFT_MS = 2000.0  # time to first byte of a `slow` fault
 CUT_AFTER = 3  # content chunks a `cut` stream sends before it drops the connection
-YIELD_EVERY = 64  # unpaced streams flush and look for a departed client this often
+YIELD_EVERY = 64  # unpaced streams yield and look for a departed client this often
+HIGH_WATER = 64 * 1024  # buffered bytes at which a stream waits for its client to read
+BACKPRESSURE_POLL_S = 0.005
 CALL_LOG_SIZE = 200_000  # completed calls kept for GET /_sim/calls (benchmarks read and clear it)
 
 
@@ -338,35 +340,77 @@ class Simulator:
         if latency.ttft_ms and await peer.wait(latency.ttft_ms / 1000):
             raise ConnectionResetError("client left")
         writer.write(head.stream_start(keep=keep) + plan.role_event())
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        sent = 0
-        transport = writer.transport
-        for event in plan.token_events():
-            if transport.is_closing():  # the socket failed: stop before asyncio warns per write
-                raise ConnectionResetError("client left")
-            writer.write(event)
-            sent += 1
-            if plan.fault == "cut" and sent >= CUT_AFTER:
-                break
-            if interval:
-                await writer.drain()
-                delay = start + sent * interval - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif sent % YIELD_EVERY == 0:
-                await writer.drain()
-                await asyncio.sleep(0)
-            else:
-                continue
-            if peer.left():
-                raise ConnectionResetError("client left")
-        if plan.fault == "cut":  # no finish chunk, no [DONE], no terminating chunk
+        cut = plan.fault == "cut"
+        pacer = Pacer(writer.transport, peer, interval=interval, limit=CUT_AFTER if cut else None)
+        await pacer.send(plan.token_events())
+        if cut:  # no finish chunk, no [DONE], no terminating chunk
             await writer.drain()
             return False
         writer.write(plan.tail_events())
         await writer.drain()
         return True
+
+
+class Pacer:
+    """Writes a stream's events from event-loop callbacks, one per `interval` seconds (or
+    YIELD_EVERY at a time when unpaced), and stops after `limit` events if one is given.
+
+    Callbacks rather than a task that sleeps between events: a paced event then costs one
+    timer instead of a timer, a future and a task wake-up. The simulator shares the machine
+    with the server a benchmark measures, and a 40-token answer is 40 events.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        peer: Peer,
+        *,
+        interval: float,
+        limit: int | None = None,
+    ) -> None:
+        self._transport, self._peer = transport, peer
+        self._interval, self._limit = interval, limit
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._handle: asyncio.Handle | None = None
+        self._events: Iterator[bytes] = iter(())
+        self._start = 0.0
+        self._sent = 0
+
+    async def send(self, events: Iterator[bytes]) -> None:
+        """Raises ConnectionResetError when the client leaves."""
+        self._events, self._start = events, self._loop.time()
+        self._step()
+        try:
+            await self._done
+        finally:
+            if self._handle is not None:
+                self._handle.cancel()
+
+    def _step(self) -> None:
+        self._handle = None
+        if self._transport.is_closing() or self._peer.left():
+            self._done.set_exception(ConnectionResetError("client left"))
+            return
+        if self._transport.get_write_buffer_size() > HIGH_WATER:
+            # The client is not reading: wait for it instead of buffering without bound.
+            self._handle = self._loop.call_later(BACKPRESSURE_POLL_S, self._step)
+            return
+        for _ in range(1 if self._interval else YIELD_EVERY):
+            event = next(self._events, None)
+            if event is None:
+                self._done.set_result(None)
+                return
+            self._transport.write(event)
+            self._sent += 1
+            if self._sent == self._limit:
+                self._done.set_result(None)
+                return
+        if self._interval:
+            when = self._start + self._sent * self._interval
+            self._handle = self._loop.call_at(when, self._step)
+        else:
+            self._handle = self._loop.call_soon(self._step)
 
 
 def run(
