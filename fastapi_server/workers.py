@@ -10,7 +10,8 @@ connections), forwards SIGTERM and SIGINT once to every worker, and when a worke
 its own it stops the others and exits with that worker's code, for systemd or Docker to
 restart the group. Workers run in their own process group, so a terminal's Ctrl-C reaches
 them once, through the parent, and they drain gracefully instead of being forced. A worker
-whose parent is gone (killed outright) drains and stops too.
+whose parent is gone (killed outright) drains and stops too. /metrics answers for the whole
+group (`group_metrics`), through a directory the parent makes for the group's run.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from multiprocessing.connection import wait
+from pathlib import Path
 
 import uvicorn
 from pydantic import SecretStr
 
+from fastapi_server import metrics_api
+from fastapi_server.group_metrics import GroupMetrics
 from fastapi_server.serve import STARTUP_FAILURE, configure_logging, load_factory, uvicorn_config
 from lang_agent import loop
 from lang_agent.settings import Settings
@@ -43,16 +49,27 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(factory: str, settings: Settings, host: str, port: int) -> None:
+def _worker(
+    factory: str, settings: Settings, host: str, port: int, index: int, metrics_dir: str
+) -> None:
     os.setpgid(0, 0)
     configure_logging(settings)
     sock = reuse_port_socket(host, port)
-    config = uvicorn_config(
-        load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
-    )
+    app = load_factory(factory)(settings)
+    group = GroupMetrics(Path(metrics_dir), index, lambda: metrics_api.render(app))
+    app.state.group_metrics = group
+    config = uvicorn_config(app, host=host, port=port, grace_s=settings.shutdown_grace_s)
     server = uvicorn.Server(config)
-    loop.run(_serve_while_parent_lives(server, sock))
+    loop.run(_serve(server, sock, group))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket, group: GroupMetrics) -> None:
+    publishing = asyncio.create_task(group.publishing(), name="group-metrics")
+    try:
+        await _serve_while_parent_lives(server, sock)
+    finally:
+        publishing.cancel()
 
 
 async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket) -> None:
@@ -93,10 +110,13 @@ def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> in
         settings = settings.model_copy(update={"conn_str": SecretStr(dsn)})
     holder = reuse_port_socket(host, port)
     port = holder.getsockname()[1]
+    metrics_dir = tempfile.mkdtemp(prefix="lang-agent-metrics-")
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
-            target=_worker, args=(factory, settings, host, port), name=f"lang-agent-worker-{n}"
+            target=_worker,
+            args=(factory, settings, host, port, n, metrics_dir),
+            name=f"lang-agent-worker-{n}",
         )
         for n in range(workers)
     ]
@@ -135,3 +155,4 @@ def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> in
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         holder.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,6 +1,7 @@
 """WORKERS=2: a group of server processes on one port, each with its own SO_REUSEPORT socket.
 Connections spread over every worker, a thread's turns stay in order across them, SIGTERM
-drains them all, and a worker that dies takes the group down for a supervisor to restart."""
+drains them all, a worker that dies takes the group down for a supervisor to restart, and
+/metrics answers for the whole group, whichever worker a scrape reaches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx2
 import psutil
+import psycopg
 import pytest
 
 from tests.support import wait_until
@@ -21,6 +23,7 @@ from tests.test_faults_concurrency import (
 )
 
 CONNECTIONS = 16
+CAPTURED_SQL = "SELECT count(*) FROM llm_calls WHERE thread_id = %s"
 
 
 @pytest.fixture
@@ -80,6 +83,28 @@ def test_connections_spread_over_every_worker(group):
 def test_a_threads_turns_stay_in_order_across_the_workers(group, pg_dsn, thread_id):
     texts = _hit([group.url], thread_id)
     _assert_recorded_in_order(pg_dsn, thread_id, texts)
+
+
+def _calls_total(metrics: str) -> float:
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in metrics.splitlines()
+        if line.startswith("lang_agent_llm_calls_total{")
+    )
+
+
+def test_every_scrape_counts_the_calls_of_the_whole_group(group, pg_dsn, thread_id):
+    _hit([group.url], thread_id)  # a connection per turn: both workers serve some
+
+    def agreed() -> bool:
+        with psycopg.connect(pg_dsn) as conn:
+            captured = conn.execute(CAPTURED_SQL, (thread_id,)).fetchone()[0]
+        # A connection per scrape, so the kernel hands them to both workers.
+        scrapes = [httpx2.get(f"{group.url}/metrics", timeout=10) for _ in range(CONNECTIONS)]
+        assert all(scrape.status_code == 200 for scrape in scrapes)
+        return captured >= 10 and {_calls_total(s.text) for s in scrapes} == {captured}
+
+    wait_until(agreed, within_s=30)
 
 
 def test_sigterm_drains_every_worker_and_exits_cleanly(group):

@@ -37,7 +37,7 @@ def _labels(labels: Labels) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels) + "}"
 
 
-def _number(value: float) -> str:
+def format_number(value: float) -> str:
     if math.isinf(value):
         return "+Inf"
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
@@ -62,9 +62,9 @@ class Histogram:
         out = []
         for labels, counts in sorted(self.counts.items()):
             for bound, count in zip(self.buckets, counts, strict=True):
-                le = (*labels, ("le", _number(bound)))
+                le = (*labels, ("le", format_number(bound)))
                 out.append(f"{name}_bucket{_labels(le)} {count}")
-            out.append(f"{name}_sum{_labels(labels)} {_number(self.sums[labels])}")
+            out.append(f"{name}_sum{_labels(labels)} {format_number(self.sums[labels])}")
             out.append(f"{name}_count{_labels(labels)} {counts[-1]}")
         return out
 
@@ -73,7 +73,7 @@ def family_lines(name: str, kind: str, help_text: str, values: dict[Labels, floa
     """One counter or gauge family: HELP, TYPE and a line per label set."""
     out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     for labels, value in sorted(values.items()):
-        out.append(f"{name}{_labels(labels)} {_number(value)}")
+        out.append(f"{name}{_labels(labels)} {format_number(value)}")
     return out
 
 
