@@ -157,6 +157,14 @@ class Settings(BaseSettings):
         description="Start the chat answer while the router decides; discarded on the tool "
         "route. Faster first text, a few wasted tokens per tool turn.",
     )
+    stream_hold_ms: int = Field(
+        50,
+        ge=0,
+        description="After an answer's first text, how long text short of a clause mark "
+        "(，。！？ and the like) may wait for the rest of its clause, to go out in one frame: "
+        "a third of the frames for the client to parse, and nothing later for a voice client, "
+        "which speaks whole clauses. 0: a frame per model chunk.",
+    )
     max_tool_steps: int = Field(4, ge=1, description="Most model→tool rounds in one turn.")
     tool_timeout_s: float = Field(
         30.0, gt=0, description="Default timeout of one tool call, seconds."

@@ -1,4 +1,5 @@
-"""The turn's event stream: waiting answer deltas go out as one, and nothing outlives it."""
+"""The turn's event stream: waiting answer deltas go out as one, after the first text the rest
+go out a clause at a time, and nothing outlives the turn."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import uuid
 
 from lang_agent.agent.events import (
     AnswerDelta,
+    Done,
     Filler,
     InputMessage,
     RouteChosen,
     TurnEvent,
     TurnRequest,
+    Usage,
 )
-from lang_agent.agent.runner import _coalesce
+from lang_agent.agent.runner import CLAUSE_MARKS, _gather
 from lang_agent.service import open_service
 from tests.support import set_latency
 
@@ -25,25 +28,81 @@ def _queue(*events: TurnEvent) -> asyncio.Queue[TurnEvent]:
     return queue
 
 
-def test_waiting_deltas_merge_up_to_the_next_other_event():
-    queue = _queue(AnswerDelta("好，"), AnswerDelta("我来"), RouteChosen("chat"), AnswerDelta("讲"))
-    merged, after = _coalesce(AnswerDelta("你"), queue)
-    assert merged == AnswerDelta("你好，我来")
+async def test_waiting_deltas_merge_up_to_the_next_other_event():
+    queue = _queue(AnswerDelta("好"), AnswerDelta("我来"), RouteChosen("chat"), AnswerDelta("讲"))
+    merged, after = await _gather(AnswerDelta("你"), queue, hold_s=0)
+    assert merged == AnswerDelta("你好我来")
     assert after == RouteChosen("chat")
     assert queue.get_nowait() == AnswerDelta("讲") and queue.empty()
 
 
-def test_a_lone_delta_and_a_filler_stay_as_they_are():
-    merged, after = _coalesce(AnswerDelta("a"), _queue())
+async def test_a_lone_delta_and_a_filler_stay_as_they_are():
+    merged, after = await _gather(AnswerDelta("a"), _queue(), hold_s=0)
     assert (merged, after) == (AnswerDelta("a"), None)
-    merged, after = _coalesce(AnswerDelta("a"), _queue(Filler("嗯"), AnswerDelta("b")))
+    merged, after = await _gather(
+        AnswerDelta("a"), _queue(Filler("嗯"), AnswerDelta("b")), hold_s=0
+    )
     assert (merged, after) == (AnswerDelta("a"), Filler("嗯"))
 
 
-def test_all_waiting_deltas_merge_when_nothing_else_waits():
+async def test_all_waiting_deltas_merge_when_nothing_else_waits():
     queue = _queue(*(AnswerDelta(str(n)) for n in range(1, 10)))
-    merged, after = _coalesce(AnswerDelta("0"), queue)
+    merged, after = await _gather(AnswerDelta("0"), queue, hold_s=0)
     assert (merged, after) == (AnswerDelta("0123456789"), None) and queue.empty()
+
+
+async def _later(queue: asyncio.Queue[TurnEvent], *events: TurnEvent, after_s: float) -> None:
+    await asyncio.sleep(after_s)
+    for event in events:
+        queue.put_nowait(event)
+
+
+async def test_text_short_of_a_clause_waits_for_the_rest_of_it():
+    queue = _queue()
+    arriving = asyncio.create_task(
+        _later(queue, AnswerDelta("天气"), AnswerDelta("不错，"), AnswerDelta("适合"), after_s=0.01)
+    )
+    merged, after = await _gather(AnswerDelta("今天"), queue, hold_s=60)
+    # The clause mark sends it: a voice client can say "今天天气不错，" now.
+    assert (merged, after) == (AnswerDelta("今天天气不错，适合"), None)
+    await arriving
+
+
+async def test_the_wait_ends_at_the_hold_or_at_any_other_event():
+    queue = _queue()
+    late = asyncio.create_task(_later(queue, AnswerDelta("晚到"), after_s=0.5))
+    merged, after = await _gather(AnswerDelta("一半"), queue, hold_s=0.02)
+    assert (merged, after) == (AnswerDelta("一半"), None)  # not held for the late one
+    await late
+    assert queue.get_nowait() == AnswerDelta("晚到")
+    done = Done(Usage())
+    arriving = asyncio.create_task(_later(queue, done, after_s=0.01))
+    assert await _gather(AnswerDelta("最后"), queue, hold_s=60) == (AnswerDelta("最后"), done)
+    await arriving
+
+
+async def test_an_answer_goes_out_in_clauses_after_its_first_text(make_settings, simulator):
+    async def deltas(hold_ms: int) -> list[str]:
+        async with open_service(make_settings(stream_hold_ms=hold_ms)) as service:
+            request = TurnRequest(
+                messages=(InputMessage("user", "给我讲讲今天的天气吧"),),
+                thread_id=None,
+                stream=True,
+            )
+            events = [event async for event in service.agent.run_turn(request)]
+        return [event.text for event in events if isinstance(event, AnswerDelta)]
+
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=100)
+    try:
+        chunked, held = await deltas(0), await deltas(1000)
+    finally:
+        set_latency(simulator, "chat", ttft_ms=0)
+    assert "".join(held) == "".join(chunked)
+    assert held[0] == chunked[0]  # the first text is not held back
+    assert len(held) < len(chunked)
+    # Every frame but the last ends a clause: with a hold longer than the answer, text waits
+    # for its clause mark and nothing else.
+    assert all(not CLAUSE_MARKS.isdisjoint(text) for text in held[1:-1])
 
 
 async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(

@@ -29,18 +29,39 @@ def _ms(start: float, end: float | None) -> float | None:
     return None if end is None else round((end - start) * 1000, 1)
 
 
-def _coalesce(
-    first: AnswerDelta, events: asyncio.Queue[TurnEvent]
+# Where a voice client may start speaking: text up to one of these is a clause it can say.
+CLAUSE_MARKS = frozenset("，,。.；;！!？?：:、…\n")
+
+
+async def _gather(
+    first: AnswerDelta, events: asyncio.Queue[TurnEvent], *, hold_s: float
 ) -> tuple[AnswerDelta, TurnEvent | None]:
-    """The answer deltas already waiting behind `first`, as one, and the event after them.
-    A busy server reads several model chunks at once; a frame per chunk would make the
-    front end, the socket and the client pay per chunk again. Nothing waits to be merged."""
+    """`first` and the answer deltas behind it, as one, and the event after them.
+
+    The deltas already waiting always join. While the text holds no clause mark, so do those
+    that arrive within `hold_s`: a frame per model chunk makes the front end, the socket and
+    the client pay per chunk, and a voice client speaks whole clauses, so text short of a
+    clause's end is worth nothing to it yet. A clause mark, any other event, or the end of
+    the wait sends what there is.
+    """
     texts = [first.text]
-    while not events.empty():
-        event = events.get_nowait()
+    clause = not CLAUSE_MARKS.isdisjoint(first.text)
+    deadline = asyncio.get_running_loop().time() + hold_s
+    while True:
+        if not events.empty():
+            event = events.get_nowait()
+        elif clause or hold_s <= 0:
+            break
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    event = await events.get()
+            except TimeoutError:
+                break
         if not isinstance(event, AnswerDelta):
             return AnswerDelta("".join(texts)), event
         texts.append(event.text)
+        clause = clause or not CLAUSE_MARKS.isdisjoint(event.text)
     return AnswerDelta("".join(texts)), None
 
 
@@ -110,11 +131,13 @@ class Agent:
         last: TurnEvent | None = None
         after: TurnEvent | None = None
         ended: float | None = None
+        hold_s = 0.0  # the first text goes out at once: it is the time to first text
         try:
             while not isinstance(last, Done | Failed):
                 last, after = (after or await events.get()), None
-                if isinstance(last, AnswerDelta) and not events.empty():
-                    last, after = _coalesce(last, events)
+                if isinstance(last, AnswerDelta):
+                    last, after = await _gather(last, events, hold_s=hold_s)
+                    hold_s = self.deps.settings.stream_hold_ms / 1000
                 if isinstance(last, Done | Failed):
                     ended = time.perf_counter()
                 yield last
