@@ -131,13 +131,15 @@ class Agent:
         last: TurnEvent | None = None
         after: TurnEvent | None = None
         ended: float | None = None
+        # Held text only saves frames; a whole answer in one body has none to save.
+        held_s = self.deps.settings.stream_hold_ms / 1000 if request.stream else 0.0
         hold_s = 0.0  # the first text goes out at once: it is the time to first text
         try:
             while not isinstance(last, Done | Failed):
                 last, after = (after or await events.get()), None
                 if isinstance(last, AnswerDelta):
                     last, after = await _gather(last, events, hold_s=hold_s)
-                    hold_s = self.deps.settings.stream_hold_ms / 1000
+                    hold_s = held_s
                 if isinstance(last, Done | Failed):
                     ended = time.perf_counter()
                 yield last
