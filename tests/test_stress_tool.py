@@ -22,6 +22,7 @@ from lang_agent.bench.load import (
 )
 from lang_agent.bench.load import run_cell as run_one
 from lang_agent.bench.runner import Mode, Target, run_matrix
+from lang_agent.bench.stack import Meter
 from lang_agent.bench.stats import add_efficiency, percentile, summarise
 from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
 from lang_agent.llm import sim_intents
@@ -228,3 +229,44 @@ def test_the_report_marks_each_target_the_run_covers_met_or_not() -> None:
     assert "| … of the turns started after the warm-up | 20.0 met | – |" in lines
     assert not any(line.startswith("| E(100)") for line in lines)  # no c=100 in this run
     assert report.targets_markdown([row(False, 5, efficiency=0.99)]) == ""
+
+
+# A parent that starts a child burning about 0.3 s of CPU, then reaps it when told to.
+_BURN = """
+import sys, time
+end = time.process_time() + 0.3
+while time.process_time() < end:
+    pass
+print("burned", flush=True)
+sys.stdin.readline()
+"""
+_TREE = f"""
+import subprocess, sys
+pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+child = subprocess.Popen([sys.executable, "-c", {_BURN!r}], **pipes)
+child.stdout.readline()
+print("ready", flush=True)
+sys.stdin.readline()
+child.communicate("exit\\n")
+print("reaped", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_tree_keeps_the_cpu_of_a_child_that_exits_during_the_cell() -> None:
+    """Postgres backends come and go with connections; the tree's CPU must not drop when one
+    ends (it gave a negative CPU % for Postgres in a c=1 cell)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout.readline().strip() == "ready"
+        meter = Meter({"pg": parent.pid})
+        meter.start()
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "reaped"
+        assert meter.stop()["cpu_pct"]["pg"] >= 0
+    finally:
+        parent.kill()
+        parent.wait()

@@ -197,11 +197,17 @@ class Meter:
             return []
 
     def _cpu(self, pid: int, *, tree: bool = True) -> float:
+        if not tree:
+            times = psutil.Process(pid).cpu_times()
+            return times.user + times.system
         total = 0.0
-        for proc in self._tree(pid) if tree else [psutil.Process(pid)]:
+        for proc in self._tree(pid):
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
+                # A child that exits (a Postgres backend whose connection closed) takes its
+                # CPU out of the live processes' sum; the parent that reaps it adds it to its
+                # children's times, so counting those keeps the tree's total from dropping.
+                total += times.user + times.system + times.children_user + times.children_system
         return total
 
     def rss_mb(self, name: str) -> float:
