@@ -39,10 +39,23 @@ def bench_server(live_server):
 async def test_quick_matrix_against_in_process_servers(bench_server, simulator, pg_dsn) -> None:
     sim_root = simulator.base_url.removesuffix("/v1")
     target = Target(bench_server.url, sim_root, None, TEST_KEY, pg_dsn)
+    cells: list[tuple[Mode, int]] = []
     rows = await run_matrix(
-        target, MODES, [1, 2], duration_s=60, run_id="t", max_turns=2, pause_s=0
+        target,
+        MODES,
+        [1, 2],
+        duration_s=60,
+        run_id="t",
+        max_turns=2,
+        pause_s=0,
+        on_cell=lambda mode, concurrency: cells.append((mode, concurrency)),
     )
-    assert len(rows) == len(MODES) * 2
+    # Level by level, so a drift of the machine's speed does not fall on one mode alone; the
+    # rows come back grouped by mode, for the tables.
+    assert cells == [(mode, level) for level in (1, 2) for mode in MODES]
+    assert [(r["front"], r["stream"]) for r in rows] == [
+        (mode.front, mode.stream) for mode in MODES for _ in (1, 2)
+    ]
     for row in rows:
         assert row["requests"] == row["concurrency"] * 2
         assert row["ok"] == row["requests"] and row["success_pct"] == 100.0, row["errors"]

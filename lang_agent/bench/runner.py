@@ -187,12 +187,14 @@ async def run_matrix(
     pause_s: float = 1.0,
     on_cell: Callable[[Mode, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every mode over every concurrency level; rows carry E(c) of their mode."""
+    """Every mode over every concurrency level; rows carry E(c) of their mode, grouped by mode.
+
+    Level by level, each mode in turn: this machine's speed drifts within a run, and with each
+    mode's cells together the drift fell on whichever mode came last (docs/performance.md)."""
     counter = counter or Counter()
     rows: list[dict[str, Any]] = []
-    for mode in modes:
-        mode_rows: list[dict[str, Any]] = []
-        for concurrency in levels:
+    for concurrency in levels:
+        for mode in modes:
             if on_cell is not None:
                 on_cell(mode, concurrency)
             log(f"▶ {mode.label}, concurrency {concurrency}, {duration_s:g} s")
@@ -208,9 +210,9 @@ async def run_matrix(
                 ramp_s=ramp_s,
                 max_turns=max_turns,
             )
-            mode_rows.append(row)
-            add_efficiency(mode_rows)
+            rows.append(row)
+            add_efficiency(rows)
             log("  " + cell_line(row))
             await asyncio.sleep(pause_s)  # let the write-behind log drain between cells
-        rows.extend(mode_rows)
-    return rows
+    order = {(mode.front, mode.stream): n for n, mode in enumerate(modes)}
+    return sorted(rows, key=lambda row: order[(row["front"], row["stream"])])
