@@ -27,6 +27,7 @@ from lang_agent.bench.stats import add_efficiency, percentile, summarise
 from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
 from lang_agent.llm import sim_intents
 from tests.conftest import TEST_KEY
+from tests.support import wait_until
 
 MODES = [Mode(front, stream) for front in ("dashscope", "openai") for stream in (False, True)]
 
@@ -280,6 +281,49 @@ def test_a_tree_keeps_the_cpu_of_a_child_that_exits_during_the_cell() -> None:
         parent.stdin.flush()
         assert parent.stdout.readline().strip() == "reaped"
         assert meter.stop()["cpu_pct"]["pg"] >= 0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# A parent whose child holds about 64 MB until told to let go.
+_HOLDER = """
+import sys
+block = bytearray(64 * 2**20)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+_HOLDER_PARENT = f"""
+import subprocess, sys
+pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+child = subprocess.Popen([sys.executable, "-c", {_HOLDER!r}], **pipes)
+print(child.stdout.readline().strip(), flush=True)
+sys.stdin.readline()
+child.communicate("exit\\n")
+print("released", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_meter_samples_a_trees_memory_on_its_own_thread() -> None:
+    """The peak is caught while the cell runs, with nothing but start() and stop() called: the
+    load generator's loop never waits for a sample (it did, 15-37 ms every half second)."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline().strip() == "holding"
+        meter = Meter({"server": parent.pid})
+        meter.start()
+        wait_until(lambda: "server" in meter.peak_rss, within_s=10)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline().strip() == "released"
+        peak = meter.stop()["peak_rss_mb"]["server"]
+        assert 64 <= peak < 256  # the child's block, and nothing beyond the tree
     finally:
         parent.kill()
         parent.wait()

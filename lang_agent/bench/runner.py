@@ -83,14 +83,11 @@ async def run_cell(
 
     async def ticker() -> None:
         started = time.monotonic()
-        while True:
-            await asyncio.sleep(0.5)
-            if target.meter is not None:
-                target.meter.sample()
+        while not quiet:
+            await asyncio.sleep(TICK_S)
             elapsed = time.monotonic() - started
-            if not quiet and int(elapsed / 0.5) % int(TICK_S / 0.5) == 0:
-                log(f"  … {mode.label} c={concurrency}: {done[0]} ok, {done[1]} failed, "
-                    f"{elapsed:.0f}/{duration_s:.0f} s")  # fmt: skip
+            log(f"  … {mode.label} c={concurrency}: {done[0]} ok, {done[1]} failed, "
+                f"{elapsed:.0f}/{duration_s:.0f} s")  # fmt: skip
 
     if target.meter is not None:
         target.meter.start()
