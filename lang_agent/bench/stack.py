@@ -184,37 +184,51 @@ def _machine_busy() -> float:
 SAMPLE_S = 0.5
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid → (parent pid, resident bytes) of every process, in one pass over /proc (Linux).
+class ProcessTable:
+    """Every process at one moment, from one pass over /proc (Linux): its parent, resident
+    memory and CPU time. One small read per process, where psutil's `children()` walks all of
+    /proc again for each tree (a sample of three trees took 15-37 ms on a loaded machine)."""
 
-    One small read per process: psutil's `children()` walks all of /proc again for each tree,
-    and a sample of three trees took 15-37 ms on a loaded machine."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as stat:
-                # The fields after the command name, which may hold spaces and parentheses.
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # it ended meanwhile
-        table[int(entry.name)] = (int(fields[1]), int(fields[21]) * page)
-    return table
+    def __init__(self) -> None:
+        page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+        # pid → (resident bytes, own CPU seconds, CPU seconds of its reaped children)
+        self.procs: dict[int, tuple[int, float, float]] = {}
+        self.children: dict[int, list[int]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                    # The fields after the command name, which may hold spaces and parentheses.
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # it ended meanwhile
+            pid = int(entry.name)
+            own = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            reaped = (int(fields[13]) + int(fields[14])) / tick  # cutime, cstime
+            self.procs[pid] = (int(fields[21]) * page, own, reaped)
+            self.children.setdefault(int(fields[1]), []).append(pid)
 
+    def tree(self, root: int) -> list[tuple[int, float, float]]:
+        found, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            if pid in self.procs:
+                found.append(self.procs[pid])
+                todo.extend(self.children.get(pid, ()))
+        return found
 
-def _tree_bytes(table: dict[int, tuple[int, int]], root: int) -> int:
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            total += table[pid][1]
-            todo.extend(children.get(pid, ()))
-    return total
+    def rss_mb(self, root: int) -> float:
+        return sum(rss for rss, _, _ in self.tree(root)) / 2**20
+
+    def cpu_s(self, root: int) -> float:
+        # A child that exits (a Postgres backend whose connection closed) takes its CPU out
+        # of the live processes' sum; the parent that reaps it adds it to its children's
+        # times, so counting those keeps the tree's total from dropping.
+        return sum(own + reaped for _, own, reaped in self.tree(root))
+
+    def own_cpu_s(self, pid: int) -> float:
+        return self.procs[pid][1]
 
 
 class Meter:
@@ -231,33 +245,18 @@ class Meter:
         self._stopped = threading.Event()
         self._sampler: threading.Thread | None = None
 
-    @staticmethod
-    def _tree(pid: int) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
-
-    def _cpu(self, pid: int, *, tree: bool = True) -> float:
-        if not tree:
-            times = psutil.Process(pid).cpu_times()
-            return times.user + times.system
-        total = 0.0
-        for proc in self._tree(pid):
-            with contextlib.suppress(psutil.Error):
-                times = proc.cpu_times()
-                # A child that exits (a Postgres backend whose connection closed) takes its
-                # CPU out of the live processes' sum; the parent that reaps it adds it to its
-                # children's times, so counting those keeps the tree's total from dropping.
-                total += times.user + times.system + times.children_user + times.children_system
-        return total
+    def _cpu(self) -> dict[str, float]:
+        """CPU seconds so far: each named tree's, the load generator's (the others are its
+        children, so itself alone) and the machine's."""
+        table = ProcessTable()
+        cpu = {name: table.cpu_s(pid) for name, pid in self.pids.items()}
+        cpu["loadgen"] = table.own_cpu_s(os.getpid())
+        cpu["machine"] = _machine_busy()
+        return cpu
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._cpu0 = {name: self._cpu(pid) for name, pid in self.pids.items()}
-        self._cpu0["loadgen"] = self._cpu(os.getpid(), tree=False)  # the others are its children
-        self._cpu0["machine"] = _machine_busy()
+        self._cpu0 = self._cpu()
         self.peak_rss = {}
         self._stopped.clear()
         self._sampler = threading.Thread(target=self._sample_memory, name="meter", daemon=True)
@@ -265,10 +264,9 @@ class Meter:
 
     def _sample_memory(self) -> None:
         while True:
-            table = _process_table()
+            table = ProcessTable()
             for name, pid in self.pids.items():
-                mb = _tree_bytes(table, pid) / 2**20
-                self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), mb)
+                self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), table.rss_mb(pid))
             if self._stopped.wait(SAMPLE_S):
                 return
 
@@ -277,15 +275,13 @@ class Meter:
         self._stopped.set()
         if self._sampler is not None:
             self._sampler.join()
+        spent = self._cpu()
+        # 100 = one core busy; "machine" is everything on the host, and "other" what is not
+        # ours, e.g. another test run sharing the machine, which makes a result less trustworthy.
         cpu = {
-            name: round(100 * (self._cpu(pid) - self._cpu0.get(name, 0.0)) / elapsed, 1)
-            for name, pid in self.pids.items()
+            name: round(100 * (seconds - self._cpu0.get(name, 0.0)) / elapsed, 1)
+            for name, seconds in spent.items()
         }
-        spent = self._cpu(os.getpid(), tree=False) - self._cpu0["loadgen"]
-        cpu["loadgen"] = round(100 * spent / elapsed, 1)
-        # Everything on the host (100 = one core busy); "other" is what is not ours, e.g.
-        # another test run sharing the machine, which makes a result less trustworthy.
-        cpu["machine"] = round(100 * (_machine_busy() - self._cpu0["machine"]) / elapsed, 1)
         ours = sum(v for k, v in cpu.items() if k != "machine")
         cpu["other"] = round(max(cpu["machine"] - ours, 0.0), 1)
         return {"cpu_pct": cpu, "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()}}
