@@ -36,9 +36,12 @@ class GroupMetrics:
         self._path = directory / f"worker-{index}.prom"
         self._scratch = directory / f".worker-{index}.tmp"
 
-    def publish(self) -> None:
-        self._scratch.write_text(self.render(), "utf-8")
+    def publish(self) -> str:
+        """Write this worker's figures for the others; returns them."""
+        text = self.render()
+        self._scratch.write_text(text, "utf-8")
         os.replace(self._scratch, self._path)  # a reader sees the old file or the new one
+        return text
 
     async def publishing(self) -> None:
         """Publish every PUBLISH_S until cancelled."""
@@ -50,11 +53,11 @@ class GroupMetrics:
             await asyncio.sleep(PUBLISH_S)
 
     def collect(self) -> str:
-        self.publish()
-        texts = []
+        texts = [self.publish()]
         for path in sorted(self.directory.glob("worker-*.prom")):
-            with contextlib.suppress(OSError):
-                texts.append(path.read_text("utf-8"))
+            if path != self._path:
+                with contextlib.suppress(OSError):
+                    texts.append(path.read_text("utf-8"))
         return merge(texts)
 
 
