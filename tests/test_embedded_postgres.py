@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -20,36 +23,37 @@ def _max_connections(dsn: str) -> int:
         return int(conn.execute(MAX_CONNECTIONS_SQL).fetchone()[0])
 
 
-def test_the_embedded_postgres_has_connections_for_every_worker() -> None:
-    # initdb leaves 100: three workers with pools of 40 would run out and refuse even a psql.
+@contextlib.contextmanager
+def _embedded(**settings: Any) -> Iterator[tuple[Path, str, Any]]:
+    """A throwaway embedded Postgres, started the way the server starts it: (data dir, DSN,
+    server)."""
     root = Path(tempfile.mkdtemp(prefix="lang-agent-pg-"))  # see conftest: not pytest's tmp
     root.chmod(0o755)
-    settings = Settings(_env_file=None, conn_str=None, data_dir=root, workers=3, db_pool_size=40)
-    dsn, server = asyncio.run(resolve_dsn(settings))
+    config = Settings(_env_file=None, conn_str=None, data_dir=root, **settings)
+    dsn, server = asyncio.run(resolve_dsn(config))
     try:
+        yield root, dsn, server
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_embedded_postgres_has_connections_for_every_worker() -> None:
+    # initdb leaves 100: three workers with pools of 40 would run out and refuse even a psql.
+    with _embedded(workers=3, db_pool_size=40) as (_, dsn, server):
         assert _max_connections(dsn) == 3 * (40 + 5) + 20
         # Raised once and kept: a smaller group later neither lowers it nor restarts the server.
         pid = server.get_pid()
         fit_max_connections(server, 45)
         assert server.get_pid() == pid
         assert _max_connections(dsn) == 155
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_count_postgres_cannot_start_with_leaves_it_as_it_was() -> None:
     # Left in the data dir, a setting Postgres refuses would stop every later start too.
-    root = Path(tempfile.mkdtemp(prefix="lang-agent-pg-"))
-    root.chmod(0o755)
-    settings = Settings(_env_file=None, conn_str=None, data_dir=root)
-    dsn, server = asyncio.run(resolve_dsn(settings))
-    try:
+    with _embedded() as (root, dsn, server):
         have = _max_connections(dsn)
         # With its own background processes, past Postgres's ceiling of server processes.
         fit_max_connections(server, 262_143)
         assert _max_connections(dsn) == have
         assert "max_connections" not in (root / "pg" / "postgresql.auto.conf").read_text()
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
