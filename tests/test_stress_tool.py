@@ -3,10 +3,12 @@ success accounting, E(c), the simulator call-log matching. No timing asserts."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -245,7 +247,8 @@ def test_the_report_marks_each_target_the_run_covers_met_or_not() -> None:
     assert report.targets_markdown([row(False, 5, efficiency=0.99)]) == ""
 
 
-# A parent that starts a child burning about 0.3 s of CPU, then reaps it when told to.
+# Children for a process tree: one that burns about 0.3 s of CPU, one that holds about 64 MB;
+# each says so, then waits to be told to end.
 _BURN = """
 import sys, time
 end = time.process_time() + 0.3
@@ -254,76 +257,62 @@ while time.process_time() < end:
 print("burned", flush=True)
 sys.stdin.readline()
 """
-_TREE = f"""
-import subprocess, sys
-pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-child = subprocess.Popen([sys.executable, "-c", {_BURN!r}], **pipes)
-child.stdout.readline()
-print("ready", flush=True)
-sys.stdin.readline()
-child.communicate("exit\\n")
-print("reaped", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_a_tree_keeps_the_cpu_of_a_child_that_exits_during_the_cell() -> None:
-    """Postgres backends come and go with connections; the tree's CPU must not drop when one
-    ends (it gave a negative CPU % for Postgres in a c=1 cell)."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _TREE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert parent.stdout.readline().strip() == "ready"
-        meter = Meter({"pg": parent.pid})
-        meter.start()
-        parent.stdin.write("\n")
-        parent.stdin.flush()
-        assert parent.stdout.readline().strip() == "reaped"
-        assert meter.stop()["cpu_pct"]["pg"] >= 0
-    finally:
-        parent.kill()
-        parent.wait()
-
-
-# A parent whose child holds about 64 MB until told to let go.
-_HOLDER = """
+_HOLD = """
 import sys
 block = bytearray(64 * 2**20)
 print("holding", flush=True)
 sys.stdin.readline()
 """
-_HOLDER_PARENT = f"""
+
+
+@contextlib.contextmanager
+def _tree(child: str) -> Iterator[subprocess.Popen]:
+    """A parent running `child`: it passes on the child's first line, and on a line of its own
+    stdin ends the child, reaps it and says "reaped"."""
+    parent_code = f"""
 import subprocess, sys
 pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-child = subprocess.Popen([sys.executable, "-c", {_HOLDER!r}], **pipes)
+child = subprocess.Popen([sys.executable, "-c", {child!r}], **pipes)
 print(child.stdout.readline().strip(), flush=True)
 sys.stdin.readline()
 child.communicate("exit\\n")
-print("released", flush=True)
+print("reaped", flush=True)
 sys.stdin.readline()
 """
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], **pipes)
+    try:
+        yield parent
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _reap_child(parent: subprocess.Popen) -> None:
+    parent.stdin.write("\n")
+    parent.stdin.flush()
+    assert parent.stdout.readline().strip() == "reaped"
+
+
+def test_a_tree_keeps_the_cpu_of_a_child_that_exits_during_the_cell() -> None:
+    """Postgres backends come and go with connections; the tree's CPU must not drop when one
+    ends (it gave a negative CPU % for Postgres in a c=1 cell)."""
+    with _tree(_BURN) as parent:
+        assert parent.stdout.readline().strip() == "burned"
+        meter = Meter({"pg": parent.pid})
+        meter.start()
+        _reap_child(parent)
+        assert meter.stop()["cpu_pct"]["pg"] >= 0
 
 
 def test_the_meter_samples_a_trees_memory_on_its_own_thread() -> None:
     """The peak is caught while the cell runs, with nothing but start() and stop() called: the
     load generator's loop never waits for a sample (it did, 15-37 ms every half second)."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER_PARENT],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _tree(_HOLD) as parent:
         assert parent.stdout.readline().strip() == "holding"
         meter = Meter({"server": parent.pid})
         meter.start()
         wait_until(lambda: "server" in meter.peak_rss, within_s=10)
-        parent.stdin.write("\n")
-        parent.stdin.flush()
-        assert parent.stdout.readline().strip() == "released"
+        _reap_child(parent)
         peak = meter.stop()["peak_rss_mb"]["server"]
         assert 64 <= peak < 256  # the child's block, and nothing beyond the tree
-    finally:
-        parent.kill()
-        parent.wait()
