@@ -110,13 +110,13 @@ class MemorySerializer(JsonPlusSerializer):
 
 
 class _Preload:
-    """A thread's latest checkpoint row, read already; answers one aget_tuple."""
+    """A thread's latest checkpoint, loaded already; answers one aget_tuple."""
 
-    __slots__ = ("thread_id", "row", "used")
+    __slots__ = ("thread_id", "latest", "used")
 
-    def __init__(self, thread_id: str, row: DictRow | None) -> None:
+    def __init__(self, thread_id: str, latest: CheckpointTuple | None) -> None:
         self.thread_id = thread_id
-        self.row = row
+        self.latest = latest
         self.used = False
 
     def answers(self, config: RunnableConfig) -> bool:
@@ -175,12 +175,24 @@ class PooledSaver(AsyncPostgresSaver):
         a caller that can run them in a round trip it makes anyway (the thread's lease)."""
         return self.SELECT_SQL + LATEST_WHERE, (thread_id, "")
 
+    async def load_latest(self, thread_id: str, row: DictRow | None) -> CheckpointTuple | None:
+        """The thread's latest checkpoint from a `latest_query` row (None: it has none)."""
+        if row is None:
+            return None
+        with inline():
+            if row["checkpoint"]["v"] >= 4 or not row["parent_checkpoint_id"]:
+                return await self._load_checkpoint_tuple(row)
+            # A checkpoint from before format 4 needs its pending sends migrated, by a second
+            # query: aget_tuple does that.
+            config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+            return await super().aget_tuple(config)
+
     @contextlib.contextmanager
-    def preloaded(self, thread_id: str, row: DictRow | None) -> Iterator[None]:
+    def preloaded(self, thread_id: str, latest: CheckpointTuple | None) -> Iterator[None]:
         """Within the block, the first aget_tuple of the thread's latest checkpoint in this
-        context answers with `row` (a `latest_query` result; None: the thread has none)
-        instead of reading again. Later reads go to the database."""
-        token = _preload.set(_Preload(thread_id, row))
+        context answers with `latest` (from `load_latest`) instead of reading again. Later
+        reads go to the database."""
+        token = _preload.set(_Preload(thread_id, latest))
         try:
             yield
         finally:
@@ -190,14 +202,7 @@ class PooledSaver(AsyncPostgresSaver):
         preload = _preload.get()
         if preload is not None and preload.answers(config):
             preload.used = True
-            row = preload.row
-            if row is None:
-                return None
-            # A checkpoint from before format 4 needs its pending sends migrated, by a second
-            # query: aget_tuple does that.
-            if row["checkpoint"]["v"] >= 4 or not row["parent_checkpoint_id"]:
-                with inline():
-                    return await self._load_checkpoint_tuple(row)
+            return preload.latest
         with inline():
             return await super().aget_tuple(config)
 

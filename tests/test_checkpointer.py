@@ -121,7 +121,7 @@ async def test_servers_starting_together_on_a_new_database_set_it_up_once(pg_dsn
             await db.close()
 
 
-async def test_a_preloaded_row_answers_the_first_read_only(database):
+async def test_a_preloaded_checkpoint_answers_the_first_read_only(database):
     saver = PooledSaver(database.pool)
     await saver.setup()
     graph = _memory_graph(saver)
@@ -132,13 +132,15 @@ async def test_a_preloaded_row_answers_the_first_read_only(database):
         await cur.execute(*saver.latest_query(thread))
         row = await cur.fetchone()
     stored = await saver.aget_tuple(config)
+    latest = await saver.load_latest(thread, row)
+    assert latest == stored  # the same tuple aget_tuple builds from the database
     await graph.ainvoke({"messages": [HumanMessage("二")]}, config)  # now the row is stale
-    with saver.preloaded(thread, row):
+    with saver.preloaded(thread, latest):
         other = {"configurable": {"thread_id": "someone-else"}}
         assert await saver.aget_tuple(other) is None  # another thread reads the database
         first = await saver.aget_tuple(config)
         second = await saver.aget_tuple(config)
-    assert first == stored  # the same tuple aget_tuple builds from the database
+    assert first is latest
     contents = [m.content for m in second.checkpoint["channel_values"]["messages"]]
     assert contents == ["一", "第1条", "二", "第3条"]  # used once: then the database
     with saver.preloaded(thread, None):
@@ -166,7 +168,7 @@ async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(datab
     async def second_turn() -> list[str]:
         await held.wait()
         async with ours.hold(thread, read=saver.latest_query(thread)) as row:
-            with saver.preloaded(thread, row):
+            with saver.preloaded(thread, await saver.load_latest(thread, row)):
                 await graph.ainvoke({"messages": [HumanMessage("后")]}, config)
         state = await saver.aget_tuple(config)
         return [m.content for m in state.checkpoint["channel_values"]["messages"]]

@@ -1,14 +1,19 @@
 """The turn's event stream: waiting answer deltas go out as one, after the first text the rest
-go out a clause at a time, and nothing outlives the turn."""
+go out a clause at a time, the model requests leave before the graph starts, and nothing
+outlives the turn."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 
+import httpx2
+from langgraph.pregel._loop import AsyncPregelLoop
+
 from lang_agent.agent.events import (
     AnswerDelta,
     Done,
+    Failed,
     Filler,
     InputMessage,
     RouteChosen,
@@ -134,3 +139,87 @@ async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(
     finally:
         set_latency(simulator, "chatty", ttft_ms=0)
         set_latency(simulator, "tool", ttft_ms=0)
+
+
+async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
+    make_settings, simulator, monkeypatch
+):
+    # LangGraph's start-up costs about 2 ms of CPU a turn: it runs while the models think.
+    order: list[str] = []
+    enter_loop = AsyncPregelLoop.__aenter__
+
+    async def entering(loop: AsyncPregelLoop) -> AsyncPregelLoop:
+        order.append("graph")
+        return await enter_loop(loop)
+
+    monkeypatch.setattr(AsyncPregelLoop, "__aenter__", entering)
+    async with open_service(make_settings()) as service:
+        transport = service.agent.deps.models.transport
+        send = transport.handle_async_request
+
+        async def sending(request: httpx2.Request) -> httpx2.Response:
+            order.append("router" if b'"tool_choice"' in request.content else "chat")
+            return await send(request)
+
+        monkeypatch.setattr(transport, "handle_async_request", sending)
+        thread = f"early-{uuid.uuid4().hex}"
+        for text in ("你好", "再讲一个"):  # a new thread, then one with memory
+            order.clear()
+            request = TurnRequest(messages=(InputMessage("user", text),), thread_id=thread)
+            events = [event async for event in service.agent.run_turn(request)]
+            assert isinstance(events[-1], Done)
+            assert order == ["router", "chat", "graph"]
+
+
+async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_running(
+    make_settings, simulator
+):
+    set_latency(simulator, "router", ttft_ms=2000)
+    try:
+        async with open_service(make_settings()) as service:
+            request = TurnRequest(
+                messages=(InputMessage("user", "你好"),),
+                thread_id=f"hang-up-{uuid.uuid4().hex}",
+            )
+
+            async def listen() -> None:
+                async for _event in service.agent.run_turn(request):
+                    pass
+
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(0.3)  # both requests are out; the router has not answered
+            listener.cancel()  # the client hangs up
+            await asyncio.wait([listener])
+            left = [
+                task.get_name()
+                for task in asyncio.all_tasks()
+                if task.get_name().startswith(("router-", "speculative-chat-", "turn-"))
+            ]
+            assert left == []
+    finally:
+        set_latency(simulator, "router", ttft_ms=0)
+
+
+async def test_a_graph_that_fails_to_start_leaves_no_model_call_running(
+    make_settings, simulator, monkeypatch
+):
+    async def broken(loop: AsyncPregelLoop) -> AsyncPregelLoop:
+        raise RuntimeError("LangGraph could not start")
+
+    monkeypatch.setattr(AsyncPregelLoop, "__aenter__", broken)
+    set_latency(simulator, "router", ttft_ms=2000)
+    try:
+        async with open_service(make_settings()) as service:
+            request = TurnRequest(
+                messages=(InputMessage("user", "你好"),), thread_id=f"broken-{uuid.uuid4().hex}"
+            )
+            events = [event async for event in service.agent.run_turn(request)]
+            assert events == [Failed("internal_error", "the turn failed unexpectedly")]
+            left = [
+                task.get_name()
+                for task in asyncio.all_tasks()
+                if task.get_name().startswith(("router-", "speculative-chat-"))
+            ]
+            assert left == []
+    finally:
+        set_latency(simulator, "router", ttft_ms=0)

@@ -16,7 +16,7 @@ from lang_agent.agent.calls import model_name, stream_reply, text_of
 from lang_agent.agent.chatty import FillerTask
 from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
 from lang_agent.agent.history import client_instructions, fit_window, new_messages, remember
-from lang_agent.agent.speculation import SpeculativeChat
+from lang_agent.agent.speculation import SpeculativeChat, cancel_call
 from lang_agent.agent.state import LogEntry, TurnContext, TurnState
 
 logger = logging.getLogger(__name__)
@@ -63,32 +63,52 @@ def _router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     return recent
 
 
-async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
+class Routing:
+    """The router's call for one turn, started by the Agent as soon as the thread's memory is
+    read, before LangGraph starts the graph: that start-up (about 2 ms of CPU a turn) then
+    runs while the router thinks, instead of before its request leaves. With
+    SPECULATIVE_CHAT the chat answer starts beside it. `router_call` takes the answer;
+    `discard()` ends a call that no node took (a turn that failed or was cancelled first)."""
+
+    def __init__(self, ctx: TurnContext, memory: list[AnyMessage], turn_input: list[Any]) -> None:
+        settings = ctx.deps.settings
+        self.new = new_messages(
+            turn_input, history=ctx.request.history, thread_has_memory=bool(memory)
+        )
+        ctx.log.extend(
+            LogEntry("user", text_of(m.content)) for m in self.new if isinstance(m, HumanMessage)
+        )
+        system = ctx.deps.prompts.render(
+            "route_prompt",
+            current_time=ctx.deps.now(),
+            tools=_tool_catalogue(ctx.deps.tools.tools()),
+        )
+        view = _router_view([*memory, *self.new], settings.router_history)
+        # Structured output by function calling, the route forced as the one tool call.
+        call = stream_reply(
+            ctx,
+            "router",
+            _fit(ctx, "chat", view, system),
+            tools=[RouteDecision],
+            tool_choice=RouteDecision.__name__,
+            speak=None,
+        )
+        self._task = asyncio.create_task(call, name=f"router-{ctx.turn_id}")
+        if settings.speculative_chat:
+            chat = _fit(ctx, "chat", [*memory, *self.new], _system(ctx, "chat_prompt"))
+            ctx.speculation = SpeculativeChat(ctx, chat)
+
+    async def answer(self) -> AIMessage:
+        return await self._task
+
+    async def discard(self) -> None:
+        await cancel_call(self._task)
+
+
+async def router_call(_state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     ctx = runtime.context
-    memory = state.get("messages") or []
-    new = new_messages(
-        state["turn_input"], history=ctx.request.history, thread_has_memory=bool(memory)
-    )
-    ctx.log.extend(LogEntry("user", text_of(m.content)) for m in new if isinstance(m, HumanMessage))
-    settings = ctx.deps.settings
-    system = ctx.deps.prompts.render(
-        "route_prompt",
-        current_time=ctx.deps.now(),
-        tools=_tool_catalogue(ctx.deps.tools.tools()),
-    )
-    view = _router_view([*memory, *new], settings.router_history)
-    if settings.speculative_chat:
-        chat = _fit(ctx, "chat", [*memory, *new], _system(ctx, "chat_prompt"))
-        ctx.speculation = SpeculativeChat(ctx, chat)  # Agent._invoke discards it if we fail
-    # Structured output by function calling, the route forced as the one tool call.
-    answer = await stream_reply(
-        ctx,
-        "router",
-        _fit(ctx, "chat", view, system),
-        tools=[RouteDecision],
-        tool_choice=RouteDecision.__name__,
-        speak=None,
-    )
+    routing, ctx.routing = ctx.routing, None  # this node owns it now
+    answer = await routing.answer()
     decision = None
     if answer.tool_calls:
         with contextlib.suppress(ValidationError):
@@ -96,16 +116,16 @@ async def router_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[s
     if decision is not None:
         route = decision.route
     else:
-        route = settings.route_fallback
+        route = ctx.deps.settings.route_fallback
         logger.warning("turn %s: router answer unparseable, taking %s", ctx.turn_id, route)
     ctx.route = route
     if route == "tool":
-        _start_filler(ctx, new)  # now, not in tool_model_call: the graph's step costs ms
+        _start_filler(ctx, routing.new)  # now, not in tool_model_call: the graph's step costs ms
         if ctx.speculation is not None:
             ctx.speculation.drop()  # winds down on its own: the filler must not wait for it
             ctx.speculation = None
     ctx.emit(RouteChosen(route))
-    return {"turn_input": new, "route": route}
+    return {"turn_input": routing.new, "route": route}
 
 
 async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> dict[str, Any]:

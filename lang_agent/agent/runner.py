@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+from langchain_core.messages import AnyMessage
+from langgraph.checkpoint.base import CheckpointTuple
 from langgraph.graph.state import CompiledStateGraph
 
 from lang_agent.agent.events import AnswerDelta, Done, Failed, TurnEvent, TurnRequest
 from lang_agent.agent.graph import build_graph
 from lang_agent.agent.history import client_dialogue
+from lang_agent.agent.nodes import Routing
 from lang_agent.agent.state import AgentDeps, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.checkpointer import PooledSaver
@@ -63,6 +66,10 @@ async def _gather(
         texts.append(event.text)
         clause = clause or not CLAUSE_MARKS.isdisjoint(event.text)
     return AnswerDelta("".join(texts)), None
+
+
+def _messages(latest: CheckpointTuple | None) -> list[AnyMessage]:
+    return latest.checkpoint["channel_values"].get("messages", []) if latest else []
 
 
 class Agent:
@@ -165,7 +172,7 @@ class Agent:
         request = ctx.request
         try:
             if request.thread_id is None:
-                await self._invoke(ctx, self._stateless_graph, {}, durability=None)
+                await self._invoke(ctx, self._stateless_graph, {}, memory=[], durability=None)
                 self._done(ctx)
             else:
                 thread_id, saver = request.thread_id, self.checkpointer
@@ -175,9 +182,16 @@ class Agent:
                     async with self.locks.hold(thread_id, read=read) as row:
                         ctx.began_at = datetime.now(UTC)
                         config = {"configurable": {"thread_id": thread_id}}
+                        latest = await saver.load_latest(thread_id, row)
                         # Saved once at the end: a failed turn never reaches memory.
-                        with saver.preloaded(thread_id, row):
-                            await self._invoke(ctx, self._memory_graph, config, durability="exit")
+                        with saver.preloaded(thread_id, latest):
+                            await self._invoke(
+                                ctx,
+                                self._memory_graph,
+                                config,
+                                memory=_messages(latest),
+                                durability="exit",
+                            )
                         # Done once memory is saved, before the lease round trip: the next
                         # turn on this thread waits for the lease, not the client for it.
                         self._done(ctx)
@@ -193,16 +207,29 @@ class Agent:
         ctx.emit(Done(ctx.total_usage(), "length" if ctx.finish_reason == "length" else "stop"))
 
     async def _invoke(
-        self, ctx: TurnContext, graph: CompiledStateGraph, config: dict, *, durability: str | None
+        self,
+        ctx: TurnContext,
+        graph: CompiledStateGraph,
+        config: dict,
+        *,
+        memory: list[AnyMessage],
+        durability: str | None,
     ) -> None:
-        state = {"turn_input": client_dialogue(ctx.request.messages)}
+        turn_input = client_dialogue(ctx.request.messages)
         try:
             async with asyncio.timeout(self.deps.settings.turn_timeout_s):
-                await graph.ainvoke(state, config, context=ctx, durability=durability)
+                ctx.routing = Routing(ctx, memory, turn_input)
+                # The model requests leave now; LangGraph starts up while the models think.
+                await asyncio.sleep(0)
+                await graph.ainvoke(
+                    {"turn_input": turn_input}, config, context=ctx, durability=durability
+                )
         except TimeoutError as exc:
             raise TurnTimeout("the turn ran out of time") from exc
         finally:
             # Left running by a turn that failed or ended in or after the router.
+            if ctx.routing is not None:
+                await ctx.routing.discard()
             if ctx.speculation is not None:
                 await ctx.speculation.discard()
             if ctx.filler is not None:

@@ -1,4 +1,5 @@
-"""The speculative chat answer: started while the router decides, spoken only on the chat route."""
+"""The speculative chat answer: started while the router decides, spoken only on the chat route;
+and how a model call started ahead of its node is cancelled."""
 
 from __future__ import annotations
 
@@ -45,11 +46,17 @@ class SpeculativeChat:
         self._task.cancel()
 
     async def discard(self) -> None:
-        self._task.cancel()
-        await asyncio.wait([self._task])
-        _retrieve(self._task)
+        await cancel_call(self._task)
 
 
 def _retrieve(task: asyncio.Task[AIMessage]) -> None:
+    """Take a dropped call's outcome, so its failure is not logged as never retrieved."""
     if not task.cancelled():
-        task.exception()  # retrieved, so a failed guess is not logged as unhandled
+        task.exception()
+
+
+async def cancel_call(task: asyncio.Task[AIMessage]) -> None:
+    """Cancel a model call started ahead and wait for it to wind down."""
+    task.cancel()
+    await asyncio.wait([task])
+    _retrieve(task)

@@ -80,6 +80,7 @@ class TurnContext:
     usage: dict[str, ModelUsage] = field(default_factory=dict)
     log: list[LogEntry] = field(default_factory=list)
     finish_reason: str = "stop"
+    routing: Any = None  # the router's Routing, from the turn's start until router_call
     speculation: Any = None  # a SpeculativeChat while the router decides
     filler: Any = None  # a FillerTask from the router's "tool" until tool_model_call takes it
     # When the turn took its thread (wall clock): the log orders a thread's turns by it, so
