@@ -240,11 +240,22 @@ def test_the_report_marks_each_target_the_run_covers_met_or_not() -> None:
     lines = report.targets_markdown(rows).splitlines()
     assert lines[2] == "| Target | openai non-stream | openai stream |"
     assert "| E(50) ≥ 0.95 | 0.960 met | 0.940 **not met** |" in lines
-    assert "| Overhead p50 ≤ 10 ms at c=1 | 9.500 met | 10.5 **not met** |" in lines
+    assert "| Overhead p50 ≤ 10 ms at c=1 | 9.5 met | 10.5 **not met** |" in lines
     assert "| Overhead p99 ≤ 50 ms at c=50 | 51.0 **not met** | 50.0 met |" in lines
     assert "| … of the turns started after the warm-up | 20.0 met | – |" in lines
     assert not any(line.startswith("| E(100)") for line in lines)  # no c=100 in this run
     assert report.targets_markdown([row(False, 5, efficiency=0.99)]) == ""
+
+
+def test_the_tables_show_ratios_and_rates_finer_than_milliseconds() -> None:
+    row = {"concurrency": 1, "requests": 16, "success_pct": 100.0, "throughput_rps": 1.019,
+           "efficiency": 1.002, "avg_ms": 983.2, "p50_ms": 981.6, "p95_ms": 991.0,
+           "p99_ms": 1001.6, "overhead_p50_ms": 9.5, "overhead_p99_ms": 31.7,
+           "cpu_pct": {"server": 4.3, "sim": 1.5}}  # fmt: skip
+    cells = report.table([row], stream=False).splitlines()[2].split(" | ")
+    assert cells[3:6] == ["1.019", "1.002", "983.2"]
+    assert "9.5 / 31.7" in cells
+    assert "4.3 / 1.5 / – / – / –" in cells
 
 
 # Children for a process tree: one that burns about 0.3 s of CPU, one that holds about 64 MB;

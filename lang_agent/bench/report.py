@@ -31,11 +31,16 @@ TAIL_COLUMNS = [
 ]
 
 
-def _fmt(value: Any) -> str:
+# A ratio or a rate below 10 shows three decimals (E = 0.958, 1.019 req/s); milliseconds,
+# percentages and megabytes one.
+FINE_KEYS = frozenset({"efficiency", "throughput_rps"})
+
+
+def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+        return f"{value:,.3f}" if key in FINE_KEYS and abs(value) < 10 else f"{value:,.1f}"
     return str(value)
 
 
@@ -47,8 +52,8 @@ def _cell(row: dict[str, Any], key: Any, title: str) -> str:
     if title.startswith("Server RSS"):
         return _fmt((row.get("peak_rss_mb") or {}).get("server"))
     if isinstance(key, tuple):
-        return " / ".join(_fmt(row.get(k)) for k in key)
-    return _fmt(row.get(key))
+        return " / ".join(_fmt(row.get(k), k) for k in key)
+    return _fmt(row.get(key), key)
 
 
 def table(rows: Sequence[dict[str, Any]], *, stream: bool) -> str:
@@ -119,7 +124,7 @@ def targets_markdown(rows: Sequence[dict[str, Any]]) -> str:
                 verdicts.append("–")
                 continue
             met = value <= bound if at_most else value >= bound
-            verdicts.append(f"{_fmt(value)} {'met' if met else '**not met**'}")
+            verdicts.append(f"{_fmt(value, key)} {'met' if met else '**not met**'}")
         if any(v != "–" for v in verdicts):
             lines.append(f"| {label} | " + " | ".join(verdicts) + " |")
     if not lines:
