@@ -83,19 +83,21 @@ class Routing:
             current_time=ctx.deps.now(),
             tools=_tool_catalogue(ctx.deps.tools.tools()),
         )
-        view = _router_view([*memory, *self.new], settings.router_history)
-        # Structured output by function calling, the route forced as the one tool call.
-        call = stream_reply(
-            ctx,
-            "router",
-            _fit(ctx, "chat", view, system),
-            tools=[RouteDecision],
-            tool_choice=RouteDecision.__name__,
-            speak=None,
+        view = _fit(
+            ctx, "chat", _router_view([*memory, *self.new], settings.router_history), system
         )
-        self._task = asyncio.create_task(call, name=f"router-{ctx.turn_id}")
+        # Both windows before either call starts: one that does not fit (InvalidRequest) must
+        # not leave the other running with no one to take its answer.
+        chat = None
         if settings.speculative_chat:
             chat = _fit(ctx, "chat", [*memory, *self.new], _system(ctx, "chat_prompt"))
+        # Structured output by function calling, the route forced as the one tool call.
+        call = stream_reply(
+            ctx, "router", view, tools=[RouteDecision], tool_choice=RouteDecision.__name__,
+            speak=None,
+        )  # fmt: skip
+        self._task = asyncio.create_task(call, name=f"router-{ctx.turn_id}")
+        if chat is not None:
             ctx.speculation = SpeculativeChat(ctx, chat)
 
     async def answer(self) -> AIMessage:
