@@ -5,7 +5,9 @@ outlives the turn."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 
 import httpx2
 from langgraph.pregel._loop import AsyncPregelLoop
@@ -24,6 +26,23 @@ from lang_agent.agent.events import (
 from lang_agent.agent.runner import CLAUSE_MARKS, _gather
 from lang_agent.service import open_service
 from tests.support import set_latency
+
+
+@contextlib.contextmanager
+def _slow(simulator, *roles: str) -> Iterator[None]:
+    """Within the block the simulator's `roles` take 2 s to their first byte."""
+    for role in roles:
+        set_latency(simulator, role, ttft_ms=2000)
+    try:
+        yield
+    finally:
+        for role in roles:
+            set_latency(simulator, role, ttft_ms=0)
+
+
+def _running(*prefixes: str) -> list[str]:
+    """The tasks still running whose names start with one of `prefixes`."""
+    return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith(prefixes)]
 
 
 def _queue(*events: TurnEvent) -> asyncio.Queue[TurnEvent]:
@@ -115,9 +134,7 @@ async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(
 ):
     # The filler starts when the router says "tool", before tool_model_call takes it over;
     # a client hanging up in between must not leave it (or a speculation) talking to no one.
-    set_latency(simulator, "chatty", ttft_ms=2000)
-    set_latency(simulator, "tool", ttft_ms=2000)
-    try:
+    with _slow(simulator, "chatty", "tool"):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "现在几点了？"),),
@@ -130,15 +147,7 @@ async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(
                     assert event.route == "tool"
                     break
             await turn.aclose()
-            left = [
-                task.get_name()
-                for task in asyncio.all_tasks()
-                if task.get_name().startswith(("filler-", "speculative-chat-"))
-            ]
-            assert left == []
-    finally:
-        set_latency(simulator, "chatty", ttft_ms=0)
-        set_latency(simulator, "tool", ttft_ms=0)
+            assert _running("filler-", "speculative-chat-") == []
 
 
 async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
@@ -174,8 +183,7 @@ async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
 async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_running(
     make_settings, simulator
 ):
-    set_latency(simulator, "router", ttft_ms=2000)
-    try:
+    with _slow(simulator, "router"):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "你好"),),
@@ -190,14 +198,7 @@ async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_run
             await asyncio.sleep(0.3)  # both requests are out; the router has not answered
             listener.cancel()  # the client hangs up
             await asyncio.wait([listener])
-            left = [
-                task.get_name()
-                for task in asyncio.all_tasks()
-                if task.get_name().startswith(("router-", "speculative-chat-", "turn-"))
-            ]
-            assert left == []
-    finally:
-        set_latency(simulator, "router", ttft_ms=0)
+            assert _running("router-", "speculative-chat-", "turn-") == []
 
 
 async def test_a_graph_that_fails_to_start_leaves_no_model_call_running(
@@ -207,19 +208,11 @@ async def test_a_graph_that_fails_to_start_leaves_no_model_call_running(
         raise RuntimeError("LangGraph could not start")
 
     monkeypatch.setattr(AsyncPregelLoop, "__aenter__", broken)
-    set_latency(simulator, "router", ttft_ms=2000)
-    try:
+    with _slow(simulator, "router"):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "你好"),), thread_id=f"broken-{uuid.uuid4().hex}"
             )
             events = [event async for event in service.agent.run_turn(request)]
             assert events == [Failed("internal_error", "the turn failed unexpectedly")]
-            left = [
-                task.get_name()
-                for task in asyncio.all_tasks()
-                if task.get_name().startswith(("router-", "speculative-chat-"))
-            ]
-            assert left == []
-    finally:
-        set_latency(simulator, "router", ttft_ms=0)
+            assert _running("router-", "speculative-chat-") == []
