@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import httpx2
@@ -82,6 +82,18 @@ def set_latency(simulator, role: str, *, ttft_ms: float, tokens_per_s: float = 0
     timing = {"ttft_ms": ttft_ms, "tokens_per_s": tokens_per_s}
     response = httpx2.post(f"{root}/_sim/profile", json={role: timing}, timeout=5)
     response.raise_for_status()
+
+
+@contextlib.contextmanager
+def latency(simulator, *roles: str, ttft_ms: float, tokens_per_s: float = 0) -> Iterator[None]:
+    """Within the block the simulator's `roles` have this timing; after it, none."""
+    for role in roles:
+        set_latency(simulator, role, ttft_ms=ttft_ms, tokens_per_s=tokens_per_s)
+    try:
+        yield
+    finally:
+        for role in roles:
+            set_latency(simulator, role, ttft_ms=0)
 
 
 def http_chunk(data: bytes) -> bytes:

@@ -13,7 +13,7 @@ from dashscope import Application
 
 from fastapi_server.serve import settings_from_flags
 from tests.conftest import TEST_KEY
-from tests.support import set_latency, wait_until
+from tests.support import latency, set_latency, wait_until
 
 
 @pytest.fixture
@@ -171,11 +171,8 @@ def test_upstream_failure_is_spoken_then_reported(base_url, simulator):
 
 
 def test_tool_turn_streams_filler_then_answer(base_url, simulator):
-    set_latency(simulator, "tool", ttft_ms=300)
-    try:
+    with latency(simulator, "tool", ttft_ms=300):
         spoken, items = alibl_call("帮我算一下 3加5乘2 等于多少", session_id=uuid.uuid4().hex)
-    finally:
-        set_latency(simulator, "tool", ttft_ms=0)
     assert all(item.status_code == 200 for item in items)
     first = items[0].output.text
     assert first and first[-1] in "，,"

@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from lang_agent.checkpointer import LoopExecutor
 from tests.conftest import TEST_KEY
-from tests.support import set_latency, wait_until
+from tests.support import latency, wait_until
 
 THREAD_LOG_SQL = """
 SELECT role, content, turn_id FROM messages
@@ -68,11 +68,8 @@ def test_chat_turn_stream_role_first_usage_last(client):
 
 
 def test_tool_turn_filler_comes_before_answer(client, simulator):
-    set_latency(simulator, "tool", ttft_ms=400)
-    try:
+    with latency(simulator, "tool", ttft_ms=400):
         chunks = stream_chunks(client, "帮我算一下 3加5乘2 等于多少", extra_body={"events": True})
-    finally:
-        set_latency(simulator, "tool", ttft_ms=0)
     kinds = []
     for chunk in chunks:
         marker = (chunk.model_extra or {}).get("x_lang_agent") or {}
@@ -253,15 +250,12 @@ def test_concurrent_turns_on_one_thread_never_interleave(client, pg_dsn, thread_
 def test_busy_thread_rejected_when_configured(live_server, simulator, thread_id):
     server = live_server(busy_thread="reject")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
-    set_latency(simulator, "chat", ttft_ms=800)
-    try:
+    with latency(simulator, "chat", ttft_ms=800):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(ask, client, "慢一点", thread_id=thread_id)
             wait_for_busy = pool.submit(_ask_when_busy, client, thread_id)
             assert slow.result()
             assert wait_for_busy.result() == 409
-    finally:
-        set_latency(simulator, "chat", ttft_ms=0)
 
 
 def _ask_when_busy(client: openai.OpenAI, thread_id: str) -> int:
@@ -367,11 +361,8 @@ def test_a_turn_hands_no_work_to_a_worker_thread(live_server, monkeypatch, threa
 
 
 def test_filler_is_logged_but_not_remembered(client, simulator, pg_dsn, thread_id):
-    set_latency(simulator, "tool", ttft_ms=300)
-    try:
+    with latency(simulator, "tool", ttft_ms=300):
         chunks = stream_chunks(client, "现在几点了", extra_body={"thread_id": thread_id})
-    finally:
-        set_latency(simulator, "tool", ttft_ms=0)
     filler = "".join(
         c.choices[0].delta.content or ""
         for c in chunks
@@ -397,8 +388,7 @@ def test_client_disconnect_cancels_the_upstream_call(client, simulator, thread_i
     ask(client, "我叫小明", thread_id=thread_id)
     before = simulator.snapshot()["cancelled"]
     simulator.inject("loop", role="chat")
-    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
-    try:
+    with latency(simulator, "chat", ttft_ms=0, tokens_per_s=50):
         stream = client.chat.completions.create(
             model="lang-agent",
             messages=[{"role": "user", "content": "讲个故事"}],
@@ -410,18 +400,13 @@ def test_client_disconnect_cancels_the_upstream_call(client, simulator, thread_i
                 break
         stream.close()
         wait_until(lambda: simulator.snapshot()["cancelled"] > before)
-    finally:
-        set_latency(simulator, "chat", ttft_ms=0)
     assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
 
 
 def test_speculative_chat_answer_never_leaks_into_a_tool_turn(client, simulator):
     # The router answers last, so the speculative chat answer is complete before it is dropped.
-    set_latency(simulator, "router", ttft_ms=300)
-    try:
+    with latency(simulator, "router", ttft_ms=300):
         chunks = stream_chunks(client, "3加5乘2等于多少")
-    finally:
-        set_latency(simulator, "router", ttft_ms=0)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "13" in text and "「" not in text
 

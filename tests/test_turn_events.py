@@ -5,9 +5,7 @@ outlives the turn."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import Iterator
 
 import httpx2
 from langgraph.pregel._loop import AsyncPregelLoop
@@ -25,19 +23,7 @@ from lang_agent.agent.events import (
 )
 from lang_agent.agent.runner import CLAUSE_MARKS, _gather
 from lang_agent.service import open_service
-from tests.support import set_latency
-
-
-@contextlib.contextmanager
-def _slow(simulator, *roles: str) -> Iterator[None]:
-    """Within the block the simulator's `roles` take 2 s to their first byte."""
-    for role in roles:
-        set_latency(simulator, role, ttft_ms=2000)
-    try:
-        yield
-    finally:
-        for role in roles:
-            set_latency(simulator, role, ttft_ms=0)
+from tests.support import latency
 
 
 def _running(*prefixes: str) -> list[str]:
@@ -116,11 +102,8 @@ async def test_an_answer_goes_out_in_clauses_after_its_first_text(make_settings,
             events = [event async for event in service.agent.run_turn(request)]
         return [event.text for event in events if isinstance(event, AnswerDelta)]
 
-    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=100)
-    try:
+    with latency(simulator, "chat", ttft_ms=0, tokens_per_s=100):
         chunked, held = await deltas(0), await deltas(1000)
-    finally:
-        set_latency(simulator, "chat", ttft_ms=0)
     assert "".join(held) == "".join(chunked)
     assert held[0] == chunked[0]  # the first text is not held back
     assert len(held) < len(chunked)
@@ -134,7 +117,7 @@ async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(
 ):
     # The filler starts when the router says "tool", before tool_model_call takes it over;
     # a client hanging up in between must not leave it (or a speculation) talking to no one.
-    with _slow(simulator, "chatty", "tool"):
+    with latency(simulator, "chatty", "tool", ttft_ms=2000):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "现在几点了？"),),
@@ -183,7 +166,7 @@ async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
 async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_running(
     make_settings, simulator
 ):
-    with _slow(simulator, "router"):
+    with latency(simulator, "router", ttft_ms=2000):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "你好"),),
@@ -208,7 +191,7 @@ async def test_a_graph_that_fails_to_start_leaves_no_model_call_running(
         raise RuntimeError("LangGraph could not start")
 
     monkeypatch.setattr(AsyncPregelLoop, "__aenter__", broken)
-    with _slow(simulator, "router"):
+    with latency(simulator, "router", ttft_ms=2000):
         async with open_service(make_settings()) as service:
             request = TurnRequest(
                 messages=(InputMessage("user", "你好"),), thread_id=f"broken-{uuid.uuid4().hex}"
