@@ -1,13 +1,16 @@
 """The LangGraph checkpointer of thread memory: AsyncPostgresSaver over our pool, lock-free,
 its (de)serialisation done on the event loop instead of in a worker thread, chat messages
 loaded without validating them again, and its first read of a turn answerable from a row
-fetched beside the thread's lease."""
+fetched beside the thread's lease. A long memory one turn writes is handed to the next as it
+is, not decoded again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -81,6 +84,54 @@ _MESSAGES = {
 }
 
 
+# A thread's memory is written at the end of one turn and read at the start of the next, and
+# unpacking it cost 2-5 ms before the router's request at the 200-message cap. A memory's blob
+# is never changed once written (a new version is a new blob), so the list that was written,
+# found again by the blob's bytes, is what decoding them would give. Blobs under MIN are a new
+# thread's few messages: they decode in microseconds and would only churn the cache.
+WRITTEN_MIN_BYTES = 4096
+WRITTEN_MAX_BYTES = 4 * 1024 * 1024  # of blobs; the messages take several times that
+
+
+class WrittenMemory:
+    """The long lists this process wrote, by their blob's bytes, each until it is read back
+    once (the next turn replaces it) or, least recently written first, pushed out.
+
+    LangGraph's reducer builds a new list rather than changing the one it was given, and
+    nothing changes a stored message, so the list can be handed to the reader as it is."""
+
+    def __init__(self, *, min_bytes: int, max_bytes: int) -> None:
+        self.min_bytes = min_bytes
+        self.max_bytes = max_bytes
+        self._lists: OrderedDict[bytes, list[Any]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # alist and friends decode on a worker thread
+
+    def put(self, blob: bytes, value: object) -> None:
+        if not isinstance(value, list) or not self.min_bytes <= len(blob) <= self.max_bytes:
+            return
+        with self._lock:
+            if blob not in self._lists:
+                self._bytes += len(blob)
+            self._lists[blob] = list(value)
+            self._lists.move_to_end(blob)
+            while self._bytes > self.max_bytes:
+                oldest, _ = self._lists.popitem(last=False)
+                self._bytes -= len(oldest)
+
+    def take(self, blob: bytes) -> list[Any] | None:
+        if len(blob) < self.min_bytes:
+            return None
+        with self._lock:
+            value = self._lists.pop(blob, None)
+            if value is not None:
+                self._bytes -= len(blob)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._lists)
+
+
 class MemorySerializer(JsonPlusSerializer):
     """LangGraph's serializer, except that a stored chat message is rebuilt with
     `model_construct` instead of its validating constructor.
@@ -90,7 +141,10 @@ class MemorySerializer(JsonPlusSerializer):
     valid message (`model_dump`), so they need no second check. What is written is unchanged,
     so older and newer code read each other's checkpoints. Everything else goes through
     LangGraph's own hook. (Under LANGGRAPH_STRICT_MSGPACK a graph's allowlist clone gets a
-    fresh hook: messages then load the slower way, and still correctly.)"""
+    fresh hook: messages then load the slower way, and still correctly.)
+
+    A long memory it wrote is kept (`WrittenMemory`) until the thread's next turn in this
+    process reads it back, which then does not unpack it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,6 +161,21 @@ class MemorySerializer(JsonPlusSerializer):
             return general(code, data)
 
         self._unpack_ext_hook = hook
+        self.written = WrittenMemory(min_bytes=WRITTEN_MIN_BYTES, max_bytes=WRITTEN_MAX_BYTES)
+
+    def dumps_typed(self, obj: Any) -> tuple[str, bytes]:
+        kind, blob = super().dumps_typed(obj)
+        if kind == "msgpack" and isinstance(blob, bytes):
+            self.written.put(blob, obj)
+        return kind, blob
+
+    def loads_typed(self, data: tuple[str, bytes]) -> Any:
+        kind, blob = data
+        if kind == "msgpack" and isinstance(blob, bytes):
+            value = self.written.take(blob)
+            if value is not None:
+                return value
+        return super().loads_typed(data)
 
 
 class _Preload:

@@ -28,6 +28,7 @@ from lang_agent.checkpointer import (
     LoopExecutor,
     MemorySerializer,
     PooledSaver,
+    WrittenMemory,
     inline,
     install_loop_executor,
 )
@@ -223,3 +224,76 @@ class Constructed(BaseException):
 
 def _refuse(*args, **kwargs):
     raise Constructed("a stored message went through its constructor")
+
+
+def _long_memory(turns: int) -> list:
+    memory = []
+    for i in range(turns):
+        memory += [
+            HumanMessage(f"第{i}个问题：明天天气怎么样", id=f"h{i}"),
+            AIMessage(f"第{i}个回答：晴", id=f"a{i}"),
+        ]
+    return memory
+
+
+def test_a_long_memory_written_is_handed_to_its_next_reader_without_decoding():
+    ours = MemorySerializer()
+    memory = _long_memory(100)
+    blob = ours.dumps_typed(memory)
+    assert len(blob[1]) >= ours.written.min_bytes
+    memory.append(HumanMessage("写完以后才加的"))  # the writer's list is the writer's
+    first = ours.loads_typed(blob)
+    assert first == memory[:-1]
+    assert all(a is b for a, b in zip(first, memory, strict=False))  # the messages it wrote
+    # Read once: a second reader (a failed turn's retry, the viewer) decodes the bytes.
+    second = ours.loads_typed(blob)
+    assert second == first and not any(a is b for a, b in zip(second, first, strict=True))
+    assert len(ours.written) == 0
+
+
+def test_short_memories_other_values_and_reads_are_not_kept():
+    ours = MemorySerializer()
+    ours.dumps_typed(_long_memory(2))
+    ours.dumps_typed({"route": "chat" * 2000})
+    theirs = JsonPlusSerializer().dumps_typed(_long_memory(90))  # another process wrote it
+    ours.loads_typed(theirs)
+    assert len(ours.written) == 0
+
+
+def test_written_memories_are_bounded_by_their_bytes_oldest_write_out_first():
+    written = WrittenMemory(min_bytes=10, max_bytes=100)
+    a, b, c = (bytes([n]) * 40 for n in range(3))
+    written.put(a, ["a"])
+    written.put(b, ["b"])
+    written.put(a, ["a"])  # written again: now b is the oldest
+    written.put(c, ["c"])
+    assert written.take(b) is None
+    assert written.take(a) == ["a"] and written.take(c) == ["c"]
+    written.put(bytes(101), ["too big"])
+    written.put(bytes(9), ["too small"])
+    assert len(written) == 0
+
+
+async def test_a_long_memory_loads_from_the_written_copy_as_from_the_database(database):
+    saver = PooledSaver(database.pool)
+    await saver.setup()
+    graph = _memory_graph(saver)
+    thread = f"long-{uuid.uuid4().hex[:8]}"
+    config = {"configurable": {"thread_id": thread}}
+    await graph.ainvoke({"messages": _long_memory(60)}, config, durability="exit")
+    for text in ("三", "四"):
+        async with database.connection() as conn, conn.cursor(binary=True) as cur:
+            await cur.execute(*saver.latest_query(thread))
+            row = await cur.fetchone()
+        assert len(saver.serde.written) == 1
+        latest = await saver.load_latest(thread, row)
+        assert len(saver.serde.written) == 0  # taken, not decoded
+        messages = latest.checkpoint["channel_values"]["messages"]
+        fresh = PooledSaver(database.pool)  # decodes what the database holds
+        stored = (await fresh.aget_tuple(config)).checkpoint["channel_values"]["messages"]
+        assert [m.model_dump() for m in messages] == [m.model_dump() for m in stored]
+        with saver.preloaded(thread, latest):
+            await graph.ainvoke({"messages": [HumanMessage(text)]}, config, durability="exit")
+    state = await PooledSaver(database.pool).aget_tuple(config)
+    contents = [m.content for m in state.checkpoint["channel_values"]["messages"]]
+    assert contents[-4:] == ["三", "第122条", "四", "第124条"] and len(contents) == 125
