@@ -88,6 +88,13 @@ async def database(pg_dsn) -> AsyncIterator[Database]:
     await db.close()
 
 
+@pytest.fixture
+async def saver(database) -> PooledSaver:
+    saver = PooledSaver(database.pool)
+    await saver.setup()
+    return saver
+
+
 async def test_memory_round_trips_without_a_thread_hop(database):
     saver = ThreadRecordingSaver(database.pool)
     await saver.setup()
@@ -122,16 +129,19 @@ async def test_servers_starting_together_on_a_new_database_set_it_up_once(pg_dsn
             await db.close()
 
 
-async def test_a_preloaded_checkpoint_answers_the_first_read_only(database):
-    saver = PooledSaver(database.pool)
-    await saver.setup()
+async def _latest_row(database: Database, saver: PooledSaver, thread: str):
+    """The thread's latest checkpoint row, as the lease's round trip reads it."""
+    async with database.connection() as conn, conn.cursor(binary=True) as cur:
+        await cur.execute(*saver.latest_query(thread))
+        return await cur.fetchone()
+
+
+async def test_a_preloaded_checkpoint_answers_the_first_read_only(database, saver):
     graph = _memory_graph(saver)
     thread = f"pre-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread}}
     await graph.ainvoke({"messages": [HumanMessage("一")]}, config)
-    async with database.connection() as conn, conn.cursor(binary=True) as cur:
-        await cur.execute(*saver.latest_query(thread))
-        row = await cur.fetchone()
+    row = await _latest_row(database, saver, thread)
     stored = await saver.aget_tuple(config)
     latest = await saver.load_latest(thread, row)
     assert latest == stored  # the same tuple aget_tuple builds from the database
@@ -149,11 +159,9 @@ async def test_a_preloaded_checkpoint_answers_the_first_read_only(database):
         assert await saver.aget_tuple(config) is not None
 
 
-async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(database):
+async def test_the_read_beside_a_lease_sees_what_the_previous_holder_saved(database, saver):
     # Two processes' lock tables on one database. The second waits for the lease while the
     # first turn saves its memory; the read riding on the lease must see that memory.
-    saver = PooledSaver(database.pool)
-    await saver.setup()
     graph = _memory_graph(saver)
     ours, theirs = (ThreadLocks(database, mode="wait", wait_s=10, lease_ttl_s=60) for _ in range(2))
     thread = f"lease-{uuid.uuid4().hex[:8]}"
@@ -274,17 +282,13 @@ def test_written_memories_are_bounded_by_their_bytes_oldest_write_out_first():
     assert len(written) == 0
 
 
-async def test_a_long_memory_loads_from_the_written_copy_as_from_the_database(database):
-    saver = PooledSaver(database.pool)
-    await saver.setup()
+async def test_a_long_memory_loads_from_the_written_copy_as_from_the_database(database, saver):
     graph = _memory_graph(saver)
     thread = f"long-{uuid.uuid4().hex[:8]}"
     config = {"configurable": {"thread_id": thread}}
     await graph.ainvoke({"messages": _long_memory(60)}, config, durability="exit")
     for text in ("三", "四"):
-        async with database.connection() as conn, conn.cursor(binary=True) as cur:
-            await cur.execute(*saver.latest_query(thread))
-            row = await cur.fetchone()
+        row = await _latest_row(database, saver, thread)
         assert len(saver.serde.written) == 1
         latest = await saver.load_latest(thread, row)
         assert len(saver.serde.written) == 0  # taken, not decoded
