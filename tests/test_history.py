@@ -1,4 +1,5 @@
-"""Which client messages are new, trimming history to the context window, capping memory."""
+"""Which client messages are new, trimming history to the context window, capping memory,
+and what of it the router sees."""
 
 import json
 
@@ -22,6 +23,7 @@ from lang_agent.agent.history import (
     new_messages,
     remember,
 )
+from lang_agent.agent.nodes import router_view
 from lang_agent.errors import InvalidRequest
 from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
@@ -201,3 +203,28 @@ def test_fit_window_keeps_what_langchains_trim_messages_keeps(history, window):
     fitted = fit_window(history, system="系统", window=window, max_tokens=50)
     assert fitted[0] == SystemMessage("系统")
     assert [id(m) for m in fitted[1:]] == [id(m) for m in expected]
+
+
+def _tool_turn(n: int) -> list:
+    call = {"name": "get_weather", "args": {"city": "北京"}, "id": f"c{n}"}
+    return [
+        HumanMessage(f"问{n}"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("晴", tool_call_id=f"c{n}"),
+        AIMessage([{"type": "text", "text": f"答{n}"}]),
+    ]
+
+
+def test_the_router_sees_the_latest_spoken_turns_as_plain_text():
+    memory = [message for n in range(100) for message in _tool_turn(n)]  # 400 messages
+    view = router_view([*memory, HumanMessage("问100")], keep=6)
+    assert [(type(m), m.content) for m in view] == [
+        (HumanMessage, "问98"), (AIMessage, "答98"),
+        (HumanMessage, "问99"), (AIMessage, "答99"),
+        (HumanMessage, "问100"),
+    ]  # fmt: skip
+    assert not any(m.tool_calls for m in view if isinstance(m, AIMessage))
+    # It starts on a user message, and sees all there is of a short thread.
+    assert [m.content for m in router_view(_tool_turn(0), keep=1)] == []
+    assert [m.content for m in router_view(_tool_turn(0), keep=2)] == ["问0", "答0"]
+    assert [m.content for m in router_view(_tool_turn(0), keep=9)] == ["问0", "答0"]

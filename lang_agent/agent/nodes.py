@@ -48,18 +48,21 @@ def _tool_catalogue(tools: list[BaseTool]) -> str:
     return "\n".join(lines) or "  (no tools are available right now)"
 
 
-def _router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
-    """Recent turns as plain text: the router needs the gist, not tool-call plumbing."""
-    plain: list[AnyMessage] = []
-    for message in messages:
-        text = text_of(message.content)
+def router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
+    """The latest `keep` user and spoken assistant messages as plain text, starting on a user
+    message: the router needs the gist, not tool-call plumbing. Walked from the end, so a
+    thread at the memory cap costs what a short one does."""
+    recent: list[AnyMessage] = []
+    for message in reversed(messages):
+        if len(recent) == keep:
+            break
         if isinstance(message, HumanMessage):
-            plain.append(HumanMessage(text))
-        elif isinstance(message, AIMessage) and text:
-            plain.append(AIMessage(text))
-    recent = plain[-keep:]
+            recent.append(HumanMessage(text_of(message.content)))
+        elif isinstance(message, AIMessage) and (text := text_of(message.content)):
+            recent.append(AIMessage(text))
+    recent.reverse()
     while recent and not isinstance(recent[0], HumanMessage):
-        recent = recent[1:]
+        recent.pop(0)
     return recent
 
 
@@ -83,9 +86,7 @@ class Routing:
             current_time=ctx.deps.now(),
             tools=_tool_catalogue(ctx.deps.tools.tools()),
         )
-        view = _fit(
-            ctx, "chat", _router_view([*memory, *self.new], settings.router_history), system
-        )
+        view = _fit(ctx, "chat", router_view([*memory, *self.new], settings.router_history), system)
         # Both windows before either call starts: one that does not fit (InvalidRequest) must
         # not leave the other running with no one to take its answer.
         chat = None
