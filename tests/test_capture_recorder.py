@@ -52,7 +52,9 @@ def test_redaction_covers_key_like_headers_and_query_parameters():
     )
 
 
-async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
+async def _slow_call(recorder, capture_db, *, while_pending=None) -> tuple[dict, dict]:
+    """One call through the capture whose pending row is written before it ends: (the pending
+    row, the final row). `while_pending(call_id)` runs in between."""
     release = asyncio.Event()
 
     async def slow_upstream(request: httpx2.Request) -> httpx2.Response:
@@ -65,7 +67,8 @@ async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
         with calling(thread_id=thread):
             call = asyncio.create_task(http.post("http://up/v1/chat/completions", json=HELLO))
         (pending,) = await eventually(lambda: rows_of_thread(capture_db, thread))
-        assert pending["status"] == "pending" and pending["finished_at"] is None
+        if while_pending is not None:
+            await while_pending(pending["call_id"])
         release.set()
         await call
 
@@ -74,7 +77,29 @@ async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
         return rows if rows and rows[0]["status"] == "ok" else None
 
     (row,) = await eventually(finished)
+    return pending, row
+
+
+async def test_row_is_pending_while_the_call_runs(recorder, capture_db):
+    pending, row = await _slow_call(recorder, capture_db)
+    assert pending["status"] == "pending" and pending["finished_at"] is None
     assert row["id"] == pending["id"] and row["chatcmpl_id"] == "chatcmpl-slow"
+    assert row["request_body"] == HELLO and row["request_header"]["content-type"]
+
+
+async def test_a_final_row_leaves_out_the_request_its_pending_row_holds(recorder, capture_db):
+    # A long thread's request is tens of kilobytes: written once, with the pending row. The
+    # stand-in below shows the final row did not write it again.
+    async def stand_in(call_id: uuid.UUID) -> None:
+        async with capture_db.connection() as conn:
+            await conn.execute(
+                "UPDATE llm_calls SET request_body = '{\"kept\": true}' WHERE call_id = %s",
+                (call_id,),
+            )
+
+    _, row = await _slow_call(recorder, capture_db, while_pending=stand_in)
+    assert row["request_body"] == {"kept": True}
+    assert row["request_header"]["content-type"] == "application/json"
 
 
 async def test_a_nul_byte_does_not_sink_the_batch(recorder, capture_db):

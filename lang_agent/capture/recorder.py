@@ -43,15 +43,17 @@ from lang_agent.settings import Settings
 logger = logging.getLogger(__name__)
 
 # Pending and final rows alike, in one statement (in queue order, so that ids follow the order
-# of the calls). Only a pending row is ever overwritten.
+# of the calls). Only a pending row is ever overwritten, and a final row without the request
+# keeps the pending row's.
 UPSERT_CALLS_SQL = insert_rows_sql(
     "llm_calls",
     COLUMNS,
     then="""ON CONFLICT (call_id) DO UPDATE SET
     model = EXCLUDED.model, stream = EXCLUDED.stream, status = EXCLUDED.status,
     status_code = EXCLUDED.status_code, error = EXCLUDED.error,
-    request_header = EXCLUDED.request_header, request_body = EXCLUDED.request_body,
-    client_request_body = EXCLUDED.client_request_body,
+    request_header = COALESCE(EXCLUDED.request_header, llm_calls.request_header),
+    request_body = COALESCE(EXCLUDED.request_body, llm_calls.request_body),
+    client_request_body = COALESCE(EXCLUDED.client_request_body, llm_calls.client_request_body),
     response_header = EXCLUDED.response_header, response_body = EXCLUDED.response_body,
     response_sse = EXCLUDED.response_sse, event_offsets_ms = EXCLUDED.event_offsets_ms,
     upstream_request_id = EXCLUDED.upstream_request_id, chatcmpl_id = EXCLUDED.chatcmpl_id,
@@ -65,6 +67,12 @@ UPSERT_CALLS_SQL = insert_rows_sql(
 WHERE llm_calls.status = 'pending'""",
 )
 
+# What a call's pending row holds already, left out of its final row: a long thread's request
+# is tens of kilobytes, written and parsed (jsonb) a second time for nothing.
+REQUEST_COLUMNS = ("request_header", "request_body", "client_request_body")
+# Calls whose pending row is written and final row is not: past this many (final rows dropped),
+# the set starts again, and their final rows carry the request as before.
+BEGUN_MAX = 50_000
 CONNECT_TIMEOUT_S = 3.0
 BACKOFF_MAX_S = 5.0
 FAILURE_LOG_EVERY_S = 30.0
@@ -120,6 +128,7 @@ class Recorder:
         self._schema_ready = not apply_schema
         self._stopped = False
         self._last_failure_log = float("-inf")  # the first outage is always logged
+        self._begun: set[uuid.UUID] = set()  # pending row written, final row not yet
         self.metrics.bind_capture(self)
 
     def __repr__(self) -> str:
@@ -296,7 +305,8 @@ class Recorder:
 
     async def _write(self, batch: list[_Item]) -> None:
         finished = {item.call_id for item in batch if item.kind == "finish"}
-        rows = [i.row for i in batch if i.kind == "finish" or i.call_id not in finished]
+        items = [i for i in batch if i.kind == "finish" or i.call_id not in finished]
+        rows = [self._row(item) for item in items]
         assert self._pool is not None
         async with self._pool.connection() as conn:
             if not self._schema_ready:
@@ -307,18 +317,36 @@ class Recorder:
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
                 # One bad row must not sink the batch: retry row by row, drop the bad ones.
                 refused = await self._write_one_by_one(conn, rows)
-                self.written += len(batch) - refused
+                self.written += len(batch) - len(refused)
+                self._note_written(i for i in items if i.call_id not in refused)
                 return
         self.written += len(batch)
+        self._note_written(items)
 
-    async def _write_one_by_one(self, conn: psycopg.AsyncConnection, rows: list[dict]) -> int:
-        """Write rows singly; returns how many the database refused (those are dropped)."""
-        refused = 0
+    def _row(self, item: _Item) -> dict[str, Any]:
+        if item.kind == "finish" and item.call_id in self._begun:
+            return {**item.row, **dict.fromkeys(REQUEST_COLUMNS)}
+        return item.row
+
+    def _note_written(self, items: Iterable[_Item]) -> None:
+        for item in items:
+            if item.kind == "finish":
+                self._begun.discard(item.call_id)
+            else:
+                if len(self._begun) >= BEGUN_MAX:
+                    self._begun.clear()
+                self._begun.add(item.call_id)
+
+    async def _write_one_by_one(
+        self, conn: psycopg.AsyncConnection, rows: list[dict]
+    ) -> set[uuid.UUID]:
+        """Write rows singly; returns the calls whose row the database refused (dropped)."""
+        refused = set()
         for row in rows:
             try:
                 await conn.execute(UPSERT_CALLS_SQL, (Jsonb([row], dumps=jsonb_dumps),))
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
-                refused += 1
+                refused.add(row["call_id"])
                 self._drop(1)
                 logger.warning("capture row %s refused by the database: %s", row["call_id"], exc)
         return refused
