@@ -256,6 +256,9 @@ def test_the_tables_show_ratios_and_rates_finer_than_milliseconds() -> None:
     assert cells[3:6] == ["1.019", "1.002", "983.2"]
     assert "9.5 / 31.7" in cells
     assert "4.3 / 1.5 / – / – / –" in cells
+    row["worker_cpu_pct"] = [44.0, 40.1]
+    cells = report.table([row], stream=False).splitlines()[2].split(" | ")
+    assert "4.3 = 44.0 + 40.1 / 1.5 / – / – / –" in cells
 
 
 # Children for a process tree: one that burns about 0.3 s of CPU, one that holds about 64 MB;
@@ -303,6 +306,58 @@ def _reap_child(parent: subprocess.Popen) -> None:
     parent.stdin.write("\n")
     parent.stdin.flush()
     assert parent.stdout.readline().strip() == "reaped"
+
+
+# A worker that burns the CPU seconds of its argument when told, then says so.
+_WORKER = """
+import sys, time
+print("up", flush=True)
+sys.stdin.readline()
+end = time.process_time() + float(sys.argv[1])
+while time.process_time() < end:
+    pass
+print("burned", flush=True)
+sys.stdin.readline()
+"""
+# A server of two such workers and a child that only sleeps (as multiprocessing's resource
+# tracker does); on a line of its stdin the workers burn.
+_GROUP = f"""
+import subprocess, sys
+pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+code = {_WORKER!r}
+workers = [subprocess.Popen([sys.executable, "-c", code, s], **pipes) for s in ("0.4", "0.2")]
+idle = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); input()"], **pipes)
+for child in [*workers, idle]:
+    child.stdout.readline()
+print("ready", flush=True)
+sys.stdin.readline()
+for worker in workers:
+    worker.stdin.write("go\\n")
+    worker.stdin.flush()
+for worker in workers:
+    worker.stdout.readline()
+print("burned", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_meter_splits_the_servers_cpu_by_worker() -> None:
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    server = subprocess.Popen([sys.executable, "-c", _GROUP], **pipes)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        meter = Meter({"server": server.pid})
+        meter.start()
+        server.stdin.write("\n")
+        server.stdin.flush()
+        assert server.stdout.readline().strip() == "burned"
+        measured = meter.stop()
+    finally:
+        server.kill()
+        server.wait()
+    busiest, other = measured["worker_cpu_pct"]  # the sleeping child is left out
+    assert busiest > other > 0
+    assert busiest + other <= measured["cpu_pct"]["server"] + 0.2  # rounding
 
 
 def test_a_tree_keeps_the_cpu_of_a_child_that_exits_during_the_cell() -> None:

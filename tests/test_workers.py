@@ -14,6 +14,7 @@ import psutil
 import psycopg
 import pytest
 
+from lang_agent.bench.stack import wait_listening
 from tests.support import wait_until
 from tests.test_faults_concurrency import (
     WorkerProcess,
@@ -35,19 +36,8 @@ def group(pg_dsn, simulator, tmp_path) -> Iterator[WorkerProcess]:
 
 
 def _workers(group: WorkerProcess) -> list[psutil.Process]:
-    """The group's workers, once each listens: /health answered by one says nothing of the
-    other, and a worker still starting takes no connections."""
-    children = psutil.Process(group.process.pid).children()
-    workers = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
-
-    def listening(worker: psutil.Process) -> bool:
-        return any(
-            conn.status == psutil.CONN_LISTEN and conn.laddr.port == group.port
-            for conn in worker.net_connections("tcp")
-        )
-
-    wait_until(lambda: all(listening(worker) for worker in workers), within_s=60)
-    return workers
+    """The group's two workers, once each listens."""
+    return wait_listening(group.process.pid, group.port, count=2, timeout=60)
 
 
 def _gone(worker: psutil.Process) -> bool:

@@ -44,11 +44,20 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
+def cpu_cell(row: dict[str, Any]) -> str:
+    """CPU % server / sim / pg / load / other; with several workers the server's is split,
+    e.g. "84.1 = 44.0 + 40.1", to show how evenly they are loaded."""
+    cpu = row.get("cpu_pct") or {}
+    shares = [_fmt(cpu.get(n)) for n in ("server", "sim", "postgres", "loadgen", "other")]
+    workers = row.get("worker_cpu_pct") or []
+    if len(workers) > 1:
+        shares[0] += " = " + " + ".join(_fmt(share) for share in workers)
+    return " / ".join(shares)
+
+
 def _cell(row: dict[str, Any], key: Any, title: str) -> str:
     if title.startswith("CPU"):
-        cpu = row.get("cpu_pct") or {}
-        names = ("server", "sim", "postgres", "loadgen", "other")
-        return " / ".join(_fmt(cpu.get(n)) for n in names)
+        return cpu_cell(row)
     if title.startswith("Server RSS"):
         return _fmt((row.get("peak_rss_mb") or {}).get("server"))
     if isinstance(key, tuple):

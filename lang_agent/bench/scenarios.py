@@ -15,6 +15,7 @@ import statistics
 import time
 from typing import Any
 
+from lang_agent.bench import report
 from lang_agent.bench.load import Counter, Sample, attach_model_time, make_client
 from lang_agent.bench.runner import Mode, Target, drain_calls, log, run_cell
 from lang_agent.bench.stack import Meter, Stack
@@ -307,14 +308,11 @@ async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]  # fmt: skip
     for r in rows:
-        cpu = r.get("cpu_pct") or {}
-        shares = " / ".join(str(cpu.get(n, "–")) for n in
-                            ("server", "sim", "postgres", "loadgen", "other"))  # fmt: skip
         mode = f"{r['front']} {'stream' if r['stream'] else 'non-stream'}"
         lines.append(
             f"| {r['round']} | {r['workers']} | {mode} | {r['concurrency']} | {r['requests']} "
             f"| {r['success_pct']} | {r['throughput_rps']:.1f} | {r['avg_ms']} | {r['p99_ms']} "
-            f"| {r['overhead_p50_ms']} / {r['overhead_p99_ms']} | {shares} "
+            f"| {r['overhead_p50_ms']} / {r['overhead_p99_ms']} | {report.cpu_cell(r)} "
             f"| {(r.get('peak_rss_mb') or {}).get('server')} |"
         )
     lines.append("")

@@ -47,6 +47,31 @@ def wait_http(url: str, *, proc: subprocess.Popen | None, timeout: float = START
         time.sleep(0.1)
 
 
+def wait_listening(
+    pid: int, port: int, *, count: int, timeout: float = START_TIMEOUT_S
+) -> list[psutil.Process]:
+    """The processes of `pid` and its children that listen on `port`, once `count` do. /health
+    answered by one worker says nothing of the others, and a worker still starting takes no
+    connections: a load that began then would open all its connections on the first ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listening = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(pid)
+            for process in [parent, *parent.children()]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if any(
+                        conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+                        for conn in process.net_connections("tcp")
+                    ):
+                        listening.append(process)
+        if len(listening) >= count:
+            return listening
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(listening)} of {count} processes listen on {port}")
+        time.sleep(0.1)
+
+
 @dataclass
 class Service:
     name: str
@@ -143,6 +168,7 @@ class Stack:
         proc, log = self._spawn(f"server-{port}", argv, env)
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", proc=proc)
+        wait_listening(proc.pid, port, count=workers)
         return self._add(Service("server", url, proc, proc.pid, log))
 
     def capture_proxy(self, *, upstream: str, dsn: str) -> Service:
@@ -182,6 +208,10 @@ def _machine_busy() -> float:
 
 # How often the meter reads the trees' resident memory during a cell.
 SAMPLE_S = 0.5
+WORKER_PREFIX = "worker:"
+# A server child busier than this is a worker; the rest (multiprocessing's resource tracker)
+# sleep through a cell.
+WORKER_BUSY_PCT = 1.0
 
 
 class ProcessTable:
@@ -247,11 +277,14 @@ class Meter:
 
     def _cpu(self) -> dict[str, float]:
         """CPU seconds so far: each named tree's, the load generator's (the others are its
-        children, so itself alone) and the machine's."""
+        children, so itself alone) and the machine's; and each of the server's children's
+        (its workers, under `WORKER_PREFIX`)."""
         table = ProcessTable()
         cpu = {name: table.cpu_s(pid) for name, pid in self.pids.items()}
         cpu["loadgen"] = table.own_cpu_s(os.getpid())
         cpu["machine"] = _machine_busy()
+        for child in table.children.get(self.pids.get("server", 0), ()):
+            cpu[f"{WORKER_PREFIX}{child}"] = table.cpu_s(child)
         return cpu
 
     def start(self) -> None:
@@ -282,6 +315,14 @@ class Meter:
             name: round(100 * (seconds - self._cpu0.get(name, 0.0)) / elapsed, 1)
             for name, seconds in spent.items()
         }
+        # The server's busy children, busiest first: how evenly its workers share the load.
+        workers = sorted(
+            (cpu.pop(name) for name in list(cpu) if name.startswith(WORKER_PREFIX)), reverse=True
+        )
         ours = sum(v for k, v in cpu.items() if k != "machine")
         cpu["other"] = round(max(cpu["machine"] - ours, 0.0), 1)
-        return {"cpu_pct": cpu, "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()}}
+        return {
+            "cpu_pct": cpu,
+            "worker_cpu_pct": [share for share in workers if share >= WORKER_BUSY_PCT],
+            "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()},
+        }
