@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from lang_agent import loop
 from lang_agent.settings import Settings, settings_error
@@ -43,7 +44,7 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
 
 
-def uvicorn_config(app: FastAPI, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
+def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
     """On SIGTERM uvicorn stops listening at once and lets requests in flight (streams too) run
     on for `grace_s` seconds, then cancels them and runs the lifespan's shutdown."""
     return uvicorn.Config(

@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import MutableSequence
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from fastapi_server import metrics_api
+from fastapi_server.balance import ConnectionBalancer, ConnectionShare
 from fastapi_server.group_metrics import GroupMetrics
 from fastapi_server.serve import STARTUP_FAILURE, configure_logging, load_factory, uvicorn_config
 from lang_agent import loop
@@ -50,7 +52,13 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 def _worker(
-    factory: str, settings: Settings, host: str, port: int, index: int, metrics_dir: str
+    factory: str,
+    settings: Settings,
+    host: str,
+    port: int,
+    index: int,
+    metrics_dir: str,
+    connections: MutableSequence[int],
 ) -> None:
     os.setpgid(0, 0)
     configure_logging(settings)
@@ -58,18 +66,26 @@ def _worker(
     app = load_factory(factory)(settings)
     group = GroupMetrics(Path(metrics_dir), index, lambda: metrics_api.render(app))
     app.state.group_metrics = group
-    config = uvicorn_config(app, host=host, port=port, grace_s=settings.shutdown_grace_s)
+    share = ConnectionShare(connections, index)
+    balanced = ConnectionBalancer(app, share)
+    config = uvicorn_config(balanced, host=host, port=port, grace_s=settings.shutdown_grace_s)
     server = uvicorn.Server(config)
-    loop.run(_serve(server, sock, group))
+    loop.run(_serve(server, sock, group, share))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
 
 
-async def _serve(server: uvicorn.Server, sock: socket.socket, group: GroupMetrics) -> None:
-    publishing = asyncio.create_task(group.publishing(), name="group-metrics")
+async def _serve(
+    server: uvicorn.Server, sock: socket.socket, group: GroupMetrics, share: ConnectionShare
+) -> None:
+    background = [
+        asyncio.create_task(group.publishing(), name="group-metrics"),
+        asyncio.create_task(share.follow(server), name="connection-share"),
+    ]
     try:
         await _serve_while_parent_lives(server, sock)
     finally:
-        publishing.cancel()
+        for task in background:
+            task.cancel()
 
 
 async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket) -> None:
@@ -112,10 +128,12 @@ def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> in
     port = holder.getsockname()[1]
     metrics_dir = tempfile.mkdtemp(prefix="lang-agent-metrics-")
     context = multiprocessing.get_context("spawn")
+    # Each worker's open connections, in shared memory (fastapi_server/balance.py).
+    connections = context.Array("i", workers, lock=False)
     processes = [
         context.Process(
             target=_worker,
-            args=(factory, settings, host, port, n, metrics_dir),
+            args=(factory, settings, host, port, n, metrics_dir, connections),
             name=f"lang-agent-worker-{n}",
         )
         for n in range(workers)

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="Worker processes of server_dashscope.py and server_openai.py; each has its "
-        "own socket on the port (SO_REUSEPORT), so connections spread evenly.",
+        "own socket on the port (SO_REUSEPORT), and one holding more than its share of kept-alive "
+        "connections closes some as their answers end, so connections stay even.",
     )
     viewer_port: int = Field(8590, ge=0, le=65535, description="Port of the conversation viewer.")
     viewer_host: str = Field(
