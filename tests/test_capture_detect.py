@@ -12,11 +12,13 @@ from lang_agent.capture.detect import (
     RepeatConfig,
     RepeatDetector,
     _Track,
+    estimate_prompt_tokens,
     preflight,
     truncation,
 )
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import CapturingTransport
+from lang_agent.jsonwire import dumpb
 from lang_agent.llm.context import calling
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.tokens import estimate_tokens
@@ -137,6 +139,24 @@ def test_preflight_checks_the_window_and_picks_the_smallest_auto_model():
     verdict = preflight(too_big, catalog=CATALOG)
     assert verdict["fits"] is False and verdict["estimated_prompt_tokens"] > 5000
     assert preflight({"model": "unknown-model", "messages": []}, catalog=CATALOG) is None
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab 1,.\n字你好。，😀"\\'), max_size=40)
+_CALL = st.fixed_dictionaries(
+    {"id": _TEXT, "type": st.just("function"),
+     "function": st.fixed_dictionaries({"name": _TEXT, "arguments": _TEXT})}
+)  # fmt: skip
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": _TEXT},
+    optional={"tool_calls": st.lists(_CALL, max_size=2), "reasoning_content": _TEXT},
+)
+
+
+@given(st.lists(_MESSAGE, max_size=6), st.lists(_CALL, max_size=2))
+def test_no_prompt_estimates_to_more_tokens_than_its_json_has_bytes(messages, tools):
+    # Capture skips the estimate of a request that fits its window by its size (transport.py).
+    body = {"model": "m", "messages": messages, **({"tools": tools} if tools else {})}
+    assert estimate_prompt_tokens(body) <= len(dumpb(body))
 
 
 def test_catalog_windows_costs_and_dated_names():

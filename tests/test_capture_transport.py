@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from lang_agent.capture.recorder import Recorder
-from lang_agent.capture.transport import CapturingTransport
+from lang_agent.capture.transport import BODY_EXTENSION, CapturingTransport
 from lang_agent.llm.context import calling
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.settings import CONFIGS, Settings
@@ -263,3 +263,62 @@ async def test_error_chunk_inside_a_200_stream_is_an_error(recorder, capture_db,
     row = await one_row(capture_db, thread)
     assert row["status"] == "error" and row["upstream_request_id"] == "r-9"
     assert "DataInspectionFailed" in json.dumps(row["response_body"])
+
+
+async def test_a_body_handed_over_is_recorded_without_parsing_its_bytes_again(
+    client, capture_db, thread
+):
+    # The record takes the caller's dict: a key that only the dict has shows it was taken.
+    handed = HELLO | {"handed_over": True}
+    with calling(thread_id=thread):
+        response = await client.post(
+            "/chat/completions", json=HELLO, extensions={BODY_EXTENSION: handed}
+        )
+    assert response.status_code == 200
+    row = await one_row(capture_db, thread)
+    assert row["request_body"] == handed
+
+
+async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
+    capture_db, capture_sim, thread
+):
+    small = Recorder(dsn=capture_db.dsn, max_body_bytes=40)
+    await small.start()
+    try:
+        transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=small, catalog=CATALOG)
+        async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+            with calling(thread_id=thread):
+                response = await http.post(
+                    "/chat/completions", json=HELLO, extensions={BODY_EXTENSION: HELLO}
+                )
+        assert response.status_code == 200
+        row = await one_row(capture_db, thread)
+    finally:
+        await small.close()
+    assert row["flags"]["request_truncated"] == len(response.request.content)
+    assert isinstance(row["request_body"], str) and len(row["request_body"]) <= 40
+
+
+async def test_preflight_flags_what_does_not_fit_and_the_auto_model_it_picks(client, capture_db):
+    calls = {
+        "fits": {"model": "moonshot-v1-8k", "messages": [{"role": "user", "content": "你好"}]},
+        "overflows": {
+            "model": "moonshot-v1-8k",
+            "max_tokens": 4096,
+            "messages": [{"role": "user", "content": "字" * 5000}],
+        },
+        "auto": {"model": "moonshot-v1-auto", "messages": [{"role": "user", "content": "你好"}]},
+    }
+    flags = {}
+    for name, body in calls.items():
+        thread = f"t-{name}-{uuid.uuid4().hex[:8]}"
+        with calling(thread_id=thread):
+            assert (await client.post("/chat/completions", json=body)).status_code == 200
+        flags[name] = (await one_row(capture_db, thread))["flags"]
+    assert "preflight" not in flags["fits"] and "context_overflow" not in flags["fits"]
+    # Preflight's estimate, then the overflow the answer's usage confirms.
+    estimate = flags["overflows"]["preflight"]
+    assert estimate["fits"] is False and estimate["estimated_prompt_tokens"] > 5000
+    assert flags["overflows"]["context_overflow"]["source"] == "usage"
+    assert flags["auto"]["preflight"]["resolved_model"] == "moonshot-v1-8k"
+    assert "context_overflow" not in flags["auto"]

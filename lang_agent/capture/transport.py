@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Request extension a caller (the proxy) uses to add flags to the record.
 FLAGS_EXTENSION = "capture_flags"
+# Request extension: the JSON body as the caller built it, before it became the request's
+# bytes, so the record takes it instead of parsing them again (a long thread's chat request
+# is tens of kilobytes). The caller must not change it afterwards: the record keeps it.
+BODY_EXTENSION = "capture_body"
 UPSTREAM_ID_HEADERS = ("msh-request-id", "x-dashscope-request-id", "x-request-id", "request-id")
 _DURATION = re.compile(r"dur=([0-9.]+)")
 _DROPPED_AFTER_MERGE = frozenset(
@@ -143,7 +147,9 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         return response
 
     def _new_record(self, request: httpx2.Request) -> CallRecord:
-        body, cut = _parse_body(request.content, max_bytes=self.recorder.max_body_bytes)
+        body, cut = request.extensions.get(BODY_EXTENSION), False
+        if body is None or len(request.content) > self.recorder.max_body_bytes:
+            body, cut = _parse_body(request.content, max_bytes=self.recorder.max_body_bytes)
         context = current_call.get()
         record = CallRecord(
             method=request.method,
@@ -168,10 +174,17 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             record.model = model if isinstance(model, str) else None
             record.stream = bool(body.get("stream"))
             if _is_chat(request):
-                self._preflight(record, body)
+                self._preflight(record, body, size=len(request.content))
         return record
 
-    def _preflight(self, record: CallRecord, body: dict[str, Any]) -> None:
+    def _preflight(self, record: CallRecord, body: dict[str, Any], *, size: int) -> None:
+        model = body.get("model")
+        if isinstance(model, str) and self.catalog.resolve_auto(model, 0) == model:
+            # No text estimates to more tokens than its JSON has bytes, so the request of a
+            # model with one window that fits by its size fits: its messages are not walked
+            # (a long thread's would be, on every call).
+            if size + (requested_max_tokens(body) or 0) <= self.catalog.window(model):
+                return
         verdict = preflight(body, catalog=self.catalog)
         if verdict is None:
             return

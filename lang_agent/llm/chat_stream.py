@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_me
 
 from lang_agent.capture.merge import DONE, SseSplitter, event_data, parse_chunk
 from lang_agent.capture.stream import CapturingStream
+from lang_agent.capture.transport import BODY_EXTENSION
 from lang_agent.errors import UpstreamError, UpstreamStatus
 from lang_agent.jsonwire import dumpb
 from lang_agent.llm.factory import ModelSpec
@@ -191,7 +192,7 @@ async def stream_chat(
     url = spec.base_url.rstrip("/") + "/chat/completions"
     request = httpx2.Request(
         "POST", url, headers=headers, content=dumpb(body),
-        extensions={"timeout": timeouts.as_dict()},
+        extensions={"timeout": timeouts.as_dict(), BODY_EXTENSION: body},
     )  # fmt: skip
     for attempt in range(retries + 1):
         spoke = False
