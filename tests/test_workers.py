@@ -5,17 +5,20 @@ drains them all, a worker that dies takes the group down for a supervisor to res
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 from collections.abc import Iterator
 
 import httpx2
+import openai
 import psutil
 import psycopg
 import pytest
 
 from fastapi_server.balance import SLACK
 from lang_agent.bench.stack import wait_listening
+from tests.conftest import TEST_KEY
 from tests.support import wait_until
 from tests.test_faults_concurrency import (
     WorkerProcess,
@@ -25,6 +28,7 @@ from tests.test_faults_concurrency import (
 )
 
 CONNECTIONS = 16
+HELLO = [{"role": "user", "content": "你好"}]
 CAPTURED_SQL = "SELECT count(*) FROM llm_calls WHERE thread_id = %s"
 
 
@@ -97,18 +101,27 @@ def test_connections_spread_over_every_worker(group):
     assert sum(held) == CONNECTIONS and min(held) > 0, held
 
 
-def test_a_worker_above_its_share_hands_connections_back_until_the_group_is_even(group):
-    workers = _workers(group)
-    address = ("127.0.0.1", group.port)
-    socks = [socket.create_connection(address, timeout=10) for _ in range(40)]
+@contextlib.contextmanager
+def _uneven(group: WorkerProcess, workers: list[psutil.Process]) -> Iterator[list[socket.socket]]:
+    """Idle connections to the group, all but one of the second worker's taken away: an
+    imbalance the kernel's hash would keep."""
+    socks = [socket.create_connection(("127.0.0.1", group.port), timeout=10) for _ in range(40)]
     try:
         wait_until(lambda: sum(_held(worker, group.port) for worker in workers) == 40)
-        # Leave the second worker one connection: an imbalance the kernel's hash would keep.
         second = sorted(_client_ports(workers[1], group.port))[1:]
         for sock in [sock for sock in socks if sock.getsockname()[1] in second]:
             socks.remove(sock)
             sock.close()
         wait_until(lambda: _held(workers[1], group.port) == 1)
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_worker_above_its_share_hands_connections_back_until_the_group_is_even(group):
+    workers = _workers(group)
+    with _uneven(group, workers) as socks:
         uneven = [_held(worker, group.port) for worker in workers]
 
         def even() -> bool:
@@ -116,16 +129,28 @@ def test_a_worker_above_its_share_hands_connections_back_until_the_group_is_even
             for index, sock in enumerate(socks):
                 if not _ask_health(sock):  # closed by its worker: the client connects again
                     sock.close()
-                    socks[index] = socket.create_connection(address, timeout=10)
+                    socks[index] = socket.create_connection(("127.0.0.1", group.port), timeout=10)
                     kept = False
             held = [_held(worker, group.port) for worker in workers]
             return kept and sum(held) == len(socks) and max(held) <= -(-len(socks) // 2) + SLACK
 
         wait_until(even, within_s=60, every_s=0.3)
         assert _held(workers[1], group.port) > 1, uneven
-    finally:
-        for sock in socks:
-            sock.close()
+
+
+def test_the_openai_sdk_goes_on_when_a_worker_closes_its_connection(group):
+    # The SDK keeps its connection; answered with Connection: close it opens a new one for
+    # the next request, without an error and without a retry (max_retries=0).
+    with _uneven(group, _workers(group)):
+        for _ in range(30):  # a new client's connection lands on the busy worker half the time
+            with openai.OpenAI(base_url=f"{group.url}/v1", api_key=TEST_KEY, max_retries=0) as sdk:
+                first = sdk.chat.completions.with_raw_response.create(model="m", messages=HELLO)
+                assert first.parse().choices[0].message.content
+                if first.headers.get("connection") == "close":
+                    second = sdk.chat.completions.create(model="m", messages=HELLO)
+                    assert second.choices[0].message.content
+                    return
+        pytest.fail("no answer closed its connection")
 
 
 def test_a_threads_turns_stay_in_order_across_the_workers(group, pg_dsn, thread_id):
