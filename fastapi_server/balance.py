@@ -2,7 +2,7 @@
 answers with `Connection: close`, and the client's next connection is placed afresh.
 
 SO_REUSEPORT gives each new connection to a worker by a hash of its addresses, once. A client
-that keeps its connections (a xiaozhi server's HTTP pool, the load generator) stays where the
+that keeps its connections (the openai SDK's pool, the load generator) stays where the
 hash put them: 100 connections split 57 / 43 or worse about one time in five, and the
 connections opened before a worker listens (a group starting, a worker restarted) all stay on
 the others. The busier worker's core then runs out while the other has time to spare
