@@ -23,14 +23,11 @@ def _server(connections: int, *, started: bool = True) -> SimpleNamespace:
 
 @contextlib.asynccontextmanager
 async def _following(share: ConnectionShare, server: SimpleNamespace):
-    task = asyncio.create_task(share.follow(server))
-    await asyncio.sleep(0)  # its first publish
-    try:
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(share.follow(server))
+        await asyncio.sleep(0)  # its first publish
         yield
-    finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_a_worker_above_its_share_sheds_until_it_is_not():
