@@ -208,7 +208,6 @@ def _machine_busy() -> float:
 
 # How often the meter reads the trees' resident memory during a cell.
 SAMPLE_S = 0.5
-WORKER_PREFIX = "worker:"
 # A server child busier than this is a worker; the rest (multiprocessing's resource tracker)
 # sleep through a cell.
 WORKER_BUSY_PCT = 1.0
@@ -270,26 +269,26 @@ class Meter:
     def __init__(self, pids: dict[str, int | None]) -> None:
         self.pids = {name: pid for name, pid in pids.items() if pid}
         self._cpu0: dict[str, float] = {}
+        self._workers0: dict[int, float] = {}
         self._t0 = 0.0
         self.peak_rss: dict[str, float] = {}
         self._stopped = threading.Event()
         self._sampler: threading.Thread | None = None
 
-    def _cpu(self) -> dict[str, float]:
+    def _cpu(self) -> tuple[dict[str, float], dict[int, float]]:
         """CPU seconds so far: each named tree's, the load generator's (the others are its
-        children, so itself alone) and the machine's; and each of the server's children's
-        (its workers, under `WORKER_PREFIX`)."""
+        children, so itself alone) and the machine's; and, by pid, each of the server's
+        children's (its workers)."""
         table = ProcessTable()
         cpu = {name: table.cpu_s(pid) for name, pid in self.pids.items()}
         cpu["loadgen"] = table.own_cpu_s(os.getpid())
         cpu["machine"] = _machine_busy()
-        for child in table.children.get(self.pids.get("server", 0), ()):
-            cpu[f"{WORKER_PREFIX}{child}"] = table.cpu_s(child)
-        return cpu
+        children = table.children.get(self.pids.get("server", 0), ())
+        return cpu, {child: table.cpu_s(child) for child in children}
 
     def start(self) -> None:
         self._t0 = time.monotonic()
-        self._cpu0 = self._cpu()
+        self._cpu0, self._workers0 = self._cpu()
         self.peak_rss = {}
         self._stopped.clear()
         self._sampler = threading.Thread(target=self._sample_memory, name="meter", daemon=True)
@@ -308,21 +307,23 @@ class Meter:
         self._stopped.set()
         if self._sampler is not None:
             self._sampler.join()
-        spent = self._cpu()
+        spent, workers = self._cpu()
+
+        def pct(seconds: float, before: float) -> float:
+            return round(100 * (seconds - before) / elapsed, 1)
+
         # 100 = one core busy; "machine" is everything on the host, and "other" what is not
         # ours, e.g. another test run sharing the machine, which makes a result less trustworthy.
-        cpu = {
-            name: round(100 * (seconds - self._cpu0.get(name, 0.0)) / elapsed, 1)
-            for name, seconds in spent.items()
-        }
+        cpu = {name: pct(seconds, self._cpu0.get(name, 0.0)) for name, seconds in spent.items()}
         # The server's busy children, busiest first: how evenly its workers share the load.
-        workers = sorted(
-            (cpu.pop(name) for name in list(cpu) if name.startswith(WORKER_PREFIX)), reverse=True
+        shares = sorted(
+            (pct(seconds, self._workers0.get(pid, 0.0)) for pid, seconds in workers.items()),
+            reverse=True,
         )
         ours = sum(v for k, v in cpu.items() if k != "machine")
         cpu["other"] = round(max(cpu["machine"] - ours, 0.0), 1)
         return {
             "cpu_pct": cpu,
-            "worker_cpu_pct": [share for share in workers if share >= WORKER_BUSY_PCT],
+            "worker_cpu_pct": [share for share in shares if share >= WORKER_BUSY_PCT],
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()},
         }
