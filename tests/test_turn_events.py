@@ -1,6 +1,6 @@
 """The turn's event stream: waiting answer deltas go out as one, after the first text the rest
-go out a clause at a time, the model requests leave before the graph starts, and nothing
-outlives the turn."""
+go out a clause at a time, the model requests leave before the graph starts (in a burst, every
+turn's before any graph), and nothing outlives the turn."""
 
 from __future__ import annotations
 
@@ -161,6 +161,63 @@ async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
             events = [event async for event in service.agent.run_turn(request)]
             assert isinstance(events[-1], Done)
             assert order == ["router", "chat", "graph"]
+
+
+async def test_in_a_burst_every_turns_requests_leave_before_any_graph_starts(
+    make_settings, simulator, monkeypatch
+):
+    # LangGraph's start-up is off a turn's path until its router answers; run at once, it
+    # would hold up the leases and requests of the turns that arrived with it.
+    order: list[str] = []
+    enter_loop = AsyncPregelLoop.__aenter__
+
+    async def entering(loop: AsyncPregelLoop) -> AsyncPregelLoop:
+        order.append("graph")
+        return await enter_loop(loop)
+
+    monkeypatch.setattr(AsyncPregelLoop, "__aenter__", entering)
+    with latency(simulator, "router", ttft_ms=500):
+        async with open_service(make_settings()) as service:
+            transport = service.agent.deps.models.transport
+            send = transport.handle_async_request
+
+            async def sending(request: httpx2.Request) -> httpx2.Response:
+                order.append("request")
+                return await send(request)
+
+            monkeypatch.setattr(transport, "handle_async_request", sending)
+
+            async def turn(n: int) -> TurnEvent:
+                request = TurnRequest(
+                    messages=(InputMessage("user", "你好"),), thread_id=f"burst-{n}-{uuid.uuid4()}"
+                )
+                return [event async for event in service.agent.run_turn(request)][-1]
+
+            ends = await asyncio.gather(*(turn(n) for n in range(6)))
+    assert all(isinstance(end, Done) for end in ends)
+    assert order[:12] == ["request"] * 12  # each turn's router and chat
+    assert order[12:] == ["graph"] * 6
+
+
+async def test_a_turn_waiting_for_its_busy_thread_holds_up_no_other_turn(make_settings, simulator):
+    thread = f"busy-{uuid.uuid4().hex}"
+
+    async def turn(thread_id: str) -> list[TurnEvent]:
+        request = TurnRequest(messages=(InputMessage("user", "你好"),), thread_id=thread_id)
+        return [event async for event in service.agent.run_turn(request)]
+
+    with latency(simulator, "chat", ttft_ms=1500):
+        async with open_service(make_settings()) as service:
+            first = asyncio.create_task(turn(thread))
+            await asyncio.sleep(0.3)  # it holds the thread
+            queued = asyncio.create_task(turn(thread))
+            await asyncio.sleep(0.1)  # it waits for the thread, not yet on its way
+            with latency(simulator, "chat", ttft_ms=0):
+                other = await turn(f"other-{uuid.uuid4().hex}")
+            assert isinstance(other[-1], Done)
+            assert not first.done() and not queued.done()
+            ends = [events[-1] for events in await asyncio.gather(first, queued)]
+            assert all(isinstance(end, Done) for end in ends)
 
 
 async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_running(

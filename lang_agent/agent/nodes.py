@@ -101,6 +101,11 @@ class Routing:
         if chat is not None:
             ctx.speculation = SpeculativeChat(ctx, chat)
 
+    @property
+    def answered(self) -> asyncio.Future[AIMessage]:
+        """Done once the router's call has ended, answered or not."""
+        return self._task
+
     async def answer(self) -> AIMessage:
         return await self._task
 

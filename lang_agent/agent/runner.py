@@ -18,6 +18,7 @@ from lang_agent.agent.events import AnswerDelta, Done, Failed, TurnEvent, TurnRe
 from lang_agent.agent.graph import build_graph
 from lang_agent.agent.history import client_dialogue
 from lang_agent.agent.nodes import Routing
+from lang_agent.agent.starts import Start, Starts
 from lang_agent.agent.state import AgentDeps, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.checkpointer import PooledSaver
@@ -92,6 +93,7 @@ class Agent:
         self._memory_graph = build_graph(checkpointer=checkpointer)
         self._stateless_graph = build_graph()
         self._running: set[asyncio.Task[None]] = set()
+        self._starts = Starts()
 
     async def close(self, *, timeout_s: float = 5.0) -> None:
         """At shutdown: cancel the turns still running and wait for their clean-up (thread
@@ -170,9 +172,12 @@ class Agent:
 
     async def _drive(self, ctx: TurnContext) -> None:
         request = ctx.request
+        start = self._starts.begin()
         try:
             if request.thread_id is None:
-                await self._invoke(ctx, self._stateless_graph, {}, memory=[], durability=None)
+                await self._invoke(
+                    ctx, self._stateless_graph, {}, start, memory=[], durability=None
+                )
                 self._done(ctx)
             else:
                 thread_id, saver = request.thread_id, self.checkpointer
@@ -189,6 +194,7 @@ class Agent:
                                 ctx,
                                 self._memory_graph,
                                 config,
+                                start,
                                 memory=_messages(latest),
                                 durability="exit",
                             )
@@ -201,6 +207,8 @@ class Agent:
         except Exception:  # the edge of the engine: anything unexpected becomes Failed
             logger.exception("turn %s failed unexpectedly", ctx.turn_id)
             ctx.emit(Failed("internal_error", "the turn failed unexpectedly"))
+        finally:
+            start.done()
 
     @staticmethod
     def _done(ctx: TurnContext) -> None:
@@ -211,6 +219,7 @@ class Agent:
         ctx: TurnContext,
         graph: CompiledStateGraph,
         config: dict,
+        start: Start,
         *,
         memory: list[AnyMessage],
         durability: str | None,
@@ -219,8 +228,11 @@ class Agent:
         try:
             async with asyncio.timeout(self.deps.settings.turn_timeout_s):
                 ctx.routing = Routing(ctx, memory, turn_input)
-                # The model requests leave now; LangGraph starts up while the models think.
+                # The model requests leave now. LangGraph starts up while the models think,
+                # once no other turn here is still on its way to its own requests.
                 await asyncio.sleep(0)
+                start.done()
+                await self._starts.quiet(ctx.routing.answered)
                 await graph.ainvoke(
                     {"turn_input": turn_input}, config, context=ctx, durability=durability
                 )
