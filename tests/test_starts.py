@@ -17,6 +17,11 @@ def _answer() -> asyncio.Future[object]:
     return asyncio.get_running_loop().create_future()
 
 
+async def _wait(starts: Starts, released: list[object], name: object) -> None:
+    await starts.quiet(_answer())
+    released.append(name)
+
+
 async def test_with_no_turn_starting_quiet_returns_at_once():
     starts = Starts()
     start = starts.begin()
@@ -53,13 +58,8 @@ async def test_a_turn_whose_router_answered_waits_no_longer():
 async def test_waiting_turns_go_one_per_pass_and_a_new_start_stops_them():
     starts = Starts()
     start = starts.begin()
-    released: list[int] = []
-
-    async def wait(n: int) -> None:
-        await starts.quiet(_answer())
-        released.append(n)
-
-    waiters = [asyncio.create_task(wait(n)) for n in range(3)]
+    released: list[object] = []
+    waiters = [asyncio.create_task(_wait(starts, released, n)) for n in range(3)]
     await _passes(2)
     start.done()
     await asyncio.sleep(0)
@@ -87,15 +87,10 @@ async def test_a_cancelled_waiter_is_skipped():
 async def test_a_turn_that_arrives_while_others_are_released_queues_behind_them():
     starts = Starts()
     start = starts.begin()
-    released: list[str] = []
-
-    async def wait(name: str) -> None:
-        await starts.quiet(_answer())
-        released.append(name)
-
-    early = [asyncio.create_task(wait(f"early-{n}")) for n in range(3)]
+    released: list[object] = []
+    early = [asyncio.create_task(_wait(starts, released, f"early-{n}")) for n in range(3)]
     await asyncio.sleep(0)
     start.done()
-    late = asyncio.create_task(wait("late"))
+    late = asyncio.create_task(_wait(starts, released, "late"))
     await asyncio.wait_for(asyncio.gather(*early, late), 0.5)
     assert released == ["early-0", "early-1", "early-2", "late"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 
 import httpx2
 from langgraph.pregel._loop import AsyncPregelLoop
@@ -133,10 +134,9 @@ async def test_a_turn_that_ends_after_the_route_leaves_no_model_call_running(
             assert _running("filler-", "speculative-chat-") == []
 
 
-async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
-    make_settings, simulator, monkeypatch
-):
-    # LangGraph's start-up costs about 2 ms of CPU a turn: it runs while the models think.
+def _watch_order(monkeypatch, service, name: Callable[[httpx2.Request], str]) -> list[str]:
+    """The list that the service's model requests (each as `name` calls it) and LangGraph's
+    graph starts ("graph") are appended to, in the order they happen."""
     order: list[str] = []
     enter_loop = AsyncPregelLoop.__aenter__
 
@@ -144,16 +144,28 @@ async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
         order.append("graph")
         return await enter_loop(loop)
 
+    transport = service.agent.deps.models.transport
+    send = transport.handle_async_request
+
+    async def sending(request: httpx2.Request) -> httpx2.Response:
+        order.append(name(request))
+        return await send(request)
+
     monkeypatch.setattr(AsyncPregelLoop, "__aenter__", entering)
+    monkeypatch.setattr(transport, "handle_async_request", sending)
+    return order
+
+
+async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
+    make_settings, simulator, monkeypatch
+):
+    # LangGraph's start-up costs about 2 ms of CPU a turn: it runs while the models think.
     async with open_service(make_settings()) as service:
-        transport = service.agent.deps.models.transport
-        send = transport.handle_async_request
-
-        async def sending(request: httpx2.Request) -> httpx2.Response:
-            order.append("router" if b'"tool_choice"' in request.content else "chat")
-            return await send(request)
-
-        monkeypatch.setattr(transport, "handle_async_request", sending)
+        order = _watch_order(
+            monkeypatch,
+            service,
+            lambda request: "router" if b'"tool_choice"' in request.content else "chat",
+        )
         thread = f"early-{uuid.uuid4().hex}"
         for text in ("你好", "再讲一个"):  # a new thread, then one with memory
             order.clear()
@@ -168,24 +180,9 @@ async def test_in_a_burst_every_turns_requests_leave_before_any_graph_starts(
 ):
     # LangGraph's start-up is off a turn's path until its router answers; run at once, it
     # would hold up the leases and requests of the turns that arrived with it.
-    order: list[str] = []
-    enter_loop = AsyncPregelLoop.__aenter__
-
-    async def entering(loop: AsyncPregelLoop) -> AsyncPregelLoop:
-        order.append("graph")
-        return await enter_loop(loop)
-
-    monkeypatch.setattr(AsyncPregelLoop, "__aenter__", entering)
     with latency(simulator, "router", ttft_ms=500):
         async with open_service(make_settings()) as service:
-            transport = service.agent.deps.models.transport
-            send = transport.handle_async_request
-
-            async def sending(request: httpx2.Request) -> httpx2.Response:
-                order.append("request")
-                return await send(request)
-
-            monkeypatch.setattr(transport, "handle_async_request", sending)
+            order = _watch_order(monkeypatch, service, lambda request: "request")
 
             async def turn(n: int) -> TurnEvent:
                 request = TurnRequest(
