@@ -217,6 +217,36 @@ async def test_a_turn_waiting_for_its_busy_thread_holds_up_no_other_turn(make_se
             assert all(isinstance(end, Done) for end in ends)
 
 
+async def test_a_turn_cancelled_while_its_graph_waits_to_start_leaves_nothing_running(
+    make_settings, simulator, monkeypatch
+):
+    async def listen(thread_id: str) -> None:
+        request = TurnRequest(messages=(InputMessage("user", "你好"),), thread_id=thread_id)
+        async for _event in service.agent.run_turn(request):
+            pass
+
+    prefixes = ("router-", "speculative-chat-", "turn-")
+    thread = f"held-{uuid.uuid4().hex}"
+    with latency(simulator, "router", ttft_ms=2000):
+        async with open_service(make_settings()) as service:
+            order = _watch_order(monkeypatch, service, lambda request: "request")
+            holder = asyncio.create_task(listen(thread))
+            await asyncio.sleep(0.3)  # it holds the thread while its router thinks
+            queued = asyncio.create_task(listen(thread))  # on its way until the thread is free
+            await asyncio.sleep(0.1)
+            before = sorted(_running(*prefixes))
+            waiting = asyncio.create_task(listen(f"waiting-{uuid.uuid4().hex}"))
+            await asyncio.sleep(0.3)
+            assert order.count("request") == 4  # the holder's two and the waiting turn's
+            assert order.count("graph") == 1  # the holder's: the waiting turn's graph waits
+            waiting.cancel()  # the client hangs up
+            await asyncio.wait([waiting])
+            assert sorted(_running(*prefixes)) == before
+            for task in (holder, queued):
+                task.cancel()
+            await asyncio.wait([holder, queued])
+
+
 async def test_a_turn_cancelled_while_the_router_thinks_leaves_no_model_call_running(
     make_settings, simulator
 ):
