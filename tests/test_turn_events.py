@@ -156,6 +156,12 @@ def _watch_order(monkeypatch, service, name: Callable[[httpx2.Request], str]) ->
     return order
 
 
+async def _turn(service, thread_id: str, text: str = "你好") -> list[TurnEvent]:
+    """The events of one turn of `text` on the thread, to its end."""
+    request = TurnRequest(messages=(InputMessage("user", text),), thread_id=thread_id)
+    return [event async for event in service.agent.run_turn(request)]
+
+
 async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
     make_settings, simulator, monkeypatch
 ):
@@ -169,8 +175,7 @@ async def test_the_model_requests_leave_before_langgraph_starts_the_graph(
         thread = f"early-{uuid.uuid4().hex}"
         for text in ("你好", "再讲一个"):  # a new thread, then one with memory
             order.clear()
-            request = TurnRequest(messages=(InputMessage("user", text),), thread_id=thread)
-            events = [event async for event in service.agent.run_turn(request)]
+            events = await _turn(service, thread, text)
             assert isinstance(events[-1], Done)
             assert order == ["router", "chat", "graph"]
 
@@ -183,14 +188,8 @@ async def test_in_a_burst_every_turns_requests_leave_before_any_graph_starts(
     with latency(simulator, "router", ttft_ms=500):
         async with open_service(make_settings()) as service:
             order = _watch_order(monkeypatch, service, lambda request: "request")
-
-            async def turn(n: int) -> TurnEvent:
-                request = TurnRequest(
-                    messages=(InputMessage("user", "你好"),), thread_id=f"burst-{n}-{uuid.uuid4()}"
-                )
-                return [event async for event in service.agent.run_turn(request)][-1]
-
-            ends = await asyncio.gather(*(turn(n) for n in range(6)))
+            turns = (_turn(service, f"burst-{n}-{uuid.uuid4()}") for n in range(6))
+            ends = [events[-1] for events in await asyncio.gather(*turns)]
     assert all(isinstance(end, Done) for end in ends)
     assert order[:12] == ["request"] * 12  # each turn's router and chat
     assert order[12:] == ["graph"] * 6
@@ -198,19 +197,14 @@ async def test_in_a_burst_every_turns_requests_leave_before_any_graph_starts(
 
 async def test_a_turn_waiting_for_its_busy_thread_holds_up_no_other_turn(make_settings, simulator):
     thread = f"busy-{uuid.uuid4().hex}"
-
-    async def turn(thread_id: str) -> list[TurnEvent]:
-        request = TurnRequest(messages=(InputMessage("user", "你好"),), thread_id=thread_id)
-        return [event async for event in service.agent.run_turn(request)]
-
     with latency(simulator, "chat", ttft_ms=1500):
         async with open_service(make_settings()) as service:
-            first = asyncio.create_task(turn(thread))
+            first = asyncio.create_task(_turn(service, thread))
             await asyncio.sleep(0.3)  # it holds the thread
-            queued = asyncio.create_task(turn(thread))
+            queued = asyncio.create_task(_turn(service, thread))
             await asyncio.sleep(0.1)  # it waits for the thread, not yet on its way
             with latency(simulator, "chat", ttft_ms=0):
-                other = await turn(f"other-{uuid.uuid4().hex}")
+                other = await _turn(service, f"other-{uuid.uuid4().hex}")
             assert isinstance(other[-1], Done)
             assert not first.done() and not queued.done()
             ends = [events[-1] for events in await asyncio.gather(first, queued)]
@@ -220,22 +214,17 @@ async def test_a_turn_waiting_for_its_busy_thread_holds_up_no_other_turn(make_se
 async def test_a_turn_cancelled_while_its_graph_waits_to_start_leaves_nothing_running(
     make_settings, simulator, monkeypatch
 ):
-    async def listen(thread_id: str) -> None:
-        request = TurnRequest(messages=(InputMessage("user", "你好"),), thread_id=thread_id)
-        async for _event in service.agent.run_turn(request):
-            pass
-
     prefixes = ("router-", "speculative-chat-", "turn-")
     thread = f"held-{uuid.uuid4().hex}"
     with latency(simulator, "router", ttft_ms=2000):
         async with open_service(make_settings()) as service:
             order = _watch_order(monkeypatch, service, lambda request: "request")
-            holder = asyncio.create_task(listen(thread))
+            holder = asyncio.create_task(_turn(service, thread))
             await asyncio.sleep(0.3)  # it holds the thread while its router thinks
-            queued = asyncio.create_task(listen(thread))  # on its way until the thread is free
+            queued = asyncio.create_task(_turn(service, thread))  # on its way while it waits
             await asyncio.sleep(0.1)
             before = sorted(_running(*prefixes))
-            waiting = asyncio.create_task(listen(f"waiting-{uuid.uuid4().hex}"))
+            waiting = asyncio.create_task(_turn(service, f"waiting-{uuid.uuid4().hex}"))
             await asyncio.sleep(0.3)
             assert order.count("request") == 4  # the holder's two and the waiting turn's
             assert order.count("graph") == 1  # the holder's: the waiting turn's graph waits
