@@ -266,9 +266,6 @@ async def test_a_graph_that_fails_to_start_leaves_no_model_call_running(
     monkeypatch.setattr(AsyncPregelLoop, "__aenter__", broken)
     with latency(simulator, "router", ttft_ms=2000):
         async with open_service(make_settings()) as service:
-            request = TurnRequest(
-                messages=(InputMessage("user", "你好"),), thread_id=f"broken-{uuid.uuid4().hex}"
-            )
-            events = [event async for event in service.agent.run_turn(request)]
+            events = await _turn(service, f"broken-{uuid.uuid4().hex}")
             assert events == [Failed("internal_error", "the turn failed unexpectedly")]
             assert _running("router-", "speculative-chat-") == []
