@@ -96,8 +96,8 @@ def unwrap_voiceprint(content: str) -> tuple[str, str | None]:
 def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
     """The dialogue as InputMessages, plus the speaker if a voiceprint named one."""
     raw = list(body.messages or [])
-    if body.prompt and not raw:
-        raw = [DashMessage(role="user", content=body.prompt)]
+    if body.prompt:  # after `messages`, as the SDK itself would send it
+        raw.append(DashMessage(role="user", content=body.prompt))
     # The SDK appends `prompt` to `messages` when memory_id/prompt is set: answer it once.
     if len(raw) >= 2 and raw[-1].role == raw[-2].role == "user":
         if raw[-1].content == raw[-2].content:
@@ -141,8 +141,9 @@ class SpokenText:
         self.text += new
         return new if self.incremental else self.text
 
-    def final(self) -> str:
-        """The `output.text` of the closing event."""
+    def final(self, last: str = "") -> str:
+        """The `output.text` of the closing event, which also carries `last` if given."""
+        self._pending += last
         new = self._pending + (" " if self._pending == "content" else "")
         self._pending = ""
         self.text += new
@@ -192,8 +193,7 @@ async def _stream(
                     yield reply.frame(reply.spoken.final(), finish, usage)
                 case Failed(code=code, message=message):
                     if code in SPOKEN_FAILURES:
-                        reply.spoken.add(reply.fallback)
-                        yield reply.frame(reply.spoken.final(), "stop")
+                        yield reply.frame(reply.spoken.final(reply.fallback), "stop")
                     yield reply.error(code, message)
                 case _:
                     assert_never(event)

@@ -134,6 +134,22 @@ def test_prompt_only_and_no_session_is_stateless(base_url):
     assert response.output.session_id
 
 
+def test_a_prompt_beside_messages_is_the_turn_after_them(server):
+    body = {
+        "input": {
+            "messages": [
+                {"role": "user", "content": "我叫小明"},
+                {"role": "assistant", "content": "好的。"},
+            ],
+            "prompt": "hello there",
+        }
+    }
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    response = httpx2.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
+    assert response.status_code == 200
+    assert "hello there" in response.json()["output"]["text"]
+
+
 def test_non_stream(base_url):
     response = Application.call(
         api_key=TEST_KEY, app_id="any-app", messages=[{"role": "user", "content": "hello"}]
@@ -163,10 +179,14 @@ def test_bad_key_is_a_401_item(base_url):
     assert items[0].code == "InvalidApiKey"
 
 
-def test_upstream_failure_is_spoken_then_reported(base_url, simulator):
+# The SDK turns an explicit incremental_output=False into `true` on the wire and merges the
+# deltas itself, so both output modes reach the server from ordinary callers.
+@pytest.mark.parametrize("incremental", [{}, {"incremental_output": False}])
+def test_upstream_failure_is_spoken_then_reported(base_url, simulator, incremental):
     simulator.inject("500", role="router")
-    spoken, items = alibl_call("你好", session_id=uuid.uuid4().hex)
+    spoken, items = alibl_call("你好", session_id=uuid.uuid4().hex, **incremental)
     assert spoken == "抱歉，我这边出了点问题，请稍后再试。"
+    assert items[-2].output.finish_reason == "stop"
     assert items[-1].status_code == 502 and items[-1].code == "InternalError"
 
 
