@@ -57,7 +57,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         request_id = uuid.uuid4().hex
         logger.exception("unhandled error, request %s", request_id, exc_info=exc)
-        return error_response(request, "internal_error", f"internal error (request {request_id})")
+        response = error_response(
+            request, "internal_error", f"internal error (request {request_id})"
+        )
+        # Starlette raises the error again once this is sent, and the server then drops the
+        # connection: a client told so opens a new one instead of failing on a dead one.
+        response.headers["connection"] = "close"
+        return response
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -44,6 +44,8 @@ async def parse_json(request: Request, model: type[Model], *, limit: int) -> Mod
         raise InvalidRequest(f"invalid JSON at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:
         raise InvalidRequest("the JSON body is nested too deeply") from exc
+    except ValueError as exc:  # Python's cap on an integer's digits (4300)
+        raise InvalidRequest("the JSON body holds a number with too many digits") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     if _SURROGATE_ESCAPE.search(raw):

@@ -10,12 +10,13 @@ from typing import Any, Literal, assert_never
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from fastapi_server import dashscope_frames as frames
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
 from fastapi_server.sse import EventStream
+from fastapi_server.wire_types import ToolCall, thread_key
 from lang_agent.agent.events import (
     AnswerDelta,
     Done,
@@ -40,7 +41,7 @@ class DashMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
@@ -50,9 +51,15 @@ class DashInput(BaseModel):
 
     messages: list[DashMessage] | None = None
     prompt: str | None = None
-    session_id: str | None = Field(None, max_length=200)
+    session_id: str | None = None
     memory_id: str | None = None
     biz_params: dict[str, Any] | None = None
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_key(cls, value: str | None) -> str | None:
+        # Empty is no session (the SDK drops it; hand-written clients may send it).
+        return thread_key(value) if value else None
 
 
 class DashParameters(BaseModel):
@@ -113,7 +120,7 @@ def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
             InputMessage(
                 role=message.role,
                 content=content,
-                tool_calls=tuple(message.tool_calls or ()),
+                tool_calls=tuple(call.as_dict() for call in message.tool_calls or ()),
                 tool_call_id=message.tool_call_id,
                 name=message.name,
             )
@@ -257,7 +264,7 @@ async def completion(app_id: str, request: Request) -> Response:
         metadata["speaker"] = speaker
     turn = TurnRequest(
         messages=messages,
-        thread_id=body.input.session_id or None,
+        thread_id=body.input.session_id,
         stream=stream,
         history="seed",
         profile=app_id,

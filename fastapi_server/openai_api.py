@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal, assert_never
+from typing import Any, Literal, assert_never
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +22,7 @@ from pydantic import (
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
 from fastapi_server.sse import EventStream, data_frame
+from fastapi_server.wire_types import ThreadKey, ToolCall, thread_key
 from lang_agent.agent.events import (
     AnswerDelta,
     Done,
@@ -73,7 +74,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
@@ -85,7 +86,7 @@ class ChatMessage(BaseModel):
         return InputMessage(
             role=role,
             content=content or "",
-            tool_calls=tuple(self.tool_calls or ()),
+            tool_calls=tuple(call.as_dict() for call in self.tool_calls or ()),
             tool_call_id=self.tool_call_id,
             name=self.name,
         )
@@ -104,18 +105,19 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     thread_id: StrictStr | StrictInt | None = None
     metadata: dict[str, StrictStr] | None = None
+    # Checked, then left to the profile's model settings: a wrong value is still an error.
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    n: Literal[1] | None = None  # one answer per turn: it is what memory keeps
     # lang-agent extension: also stream tool events (chunks with empty choices).
     events: StrictBool = False
 
     @field_validator("thread_id")
     @classmethod
     def _thread_id_text(cls, value: str | int | None) -> str | None:
-        if value is None:
-            return None
-        text = str(value).strip()
-        if not text or len(text) > 200:
-            raise ValueError("thread_id must be 1 to 200 characters")
-        return text
+        return None if value is None else thread_key(str(value))
 
 
 def _usage(usage: Usage) -> dict[str, int]:
@@ -259,11 +261,9 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
-ThreadId = Annotated[str, Field(min_length=1, max_length=200)]
-
-
-@router.delete("/threads/{thread_id}")
-async def delete_thread(thread_id: ThreadId, request: Request) -> dict[str, Any]:
+# `path`: a thread id may hold a slash, and the chat path accepts it.
+@router.delete("/threads/{thread_id:path}")
+async def delete_thread(thread_id: ThreadKey, request: Request) -> dict[str, Any]:
     deleted = await request.app.state.service.agent.forget(thread_id)
     if not deleted:
         raise NotFound(f"no thread {thread_id!r}")

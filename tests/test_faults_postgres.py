@@ -290,6 +290,9 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
             lost = client.post("/v1/chat/completions", json=body)
             lost_at = time.monotonic()
             assert lost.status_code == 503
+            forget = client.delete(f"/v1/threads/{thread_id}")
+            assert forget.status_code == 503
+            assert forget.json()["error"]["code"] == "store_unavailable"
             time.sleep(max(0.0, lost_at + 7.5 - time.monotonic()))
         finally:
             own_pg.start()

@@ -444,6 +444,72 @@ def test_absurd_field_values_are_clean(http):
         assert_dashscope_shape(http.post(DASHSCOPE, json=body))
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"temperature": "hot"},
+        {"temperature": 5},
+        {"top_p": -1},
+        {"max_tokens": 0},
+        {"max_completion_tokens": "many"},
+        {"n": 3},
+    ],
+)
+def test_sampling_fields_of_the_wrong_type_or_range_are_a_clean_400(http, field):
+    response = http.post(OPENAI, json=openai_body(**field))
+    assert_openai_shape(response)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == next(iter(field))
+
+
+def test_sampling_fields_in_range_are_accepted(http):
+    body = openai_body(temperature=0.3, top_p=0.9, max_tokens=64, n=1)
+    assert http.post(OPENAI, json=body).status_code == 200
+
+
+BAD_TOOL_CALLS = [[{"id": 1}], [{"function": "f"}], [{"function": {"name": 5}}], ["call"]]
+
+
+@pytest.mark.parametrize("tool_calls", BAD_TOOL_CALLS)
+@pytest.mark.parametrize(("path", "body", "check"), BOTH)
+def test_malformed_tool_calls_in_history_are_a_clean_400(http, path, body, check, tool_calls):
+    history = {"role": "assistant", "content": "x", "tool_calls": tool_calls}
+    response = http.post(path, json=body(history, user()))
+    check(response)
+    assert response.status_code == 400 and "tool_calls" in response.text
+
+
+@pytest.mark.parametrize("thread_id", ["a\x00b", "line\nbreak", "   "])
+@pytest.mark.parametrize(("path", "body", "check"), BOTH)
+def test_thread_ids_the_store_cannot_keep_are_a_clean_400(http, path, body, check, thread_id):
+    key = "thread_id" if path == OPENAI else "session_id"
+    response = http.post(path, json=body(user(), **{key: thread_id}))
+    check(response)
+    assert response.status_code == 400 and key in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "check"), [(OPENAI, assert_openai_shape), (DASHSCOPE, assert_dashscope_shape)]
+)
+def test_a_number_too_long_to_read_is_a_clean_400(http, path, check):
+    raw = b'{"messages": [{"role": "user", "content": "hi"}], "n": ' + b"9" * 5000 + b"}"
+    response = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+    check(response)
+    assert response.status_code == 400 and "too many digits" in response.text
+
+
+def test_any_thread_a_turn_can_name_can_be_deleted(http):
+    for thread_id in [f"home/kitchen-{uuid.uuid4().hex[:6]}", f" padded-{uuid.uuid4().hex[:6]} "]:
+        assert http.post(OPENAI, json=openai_body(thread_id=thread_id)).status_code == 200
+        path = "/v1/threads/" + thread_id.replace("/", "%2F").replace(" ", "%20")
+        deleted = http.delete(path)
+        assert deleted.status_code == 200 and deleted.json()["id"] == thread_id.strip()
+        assert http.delete(path).status_code == 404
+    refused = http.delete("/v1/threads/a%00b")
+    assert_openai_shape(refused)
+    assert refused.status_code == 400
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("path", "body", "check"), BOTH)
 def test_unicode_line_separators_survive_the_round_trip(http, path, body, check, stream):

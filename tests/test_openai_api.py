@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 
 from lang_agent.checkpointer import LoopExecutor
 from tests.conftest import TEST_KEY
-from tests.support import latency, wait_until
+from tests.support import LiveServer, latency, wait_until
 
 THREAD_LOG_SQL = """
 SELECT role, content, turn_id FROM messages
@@ -218,6 +218,29 @@ def test_unknown_path_is_404_in_openai_shape(server):
     assert response.json()["error"]["code"] == "not_found"
 
 
+def test_an_unexpected_error_is_a_500_in_the_paths_shape_and_closes_the_connection(make_settings):
+    from fastapi_server.app import create_app
+
+    def fail() -> None:
+        raise RuntimeError("secret internals")
+
+    app = create_app(make_settings())
+    for path in ("/v1/fail", "/api/v1/fail"):
+        app.add_api_route(path, fail)
+    with (
+        LiveServer(app) as server,
+        httpx2.Client(base_url=server.url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as http,
+    ):
+        openai_500, dashscope_500 = http.get("/v1/fail"), http.get("/api/v1/fail")
+        # The next request on the same client needs no retry: it was told to reconnect.
+        assert http.get("/v1/models").status_code == 200
+    assert openai_500.status_code == dashscope_500.status_code == 500
+    assert openai_500.headers["connection"] == dashscope_500.headers["connection"] == "close"
+    assert openai_500.json()["error"]["code"] == "internal_error"
+    assert dashscope_500.json()["code"] == "InternalError"
+    assert "secret" not in openai_500.text + dashscope_500.text
+
+
 def test_delete_thread(client, server, thread_id):
     ask(client, "我叫小明", thread_id=thread_id)
     headers = {"Authorization": f"Bearer {TEST_KEY}"}
@@ -313,6 +336,38 @@ def test_memory_keeps_the_latest_turns_and_the_log_keeps_all(live_server, pg_dsn
     assert [row[1] for row in wait_until(logged)[0::2]] == [
         "我叫小明", "我叫什么名字", "你好", "我叫什么名字"
     ]  # fmt: skip
+
+
+def test_history_a_client_sends_is_logged_as_it_is_remembered(client, pg_dsn, thread_id):
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "现在几点了"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12:00"},
+        {"role": "assistant", "content": "十二点了。"},
+        {"role": "user", "content": "谢谢"},
+    ]
+    client.chat.completions.create(
+        model="lang-agent", messages=messages, extra_body={"thread_id": thread_id}
+    )
+    sql = "SELECT role, content, tool_calls, tool_call_id FROM messages WHERE thread_id = %s"
+
+    def logged():
+        with psycopg.connect(pg_dsn, row_factory=dict_row) as conn:
+            rows = conn.execute(sql + " ORDER BY seq", (thread_id,)).fetchall()
+        return rows if len(rows) == 6 else None
+
+    rows = wait_until(logged)
+    assert [r["role"] for r in rows] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert rows[1]["tool_calls"][0]["name"] == "get_time" and rows[2]["tool_call_id"] == "call_1"
+    assert [r["content"] for r in rows[2:5]] == ["12:00", "十二点了。", "谢谢"]
 
 
 def test_memory_holds_the_dialogue_not_the_turns_input(live_server, pg_dsn, thread_id):

@@ -66,6 +66,17 @@ def router_view(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     return recent
 
 
+def _client_entry(message: AnyMessage) -> LogEntry:
+    """A message the client sent, as the log keeps it: whatever reaches memory is logged."""
+    text = text_of(message.content)
+    match message:
+        case AIMessage(tool_calls=calls):
+            return LogEntry("assistant", text, tool_calls=calls or None)
+        case ToolMessage(tool_call_id=call_id, name=name):
+            return LogEntry("tool", text, tool_call_id=call_id, tool_name=name)
+    return LogEntry("user", text)
+
+
 class Routing:
     """The router's call for one turn, started by the Agent as soon as the thread's memory is
     read, before LangGraph starts the graph: that start-up (about 2 ms of CPU a turn) then
@@ -78,9 +89,7 @@ class Routing:
         self.new = new_messages(
             turn_input, history=ctx.request.history, thread_has_memory=bool(memory)
         )
-        ctx.log.extend(
-            LogEntry("user", text_of(m.content)) for m in self.new if isinstance(m, HumanMessage)
-        )
+        ctx.log.extend(_client_entry(m) for m in self.new)
         system = ctx.deps.prompts.render(
             "route_prompt",
             current_time=ctx.deps.now(),

@@ -115,10 +115,11 @@ class Agent:
     async def forget(self, thread_id: str) -> bool:
         """Delete a thread's memory (exact id). False if there was none."""
         config = {"configurable": {"thread_id": thread_id}}
-        async with self.locks.hold(thread_id):
-            if await self.checkpointer.aget_tuple(config) is None:
-                return False
-            await self.checkpointer.adelete_thread(thread_id)
+        with store_errors():
+            async with self.locks.hold(thread_id):
+                if await self.checkpointer.aget_tuple(config) is None:
+                    return False
+                await self.checkpointer.adelete_thread(thread_id)
         return True
 
     async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
