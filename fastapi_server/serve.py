@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -62,6 +63,14 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
     await asyncio.gather(*(server.serve() for server in servers))
 
 
+def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
+    """Serve, and after a SIGTERM exit through Python's own exit. uvicorn hands the signal to
+    the handler it found once its shutdown is done; the default one would end the process
+    there, past the atexit hook that stops the embedded Postgres, which then ran on alone."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    loop.run(serve(servers))
+
+
 def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
     """Serve the app `factory(settings)` makes (`module:function`), from WORKERS processes
     when more than one."""
@@ -77,7 +86,7 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
             load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
         )
     )
-    loop.run(serve([server]))
+    serve_until_stopped([server])
     return 0 if server.started else STARTUP_FAILURE
 
 
@@ -112,7 +121,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
             )
         ),
     ]
-    loop.run(serve(servers))
+    serve_until_stopped(servers)
     return 0 if all(server.started for server in servers) else STARTUP_FAILURE
 
 

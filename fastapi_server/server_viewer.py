@@ -7,12 +7,11 @@ import uvicorn
 from fastapi_server.serve import (
     STARTUP_FAILURE,
     configure_logging,
-    serve,
+    serve_until_stopped,
     settings_or_exit,
     uvicorn_config,
 )
 from fastapi_server.viewer import create_viewer_app
-from lang_agent import loop
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -26,5 +25,5 @@ if __name__ == "__main__":
         create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
     )
     server = uvicorn.Server(config)
-    loop.run(serve([server]))
+    serve_until_stopped([server])
     raise SystemExit(0 if server.started else STARTUP_FAILURE)

@@ -10,6 +10,7 @@ import time
 import uuid
 
 import httpx2
+import psutil
 import psycopg
 import pytest
 
@@ -157,3 +158,20 @@ def test_new_requests_are_refused_while_draining(pg_dsn, simulator, tmp_path):
             assert outcome.result(timeout=60)["lines"][-1] == "data: [DONE]"
     finally:
         worker.stop()
+
+
+def test_sigterm_stops_the_embedded_postgres_the_server_started(simulator, tmp_path):
+    env = worker_env("", simulator.base_url, tmp_path)
+    del env["CONN_STR"]
+    worker = WorkerProcess(env, cwd=tmp_path).wait_ready()
+    postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
+    server = psutil.Process(int(postmaster.read_text().split()[0]))
+    try:
+        worker.process.send_signal(signal.SIGTERM)
+        assert worker.process.wait(30) == 0
+        assert "Application shutdown complete" in worker.log.read_text()
+        wait_until(lambda: not server.is_running() or server.status() == psutil.STATUS_ZOMBIE)
+    finally:
+        worker.stop()
+        if server.is_running():
+            server.send_signal(signal.SIGINT)  # Postgres's fast shutdown
