@@ -37,6 +37,24 @@ def _selectors(func):  # type: ignore[no-untyped-def]
     return func
 
 
+_TIME_HELP = (
+    "30m, 2h, 7d or 1w ago (units s m h d w), or an ISO date/time such as 2026-01-31 or "
+    "2026-01-31T08:00+08:00 (local time without an offset)."
+)
+
+
+def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """--since/--before are checked as the flags are parsed: a typo is a usage error, not SQL."""
+    from lang_agent.capture.query import parse_time
+
+    if value is not None:
+        try:
+            parse_time(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
 def _run_calls(coro):  # type: ignore[no-untyped-def]
     """Run one calls command; user errors become a clean message and exit code 1."""
     import asyncio
@@ -53,7 +71,7 @@ def _run_calls(coro):  # type: ignore[no-untyped-def]
 @calls.command("list")
 @_PREDICATE
 @click.option("--thread", default=None, help="Only this thread's calls.")
-@click.option("--since", default=None, help="Only calls since: a date/time, or 30m, 2h, 7d.")
+@click.option("--since", default=None, callback=_check_time, help=f"Only calls since {_TIME_HELP}")
 @click.option("-n", "--limit", type=int, default=20, help="Most calls shown; 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @CONN_STR_OPTION
@@ -142,7 +160,9 @@ def calls_export(
 
 
 @calls.command("cleanup")
-@click.option("--before", default=None, help="Delete calls before: a date/time, or 7d, 12h.")
+@click.option(
+    "--before", default=None, callback=_check_time, help=f"Delete calls before {_TIME_HELP}"
+)
 @click.option("--all", "everything", is_flag=True, help="Delete every call.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @CONN_STR_OPTION

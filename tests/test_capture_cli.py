@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,14 @@ __all__ = ["capture_pg"]
 
 SECRET = "sk-cli-secret-4242"
 THREAD = "cli-thread"
+DB_PASSWORD = "pg-pass-9137"
+CALLS_COMMANDS = [
+    ["list"],
+    ["inspect", "--id", "1"],
+    ["export", "--id", "1"],
+    ["cleanup", "--all", "--yes"],
+    ["replay", "--id", "1"],
+]
 
 
 def upstream(request: httpx2.Request) -> httpx2.Response:
@@ -102,6 +111,11 @@ def test_bad_predicate_is_a_clean_error(run):
     result = run("calls", "list", "-p", "password == 'x'")
     assert result.exit_code == 1 and "unknown field 'password'" in result.output
     assert "Traceback" not in result.output
+    # Values only Postgres can judge (a date, a regular expression) are one-line errors too.
+    for predicate, message in (("created_at > 'soon'", "soon"), ("model % '('", "regular")):
+        refused = run("calls", "list", "-p", predicate)
+        assert refused.exit_code == 1 and len(refused.stderr.splitlines()) == 1, refused.output
+        assert message in refused.stderr
 
 
 def test_inspect_by_chatcmpl_and_requestid(run):
@@ -139,6 +153,11 @@ def test_export_files_labels_and_curl(run, tmp_path):
     assert SECRET not in path.read_text(encoding="utf-8")
     stored = json.loads(run("calls", "list", "--json", "-p", "category == 'badcase'").output)
     assert len(stored) == 1  # the label is kept in the table, not only in the file
+    for predicate in ("tags == 'slow'", "tags @ ['voice', 'x']", "tags ~ 'VOICE'"):
+        tagged = json.loads(run("calls", "list", "--json", "-p", predicate).output)
+        assert [r["chatcmpl_id"] for r in tagged] == ["chatcmpl-one"], predicate
+    untagged = json.loads(run("calls", "list", "--json", "-p", "tags != 'slow'").output)
+    assert len(untagged) == 2 and "chatcmpl-one" not in [r["chatcmpl_id"] for r in untagged]
     curl = run("calls", "export", "--requestid", "req-two", "--curl").output
     assert "$API_KEY" in curl and SECRET not in curl and curl.startswith("curl -X POST")
     many = run("calls", "export", "-p", "status == 'ok'", "--directory", str(tmp_path / "all"))
@@ -150,6 +169,71 @@ def test_cleanup_asks_first(run):
     refused = run("calls", "cleanup", "--all", input="n\n")
     assert "delete 3 calls?" in refused.output and "deleted 0 calls" in refused.output
     assert "deleted 0 calls" in run("calls", "cleanup", "--before", "2000-01-01", "--yes").output
+
+
+def test_since_and_before_take_durations_and_iso_times(run):
+    for since in ("1w", "2 d", "2000-01-01", "2000-01-01T00:00:00+08:00", "2000-01-01 00:00Z"):
+        result = run("calls", "list", "--json", "--thread", THREAD, "--since", since)
+        assert result.exit_code == 0, (since, result.output)
+        assert len(json.loads(result.output)) == 3, since
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list", "--since", "garbage"],
+        ["list", "--since", "90"],
+        ["list", "--since", "1y"],
+        ["list", "--since", "2026-13-45"],
+        ["cleanup", "--before", "last week", "--yes"],
+    ],
+)
+def test_bad_since_or_before_is_a_usage_error_before_any_sql(args):
+    # The database does not exist: only a check made before connecting can give this answer.
+    result = CliRunner().invoke(main, ["calls", *args], env={"CONN_STR": _refused_dsn()})
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--" in result.stderr and "30m" in result.stderr
+    assert "Traceback" not in result.output and "connect" not in result.output
+
+
+def _refused_dsn() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:{port}/postgres"
+
+
+@pytest.mark.parametrize("args", CALLS_COMMANDS, ids=lambda a: a[0])
+def test_refused_database_is_a_one_line_error(args):
+    result = CliRunner().invoke(main, ["calls", *args], env={"CONN_STR": _refused_dsn()})
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Connection refused" in result.stderr and "postgres:***@127.0.0.1" in result.stderr
+    assert DB_PASSWORD not in result.output
+
+
+def test_silent_database_times_out_with_a_one_line_error():
+    # A listening socket that never accepts: the kernel completes the TCP handshake, so the
+    # client is connected and waits for a server that never says a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        dsn = f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:{port}/postgres"
+        env = {**os.environ, "CONN_STR": dsn, "DB_TIMEOUT_S": "1"}
+        process = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "lang_agent.cli", "calls", "list"],
+            capture_output=True,
+            env=env,
+            cwd=Path(__file__).resolve().parent.parent,
+            text=True,
+            timeout=15,  # the unbounded connect hung here for good
+        )
+    assert process.returncode == 1 and process.stdout == "", process.stderr
+    assert process.stderr.splitlines() == [
+        f"Error: cannot connect to postgresql://postgres:***@127.0.0.1:{port}/postgres: "
+        "connection timeout expired"
+    ]
 
 
 def test_proxy_config_file_keys(tmp_path):

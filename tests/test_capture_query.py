@@ -82,6 +82,21 @@ async def models(db, *predicates: str) -> set[str]:
         ("flags.truncated != null", {"qwen-plus"}),
         ("error == null && status != 'ok'", {"qwen-flash"}),
         ("tags ~ 'python'", {"kimi-k2.5"}),
+        # tags is a set: each operator asks about one tag, never the tags joined into a string
+        ("tags == 'code'", {"kimi-k2.5"}),
+        ("tags == 'python'", {"kimi-k2.5"}),
+        ("tags == 'cod'", set()),
+        ("tags != 'code'", {"qwen-plus", "qwen-flash", "100% real"}),
+        ("tags @ ['python', 'rust']", {"kimi-k2.5"}),
+        ("tags !@ ['rust', 'code']", {"qwen-plus", "qwen-flash", "100% real"}),
+        ("tags ~ 'PYTHON'", {"kimi-k2.5"}),
+        ("tags ~ 'pyth'", {"kimi-k2.5"}),  # contains, as `~` everywhere
+        ("tags ~ 'e,p'", set()),  # never across two tags
+        ("tags ~ 'py*'", {"kimi-k2.5"}),
+        ("tags ~ '*od*'", {"kimi-k2.5"}),
+        ("tags !~ 'code'", {"qwen-plus", "qwen-flash", "100% real"}),
+        ("tags % '^py'", {"kimi-k2.5"}),
+        ("tags !% '^py'", {"qwen-plus", "qwen-flash", "100% real"}),
         ("status !@ ['ok']", {"qwen-flash", "100% real"}),
         ("url ~ 'n=3'", {"kimi-k2.5"}),
         (
@@ -132,6 +147,9 @@ async def test_hostile_values_stay_values(capture_db, seeded, hostile):
         ("' OR 1=1 --", "unexpected"),
         ("OR 1 == 1", "unknown field"),
         ("status ==", "unexpected end"),
+        ("tags > 'a'", "tags take"),
+        ("tags == 1", "needs text"),
+        ("tags @ ['a', 2]", "needs text"),
     ],
 )
 def test_invalid_predicates_are_rejected_before_sql(predicate, message):

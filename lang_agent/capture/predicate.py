@@ -8,6 +8,9 @@
 
 `~` is a case-insensitive contains; `*` marks a prefix or suffix match ('x*', '*x') and is the
 only wildcard. `%` is a POSIX regular expression. `@ [a, b]` is IN. `!=` is IS DISTINCT FROM.
+`tags` is a set, so its operators ask about one tag at a time: `tags == 'x'` has tag x, `!=` has
+not, `@ [a, b]` has any of them, `~` has one that contains the text (as `~` does elsewhere) and
+`%` one that matches the regular expression; `!@ !~ !%` negate. Order operators do not apply.
 Names come from FIELDS only and become `psycopg.sql.Identifier`s; every literal and JSON path is
 a bound parameter, so nothing a user types can change the query beyond its filter.
 """
@@ -67,6 +70,10 @@ _TOKEN = re.compile(
 _NUMBER_SQL = sql.SQL(
     "CASE WHEN jsonb_typeof({c} #> %s::text[]) = 'number' THEN ({c} #>> %s::text[])::numeric END"
 )
+# `tags` is NOT NULL (default '{}'), so these are never NULL and NOT needs no coalesce.
+_TAGS_ANY_SQL = "{} && %s::text[]"
+_TAGS_LIKE_SQL = "EXISTS (SELECT 1 FROM unnest({}) AS tag WHERE tag ILIKE %s)"
+_TAGS_REGEX_SQL = "EXISTS (SELECT 1 FROM unnest({}) AS tag WHERE tag ~ %s)"
 
 
 class PredicateError(ValueError):
@@ -214,13 +221,13 @@ class _Compiler:
         if path:
             self.bind(path)
             return sql.SQL("({} #>> %s::text[])").format(ident)
-        if kind == "tags":
-            return sql.SQL("array_to_string({}, ',')").format(ident)
         return ident if kind == "text" else sql.SQL("{}::text").format(ident)
 
     def compare(
         self, column: str, kind: Kind, path: list[str], op: str, value: Any
     ) -> sql.Composable:
+        if kind == "tags" and value is not None:
+            return self.tags(column, op, value)
         negate = op.startswith("!") and op != "!="
         if op in ("~", "!~", "%", "!%"):
             if not isinstance(value, str):
@@ -262,13 +269,31 @@ class _Compiler:
             "time": (str,),
             "text": (str,),
             "uuid": (str,),
-            "tags": (str,),
         }[kind]
         if isinstance(value, bool) and kind != "bool" or not isinstance(value, expected):
             raise PredicateError(f"field {column!r} needs a {kind} value, got {value!r}")
-        if kind in ("uuid", "tags"):
+        if kind == "uuid":
             return self.text_expr(column, kind, path), ""
         return ident, "::timestamptz" if kind == "time" else ""
+
+    def tags(self, column: str, op: str, value: Any) -> sql.Composable:
+        """A condition on the set of tags; see the module docstring."""
+        if op not in ("==", "!=", "@", "!@", "~", "!~", "%", "!%"):
+            raise PredicateError(f"tags take == != @ !@ ~ !~ % !%, not {op}")
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in values):
+            raise PredicateError(f"field {column!r} needs text values, got {value!r}")
+        if op in ("~", "!~"):
+            self.bind(_like_pattern(value))
+            template = _TAGS_LIKE_SQL
+        elif op in ("%", "!%"):
+            self.bind(value)
+            template = _TAGS_REGEX_SQL
+        else:  # == and @ alike: the tag, or any of the tags, is in the set
+            self.bind(values)
+            template = _TAGS_ANY_SQL
+        condition = sql.SQL(template).format(sql.Identifier(column))
+        return sql.SQL("NOT {}").format(condition) if op.startswith("!") else condition
 
     def null_check(
         self, column: str, kind: Kind, path: list[str], *, is_null: bool

@@ -21,6 +21,7 @@ __all__ = [
     "get_calls",
     "label_call",
     "list_calls",
+    "parse_time",
 ]
 
 LIST_CALLS_SQL = """
@@ -38,7 +39,9 @@ DELETE FROM llm_calls WHERE id IN (
 """
 UPDATE_LABELS_SQL = "UPDATE llm_calls SET category = %s, tags = %s WHERE id = %s"
 STATEMENT_TIMEOUT_SQL = "SET statement_timeout = 30000"
-_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TIME_FORMS = "30m, 2h, 7d or 1w ago, or an ISO date/time (2026-01-31, 2026-01-31T08:00+08:00)"
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ class CallFilter:
                 params.append(value)
         for operator, value in ((">=", self.since), ("<", self.before)):
             if value is not None:
-                parts.append(sql.SQL("created_at {} %s::timestamptz").format(sql.SQL(operator)))
-                params.append(_time_param(value))
+                parts.append(sql.SQL("created_at {} %s").format(sql.SQL(operator)))
+                params.append(parse_time(value))
         for text in self.predicates:
             condition, values = compile_predicate(text)
             parts.append(sql.SQL("({})").format(condition))
@@ -80,13 +83,19 @@ class CallFilter:
         return sql.SQL(" AND ").join(parts), params
 
 
-def _time_param(value: str) -> str:
-    """A time for Postgres: absolute text as given, or `30m`/`2h`/`7d` ago."""
-    match = _RELATIVE.match(value)
-    if not match:
-        return value
-    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+def parse_time(value: str) -> datetime:
+    """`30m`/`2h`/`7d`/`1w` ago, or an ISO date/time (local time without an offset).
+
+    Checked here, not left to Postgres: its parser takes words such as `today` and fails on
+    typos with a raw DataError only once the query runs. ValueError names the accepted forms."""
+    try:
+        if match := _RELATIVE.match(value):
+            seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+            return datetime.now(UTC) - timedelta(seconds=seconds)
+        moment = datetime.fromisoformat(value.strip())
+        return moment if moment.tzinfo else moment.astimezone()
+    except (ValueError, OverflowError):  # OverflowError: so long ago it is before year 1
+        raise ValueError(f"{value!r} is not a time: give {_TIME_FORMS}") from None
 
 
 async def list_calls(conn: AsyncConnection, filters: CallFilter, *, limit: int = 20) -> list[dict]:
