@@ -199,7 +199,8 @@ async def _stream(
                 case Done(usage=usage, finish_reason=finish):
                     yield reply.frame(reply.spoken.final(), finish, usage)
                 case Failed(code=code, message=message):
-                    if code in SPOKEN_FAILURES:
+                    # Once the speaker has started, any failure ends in words, not silence.
+                    if code in SPOKEN_FAILURES or reply.spoken.text:
                         yield reply.frame(reply.spoken.final(reply.fallback), "stop")
                     yield reply.error(code, message)
                 case _:

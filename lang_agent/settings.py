@@ -167,6 +167,13 @@ class Settings(BaseSettings):
         "which speaks whole clauses. 0: a frame per model chunk.",
     )
     max_tool_steps: int = Field(4, ge=1, description="Most model→tool rounds in one turn.")
+    tool_result_max_chars: int = Field(
+        8000,
+        ge=100,
+        description="Longest tool result the tool model sees (and the log keeps), characters; "
+        "a longer one is cut with a note saying so. At most a quarter of the tool model's "
+        "context window is used either way.",
+    )
     tool_timeout_s: float = Field(
         30.0, gt=0, description="Default timeout of one tool call, seconds."
     )

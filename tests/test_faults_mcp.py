@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
 
+import dashscope
 import httpx2
 import openai
+import psycopg
 import pytest
+from dashscope import Application
 
 from tests.conftest import TEST_KEY
 from tests.support import wait_until
@@ -113,3 +117,66 @@ def test_a_hanging_device_is_bounded_by_the_tool_timeout(live_server, device, tm
     # Other tools of the same server still answer while one tool hangs.
     answer, events, _ = _turn(server, "现在音量是多少", dashscope_thread)
     assert [e["error"] for e in events if e["kind"] == "tool_finished"] == [None]
+
+
+HUGE_RESULT_SERVER = """
+from mcp.server.fastmcp import FastMCP
+
+mcp = FastMCP("huge")
+
+
+@mcp.tool(name="self.get_device_status")
+def get_device_status() -> str:
+    \"\"\"The device's status.\"\"\"
+    return "X" * 5_000_000
+
+
+mcp.run("stdio")
+"""
+
+
+def test_a_huge_tool_result_is_cut_to_fit_and_answered(live_server, tmp_path, pg_dsn, thread_id):
+    script = tmp_path / "huge_mcp.py"
+    script.write_text(HUGE_RESULT_SERVER, encoding="utf-8")
+    config = tmp_path / "mcp-huge.json"
+    entry = {"transport": "stdio", "command": sys.executable, "args": [str(script)]}
+    config.write_text(json.dumps({"huge": entry}), encoding="utf-8")
+    server = live_server(mcp_config=config, tool_result_max_chars=2000)
+    answer, events, finish = _turn(server, "设备状态怎么样", thread_id)
+    finished = [e for e in events if e["kind"] == "tool_finished"]
+    assert finished and finished[0]["error"] is None and finish == "stop" and answer
+    assert len(finished[0]["result"]) < 2200 and "5000000 characters" in finished[0]["result"]
+
+    def tool_logged() -> int | None:
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(
+                "SELECT length(content) FROM messages WHERE thread_id = %s AND role = 'tool'",
+                (thread_id,),
+            ).fetchone()
+
+    assert wait_until(tool_logged)[0] < 2200  # the log keeps what the model saw, not 5 MB
+
+
+def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path):
+    """A tool result that cannot fit beside a MAX_TOKENS this large fails the turn after the
+    filler was spoken: the speaker must end on the fallback sentence, not stop mid-way."""
+    script = tmp_path / "huge_mcp.py"
+    script.write_text(HUGE_RESULT_SERVER, encoding="utf-8")
+    config = tmp_path / "mcp-huge.json"
+    entry = {"transport": "stdio", "command": sys.executable, "args": [str(script)]}
+    config.write_text(json.dumps({"huge": entry}), encoding="utf-8")
+    server = live_server(mcp_config=config, max_tokens=31000)
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    items = list(
+        Application.call(
+            api_key=TEST_KEY,
+            app_id="lang-agent",
+            session_id=f"mcp-huge-{uuid.uuid4().hex[:8]}",
+            messages=[{"role": "user", "content": "设备状态怎么样"}],
+            stream=True,
+        )
+    )
+    spoken = [i.output.text for i in items if i.status_code == 200]
+    assert len(spoken) >= 2 and spoken[0] != spoken[-1]  # the filler, then more
+    assert spoken[-1].endswith("抱歉，我这边出了点问题，请稍后再试。")
+    assert items[-1].status_code == 400

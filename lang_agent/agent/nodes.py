@@ -171,6 +171,17 @@ def _result_text(output: Any) -> str:
     return output if isinstance(output, str) else text_of(output)
 
 
+def _capped(ctx: TurnContext, content: str) -> str:
+    """A tool's output cut to what the tool model can take beside the dialogue: one huge
+    result would otherwise push the user's own message out of the window and fail the turn."""
+    window = ctx.deps.window(model_name(ctx, "tool"))
+    limit = min(ctx.deps.settings.tool_result_max_chars, window // 4)
+    if len(content) <= limit:
+        return content
+    note = f"\n[cut: the tool returned {len(content)} characters; the first {limit} are above]"
+    return content[:limit] + note
+
+
 async def _run_tool(
     ctx: TurnContext, call: dict[str, Any], tools: dict[str, BaseTool]
 ) -> ToolMessage:
@@ -207,6 +218,10 @@ async def _run_tool(
         except Exception as exc:  # a broken tool is reported to the model, never raised
             logger.exception("tool %s failed in turn %s", name, ctx.turn_id)
             error = f"the tool failed ({type(exc).__name__})"
+    if error is None:
+        result = _capped(ctx, result)
+    else:
+        error = _capped(ctx, error)
     content = f"Error: {error}" if error is not None else result
     ctx.emit(ToolFinished(call_id, name, result=None if error else result, error=error))
     ctx.log.append(LogEntry("tool", content, tool_call_id=call_id, tool_name=name))
