@@ -242,7 +242,8 @@ class Settings(BaseSettings):
     redact_headers: str = Field(
         "",
         description="Extra comma-separated header names redacted in captures (Authorization, "
-        "api-key, x-api-key, cookies and any *key*/*token*/*secret* header always are).",
+        "api-key style names, cookies, names ending in token, and any *secret*/*passw*/*auth* "
+        "header always are).",
     )
     force_stream: bool = Field(
         False, description="Send non-stream chat calls upstream as streams; merge them back."

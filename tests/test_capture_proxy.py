@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 
 import httpx2
 import openai
 import pytest
 
-from lang_agent.capture.proxy import running_proxy, upstream_url
+from lang_agent.capture.proxy import CLIENT_LEFT, running_proxy, upstream_url
 from lang_agent.capture.query import CallFilter, get_calls
 from lang_agent.llm.sim import Simulator
 from lang_agent.llm.sim_profile import Latency, SimProfile
 from lang_agent.settings import Settings
 from tests.capture_fixtures import capture_db, capture_dsn, capture_pg, capture_sim, eventually
+from tests.support import answering, raw_server
 
 __all__ = ["capture_db", "capture_dsn", "capture_pg", "capture_sim"]
 
@@ -231,6 +234,7 @@ async def test_a_client_that_leaves_mid_stream_ends_the_upstream_call(capture_ds
         await slow.stop()
     (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
     assert row["status"] == "incomplete" and row["latency_ms"] < 3000
+    assert row["error"] == CLIENT_LEFT
 
 
 async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db):
@@ -250,6 +254,55 @@ async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db)
     assert row["flags"]["key_override"] is True
     dumped = json.dumps(row, default=str)
     assert "upstream-only-key" not in dumped and "client-wrong-key" not in dumped
+
+
+async def test_a_client_that_leaves_before_the_answer_ends_the_upstream_call(
+    proxy, capture_sim, capture_db
+):
+    capture_sim.inject("timeout", role="chat")  # the upstream holds the call, answering nothing
+    before = capture_sim.snapshot()
+    tag = marker()
+    call = asyncio.create_task(
+        sdk(proxy).chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": tag}]
+        )
+    )
+    await eventually(
+        lambda: _async(capture_sim.snapshot()["calls"]["chat"] > before["calls"]["chat"])
+    )
+    call.cancel()  # the client gives up before any response header
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await eventually(lambda: _async(capture_sim.snapshot()["cancelled"] > before["cancelled"]))
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["status"] == "incomplete" and row["error"] == CLIENT_LEFT
+
+
+UPSTREAM_HEAD = b"HTTP/1.1 200 OK\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\nserver: upstream/1\r\n"
+
+
+async def test_each_response_has_one_date_and_the_upstreams_server(capture_dsn):
+    answer = UPSTREAM_HEAD + b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+    async with raw_server(answering(answer)) as (url, _):
+        settings = proxy_settings(url.removesuffix("/x?q=1"), capture_dsn)
+        async with (
+            running_proxy(settings, dsn=capture_dsn, port=0) as p,
+            httpx2.AsyncClient() as http,
+        ):
+            response = await http.get(f"{p.base_url}/models")
+    assert response.headers.get_list("date") == ["Mon, 01 Jan 2024 00:00:00 GMT"]
+    assert response.headers.get_list("server") == ["upstream/1"]
+
+
+async def test_a_response_without_date_or_server_gets_a_date(proxy):
+    # The simulator sends neither; the proxy's own responses have none to keep.
+    async with httpx2.AsyncClient() as http:
+        relayed = await http.get(f"{proxy}/models")
+        own = await http.get(proxy.removesuffix("/v1") + "/metrics")
+    for response in (relayed, own):
+        (date,) = response.headers.get_list("date")
+        assert parsedate_to_datetime(date).tzinfo is not None
+        assert "server" not in response.headers
 
 
 async def _async(value: bool) -> bool:

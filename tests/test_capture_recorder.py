@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime
 
 import httpx2
 
-from lang_agent.capture.record import CallRecord, redact_headers, redact_url
+from lang_agent.capture.record import (
+    REDACTED,
+    CallRecord,
+    redact_body,
+    redact_headers,
+    redact_url,
+)
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import CapturingTransport
 from lang_agent.llm.context import calling
@@ -50,6 +57,102 @@ def test_redaction_covers_key_like_headers_and_query_parameters():
     assert redact_url("http://h/v1/x?a=1&api_key=sk-2&key=3") == (
         "http://h/v1/x?a=1&api_key=[REDACTED]&key=[REDACTED]"
     )
+
+
+def test_only_credentials_are_redacted_and_a_session_id_is_not_one():
+    headers = redact_headers(
+        [
+            ("X-Session-Id", "sess-42"),
+            ("Idempotency-Key", "idem-1"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-Auth-Token", "t"),
+            ("X-Goog-Api-Key", "g"),
+            ("Ocp-Apim-Subscription-Key", "o"),
+        ]
+    )
+    assert headers == {
+        "x-session-id": "sess-42",
+        "idempotency-key": "idem-1",
+        "proxy-authorization": REDACTED,
+        "x-auth-token": REDACTED,
+        "x-goog-api-key": REDACTED,
+        "ocp-apim-subscription-key": REDACTED,
+    }
+
+
+def test_urls_lose_passwords_and_query_secrets_by_the_header_rule():
+    assert redact_url(
+        "http://user:pa%40ss@h:8/v1?auth=a&password=b&access_token=c&sig=d&session=s&q=1#f"
+    ) == (
+        "http://user:[REDACTED]@h:8/v1?auth=[REDACTED]&password=[REDACTED]"
+        "&access_token=[REDACTED]&sig=[REDACTED]&session=s&q=1#f"
+    )
+    assert redact_url("http://user@h/v1?a=1") == "http://user@h/v1?a=1"  # no password in it
+    names = "auth passwd x-auth-token api_key apiKey key client_secret x-session-id max_tokens"
+    for name in names.split():
+        in_header = redact_headers([(name, "v")])[name.lower()] == REDACTED
+        in_query = redact_url(f"http://h/v1?{name}=v") == f"http://h/v1?{name}={REDACTED}"
+        assert in_header == in_query, name
+
+
+def test_body_fields_named_like_credentials_are_redacted_at_the_top_level():
+    kept = {
+        "model": "m",
+        "max_tokens": 5,
+        "max_completion_tokens": 6,
+        "prompt_tokens": 1,
+        "prompt_cache_key": "k",
+        "stop_token_ids": [2],
+        "messages": [{"role": "user", "content": "x", "token": "nested, not a field of ours"}],
+        7: "a non-string key",
+    }
+    secret = {"api_key": "sk-1", "apiKey": "sk-2", "access_token": "t", "client_secret": "s"}
+    assert redact_body(kept | secret) == kept | dict.fromkeys(secret, REDACTED)
+    # Cut at the size limit, the text is not JSON: pairs are found in it, not inside strings.
+    said = '{"messages": [{"content": "say \\"secret\\": \\"no\\""}], '
+    cut = said + '"secret": "abc", "api_key": "sk-c'
+    assert redact_body(cut) == said + '"secret": "[REDACTED]", "api_key": "[REDACTED]"'
+    assert redact_body(None) is None and redact_body([{"api_key": 1}]) == [{"api_key": 1}]
+
+
+async def test_the_upstream_gets_the_body_and_url_the_table_keeps_redacted(capture_db):
+    """The body is redacted as the record becomes a row: force-stream re-sends the record's
+    body, which must still hold the client's key."""
+    sent: list[tuple[str, dict]] = []
+
+    def upstream(request: httpx2.Request) -> httpx2.Response:
+        sent.append((str(request.url), json.loads(request.content)))
+        chunk = {"id": "c-key", "choices": [{"index": 0, "delta": {"content": "好"}}]}
+        done = {"id": "c-key", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        sse = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, text=sse)
+
+    recorder = Recorder(dsn=capture_db.dsn, force_stream=True)
+    await recorder.start()
+    transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
+    thread = new_thread()
+    url = "http://user:pw-secret@up/v1/chat/completions?password=q-secret&session=s-1"
+    body = HELLO | {"api_key": "sk-body-secret", "max_tokens": 9}
+    try:
+        async with httpx2.AsyncClient(transport=transport) as http:
+            with calling(thread_id=thread):
+                response = await http.post(
+                    url, json=body, headers={"X-Session-Id": "sess-42", "X-Auth-Token": "t-secret"}
+                )
+    finally:
+        await recorder.close()
+    assert response.status_code == 200
+    assert sent == [(url, body | {"stream": True, "stream_options": {"include_usage": True}})]
+    (row,) = await rows_of_thread(capture_db, thread)
+    assert row["url"] == (
+        "http://user:[REDACTED]@up/v1/chat/completions?password=[REDACTED]&session=s-1"
+    )
+    assert row["request_header"]["x-session-id"] == "sess-42"
+    assert row["request_header"]["x-auth-token"] == REDACTED
+    assert row["client_request_body"] == body | {"api_key": REDACTED}
+    assert row["request_body"]["api_key"] == REDACTED and row["request_body"]["max_tokens"] == 9
+    stored = json.dumps(row, default=str)
+    assert not any(s in stored for s in ("pw-secret", "q-secret", "sk-body-secret", "t-secret"))
 
 
 async def _slow_call(recorder, capture_db, *, while_pending=None) -> tuple[dict, dict]:

@@ -117,7 +117,10 @@ async def export_command(
                 await label_call(conn, call_id=row["id"], category=category, tags=list(tags))
                 row["category"], row["tags"] = category, list(tags)
     if curl:
-        return "\n\n".join(curl_command(row) for row in rows)
+        try:
+            return "\n\n".join(curl_command(row) for row in rows)
+        except ValueError as exc:  # a body stored cut cannot be sent again
+            raise CallsError(str(exc)) from exc
     if directory is not None:
         return "\n".join(
             str(p) for p in write_cases(rows, directory=directory, category=category, tags=tags)

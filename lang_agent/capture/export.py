@@ -1,7 +1,8 @@
 """Captured calls as text: the list table, inspect sections, case JSON files and curl commands.
 
-Stored headers are already redacted; curl puts `$API_KEY` where the key went, so neither a case
-file nor a command ever holds a secret.
+Stored rows are already redacted; URLs and bodies are redacted again here, since a row stored
+before a rule existed holds what it now hides. curl puts `$API_KEY` only where the key went and
+a named placeholder for any other secret, so neither a case file nor a command ever holds one.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from lang_agent.capture.merge import split_events
-from lang_agent.capture.record import REDACTED, is_secret_header
+from lang_agent.capture.record import (
+    REDACTED,
+    is_secret_header,
+    redact_body,
+    redact_url,
+)
 
 SECTIONS = (
     "metadata",
@@ -42,6 +49,12 @@ CURL_SKIPPED = frozenset(
 )
 _FILE_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Names whose redacted value was the API key itself. Any other secret gets `$REDACTED_<NAME>`:
+# filling it with the key would send the key where it never went.
+_CARRIES_API_KEY = re.compile(r"^(?:authorization|key)$|api[-_]?key|subscription[-_]?key", re.I)
+# A redacted value in a stored URL: a query parameter's (group 1 is its name) or a password.
+_URL_SECRET = re.compile(r"(?:[?&]([^=&#]*)=|^[^/?#]*//[^/?#@:]*:)" + re.escape(REDACTED))
+_SHELL_SPECIAL = re.compile(r'([\\"$`])')
 
 
 def status_text(code: int | None) -> str:
@@ -61,6 +74,18 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6f}".rstrip("0").rstrip(".") if value < 1 else f"{value:.1f}"
     return str(value)
+
+
+def _scrubbed(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's URL and request bodies redacted again by today's rules (a no-op on a row stored
+    under them); curl re-checks header names itself."""
+    scrubbed = row | {
+        "request_body": redact_body(row.get("request_body")),
+        "client_request_body": redact_body(row.get("client_request_body")),
+    }
+    if row.get("url"):
+        scrubbed["url"] = redact_url(row["url"])
+    return scrubbed
 
 
 def calls_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -115,7 +140,7 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 def render_call(row: dict[str, Any], *, sections: Iterable[str] = ("metadata",)) -> str:
     """`calls inspect`: the chosen sections of one call, bodies in full."""
-    out = []
+    out, row = [], _scrubbed(row)
     for section in sections:
         if section not in SECTIONS:
             raise ValueError(f"unknown section {section!r}; choose from {', '.join(SECTIONS)}")
@@ -142,6 +167,7 @@ def case_json(
     row: dict[str, Any], *, category: str | None = None, tags: Sequence[str] = ()
 ) -> dict[str, Any]:
     """MoonPalace's export envelope: metadata, request, response, error, category, tags."""
+    row = _scrubbed(row)
     metadata = {
         key: _text(row.get(key))
         for key in METADATA
@@ -206,16 +232,25 @@ def write_cases(
 
 
 def curl_command(row: dict[str, Any]) -> str:
-    """A curl command that replays what the client sent; the key is `$API_KEY`."""
-    lines = [f"curl -X {shlex.quote(row.get('method') or 'POST')} {shlex.quote(row['url'])}"]
+    """A curl command that replays what the client sent: the key is `$API_KEY`, any other secret
+    `$REDACTED_<NAME>`. ValueError when the stored body was cut at the capture size limit: the
+    command would send invalid JSON."""
+    cut = (row.get("flags") or {}).get("request_truncated")
+    if cut:
+        raise ValueError(
+            f"call {row.get('id')}: its {cut}-byte request body was stored cut to "
+            "CAPTURE_MAX_BODY_BYTES, so no curl command can replay it"
+        )
+    row = _scrubbed(row)
+    lines = [f"curl -X {shlex.quote(row.get('method') or 'POST')} {_url_word(row['url'])}"]
     headers = row.get("request_header") or {}
-    if "authorization" in headers or REDACTED not in headers.values():
+    if "authorization" in headers or not any(_CARRIES_API_KEY.search(n) for n in headers):
         lines.append('-H "Authorization: Bearer $API_KEY"')
     for name, value in headers.items():
         if name in CURL_SKIPPED or name == "authorization" or not _HEADER_NAME.match(name):
             continue
         if value == REDACTED or is_secret_header(name):
-            lines.append(f'-H "{name}: $API_KEY"')
+            lines.append(f'-H "{name}: {_placeholder(name)}"')
             continue
         lines.append(f"-H {shlex.quote(f'{name}: {value}')}")
     body = row.get("client_request_body")
@@ -225,3 +260,23 @@ def curl_command(row: dict[str, Any]) -> str:
         text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
         lines.append(f"-d {shlex.quote(text)}")
     return " \\\n  ".join(lines)
+
+
+def _placeholder(name: str) -> str:
+    if _CARRIES_API_KEY.search(name):
+        return "$API_KEY"
+    return "$REDACTED_" + re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").upper()
+
+
+def _url_word(url: str) -> str:
+    """The URL as one shell word; redacted values become variables, so it is double-quoted."""
+    pieces: list[str] = []
+    done = 0
+    for match in _URL_SECRET.finditer(url):
+        name = "url_password" if match.group(1) is None else unquote(match.group(1))
+        start = match.end() - len(REDACTED)
+        pieces += [_SHELL_SPECIAL.sub(r"\\\1", url[done:start]), _placeholder(name)]
+        done = match.end()
+    if not pieces:
+        return shlex.quote(url)
+    return '"' + "".join(pieces) + _SHELL_SPECIAL.sub(r"\\\1", url[done:]) + '"'

@@ -5,7 +5,8 @@ upstream base URL) through the same CapturingTransport the agent uses. Stream ch
 as they arrive, one ASGI message each, so every event is flushed. There is a connect timeout and
 an idle-read timeout, never a total one. Hop-by-hop headers are dropped; `--key` replaces the
 client's Authorization, which is logged at start and flagged on every call. GET /metrics is
-answered by the proxy itself.
+answered by the proxy itself. A client that disconnects, before the answer or during it, ends
+the upstream call, which is recorded `incomplete` for that reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import tomllib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
-from lang_agent.capture.record import CallRecord
+from lang_agent.capture.record import CallRecord, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
@@ -63,6 +65,8 @@ RESPONSE_HOP_BY_HOP = HOP_BY_HOP - {"content-length"}
 DECODABLE_ENCODINGS = ("gzip", "deflate")
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
+# The error recorded for a call whose client disconnected, whenever it did.
+CLIENT_LEFT = "the client closed the connection"
 # Config-file keys that are flag names of `proxy start` rather than setting names.
 CONFIG_KEYS = {
     "port": "proxy_port",
@@ -92,6 +96,34 @@ class _CutOnPurpose(logging.Filter):
 _CUT_FILTER = _CutOnPurpose()
 
 
+class _ClientWatch:
+    """Cancels the request's task when its client disconnects, so the upstream call ends too.
+    Made once the request body is read: receive() then returns only at a disconnect or once the
+    response is complete, hence `stop()` before the response's last message."""
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.left = False
+        self._stopped = False
+        self._listener = asyncio.ensure_future(receive())
+        self._listener.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, _: asyncio.Future) -> None:
+        if not self._stopped:
+            self.left = True
+            self.task.cancel(CLIENT_LEFT)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._listener.cancel()
+
+    def only_cancel(self) -> bool:
+        """Whether the cancel being raised is this watch's alone; any other (shutdown) goes up."""
+        return self.left and self.task.uncancel() == 0
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Settings from a TOML or JSON file; keys are flag names (`upstream`) or setting names."""
     text = path.read_text(encoding="utf-8")
@@ -119,9 +151,14 @@ def _accept_encoding(value: str | None) -> str:
     return ", ".join(kept) or "identity"
 
 
+def _date() -> str:
+    """A Date header's value: uvicorn's own is off, as it would duplicate the upstream's."""
+    return formatdate(usegmt=True)
+
+
 def _error_response(status: int, code: str, message: str) -> JSONResponse:
     body = {"error": {"type": "proxy_error", "code": code, "message": message}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers={"date": _date()})
 
 
 def log_call(record: CallRecord) -> None:
@@ -171,14 +208,25 @@ class CaptureProxy:
             return
         if scope["method"] == "GET" and scope["path"] == "/metrics":
             extra = self.loop_lag.lines() if self.loop_lag is not None else ()
-            response = PlainTextResponse(self.metrics.render(extra), media_type=CONTENT_TYPE)
+            response = PlainTextResponse(
+                self.metrics.render(extra), media_type=CONTENT_TYPE, headers={"date": _date()}
+            )
             await response(scope, receive, send)
             return
-        upstream = await self._forward(Request(scope, receive))
-        if isinstance(upstream, Response):
-            await upstream(scope, receive, send)
-            return
-        await _relay(upstream, receive, send)
+        content = await Request(scope, receive).body()
+        watch = _ClientWatch(receive)
+        try:
+            upstream = await self._forward(scope, content)
+            if isinstance(upstream, Response):
+                watch.stop()
+                await upstream(scope, receive, send)
+                return
+            await _relay(upstream, send, watch)
+        except asyncio.CancelledError:
+            if not watch.only_cancel():
+                raise
+        finally:
+            watch.stop()
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         """The client's headers (ASGI gives the names in lower case) less the hop-by-hop ones."""
@@ -196,9 +244,8 @@ class CaptureProxy:
             headers.append((b"authorization", f"Bearer {self._key}".encode()))
         return headers
 
-    async def _forward(self, request: Request) -> httpx2.Response | Response:
+    async def _forward(self, scope: Scope, content: bytes) -> httpx2.Response | Response:
         """The upstream's streamed response, or an error response when it cannot be reached."""
-        scope = request.scope
         raw_path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"").decode("latin-1")
         url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
@@ -206,7 +253,7 @@ class CaptureProxy:
             scope["method"],
             url,
             headers=self._headers(scope),
-            content=await request.body(),
+            content=content,
             extensions=dict(self._extensions),
         )
         try:
@@ -217,29 +264,20 @@ class CaptureProxy:
             return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
 
 
-async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> None:
+async def _relay(upstream: httpx2.Response, send: Send, watch: _ClientWatch) -> None:
     """Upstream bytes to the client as they come; a failure mid-stream ends with an error frame.
 
     The end of the body goes out before the upstream response is closed: closing it finishes
     the call's record, and the client need not wait for that. A client that goes away cancels
-    the relay, which closes the upstream call too.
+    the relay (see _ClientWatch), which closes the upstream call too.
     """
-    relaying = asyncio.current_task()
-    assert relaying is not None
-    closing = False
-
-    def client_gone(_: asyncio.Future) -> None:
-        if not closing:
-            relaying.cancel()
-
-    # The body has been read, so receive() returns only once the client disconnects.
-    listener = asyncio.ensure_future(receive())
-    listener.add_done_callback(client_gone)
     headers = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in upstream.headers.multi_items()
         if k.lower() not in RESPONSE_HOP_BY_HOP
     ]
+    if "date" not in upstream.headers:
+        headers.append((b"date", _date().encode()))
     start = {"type": "http.response.start", "status": upstream.status_code, "headers": headers}
     try:
         await send(start)
@@ -252,7 +290,7 @@ async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> Non
         except httpx2.HTTPError as exc:
             logger.warning("upstream stream failed mid-way: %r", exc)
             failure = exc
-        closing = True
+        watch.stop()
         if failure is not None and "content-length" in upstream.headers:
             # The client was promised a length it will not get: ending the body here would be
             # a lie (and an error in uvicorn). Returning leaves uvicorn to close the connection,
@@ -260,12 +298,8 @@ async def _relay(upstream: httpx2.Response, receive: Receive, send: Send) -> Non
             _cut_on_purpose.set(True)
             return
         await send({"type": "http.response.body", "body": _tail(upstream, failure)})
-    except asyncio.CancelledError:
-        if not listener.done() or relaying.uncancel():
-            raise
     finally:
-        closing = True
-        listener.cancel()
+        watch.stop()
         await upstream.aclose()
 
 
@@ -330,6 +364,9 @@ async def running_proxy(
                 lifespan="off",
                 log_config=None,
                 access_log=False,
+                # The upstream's own Date and Server go through; uvicorn's would be second ones.
+                server_header=False,
+                date_header=False,
             )
             server = uvicorn.Server(config)
             logging.getLogger("uvicorn.error").addFilter(_CUT_FILTER)  # once: a filter is a set
@@ -353,6 +390,7 @@ async def run_proxy(settings: Settings, *, on_ready: Callable[[str], None]) -> N
     """Serve until interrupted; `on_ready` gets the base_url clients should use."""
     dsn, _embedded = await resolve_dsn(settings) if settings.capture else (None, None)
     async with running_proxy(settings, dsn=dsn) as proxy:
-        logger.info("capture proxy for %s at %s", settings.proxy_upstream, proxy.base_url)
+        upstream = redact_url(settings.proxy_upstream)  # it may hold user:password@
+        logger.info("capture proxy for %s at %s", upstream, proxy.base_url)
         on_ready(proxy.base_url)
         await proxy.wait()

@@ -1,4 +1,5 @@
-"""One captured call: the record, and the redaction that happens before a record exists."""
+"""One captured call: the record, and the redaction of what it stores (headers before a record
+exists, request bodies as it becomes a row)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import unquote
 
 REDACTED = "[REDACTED]"
 ALWAYS_REDACTED = frozenset(
     {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"}
 )
-# Key-like names; `token(?!s)` keeps usage headers such as x-ratelimit-remaining-tokens.
+# The one notion of a credential's name, for headers, query parameters and body fields. Tokens
+# only at the end (access_token, x-auth-token) and `key`/`sig` only alone (Google's ?key=, Azure
+# SAS's sig=): max_tokens, stop_token_ids, prompt_cache_key and Idempotency-Key are not secrets.
+# Neither is a session id: a secret session travels as a cookie or a token.
 _KEY_LIKE = re.compile(
-    r"api[-_]?key|secret|passw|token(?!s)|auth|cookie|credential|signature|session", re.I
+    r"api[-_]?key|(?:access|private|subscription)[-_]?key|^(?:key|sig)$|token$"
+    r"|secret|passw|auth|cookie|credential|signature",
+    re.I,
 )
-_HARMLESS = frozenset({"msh-context-cache-token-saved", "msh-context-cache-token-exp"})
-_QUERY_SECRET = re.compile(r"([?&][^=&#]*(?:key|token|secret|sig)[^=&#]*=)[^&#]*", re.I)
+# The password in `scheme://user:password@host`, up to the last `@` of the authority.
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#@:]*:)[^/?#]*@", re.I)
+# A `"name": "string"` pair in JSON text, not inside another string (whose quotes are escaped);
+# the string may be cut off by the end of the text.
+_JSON_PAIR = re.compile(r'(?<!\\)"([\w.-]+)"(\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?\Z)')
 
 # pending: in flight · ok · http_error: the upstream answered 4xx/5xx · error: failed before any
 # response (refused, timeout) · incomplete: the body or stream ended early · stopped: cut by us
@@ -43,10 +53,8 @@ def is_secret_header(name: str, *, extra: Iterable[str] = ()) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _looks_secret(lowered: str) -> bool:
-    """Cached: every captured call asks again about the same few dozen header names."""
-    if lowered in ALWAYS_REDACTED:
-        return True
-    return lowered not in _HARMLESS and bool(_KEY_LIKE.search(lowered))
+    """Cached: every captured call asks again about the same few dozen names."""
+    return lowered in ALWAYS_REDACTED or bool(_KEY_LIKE.search(lowered))
 
 
 def redact_headers(headers: Iterable[tuple[str, str]], *, extra: Iterable[str] = ()) -> dict:
@@ -61,13 +69,46 @@ def redact_headers(headers: Iterable[tuple[str, str]], *, extra: Iterable[str] =
 
 
 def redact_url(url: str) -> str:
-    """The URL with the values of key-like query parameters replaced."""
-    return _QUERY_SECRET.sub(lambda m: m.group(1) + REDACTED, url)
+    """The URL with its userinfo password and the values of key-like query parameters replaced:
+    safe to store, print and log (an upstream may be configured as http://user:pw@host)."""
+    url = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", url)
+    rest, hash_mark, fragment = url.partition("#")
+    head, mark, query = rest.partition("?")
+    if not mark:
+        return url
+    params = (_redact_param(param) for param in query.split("&"))
+    return head + mark + "&".join(params) + hash_mark + fragment
+
+
+def _redact_param(param: str) -> str:
+    name, equals, _value = param.partition("=")
+    return name + equals + REDACTED if equals and _looks_secret(unquote(name).lower()) else param
+
+
+def redact_body(body: Any) -> Any:
+    """A request body as stored: top-level fields named like credentials (an SDK's extra_body
+    can carry `api_key`) get [REDACTED]. A body kept as text (cut at the size limit, or not
+    JSON) cannot be walked, so every such "name": "string" pair in it is replaced."""
+    if isinstance(body, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and _looks_secret(k.lower()) else v
+            for k, v in body.items()
+        }
+    if isinstance(body, str):
+        return _JSON_PAIR.sub(_redact_pair, body)
+    return body
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    if not _looks_secret(match.group(1).lower()):
+        return match.group(0)
+    return f'"{match.group(1)}"{match.group(2)}"{REDACTED}"'
 
 
 @dataclass
 class CallRecord:
-    """One captured call; headers are already redacted when a record is built."""
+    """One captured call; headers are already redacted when a record is built, request bodies
+    when it becomes a row (force-stream re-sends the record's body upstream)."""
 
     method: str
     url: str
@@ -118,4 +159,7 @@ class CallRecord:
 
     def row(self) -> dict[str, Any]:
         """The `llm_calls` columns as JSON-ready values, for the recorder's batch upsert."""
-        return {name: getattr(self, name) for name in COLUMNS}
+        row = {name: getattr(self, name) for name in COLUMNS}
+        row["request_body"] = redact_body(self.request_body)
+        row["client_request_body"] = redact_body(self.client_request_body)
+        return row

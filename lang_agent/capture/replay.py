@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
@@ -95,6 +96,8 @@ class ReplayApp:
     async def _answer(self, request: Request) -> Response:
         self.served += 1
         case = self.case
+        # The recorded Date and Server, if any, are the only ones: uvicorn's own are off.
+        headers = {"date": formatdate(usegmt=True), **case.headers}
         try:
             wants_stream = bool(json.loads(await request.body() or b"{}").get("stream"))
         except (ValueError, AttributeError):
@@ -102,17 +105,15 @@ class ReplayApp:
         if case.status_code is None:
             await self._pause(case.latency_ms)
             error = {"type": "replay", "code": "recorded_failure", "message": case.error or ""}
-            return JSONResponse({"error": error}, status_code=502)
+            return JSONResponse({"error": error}, status_code=502, headers=headers)
         if case.events and (wants_stream or case.merged is None):
             await self._pause(case.ttfb_ms)
-            return StreamingResponse(
-                self._events(), status_code=case.status_code, headers=case.headers
-            )
+            return StreamingResponse(self._events(), status_code=case.status_code, headers=headers)
         await self._pause(case.latency_ms)
         if case.events:
-            headers = {**case.headers, "content-type": "application/json"}
+            headers["content-type"] = "application/json"
             return JSONResponse(case.merged, status_code=case.status_code, headers=headers)
-        return Response(case.body or b"", status_code=case.status_code, headers=case.headers)
+        return Response(case.body or b"", status_code=case.status_code, headers=headers)
 
     async def _events(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -135,7 +136,14 @@ class ReplayServer:
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
         config = uvicorn.Config(
-            self.app, host=host, port=port, lifespan="off", log_config=None, access_log=False
+            self.app,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=False,
         )
         self._server = server = uvicorn.Server(config)
         self._task = asyncio.create_task(server.serve(), name="capture-replay")

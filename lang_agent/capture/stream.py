@@ -33,8 +33,8 @@ CLIENT_CLOSED = "the client closed the stream before the end"
 
 def describe_error(exc: BaseException) -> str:
     """A short, key-free description of why a call or stream failed."""
-    if isinstance(exc, asyncio.CancelledError):
-        return "cancelled"
+    if isinstance(exc, asyncio.CancelledError):  # a canceller may say why (task.cancel(msg))
+        return str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
     if isinstance(exc, GeneratorExit):
         return CLIENT_CLOSED
     text = str(exc)

@@ -8,6 +8,7 @@ non-stream chat request goes upstream as a stream and the client gets the merged
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -115,7 +116,9 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         try:
             response = await self.inner.handle_async_request(upstream)
         except BaseException as exc:
-            record.status, record.error = "error", describe_error(exc)
+            # A cancel is the caller leaving (a client gone, a call discarded), not a failure.
+            failed = not isinstance(exc, asyncio.CancelledError)
+            record.status, record.error = "error" if failed else "incomplete", describe_error(exc)
             record.latency_ms = record.elapsed_ms()
             record.finished_at = datetime.now(UTC)
             self._complete(record)
