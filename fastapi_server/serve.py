@@ -63,6 +63,24 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
     await asyncio.gather(*(server.serve() for server in servers))
 
 
+def files_or_exit(settings: Settings) -> None:
+    """Read the files the app reads as it starts (MCP config, device map, profiles, prompts)
+    before it does: a bad one stops start-up with one line naming it, where the lifespan would
+    end in two screens of traceback."""
+    from lang_agent.agent.profiles import load_profiles
+    from lang_agent.prompts import Prompts
+    from lang_agent.tools.mcp_config import load_device_map, load_mcp_config
+
+    try:
+        load_mcp_config(settings.mcp_config, default_timeout_s=settings.tool_timeout_s)
+        load_device_map(settings.device_map)
+        load_profiles(settings.profiles_file)
+        Prompts.load(settings.prompts_dir)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(STARTUP_FAILURE) from exc
+
+
 def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
     """Serve, and after a SIGTERM exit through Python's own exit. uvicorn hands the signal to
     the handler it found once its shutdown is done; the default one would end the process
@@ -75,6 +93,7 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
     """Serve the app `factory(settings)` makes (`module:function`), from WORKERS processes
     when more than one."""
     configure_logging(settings)
+    files_or_exit(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
     if settings.workers > 1:
@@ -99,6 +118,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
     from lang_agent.db import resolve_dsn
 
     configure_logging(settings)
+    files_or_exit(settings)
     if settings.conn_str is None:
         # Start the embedded Postgres once, before two lifespans could race to set it up.
         dsn, _embedded = asyncio.run(resolve_dsn(settings))

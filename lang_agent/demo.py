@@ -119,6 +119,8 @@ class EventPrinter:
 class LocalChat:
     """Turns through an open Service, in this process."""
 
+    empty_history = "nothing logged on this thread yet"
+
     def __init__(self, service: Service) -> None:
         self.service = service
 
@@ -140,6 +142,9 @@ class LocalChat:
 
 class RemoteChat:
     """Turns through a running server's OpenAI API, streamed with tool events."""
+
+    # The API has no way to read a thread's log back: that is the viewer's (and its key's).
+    empty_history = "no turns on this thread in this session (the viewer shows its whole log)"
 
     def __init__(self, client: httpx2.AsyncClient, *, url: str, key: str | None) -> None:
         self.client = client
@@ -227,10 +232,10 @@ async def events_from_sse(lines: AsyncIterator[str]) -> AsyncIterator[TurnEvent]
     yield Done(usage, "length" if finish == "length" else "stop")
 
 
-def history_text(rows: list[dict[str, Any]], *, printer: EventPrinter) -> str:
-    """A thread's logged messages as the chat shows them."""
+def history_text(rows: list[dict[str, Any]], *, printer: EventPrinter, empty: str) -> str:
+    """A thread's logged messages as the chat shows them; `empty` says why there are none."""
     if not rows:
-        return printer.paint("  · nothing logged on this thread yet", kind="meta") + "\n"
+        return printer.paint(f"  · {empty}", kind="meta") + "\n"
     out = []
     for row in rows:
         role, content = row["role"], row.get("content") or ""

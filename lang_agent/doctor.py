@@ -317,7 +317,7 @@ def check_files(settings: Settings) -> list[Check]:
 
     loaders = (
         ("prompts", "PROMPTS_DIR", settings.prompts_dir, Prompts.load),
-        ("models file", "MODELS_FILE", settings.models_file, ModelCatalog.load),
+        ("models file", "MODELS_FILE", settings.models_file, ModelCatalog.read),
         ("profiles", "PROFILES_FILE", settings.profiles_file, load_profiles),
     )
     checks = []

@@ -145,7 +145,8 @@ async def chat(args: argparse.Namespace) -> int:
                 thread_id = rest.strip()
                 write(f"thread {thread_id}\n")
             elif command == "/history":
-                write(history_text(await backend.history(thread_id), printer=printer))
+                rows = await backend.history(thread_id)
+                write(history_text(rows, printer=printer, empty=backend.empty_history))
             elif command.startswith("/"):
                 write(f"{HELP}\n")
             else:

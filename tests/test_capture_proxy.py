@@ -179,6 +179,18 @@ async def test_force_stream_with_a_tool_call(capture_sim, capture_dsn, capture_d
     assert row["flags"]["force_stream"] is True and row["stream"] is True
 
 
+async def test_force_stream_of_a_cut_stream_is_a_502_upstream_error(capture_sim, capture_dsn):
+    settings = proxy_settings(capture_sim.base_url, capture_dsn, force_stream=True)
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+        capture_sim.inject("cut", role="chat")
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk(p.base_url).chat.completions.create(
+                model="sim-chat", messages=[{"role": "user", "content": marker()}]
+            )
+    # Reached, then broken: not "unreachable", which sends one to check the address.
+    assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_error"
+
+
 async def test_an_upstream_cut_mid_stream_ends_with_an_error_frame(proxy, capture_sim, capture_db):
     capture_sim.inject("cut", role="chat")
     tag = marker()

@@ -22,7 +22,7 @@ from lang_agent.agent.events import (
     ToolStarted,
     Usage,
 )
-from lang_agent.demo import EventPrinter, RemoteChat
+from lang_agent.demo import EventPrinter, RemoteChat, history_text
 from lang_agent.llm.sim import Simulator
 from lang_agent.settings import ROOT
 from tests.conftest import TEST_KEY
@@ -123,6 +123,11 @@ async def test_remote_events_show_filler_tools_and_answer(background_loop, live_
     assert kinds.index(Filler) < kinds.index(ToolStarted) < kinds.index(AnswerDelta)
     assert events[-1].usage.total_tokens > 0
     assert (await chat.history("demo-remote"))[0]["content"] == "现在几点了"
+    # A thread this session has not used: the listing says where its log is, not "none".
+    empty = history_text(
+        await chat.history("other"), printer=EventPrinter(colour=False), empty=chat.empty_history
+    )
+    assert "this session" in empty and "viewer" in empty
 
 
 def test_printer_keeps_kinds_apart():

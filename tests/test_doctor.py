@@ -19,6 +19,7 @@ from lang_agent.doctor import (
     Check,
     check_auth,
     check_database,
+    check_files,
     check_mcp,
     check_models,
     check_ports,
@@ -157,6 +158,16 @@ async def test_bad_mcp_config_file(make_settings, tmp_path):
     path.write_text('{"mcpServers": {}}')
     checks = await check_mcp(make_settings(mcp_config=path), timeout_s=5)
     assert not checks[0].ok and "Claude-style" in checks[0].detail
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
+def test_a_missing_or_broken_config_file_fails(make_settings, tmp_path, content):
+    models = tmp_path / "models.json"
+    if content is not None:
+        models.write_text(content, encoding="utf-8")
+    checks = check_files(make_settings(models_file=models))
+    (bad,) = failed(checks)
+    assert bad.name == "models file" and "MODELS_FILE" in bad.fix
 
 
 async def test_unreachable_database(make_settings):

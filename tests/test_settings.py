@@ -65,6 +65,30 @@ def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
     assert settings_error(caught.value).startswith(f"{name}: ")
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"x": {"transport": "stdio", "command": "python"}}', "server 'x': missing 'args'"),
+        (None, "cannot read the MCP config"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["fastapi_server/server_openai.py"], ["-m", "lang_agent.cli", "serve"]]
+)
+def test_a_bad_mcp_config_stops_the_server_with_one_line_naming_it(
+    tmp_path, command, content, problem
+):
+    config = tmp_path / "mcp.json"
+    if content is not None:
+        config.write_text(content, encoding="utf-8")
+    env = {**os.environ, "MCP_CONFIG": str(config), "DATA_DIR": str(tmp_path / "data")}
+    argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == STARTUP_FAILURE
+    assert done.stderr.startswith(f"error: {config}: {problem}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
     env = {**os.environ, "MCP_PING_S": "0", "REPEAT_THRESHOLD": "2"}
     done = subprocess.run(

@@ -260,8 +260,10 @@ class CaptureProxy:
             return await self.transport.handle_async_request(outgoing)
         except httpx2.TimeoutException as exc:
             return _error_response(504, "upstream_timeout", f"the upstream timed out: {exc!r}")
-        except httpx2.HTTPError as exc:
+        except httpx2.ConnectError as exc:
             return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
+        except httpx2.HTTPError as exc:  # reached, then it broke (a --force-stream stream cut)
+            return _error_response(502, "upstream_error", f"the upstream failed: {exc!r}")
 
 
 async def _relay(upstream: httpx2.Response, send: Send, watch: _ClientWatch) -> None:

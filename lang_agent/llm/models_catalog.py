@@ -41,14 +41,22 @@ class ModelCatalog:
 
     @classmethod
     def load(cls, path: Path | str | None) -> ModelCatalog:
-        """Read the catalog; a missing or broken file gives an empty one (and a warning)."""
+        """Read the catalog; a missing or broken file gives an empty one (and a warning): the
+        server still runs, with default windows and no costs."""
         if path is None:
             return cls({})
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls.read(path)
         except (OSError, ValueError) as exc:
             logger.warning("model catalog %s not loaded (%s): windows default, no costs", path, exc)
             return cls({})
+
+    @classmethod
+    def read(cls, path: Path | str) -> ModelCatalog:
+        """Read the catalog, or raise OSError / ValueError saying why not (`lang-agent doctor`)."""
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("the models file must hold a JSON object")
         return cls.from_dict(raw)
 
     @classmethod
