@@ -297,6 +297,7 @@ async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
         await small.close()
     assert row["flags"]["request_truncated"] == len(response.request.content)
     assert isinstance(row["request_body"], str) and len(row["request_body"]) <= 40
+    assert row["model"] == HELLO["model"]  # read from the whole body: filters still find it
 
 
 async def test_preflight_flags_what_does_not_fit_and_the_auto_model_it_picks(client, capture_db):

@@ -172,6 +172,8 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         record.flags.update(request.extensions.get(FLAGS_EXTENSION) or {})
         if cut:
             record.flags["request_truncated"] = len(request.content)
+            # Only the stored copy is cut: model, stream and the window check read it whole.
+            body, _ = _parse_body(request.content, max_bytes=len(request.content))
         if isinstance(body, dict):
             model = body.get("model")
             record.model = model if isinstance(model, str) else None
