@@ -135,12 +135,18 @@ mcp.run("stdio")
 """
 
 
-def test_a_huge_tool_result_is_cut_to_fit_and_answered(live_server, tmp_path, pg_dsn, thread_id):
+def _huge_result_config(tmp_path: Path) -> Path:
+    """An MCP config with one real stdio server whose device status is 5 MB long."""
     script = tmp_path / "huge_mcp.py"
     script.write_text(HUGE_RESULT_SERVER, encoding="utf-8")
     config = tmp_path / "mcp-huge.json"
     entry = {"transport": "stdio", "command": sys.executable, "args": [str(script)]}
     config.write_text(json.dumps({"huge": entry}), encoding="utf-8")
+    return config
+
+
+def test_a_huge_tool_result_is_cut_to_fit_and_answered(live_server, tmp_path, pg_dsn, thread_id):
+    config = _huge_result_config(tmp_path)
     server = live_server(mcp_config=config, tool_result_max_chars=2000)
     answer, events, finish = _turn(server, "设备状态怎么样", thread_id)
     finished = [e for e in events if e["kind"] == "tool_finished"]
@@ -160,11 +166,7 @@ def test_a_huge_tool_result_is_cut_to_fit_and_answered(live_server, tmp_path, pg
 def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path):
     """A tool result that cannot fit beside a MAX_TOKENS this large fails the turn after the
     filler was spoken: the speaker must end on the fallback sentence, not stop mid-way."""
-    script = tmp_path / "huge_mcp.py"
-    script.write_text(HUGE_RESULT_SERVER, encoding="utf-8")
-    config = tmp_path / "mcp-huge.json"
-    entry = {"transport": "stdio", "command": sys.executable, "args": [str(script)]}
-    config.write_text(json.dumps({"huge": entry}), encoding="utf-8")
+    config = _huge_result_config(tmp_path)
     server = live_server(mcp_config=config, max_tokens=31000)
     dashscope.base_http_api_url = f"{server.url}/api/"
     items = list(
