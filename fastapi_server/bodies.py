@@ -29,8 +29,14 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     return bytes(body)
 
 
+# pydantic names the member of a union it tried in the location (`thread_id.str`,
+# `content.list[TextPart]`); a client knows the field, not our type names.
+_UNION_MEMBER = re.compile(r"^(?:str|int|float|bool|none|dict|list|.*\[.*\])$")
+
+
 def _location(error: dict[str, Any]) -> str:
-    return ".".join(str(part) for part in error.get("loc", ())) or "body"
+    parts = (str(part) for part in error.get("loc", ()))
+    return ".".join(part for part in parts if not _UNION_MEMBER.match(part)) or "body"
 
 
 async def parse_json(request: Request, model: type[Model], *, limit: int) -> Model:

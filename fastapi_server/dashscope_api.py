@@ -103,7 +103,7 @@ def unwrap_voiceprint(content: str) -> tuple[str, str | None]:
 def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
     """The dialogue as InputMessages, plus the speaker if a voiceprint named one."""
     raw = list(body.messages or [])
-    if body.prompt:  # after `messages`, as the SDK itself would send it
+    if body.prompt and not body.prompt.isspace():  # after `messages`, as the SDK sends it
         raw.append(DashMessage(role="user", content=body.prompt))
     # The SDK appends `prompt` to `messages` when memory_id/prompt is set: answer it once.
     if len(raw) >= 2 and raw[-1].role == raw[-2].role == "user":

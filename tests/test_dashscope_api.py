@@ -230,7 +230,13 @@ def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
 
 @pytest.mark.parametrize(
     "body",
-    [b"{oops", b'{"input": {}}', b'{"input": {"messages": [{"role": "robot"}]}}', b'{"nope": 1}'],
+    [
+        b"{oops",
+        b'{"input": {}}',
+        b'{"input": {"prompt": "  "}}',
+        b'{"input": {"messages": [{"role": "robot"}]}}',
+        b'{"nope": 1}',
+    ],
 )
 def test_bad_input_is_a_flat_400(server, body):
     response = httpx2.post(

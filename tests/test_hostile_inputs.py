@@ -462,6 +462,18 @@ def test_sampling_fields_of_the_wrong_type_or_range_are_a_clean_400(http, field)
     assert response.json()["error"]["param"] == next(iter(field))
 
 
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (openai_body(thread_id=1.5), "thread_id"),
+        (openai_body({"role": "user", "content": 5}), "messages.0.content"),
+    ],
+)
+def test_an_error_names_the_field_not_our_types(http, body, param):
+    response = http.post(OPENAI, json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
 def test_sampling_fields_in_range_are_accepted(http):
     body = openai_body(temperature=0.3, top_p=0.9, max_tokens=64, n=1)
     assert http.post(OPENAI, json=body).status_code == 200
