@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.stream import TAIL_BYTES, summary_of_cut_body
 from lang_agent.capture.transport import BODY_EXTENSION, CapturingTransport
 from lang_agent.llm.context import calling
 from lang_agent.llm.models_catalog import ModelCatalog
@@ -298,6 +299,50 @@ async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
     assert row["flags"]["request_truncated"] == len(response.request.content)
     assert isinstance(row["request_body"], str) and len(row["request_body"]) <= 40
     assert row["model"] == HELLO["model"]  # read from the whole body: filters still find it
+
+
+async def test_a_response_stored_cut_keeps_its_tokens_and_finish_reason(
+    capture_db, capture_sim, thread
+):
+    small = Recorder(dsn=capture_db.dsn, max_body_bytes=120)
+    await small.start()
+    try:
+        transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=small, catalog=CATALOG)
+        async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
+            with calling(thread_id=thread):
+                response = await http.post("/chat/completions", json=HELLO)
+        assert len(response.content) > 120
+        row = await one_row(capture_db, thread)
+    finally:
+        await small.close()
+    answer = response.json()
+    assert row["flags"]["response_truncated"] and isinstance(row["response_body"], str)
+    assert row["chatcmpl_id"] == answer["id"] and row["finish_reason"] == "stop"
+    assert row["prompt_tokens"] == answer["usage"]["prompt_tokens"] > 0
+    assert row["completion_tokens"] == answer["usage"]["completion_tokens"]
+
+
+def test_a_cut_body_is_summed_up_from_its_two_ends():
+    body = json.dumps(
+        {
+            "id": "chatcmpl-7",
+            "model": "qwen-plus",
+            "choices": [
+                {
+                    "message": {"content": '"usage": {"fake": 1} ' * 50_000},
+                    "finish_reason": "length",
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+        }
+    ).encode()
+    summary = summary_of_cut_body(body[:1000], body[-TAIL_BYTES:])
+    assert summary == {
+        "id": "chatcmpl-7",
+        "model": "qwen-plus",
+        "choices": [{"finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+    }
 
 
 async def test_preflight_flags_what_does_not_fit_and_the_auto_model_it_picks(client, capture_db):

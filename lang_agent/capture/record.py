@@ -153,6 +153,9 @@ class CallRecord:
     tags: list[str] = field(default_factory=list)
     # Request and response bytes the record holds, for the writer's queue budget (not stored).
     body_bytes: int = 0
+    # What a response stored cut still tells (id, model, usage, finish reason), read from its
+    # head and tail for the accounting; not stored itself.
+    response_summary: dict[str, Any] | None = None
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 3)

@@ -12,8 +12,10 @@ can `subscribe()` to the tee's own parse instead of parsing the same bytes again
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
 import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -39,6 +41,29 @@ def describe_error(exc: BaseException) -> str:
         return CLIENT_CLOSED
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# A completion's usage and finish reason come last, after its (possibly huge) content.
+TAIL_BYTES = 16 * 1024
+_FIRST_TEXT = re.compile(rb'"(id|model)"\s*:\s*"([^"\\]{1,200})"')
+_FINISH = re.compile(rb'"finish_reason"\s*:\s*"(\w+)"')
+_USAGE = re.compile(rb'"usage"\s*:\s*(?=\{)')
+
+
+def summary_of_cut_body(head: bytes, tail: bytes) -> dict[str, Any]:
+    """Of a JSON completion stored cut: its id and model from the head, its usage and finish
+    reason from the tail, shaped like the completion itself for the accounting."""
+    summary: dict[str, Any] = {}
+    for match in _FIRST_TEXT.finditer(head[:4096]):
+        summary.setdefault(match.group(1).decode(), match.group(2).decode("utf-8", "replace"))
+    if finish := list(_FINISH.finditer(tail)):
+        summary["choices"] = [{"finish_reason": finish[-1].group(1).decode()}]
+    if usage := list(_USAGE.finditer(tail)):
+        text = tail[usage[-1].end() :].decode("utf-8", "replace")
+        with contextlib.suppress(ValueError):
+            value, _ = json.JSONDecoder().raw_decode(text)
+            summary["usage"] = value
+    return summary
 
 
 class _Decoder:
@@ -95,6 +120,7 @@ class CapturingStream(httpx2.AsyncByteStream):
         self._events: list[bytes] = []
         self._offsets: list[float] = []
         self._body = bytearray()
+        self._tail = bytearray()  # the last TAIL_BYTES of a body past the limit
         self._kept = 0
         self._seen = 0
         self._done = False
@@ -154,6 +180,9 @@ class CapturingStream(httpx2.AsyncByteStream):
             room = self._max_bytes - len(self._body)
             if room > 0:
                 self._body += data[:room]
+            if len(data) > room:
+                self._tail += data[max(room, 0) :]
+                del self._tail[: max(0, len(self._tail) - TAIL_BYTES)]
             return chunk
         for raw, end in self._splitter.feed(data):
             self._on_event(raw)
@@ -249,6 +278,8 @@ class CapturingStream(httpx2.AsyncByteStream):
             record.response_body = self._merger.result() if self._merger.chunks else None
         else:
             record.response_body = self._parsed_body()
+            if self._tail:
+                record.response_summary = summary_of_cut_body(self._body, self._tail)
         self._set_status()
         try:
             self._on_close(record)

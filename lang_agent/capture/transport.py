@@ -290,7 +290,9 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
                 logger.exception("on_finish hook failed for call %s", record.call_id)
 
     def _account(self, record: CallRecord) -> None:
-        body = record.response_body if isinstance(record.response_body, dict) else {}
+        body = record.response_body
+        if not isinstance(body, dict):  # stored cut (or not JSON): what its ends still say
+            body = record.response_summary or {}
         choices = [c for c in body.get("choices") or [] if isinstance(c, dict)]
         if isinstance(body.get("id"), str):
             record.chatcmpl_id = body["id"]
