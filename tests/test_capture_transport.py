@@ -6,6 +6,7 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
 import openai
@@ -280,22 +281,30 @@ async def test_a_body_handed_over_is_recorded_without_parsing_its_bytes_again(
     assert row["request_body"] == handed
 
 
-async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
-    capture_db, capture_sim, thread
-):
-    small = Recorder(dsn=capture_db.dsn, max_body_bytes=40)
+async def post_with_a_body_limit(
+    capture_db, capture_sim, thread: str, max_body_bytes: int, **request: Any
+) -> tuple[httpx2.Response, dict]:
+    """POST HELLO to the simulator through a recorder that keeps at most `max_body_bytes`;
+    the response and its row."""
+    small = Recorder(dsn=capture_db.dsn, max_body_bytes=max_body_bytes)
     await small.start()
     try:
         transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=small, catalog=CATALOG)
         async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
             with calling(thread_id=thread):
-                response = await http.post(
-                    "/chat/completions", json=HELLO, extensions={BODY_EXTENSION: HELLO}
-                )
+                response = await http.post("/chat/completions", json=HELLO, **request)
         assert response.status_code == 200
-        row = await one_row(capture_db, thread)
+        return response, await one_row(capture_db, thread)
     finally:
         await small.close()
+
+
+async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
+    capture_db, capture_sim, thread
+):
+    response, row = await post_with_a_body_limit(
+        capture_db, capture_sim, thread, 40, extensions={BODY_EXTENSION: HELLO}
+    )
     assert row["flags"]["request_truncated"] == len(response.request.content)
     assert isinstance(row["request_body"], str) and len(row["request_body"]) <= 40
     assert row["model"] == HELLO["model"]  # read from the whole body: filters still find it
@@ -304,19 +313,10 @@ async def test_a_handed_over_body_past_the_size_limit_is_cut_like_any_other(
 async def test_a_response_stored_cut_keeps_its_tokens_and_finish_reason(
     capture_db, capture_sim, thread
 ):
-    small = Recorder(dsn=capture_db.dsn, max_body_bytes=120)
-    await small.start()
-    try:
-        transport = CapturingTransport(httpx2.AsyncHTTPTransport(), recorder=small, catalog=CATALOG)
-        async with httpx2.AsyncClient(transport=transport, base_url=capture_sim.base_url) as http:
-            with calling(thread_id=thread):
-                response = await http.post("/chat/completions", json=HELLO)
-        assert len(response.content) > 120
-        row = await one_row(capture_db, thread)
-    finally:
-        await small.close()
+    response, row = await post_with_a_body_limit(capture_db, capture_sim, thread, 120)
     answer = response.json()
-    assert row["flags"]["response_truncated"] and isinstance(row["response_body"], str)
+    assert len(response.content) > 120 and row["flags"]["response_truncated"]
+    assert isinstance(row["response_body"], str)
     assert row["chatcmpl_id"] == answer["id"] and row["finish_reason"] == "stop"
     assert row["prompt_tokens"] == answer["usage"]["prompt_tokens"] > 0
     assert row["completion_tokens"] == answer["usage"]["completion_tokens"]
