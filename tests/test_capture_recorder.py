@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -84,10 +85,12 @@ def test_urls_lose_passwords_and_query_secrets_by_the_header_rule():
     assert redact_url(
         "http://user:pa%40ss@h:8/v1?auth=a&password=b&access_token=c&sig=d&session=s&q=1#f"
     ) == (
-        "http://user:[REDACTED]@h:8/v1?auth=[REDACTED]&password=[REDACTED]"
+        "http://user:REDACTED@h:8/v1?auth=[REDACTED]&password=[REDACTED]"
         "&access_token=[REDACTED]&sig=[REDACTED]&session=s&q=1#f"
     )
     assert redact_url("http://user@h/v1?a=1") == "http://user@h/v1?a=1"  # no password in it
+    # Still a URL: the proxy's log line reads its path (`[REDACTED]` there made urlsplit raise).
+    assert urlsplit(redact_url("http://user:pw@h:8/v1/x")).hostname == "h"
     names = "auth passwd x-auth-token api_key apiKey key client_secret x-session-id max_tokens"
     for name in names.split():
         in_header = redact_headers([(name, "v")])[name.lower()] == REDACTED
@@ -145,7 +148,7 @@ async def test_the_upstream_gets_the_body_and_url_the_table_keeps_redacted(captu
     assert sent == [(url, body | {"stream": True, "stream_options": {"include_usage": True}})]
     (row,) = await rows_of_thread(capture_db, thread)
     assert row["url"] == (
-        "http://user:[REDACTED]@up/v1/chat/completions?password=[REDACTED]&session=s-1"
+        "http://user:REDACTED@up/v1/chat/completions?password=[REDACTED]&session=s-1"
     )
     assert row["request_header"]["x-session-id"] == "sess-42"
     assert row["request_header"]["x-auth-token"] == REDACTED

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from lang_agent.capture.merge import split_events
 from lang_agent.capture.record import (
     REDACTED,
+    USERINFO_REDACTED,
     is_secret_header,
     redact_body,
     redact_url,
@@ -52,8 +53,12 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Names whose redacted value was the API key itself. Any other secret gets `$REDACTED_<NAME>`:
 # filling it with the key would send the key where it never went.
 _CARRIES_API_KEY = re.compile(r"^(?:authorization|key)$|api[-_]?key|subscription[-_]?key", re.I)
-# A redacted value in a stored URL: a query parameter's (group 1 is its name) or a password.
-_URL_SECRET = re.compile(r"(?:[?&]([^=&#]*)=|^[^/?#]*//[^/?#@:]*:)" + re.escape(REDACTED))
+# A redacted value in a stored URL (group 2): a query parameter's (group 1 is its name) or the
+# password.
+_URL_SECRET = re.compile(
+    rf"(?:[?&]([^=&#]*)=({re.escape(REDACTED)})"
+    rf"|^[^/?#]*//[^/?#@:]*:({USERINFO_REDACTED})@)"
+)
 _SHELL_SPECIAL = re.compile(r'([\\"$`])')
 
 
@@ -273,10 +278,11 @@ def _url_word(url: str) -> str:
     pieces: list[str] = []
     done = 0
     for match in _URL_SECRET.finditer(url):
-        name = "url_password" if match.group(1) is None else unquote(match.group(1))
-        start = match.end() - len(REDACTED)
-        pieces += [_SHELL_SPECIAL.sub(r"\\\1", url[done:start]), _placeholder(name)]
-        done = match.end()
+        in_query = match.group(1) is not None
+        name = unquote(match.group(1)) if in_query else "url_password"
+        secret = 2 if in_query else 3
+        pieces += [_SHELL_SPECIAL.sub(r"\\\1", url[done : match.start(secret)]), _placeholder(name)]
+        done = match.end(secret)
     if not pieces:
         return shlex.quote(url)
     return '"' + "".join(pieces) + _SHELL_SPECIAL.sub(r"\\\1", url[done:]) + '"'

@@ -14,6 +14,9 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 REDACTED = "[REDACTED]"
+# A URL's redacted password: brackets there would make the host unreadable (urlsplit takes
+# `[...]` in the authority for an IPv6 address and raises).
+USERINFO_REDACTED = "REDACTED"
 ALWAYS_REDACTED = frozenset(
     {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie", "set-cookie"}
 )
@@ -71,7 +74,7 @@ def redact_headers(headers: Iterable[tuple[str, str]], *, extra: Iterable[str] =
 def redact_url(url: str) -> str:
     """The URL with its userinfo password and the values of key-like query parameters replaced:
     safe to store, print and log (an upstream may be configured as http://user:pw@host)."""
-    url = _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", url)
+    url = _URL_PASSWORD.sub(lambda m: m.group(1) + USERINFO_REDACTED + "@", url)
     rest, hash_mark, fragment = url.partition("#")
     head, mark, query = rest.partition("?")
     if not mark:
