@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -82,11 +81,8 @@ def files_or_exit(settings: Settings) -> None:
 
 
 def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
-    """Serve, and after a SIGTERM exit through Python's own exit. uvicorn hands the signal to
-    the handler it found once its shutdown is done; the default one would end the process
-    there, past the atexit hook that stops the embedded Postgres, which then ran on alone."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    loop.run(serve(servers))
+    """Serve until Ctrl-C or SIGTERM, either way with the embedded Postgres stopped after."""
+    loop.run_until_stopped(serve(servers))
 
 
 def run(factory: str, *, settings: Settings, host: str, port: int) -> int:

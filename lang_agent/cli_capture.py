@@ -57,13 +57,11 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 def _run_calls(coro):  # type: ignore[no-untyped-def]
     """Run one calls command; user errors become a clean message and exit code 1."""
-    import asyncio
-
     from lang_agent.capture.commands import CallsError
     from lang_agent.capture.query import PredicateError
 
     try:
-        return asyncio.run(coro)
+        return loop.run_until_stopped(coro)
     except (CallsError, PredicateError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -252,7 +250,7 @@ def proxy_start(
 
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            loop.run(run_proxy(settings, on_ready=ready))
+            loop.run_until_stopped(run_proxy(settings, on_ready=ready))
     except OSError as exc:
         click.echo(f"cannot start the proxy: {exc}", err=True)
         sys.exit(STARTUP_FAILURE)

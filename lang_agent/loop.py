@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -23,3 +25,16 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the loop from `loop_factory`."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def run_until_stopped(main: Coroutine[Any, Any, T]) -> T:
+    """`run(main)`, where SIGTERM ends the process through Python's own exit, as Ctrl-C does:
+    the loop's tasks are cancelled, so their cleanup runs, and then the atexit hook that stops
+    the embedded Postgres. The default handler would end the process at once, leaving that
+    Postgres running. uvicorn takes SIGTERM while it serves and hands it back here once its
+    own shutdown is done."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        return run(main)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
