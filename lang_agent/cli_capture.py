@@ -197,6 +197,16 @@ def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) ->
         )
 
 
+def _route(text: str) -> dict[str, object]:
+    """`/qwen=ali` (by path prefix) or `qwen-*,qwq-*=ali` (by model) as a route's fields."""
+    chosen, _, upstream = text.partition("=")
+    if not chosen or not upstream:
+        raise click.BadParameter(f"{text!r} is not PREFIX=UPSTREAM or MODELS=UPSTREAM")
+    if chosen.startswith("/"):
+        return {"prefix": chosen, "upstream": upstream}
+    return {"models": chosen.split(","), "upstream": upstream}
+
+
 @click.group()
 def proxy() -> None:
     """The standalone capture proxy for any OpenAI-compatible client."""
@@ -204,8 +214,17 @@ def proxy() -> None:
 
 @proxy.command("start")
 @click.option("--port", type=int, default=None, help="Port on 127.0.0.1 [default 9988].")
-@click.option("--upstream", default=None, help="Upstream base URL [default Moonshot /v1].")
+@click.option("--upstream", default=None, help="Default upstream base URL [Moonshot /v1].")
 @click.option("--key", default=None, help="Send this key upstream instead of the client's.")
+@click.option(
+    "--route",
+    "routes",
+    multiple=True,
+    callback=lambda _ctx, _param, value: [_route(text) for text in value] or None,
+    metavar="PREFIX=UPSTREAM|MODELS=UPSTREAM",
+    help="Another upstream (a URL, or ali/moonshot/openai) for paths under /PREFIX or for "
+    "models matching MODELS (comma-separated globs); repeatable, replaces the file's routes.",
+)
 @click.option("--force-stream", is_flag=True, default=None, help="Stream non-stream calls.")
 @click.option("--detect-repeat", is_flag=True, default=None, help="Cut looping streams.")
 @click.option("--repeat-threshold", type=float, default=None, help="Repeat share [0.5].")
@@ -218,6 +237,7 @@ def proxy_start(
     port: int | None,
     upstream: str | None,
     key: str | None,
+    routes: list[dict[str, object]] | None,
     force_stream: bool | None,
     detect_repeat: bool | None,
     repeat_threshold: float | None,
@@ -230,11 +250,15 @@ def proxy_start(
     from fastapi_server.serve import configure_logging
     from lang_agent.capture.proxy import load_config_file, run_proxy
 
-    values: dict[str, object] = load_config_file(config) if config else {}
+    try:
+        values: dict[str, object] = load_config_file(config) if config else {}
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     flags = {
         "proxy_port": port,
         "proxy_upstream": upstream,
         "proxy_key": key,
+        "proxy_routes": routes,
         "force_stream": force_stream,
         "detect_repeat": detect_repeat,
         "repeat_threshold": repeat_threshold,

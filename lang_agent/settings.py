@@ -5,8 +5,18 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +24,10 @@ CONFIGS = ROOT / "configs"
 
 Role = Literal["router", "chat", "tool", "chatty"]
 ROLES: tuple[Role, ...] = ("router", "chat", "tool", "chatty")
+# Hosted providers: each has a <NAME>_BASE_URL and a <NAME>_API_KEY setting.
+HOSTED_PROVIDERS = ("ali", "moonshot", "openai")
+# Paths the proxy answers itself or maps onto the default upstream: no route may take them.
+_RESERVED_PREFIXES = ("/v1", "/metrics")
 
 
 def is_loopback(host: str) -> bool:
@@ -32,6 +46,60 @@ def settings_error(exc: ValidationError) -> str:
         name = ".".join(str(part) for part in error["loc"]).upper()
         parts.append(f"{name}: {error['msg']}" if name else error["msg"])
     return "; ".join(parts)
+
+
+class ProxyRoute(BaseModel):
+    """One more upstream of `lang-agent proxy start`, for calls under a path prefix (`/qwen`:
+    the client's base_url ends in `/qwen/v1`) or for calls naming a model that matches one of
+    `models` (glob patterns such as `qwen-*`). `upstream` is a base URL or a hosted provider's
+    name (`ali`, `moonshot`, `openai`), which brings that provider's base URL and key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    prefix: str | None = None
+    models: list[str] = Field(default_factory=list)
+    upstream: str
+    key: SecretStr | None = None
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_is_a_url_or_provider(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value in HOSTED_PROVIDERS or (parts.scheme in ("http", "https") and parts.netloc):
+            return value
+        raise ValueError(
+            f"{value!r} is neither an http(s) base URL nor one of {', '.join(HOSTED_PROVIDERS)}"
+        )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_path_of_its_own(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or value.endswith("/") or any(c in value for c in "?#% "):
+            raise ValueError(f"prefix {value!r} must be a path such as /qwen (no trailing /)")
+        if any(value == p or value.startswith(p + "/") for p in _RESERVED_PREFIXES):
+            raise ValueError(f"prefix {value!r} would hide {', '.join(_RESERVED_PREFIXES)}")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _patterns_are_not_blank(cls, value: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("a model pattern is blank")
+        return value
+
+    @model_validator(mode="after")
+    def _chosen_somehow(self) -> ProxyRoute:
+        if self.prefix is None and not self.models:
+            raise ValueError("a route needs a prefix, models, or both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Its name in logs: `name`, else the prefix, else the first model pattern."""
+        return self.name or self.prefix or self.models[0]
 
 
 class Settings(BaseSettings):
@@ -264,10 +332,17 @@ class Settings(BaseSettings):
         9988, ge=0, le=65535, description="Port of `lang-agent proxy start` (127.0.0.1)."
     )
     proxy_upstream: str = Field(
-        "https://api.moonshot.cn/v1", description="Base URL the proxy forwards to."
+        "https://api.moonshot.cn/v1",
+        description="Base URL the proxy forwards to, but for calls that PROXY_ROUTES send "
+        "elsewhere.",
     )
     proxy_key: SecretStr | None = Field(
         None, description="API key the proxy sends upstream instead of the client's."
+    )
+    proxy_routes: list[ProxyRoute] = Field(
+        default_factory=list,
+        description="More upstreams of the proxy, as a JSON list of routes, each chosen by "
+        "path prefix or by model (docs/proxy.md).",
     )
     proxy_read_timeout_s: float = Field(
         300.0,
@@ -320,6 +395,19 @@ class Settings(BaseSettings):
                 "FAST_AUTH_KEYS: set one or bind 127.0.0.1"
             )
         return self
+
+    @model_validator(mode="after")
+    def _proxy_routes_are_distinct(self) -> Settings:
+        for attribute in ("label", "prefix"):
+            seen = [getattr(r, attribute) for r in self.proxy_routes]
+            twice = sorted({v for v in seen if v is not None and seen.count(v) > 1})
+            if twice:
+                raise ValueError(f"two proxy routes share the {attribute} {', '.join(twice)}")
+        return self
+
+    def provider_endpoint(self, provider: str) -> tuple[str, SecretStr | None]:
+        """A hosted provider's base URL and key: ALI_BASE_URL and ALI_API_KEY for `ali`."""
+        return getattr(self, f"{provider}_base_url"), getattr(self, f"{provider}_api_key")
 
     @property
     def viewer_auth_keys(self) -> list[str]:

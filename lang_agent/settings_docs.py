@@ -17,14 +17,15 @@ def _default(value: object) -> str:
             return str(value.relative_to(ROOT))
         except ValueError:
             return str(value)
-    return "" if value is None else str(value)
+    return "" if value in (None, []) else str(value)
 
 
 def rows() -> list[tuple[str, str, str]]:
     """(ENV_NAME, default, description) for every setting, in declaration order."""
     result = []
     for name, field in Settings.model_fields.items():
-        result.append((name.upper(), _default(field.default), field.description or ""))
+        default = field.get_default(call_default_factory=True)
+        result.append((name.upper(), _default(default), field.description or ""))
     return result
 
 

@@ -268,6 +268,44 @@ async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db)
     assert "upstream-only-key" not in dumped and "client-wrong-key" not in dumped
 
 
+async def test_routes_send_calls_to_their_own_upstream_with_their_own_key(
+    capture_sim, capture_dsn, capture_db
+):
+    guarded = Simulator(api_key="route-only-key")
+    other = await guarded.start(host="127.0.0.1", port=0)
+    routes = [
+        {"name": "b", "prefix": "/b", "upstream": other, "key": "route-only-key"},
+        {"models": ["sim-chatty*"], "upstream": other, "key": "route-only-key"},
+    ]
+    settings = proxy_settings(capture_sim.base_url, capture_dsn, proxy_routes=routes)
+    tags = {how: marker() for how in ("prefix", "model", "default")}
+
+    async def ask(base_url: str, model: str, tag: str) -> str:
+        done = await sdk(base_url).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": tag}]
+        )
+        return done.choices[0].message.content
+
+    try:
+        async with running_proxy(settings, dsn=capture_dsn, port=0) as p:
+            root = p.base_url.removesuffix("/v1")
+            assert await ask(f"{root}/b/v1", "sim-chat", tags["prefix"])
+            assert await ask(p.base_url, "sim-chatty", tags["model"])
+            assert await ask(p.base_url, "sim-chat", tags["default"])
+            listed = await sdk(f"{root}/b/v1").models.list()
+            assert any(m.id == "sim-chat" for m in listed.data)
+            answered_by_other = guarded.snapshot()["calls"]
+    finally:
+        await guarded.stop()
+    assert answered_by_other["chat"] + answered_by_other["chatty"] == 2
+    for how, tag in tags.items():
+        (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+        upstream = capture_sim.base_url if how == "default" else other
+        assert row["url"] == f"{upstream}/chat/completions" and row["status"] == "ok"
+        assert row["flags"].get("key_override", False) is (how != "default")
+        assert "route-only-key" not in json.dumps(row, default=str)
+
+
 async def test_a_client_that_leaves_before_the_answer_ends_the_upstream_call(
     proxy, capture_sim, capture_db
 ):

@@ -1,10 +1,11 @@
 """The standalone capture proxy: any OpenAI-compatible client changes its base_url to use it.
 
-Every method, path and query string is forwarded to the upstream (`/v1/...` maps onto the
-upstream base URL) through the same CapturingTransport the agent uses. Stream chunks are relayed
-as they arrive, one ASGI message each, so every event is flushed. There is a connect timeout and
-an idle-read timeout, never a total one. Hop-by-hop headers are dropped; `--key` replaces the
-client's Authorization, which is logged at start and flagged on every call. GET /metrics is
+Every method, path and query string is forwarded to an upstream (`/v1/...` maps onto its base
+URL): a route's, chosen by path prefix or model (capture/routes.py), else PROXY_UPSTREAM. It goes
+through the same CapturingTransport the agent uses. Stream chunks are relayed as they arrive,
+one ASGI message each, so every event is flushed. There is a connect timeout and an idle-read
+timeout, never a total one. Hop-by-hop headers are dropped; `--key` (or a route's key) replaces
+the client's Authorization, which is logged at start and flagged on every call. GET /metrics is
 answered by the proxy itself. A client that disconnects, before the answer or during it, ends
 the upstream call, which is recorded `incomplete` for that reason.
 """
@@ -33,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
 from lang_agent.capture.record import CallRecord, redact_url
 from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.routes import Routes
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
 from lang_agent.llm.http1 import Http1Transport
@@ -72,6 +74,7 @@ CONFIG_KEYS = {
     "port": "proxy_port",
     "upstream": "proxy_upstream",
     "key": "proxy_key",
+    "routes": "proxy_routes",
     "read_timeout_s": "proxy_read_timeout_s",
 }
 
@@ -125,11 +128,17 @@ class _ClientWatch:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Settings from a TOML or JSON file; keys are flag names (`upstream`) or setting names."""
-    text = path.read_text(encoding="utf-8")
-    raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    if isinstance(raw.get("proxy"), dict):
+    """Settings from a TOML or JSON file; keys are flag names (`upstream`) or setting names.
+    ValueError, naming the file, when it cannot be read as one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON, not TOML
+        raise ValueError(f"{path}: {exc}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("proxy"), dict):
         raw = raw["proxy"]
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: settings must be a table (TOML) or an object (JSON)")
     values = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
@@ -187,21 +196,17 @@ class CaptureProxy:
     def __init__(
         self,
         *,
-        upstream: str,
+        routes: Routes,
         transport: httpx2.AsyncBaseTransport,
         timeout: httpx2.Timeout,
         metrics: Metrics,
-        key: str | None,
         loop_lag: LoopLag | None = None,
     ) -> None:
-        self.upstream = upstream
+        self.routes = routes
         self.transport = transport
         self.metrics = metrics
         self.loop_lag = loop_lag
-        self._key = key
-        self._extensions: dict[str, Any] = {"timeout": timeout.as_dict()}
-        if key is not None:
-            self._extensions[FLAGS_EXTENSION] = {"key_override": True}
+        self._timeout = timeout.as_dict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -228,33 +233,20 @@ class CaptureProxy:
         finally:
             watch.stop()
 
-    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        """The client's headers (ASGI gives the names in lower case) less the hop-by-hop ones."""
-        wanted = b""
-        headers = []
-        for name, value in scope["headers"]:
-            if name == b"accept-encoding":
-                wanted = value
-            elif name.decode("latin-1") in HOP_BY_HOP:
-                continue
-            elif name != b"authorization" or self._key is None:
-                headers.append((name, value))
-        headers.append((b"accept-encoding", _accept_encoding(wanted.decode("latin-1")).encode()))
-        if self._key is not None:
-            headers.append((b"authorization", f"Bearer {self._key}".encode()))
-        return headers
-
     async def _forward(self, scope: Scope, content: bytes) -> httpx2.Response | Response:
         """The upstream's streamed response, or an error response when it cannot be reached."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        upstream, path = self.routes.pick(raw_path, content)
         query = scope.get("query_string", b"").decode("latin-1")
-        url = upstream_url(self.upstream, path=raw_path.decode("latin-1"), query=query)
+        extensions: dict[str, Any] = {"timeout": self._timeout}
+        if upstream.key is not None:
+            extensions[FLAGS_EXTENSION] = {"key_override": True}
         outgoing = httpx2.Request(
             scope["method"],
-            url,
-            headers=self._headers(scope),
+            upstream_url(upstream.base_url, path=path, query=query),
+            headers=_headers(scope, upstream.key),
             content=content,
-            extensions=dict(self._extensions),
+            extensions=extensions,
         )
         try:
             return await self.transport.handle_async_request(outgoing)
@@ -264,6 +256,24 @@ class CaptureProxy:
             return _error_response(502, "upstream_unreachable", f"the upstream failed: {exc!r}")
         except httpx2.HTTPError as exc:  # reached, then it broke (a --force-stream stream cut)
             return _error_response(502, "upstream_error", f"the upstream failed: {exc!r}")
+
+
+def _headers(scope: Scope, key: str | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers (ASGI gives the names in lower case) less the hop-by-hop ones, with
+    the upstream's own key, if it has one, in place of the client's."""
+    wanted = b""
+    headers = []
+    for name, value in scope["headers"]:
+        if name == b"accept-encoding":
+            wanted = value
+        elif name.decode("latin-1") in HOP_BY_HOP:
+            continue
+        elif name != b"authorization" or key is None:
+            headers.append((name, value))
+    headers.append((b"accept-encoding", _accept_encoding(wanted.decode("latin-1")).encode()))
+    if key is not None:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+    return headers
 
 
 async def _relay(upstream: httpx2.Response, send: Send, watch: _ClientWatch) -> None:
@@ -322,6 +332,7 @@ class RunningProxy:
     server: uvicorn.Server
     task: asyncio.Task[None]
     recorder: Recorder
+    routes: Routes
 
     async def wait(self) -> None:
         await self.task
@@ -332,8 +343,8 @@ async def running_proxy(
     settings: Settings, *, dsn: str | None, port: int | None = None
 ) -> AsyncIterator[RunningProxy]:
     """The proxy listening on 127.0.0.1 (port 0 = a free one) until the block ends."""
-    key = settings.proxy_key.get_secret_value() if settings.proxy_key else None
-    if key is not None:
+    routes = Routes.from_settings(settings)
+    if routes.default.key is not None:
         logger.warning(
             "--key is set: every call goes upstream with the configured key instead of the "
             "client's Authorization header"
@@ -352,11 +363,10 @@ async def running_proxy(
         )
         async with transport:
             app = CaptureProxy(
-                upstream=settings.proxy_upstream,
+                routes=routes,
                 transport=transport,
                 timeout=timeout,
                 metrics=recorder.metrics,
-                key=key,
                 loop_lag=loop_lag,
             )
             config = uvicorn.Config(
@@ -381,7 +391,7 @@ async def running_proxy(
                             raise RuntimeError("the proxy did not start")
                         await asyncio.sleep(0.01)
                 bound = server.servers[0].sockets[0].getsockname()[1]
-                yield RunningProxy(f"http://127.0.0.1:{bound}/v1", server, task, recorder)
+                yield RunningProxy(f"http://127.0.0.1:{bound}/v1", server, task, recorder, routes)
             finally:
                 server.should_exit = True
                 with contextlib.suppress(asyncio.CancelledError):
@@ -394,5 +404,7 @@ async def run_proxy(settings: Settings, *, on_ready: Callable[[str], None]) -> N
     async with running_proxy(settings, dsn=dsn) as proxy:
         upstream = redact_url(settings.proxy_upstream)  # it may hold user:password@
         logger.info("capture proxy for %s at %s", upstream, proxy.base_url)
+        for route in proxy.routes.routes:
+            logger.info("route %s: %s", route.name, route.describe())
         on_ready(proxy.base_url)
         await proxy.wait()

@@ -10,7 +10,7 @@ import httpx2
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from lang_agent.settings import ROLES, Role, Settings
+from lang_agent.settings import HOSTED_PROVIDERS, ROLES, Role, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ def resolve_specs(
     fallback = default_provider(settings)
     endpoints: dict[str, tuple[str | None, SecretStr | None]] = {
         "sim": (sim_url, SecretStr("sim")),
-        "ali": (settings.ali_base_url, settings.ali_api_key),
-        "moonshot": (settings.moonshot_base_url, settings.moonshot_api_key),
-        "openai": (settings.openai_base_url, settings.openai_api_key),
+        **{name: settings.provider_endpoint(name) for name in HOSTED_PROVIDERS},
     }
     specs: dict[Role, ModelSpec] = {}
     for role in ROLES:
