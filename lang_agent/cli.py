@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from lang_agent import loop
 from lang_agent.cli_capture import calls, proxy
 from lang_agent.cli_common import (
     CONN_STR_OPTION,
@@ -178,8 +179,7 @@ def cleanup(
     conn_str: str | None,
 ) -> None:
     """Prune old checkpoints, conversation log rows and captured calls (0 keeps a table's rows)."""
-    import asyncio
-
+    from lang_agent.db import CommandError
     from lang_agent.retention import cleanup_command
 
     def confirm(plan: str) -> bool:
@@ -192,7 +192,11 @@ def cleanup(
         log_retention_days=log_retention_days,
         capture_retention_days=capture_retention_days,
     )
-    click.echo(asyncio.run(cleanup_command(settings, dry_run=dry_run, confirm=confirm)))
+    try:
+        report = loop.run_until_stopped(cleanup_command(settings, dry_run=dry_run, confirm=confirm))
+    except CommandError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(report)
 
 
 main.add_command(calls)

@@ -57,12 +57,12 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 def _run_calls(coro):  # type: ignore[no-untyped-def]
     """Run one calls command; user errors become a clean message and exit code 1."""
-    from lang_agent.capture.commands import CallsError
     from lang_agent.capture.query import PredicateError
+    from lang_agent.db import CommandError
 
     try:
         return loop.run_until_stopped(coro)
-    except (CallsError, PredicateError) as exc:
+    except (CommandError, PredicateError) as exc:
         raise click.ClickException(str(exc)) from exc
 
 

@@ -327,6 +327,41 @@ async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
     return dsn, server
 
 
+class CommandError(Exception):
+    """A command cannot do what was asked; the message, one line, is for the user."""
+
+
+@contextlib.asynccontextmanager
+async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
+    """One connection for a command (`calls`, `cleanup`) to the configured or embedded
+    database, schema applied.
+
+    A database that is down, silent or refuses us, a value it rejects and a statement timeout
+    are the user's to fix: they become a one-line CommandError, with the DSN's password masked.
+    """
+    dsn, _embedded = await resolve_dsn(settings)
+    try:
+        # Without a timeout a peer that accepts TCP and never answers hangs the command;
+        # libpq counts whole seconds.
+        conn = await AsyncConnection.connect(
+            dsn, connect_timeout=max(1, round(settings.db_timeout_s)), **CONNECTION_KWARGS
+        )
+    except psycopg.Error as exc:
+        raise CommandError(f"cannot connect to {mask_dsn(dsn)}: {_first_line(exc)}") from exc
+    try:
+        async with conn:
+            await migrate(conn)
+            yield conn
+    except (psycopg.OperationalError, psycopg.DataError) as exc:
+        raise CommandError(_first_line(exc)) from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """psycopg's message without libpq's hint lines and the query excerpt."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 # A connection back in the pool this recently, whose socket has nothing to read, is taken as
 # alive without a round trip; an older one is pinged as the pool does by default.
 TRUSTED_IDLE_S = 10.0

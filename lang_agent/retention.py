@@ -23,7 +23,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from lang_agent.capture.query import CallFilter, count_calls, delete_calls
-from lang_agent.db import CONNECTION_KWARGS, Database, migrate, resolve_dsn
+from lang_agent.db import Database, command_connection
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -331,9 +331,7 @@ async def cleanup_command(
     settings: Settings, *, dry_run: bool, confirm: Callable[[str], bool]
 ) -> str:
     """`lang-agent cleanup`: count, ask `confirm(plan)`, prune; returns the text to print."""
-    dsn, _embedded = await resolve_dsn(settings)
-    async with await AsyncConnection.connect(dsn, **CONNECTION_KWARGS) as conn:
-        await migrate(conn)
+    async with command_connection(settings) as conn:
         planned = await prune_with_settings(conn, settings=settings, dry_run=True)
         plan = describe(planned, settings=settings)
         if dry_run:

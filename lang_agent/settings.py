@@ -24,6 +24,8 @@ CONFIGS = ROOT / "configs"
 
 Role = Literal["router", "chat", "tool", "chatty"]
 ROLES: tuple[Role, ...] = ("router", "chat", "tool", "chatty")
+# A century: a longer retention (or an infinite one) is no date Python can compute; 0 is forever.
+MAX_RETENTION_DAYS = 36500
 # Hosted providers: each has a <NAME>_BASE_URL and a <NAME>_API_KEY setting.
 HOSTED_PROVIDERS = ("ali", "moonshot", "openai")
 # Paths the proxy answers itself or maps onto the default upstream: no route may take them.
@@ -357,13 +359,22 @@ class Settings(BaseSettings):
         description="Checkpoints kept per thread (the latest); older ones are pruned. 0: keep all.",
     )
     log_retention_days: float = Field(
-        0, ge=0, description="Conversation log (turns, messages) kept this many days. 0: forever."
+        0,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="Conversation log (turns, messages) kept this many days. 0: forever.",
     )
     capture_retention_days: float = Field(
-        30, ge=0, description="Captured model calls (llm_calls) kept this many days. 0: forever."
+        30,
+        ge=0,
+        le=MAX_RETENTION_DAYS,
+        description="Captured model calls (llm_calls) kept this many days. 0: forever.",
     )
     retention_interval_h: float = Field(
-        0, ge=0, description="The server prunes by the rules above every this many hours. 0: never."
+        0,
+        ge=0,
+        le=MAX_RETENTION_DAYS * 24,
+        description="The server prunes by the rules above every this many hours. 0: never.",
     )
 
     # --- evaluation (scripts/eval.py, scripts/make_eval_dataset.py)
@@ -377,6 +388,15 @@ class Settings(BaseSettings):
 
     timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("conn_str", "viewer_conn_str", mode="before")
+    @classmethod
+    def _blank_dsn_is_none(cls, value: object) -> object:
+        """`--conn-str ''` means what an empty CONN_STR does: the embedded Postgres (libpq
+        would take an empty DSN for its default local socket)."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @model_validator(mode="after")
     def _refuse_open_bind_without_keys(self) -> Settings:

@@ -203,9 +203,11 @@ def _refused_dsn() -> str:
     return f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:{port}/postgres"
 
 
-@pytest.mark.parametrize("args", CALLS_COMMANDS, ids=lambda a: a[0])
-def test_refused_database_is_a_one_line_error(args):
-    result = CliRunner().invoke(main, ["calls", *args], env={"CONN_STR": _refused_dsn()})
+@pytest.mark.parametrize(
+    "argv", [["calls", *args] for args in CALLS_COMMANDS] + [["cleanup", "--dry-run"]], ids=str
+)
+def test_refused_database_is_a_one_line_error(argv):
+    result = CliRunner().invoke(main, argv, env={"CONN_STR": _refused_dsn()})
     assert result.exit_code == 1, result.output
     assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
     assert "Connection refused" in result.stderr and "postgres:***@127.0.0.1" in result.stderr

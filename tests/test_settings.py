@@ -36,6 +36,13 @@ def test_conn_str_aliases(monkeypatch, name):
     assert "secret" not in repr(settings)
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_a_blank_conn_str_flag_means_the_embedded_postgres(blank):
+    # As an empty CONN_STR does; libpq took an empty DSN for its default local socket.
+    settings = Settings(_env_file=None, conn_str=blank, viewer_conn_str=blank)
+    assert settings.conn_str is None and settings.viewer_conn_str is None
+
+
 def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
     """The repeat detector divides by it: zero would fail every streamed call, not the start."""
     monkeypatch.setenv("REPEAT_MIN_LENGTH", "0")
@@ -56,6 +63,10 @@ def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
         ("MCP_PING_S", "0"),  # a ping loop without a pause
         ("CAPTURE_BATCH_SIZE", "0"),
         ("REPEAT_THRESHOLD", "1.5"),
+        # Beyond a century no cutoff date can be computed: cleanup and the job raised.
+        ("LOG_RETENTION_DAYS", "1e9"),
+        ("CAPTURE_RETENTION_DAYS", "inf"),
+        ("RETENTION_INTERVAL_H", "inf"),
     ],
 )
 def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):

@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-import psycopg
 from psycopg import AsyncConnection
 
 from lang_agent.capture.export import (
@@ -28,44 +27,22 @@ from lang_agent.capture.query import (
     list_calls,
 )
 from lang_agent.capture.replay import ReplayCase, ReplayServer
-from lang_agent.db import CONNECTION_KWARGS, mask_dsn, migrate, resolve_dsn
+from lang_agent.db import CommandError, command_connection
 from lang_agent.settings import Settings
 
 EXPORT_LIMIT = 10000
 
 
-class CallsError(Exception):
+class CallsError(CommandError):
     """A calls command cannot do what was asked; the message is for the user."""
 
 
 @contextlib.asynccontextmanager
 async def calls_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
-    """One connection to the configured (or embedded) database, schema applied.
-
-    A database that is down, silent or refuses us, a value it rejects and a statement timeout
-    are the user's to fix: they become a one-line CallsError, with the DSN's password masked."""
-    dsn, _embedded = await resolve_dsn(settings)
-    try:
-        # Without a timeout a peer that accepts TCP and never answers hangs the command;
-        # libpq counts whole seconds.
-        conn = await AsyncConnection.connect(
-            dsn, connect_timeout=max(1, round(settings.db_timeout_s)), **CONNECTION_KWARGS
-        )
-    except psycopg.Error as exc:
-        raise CallsError(f"cannot connect to {mask_dsn(dsn)}: {_first_line(exc)}") from exc
-    try:
-        async with conn:
-            await migrate(conn)
-            await conn.execute(STATEMENT_TIMEOUT_SQL)
-            yield conn
-    except (psycopg.OperationalError, psycopg.DataError) as exc:
-        raise CallsError(_first_line(exc)) from exc
-
-
-def _first_line(exc: Exception) -> str:
-    """psycopg's message without libpq's hint lines and the query excerpt."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    """A command's connection (one-line errors), with a statement timeout for the queries."""
+    async with command_connection(settings) as conn:
+        await conn.execute(STATEMENT_TIMEOUT_SQL)
+        yield conn
 
 
 def _needs_selector(filters: CallFilter) -> None:
