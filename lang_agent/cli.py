@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import click
 
@@ -179,12 +181,7 @@ def cleanup(
     conn_str: str | None,
 ) -> None:
     """Prune old checkpoints, conversation log rows and captured calls (0 keeps a table's rows)."""
-    from lang_agent.db import CommandError
     from lang_agent.retention import cleanup_command
-
-    def confirm(plan: str) -> bool:
-        click.echo(plan)
-        return yes or click.confirm("delete these rows?", default=False)
 
     settings = settings_from(
         conn_str=conn_str,
@@ -192,8 +189,38 @@ def cleanup(
         log_retention_days=log_retention_days,
         capture_retention_days=capture_retention_days,
     )
+    _run_deletion(cleanup_command(settings, dry_run=dry_run, confirm=_confirmer(yes)))
+
+
+@main.command()
+@click.argument("thread_ids", nargs=-1, required=True, metavar="THREAD_ID...")
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@CONN_STR_OPTION
+def forget(thread_ids: tuple[str, ...], dry_run: bool, yes: bool, conn_str: str | None) -> None:
+    """Erase threads everywhere: memory, conversation log and captured calls (exact ids)."""
+    from lang_agent.forget import forget_command
+
+    settings = settings_from(conn_str=conn_str)
+    _run_deletion(forget_command(settings, thread_ids, dry_run=dry_run, confirm=_confirmer(yes)))
+
+
+def _confirmer(yes: bool) -> Callable[[str], bool]:
+    """Shows the plan, then asks, unless --yes."""
+
+    def confirm(plan: str) -> bool:
+        click.echo(plan)
+        return yes or click.confirm("delete these rows?", default=False)
+
+    return confirm
+
+
+def _run_deletion(command: Coroutine[Any, Any, str]) -> None:
+    """Run a deleting command and print its report; its CommandError is one line, exit 1."""
+    from lang_agent.db import CommandError
+
     try:
-        report = loop.run_until_stopped(cleanup_command(settings, dry_run=dry_run, confirm=confirm))
+        report = loop.run_until_stopped(command)
     except CommandError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(report)

@@ -1,5 +1,6 @@
 """Retention: checkpoints down to the latest N per thread, old log rows and captured calls pruned,
-live threads' memory intact, dry runs that only count."""
+live threads' memory intact, dry runs that only count; and `lang-agent forget`, which erases a
+thread everywhere."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from psycopg.rows import dict_row
 from lang_agent.agent.events import AnswerDelta, Done, InputMessage, TurnRequest
 from lang_agent.cli import main
 from lang_agent.db import CONNECTION_KWARGS
+from lang_agent.forget import forget_command
 from lang_agent.llm.sim import Simulator
 from lang_agent.retention import (
     TRY_LOCK_SQL,
@@ -27,6 +29,7 @@ from lang_agent.retention import (
     run_once,
 )
 from lang_agent.service import open_service
+from tests.capture_fixtures import eventually
 from tests.support import set_latency
 
 CHECKPOINTS_SQL = "SELECT count(*) AS n FROM checkpoints WHERE thread_id = %s"
@@ -257,3 +260,73 @@ async def test_prune_during_a_turn_keeps_that_turn(
             assert "小明" in await talk(service, thread_id, "我叫什么名字")
     finally:
         background_loop.run(simulator.stop())
+
+
+async def test_forget_erases_a_thread_everywhere_and_nothing_else(
+    service, make_settings, retention_dsn
+):
+    gone, kept = f"forget-{uuid.uuid4().hex[:8]}", f"kept-{uuid.uuid4().hex[:8]}"
+    for thread in (gone, kept):
+        await talk(service, thread, "我叫小明")
+
+    async def rows(thread: str) -> dict[str, int]:
+        async with service.db.connection() as conn:
+            found = {
+                "checkpoints": await count(conn, CHECKPOINTS_SQL, thread),
+                "turns": await count(conn, COUNT_TURNS_SQL, thread),
+                "messages": await count(conn, COUNT_MESSAGES_SQL, thread),
+                "llm_calls": await count(conn, COUNT_CALLS_SQL, thread),
+            }
+        return found
+
+    async def logged() -> bool:  # the log and the capture are written behind the turn
+        return all((await rows(gone)).values()) and all((await rows(kept)).values())
+
+    await eventually(logged)
+    before = await rows(kept)
+    settings = make_settings(conn_str=retention_dsn)
+    report = await forget_command(settings, [gone], dry_run=False, confirm=lambda _plan: True)
+    assert report.startswith("checkpoint_writes") and "forgot 1 thread(s)" in report
+    assert set((await rows(gone)).values()) == {0}
+    assert await rows(kept) == before
+    config = {"configurable": {"thread_id": gone}}
+    assert await service.agent.checkpointer.aget_tuple(config) is None
+    assert await talk(service, gone, "你好")  # the id starts afresh
+
+
+def test_forget_cli_counts_asks_refuses_a_busy_thread_and_erases(retention_dsn, thread_id):
+    busy = f"{thread_id}-busy"
+    with psycopg.connect(retention_dsn, row_factory=dict_row, autocommit=True) as conn:
+        when = datetime.now(UTC)
+        turn_id = uuid.uuid4()
+        conn.execute(INSERT_TURN_SQL, (turn_id, thread_id, when))
+        conn.execute(INSERT_MESSAGE_SQL, (thread_id, turn_id, 0, when))
+        conn.execute(INSERT_CALL_SQL, (uuid.uuid4(), thread_id, when))
+        conn.execute(
+            "INSERT INTO thread_leases VALUES (%s, 'a worker', now() + interval '1 minute')",
+            (busy,),
+        )
+    runner = CliRunner()
+
+    def forget(*args: str, answer: str | None = None):
+        return runner.invoke(main, ["forget", "--conn-str", retention_dsn, *args], input=answer)
+
+    dry = forget(thread_id, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert [
+        line.split() for line in dry.output.splitlines() if line.startswith(("t", "m", "l"))
+    ] == [
+        ["messages", "1"],
+        ["turns", "1"],
+        ["llm_calls", "1"],
+    ]
+    assert forget(thread_id, answer="n\n").output.endswith("nothing deleted\n")
+    refused = forget(thread_id, busy, "--yes")
+    assert refused.exit_code == 1
+    assert refused.output == f"Error: a turn is running on '{busy}': forget it once it has ended\n"
+    done = forget(thread_id, "--yes")  # the refusal above deleted nothing: all or none
+    assert done.exit_code == 0 and "forgot 1 thread(s): 3 rows" in done.output, done.output
+    assert forget(thread_id, "--yes").output.endswith("nothing to forget\n")
+    with psycopg.connect(retention_dsn, row_factory=dict_row) as conn:
+        assert conn.execute(LEASE_SQL, (thread_id,)).fetchone()["n"] == 0
+        assert conn.execute(LEASE_SQL, (busy,)).fetchone()["n"] == 1
