@@ -13,7 +13,9 @@
 Cases run through the real turn engine (run_turn), a few at a time, each on its own thread
 and its own simulated device. Without provider keys the models are the built-in simulator,
 so the run is deterministic and local. Results go to eval_results/<timestamp>/: cases/<id>.json,
-summary.md, summary.json, chart.html and diff.json (against the previous comparable run).
+summary.md, summary.json, chart.html and diff.json (against the previous comparable run: the
+same dataset, --filter and --limit; without one, metric changes are not shown and only the
+cases both runs have are compared, against the newest run on the same dataset).
 
 The dataset format (input or turns, expected route, tool calls with argument rules, answer
 checks) is described in lang_agent/evaluation/dataset.py and checks.py; of a multi-turn case
@@ -22,7 +24,8 @@ category=device, lang=en, tag=volume, route=chat, id=vol-*, or text matched agai
 --langsmith also uploads the dataset (idempotent) and records the run as a LangSmith
 experiment with langsmith's aevaluate; it needs LANGSMITH_API_KEY. Without it nothing leaves
 this machine (apart from calls to the model providers you configured).
-Exit codes: 0 done, 1 pass rate under --fail-under, 2 bad dataset, filter or options.
+Exit codes: 0 done, 1 pass rate under --fail-under, 2 bad dataset, filter or options, or an
+agent that cannot start (database, prompts, MCP config) or results that cannot be written.
 """
 
 from __future__ import annotations
@@ -49,9 +52,17 @@ from lang_agent.evaluation.evaluate import (
 )
 from lang_agent.evaluation.results import CaseResult
 from lang_agent.llm.sim_script import Script
-from lang_agent.settings import Settings
+from lang_agent.settings import Settings, settings_error
 
 EXIT_OK, EXIT_BELOW, EXIT_USAGE = 0, 1, 2
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a count of at least 1 (a negative --limit would slice from the end)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,8 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--dataset", type=Path, default=DEFAULT_DATASET, help="JSONL dataset (default: %(default)s)"
     )
     add("--filter", default="", help="run only matching cases, e.g. category=device,lang=en")
-    add("--limit", type=int, help="run at most this many (matching) cases")
-    add("--concurrency", type=int, help="cases at a time (default: EVAL_CONCURRENCY, 8)")
+    add("--limit", type=positive_int, help="run at most this many (matching) cases")
+    add("--concurrency", type=positive_int, help="cases at a time (default: EVAL_CONCURRENCY, 8)")
     add("--config", type=Path, help="settings file: a .env file, or JSON {setting: value}")
     add(
         "--set",
@@ -87,13 +98,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def json_config(path: Path) -> dict[str, Any]:
+    """The {setting: value} object of a --config JSON file."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise ValueError(f"{path}: not a JSON config ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a JSON config must be an object {{setting: value}}")
+    return values
+
+
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from .env / the environment, then --config, then --set, then --judge-model."""
     overrides: dict[str, Any] = {}
     env_file: Path | str | None = ".env"
     if args.config is not None:
+        # pydantic-settings skips a missing env file: a typo would run the defaults unnoticed.
+        if not args.config.is_file():
+            raise ValueError(f"{args.config}: no such config file")
         if args.config.suffix == ".json":
-            overrides.update(json.loads(args.config.read_text(encoding="utf-8")))
+            overrides.update(json_config(args.config))
         else:
             env_file = args.config
     for item in args.set:
@@ -137,6 +162,13 @@ class ProgressBar:
         sys.stderr.flush()
 
 
+def refuse(message: str) -> int:
+    """Report a bad dataset, filter or option on one line, exit 2: CI tells it from a run
+    that went wrong (--fail-under's 1) and from a crash."""
+    print(f"eval: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -146,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = build_settings(args)
         script = Script.load(args.sim_script) if args.sim_script else None
-    except (ValueError, OSError, ValidationError) as exc:
-        print(f"eval: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except ValidationError as exc:
+        return refuse(settings_error(exc))
+    except (ValueError, OSError) as exc:
+        return refuse(str(exc))
     options = EvalOptions(
         dataset=args.dataset,
         selection=args.filter,
@@ -164,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         progress = ProgressBar(len(pick_cases(options)), enabled=not args.no_progress)
         outcome = asyncio.run(evaluate(settings, options=options, on_result=progress))
     except (DatasetError, EvalError) as exc:
-        print(f"eval: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return refuse(str(exc))
     print(outcome.text)
     rate = outcome.metrics.pass_rate or 0.0
     if args.fail_under is not None and rate < args.fail_under:

@@ -91,6 +91,13 @@ def test_a_missing_file_is_a_dataset_error(tmp_path):
         load_cases(tmp_path / "nope.jsonl")
 
 
+def test_a_file_that_is_not_utf8_is_a_dataset_error(tmp_path):
+    path = tmp_path / "binary.jsonl"
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(DatasetError, match="not UTF-8 text"):
+        load_cases(path)
+
+
 def test_filters():
     cases = load_cases(DEFAULT_DATASET)
     assert select_cases(cases, expression="") == cases

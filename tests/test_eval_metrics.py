@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from lang_agent.evaluation.checks import Call, arg_matches, check_answer, score_calls
 from lang_agent.evaluation.dataset import AnswerChecks, EvalCase, ToolExpectation
-from lang_agent.evaluation.metrics import diff_runs, percentile, summarise
+from lang_agent.evaluation.metrics import Metrics, diff_runs, percentile, summarise
 from lang_agent.evaluation.report import RunInfo, console_summary, read_run, write_run
 from lang_agent.evaluation.results import Trace, score_case
 
@@ -219,6 +220,40 @@ def test_diff_reports_flips():
     assert diff.dropped == ["broken"] and diff.added == [] and diff.common == 5
     assert diff.flipped == 2
     assert diff.metric_deltas["pass_rate"] == pytest.approx(2 / 5 - 2 / 6)
+
+
+def test_a_run_over_other_cases_compares_case_by_case_only():
+    before, after = crafted(), crafted()[:3]
+    after[0].passed = False
+    diff = diff_runs(
+        before,
+        current=after,
+        previous_name="run-1",
+        previous_metrics=summarise(before),
+        current_metrics=summarise(after),
+        comparable=False,
+    )
+    assert diff.broken == ["vol-good"] and diff.common == 3
+    assert diff.metric_deltas == {} and not diff.comparable
+
+
+def test_a_judge_whose_answers_all_failed_is_reported_as_configured(tmp_path):
+    results = crafted()
+    for result in results[:2]:
+        result.judge_reason = "the judge's answer did not parse"
+    metrics = summarise(results)
+    assert (metrics.judge_score, metrics.judged, metrics.judge_failed) == (None, 0, 2)
+    info = RunInfo(run_id="r1", started="now", duration_s=1.0, dataset="d.jsonl", selection="")
+    judged = replace(info, judge_model="sim:sim-chat")
+    text = console_summary(metrics, results=results, info=judged, diff=None, out=tmp_path)
+    row = next(line for line in text.splitlines() if "judge score" in line)
+    assert row.split() == ["judge", "score", "n/a", "0", "judged,", "2", "failed"]
+    assert "judge sim:sim-chat" in text
+    without = console_summary(metrics, results=results, info=info, diff=None, out=tmp_path)
+    assert "judge score            n/a (no judge model configured)" in without
+    # A summary.json written before judge_failed existed still loads.
+    older = {k: v for k, v in metrics.as_dict().items() if k != "judge_failed"}
+    assert Metrics.from_dict(older).judge_failed == 0
 
 
 def test_report_files_round_trip(tmp_path):

@@ -96,7 +96,9 @@ def render_chart(metrics: Metrics, *, info: RunInfo, diff: RunDiff | None) -> st
         Bar(name, passed / total if total else None, f"{passed}/{total}")
         for name, (passed, total) in metrics.by_category.items()
     ]
-    compared = f" · black ticks: {escape(diff.previous)}" if diff is not None else ""
+    compared = (
+        f" · black ticks: {escape(diff.previous)}" if diff is not None and diff.comparable else ""
+    )
     models = ", ".join(f"{r} {m}" for r, m in info.models.items())
     return "\n".join(
         [

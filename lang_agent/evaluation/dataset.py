@@ -162,6 +162,8 @@ def load_cases(path: Path | str) -> list[EvalCase]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     cases: list[EvalCase] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):

@@ -18,8 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx2
+import psycopg
 
 from lang_agent.agent.profiles import load_profiles
+from lang_agent.db import CommandError, command_connection
 from lang_agent.evaluation.dataset import DatasetError, EvalCase, load_cases, select_cases
 from lang_agent.evaluation.judge import judge_results
 from lang_agent.evaluation.metrics import Metrics, RunDiff, diff_runs, summarise
@@ -35,7 +37,7 @@ from lang_agent.evaluation.runner import run_cases
 from lang_agent.llm.factory import uses_sim
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.sim_script import Script
-from lang_agent.service import open_service
+from lang_agent.service import Service, open_service
 from lang_agent.settings import CONFIGS, ROOT, Settings
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ DEFAULT_OUT = Path("eval_results")
 
 
 class EvalError(ValueError):
-    """A run that cannot start as asked (an unknown profile, LangSmith without a key)."""
+    """A run that cannot start as asked (an unknown profile, LangSmith without a key, a
+    database that refuses us, a missing prompt or MCP config, an unusable --out)."""
 
 
 @dataclass
@@ -90,14 +93,20 @@ def shown_path(path: Path) -> str:
     return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
 
 
-def new_run_dir(root: Path) -> Path:
-    """eval_results/<YYYYmmdd-HHMMSS> (not created yet), -2, -3… when that second is taken."""
+def reserve_run_dir(root: Path) -> Path:
+    """A new, empty eval_results/<YYYYmmdd-HHMMSS> (-2, -3… when that second is taken);
+    EvalError when it cannot be made."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path, n = root / stamp, 1
-    while path.exists():
-        n += 1
-        path = root / f"{stamp}-{n}"
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            n += 1
+            path = root / f"{stamp}-{n}"
+        except OSError as exc:
+            raise EvalError(f"cannot write results under {root} ({exc.strerror})") from exc
 
 
 @contextlib.asynccontextmanager
@@ -133,6 +142,46 @@ async def simulated(settings: Settings, *, script: Script | None) -> AsyncIterat
             await client.delete(control)
 
 
+# What stops the service from starting and is the user's to fix: a missing prompt or MCP config
+# file (OSError, ValueError), a database lost between the probe and the pool (psycopg.Error).
+STARTUP_ERRORS = (OSError, ValueError, psycopg.Error)
+
+
+@contextlib.asynccontextmanager
+async def started_service(settings: Settings) -> AsyncIterator[Service]:
+    """open_service, with a failure to start as a one-line EvalError. One connection tries the
+    database first: one that refuses us or stays silent fails within db_timeout_s, where the
+    pool would wait 30 s and end in a PoolTimeout."""
+    try:
+        async with command_connection(settings):
+            pass
+    except CommandError as exc:
+        raise EvalError(str(exc)) from exc
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            service = await stack.enter_async_context(open_service(settings))
+        except STARTUP_ERRORS as exc:
+            raise EvalError(f"cannot start the agent: {exc}") from exc
+        yield service
+
+
+def _diff_with_previous(
+    root: Path, *, out: Path, info: RunInfo, results: list[CaseResult], metrics: Metrics
+) -> RunDiff | None:
+    previous = find_previous(root, exclude=out, info=info)
+    if previous is None:
+        return None
+    before, before_metrics = read_run(previous.path)
+    return diff_runs(
+        before,
+        current=results,
+        previous_name=previous.path.name,
+        previous_metrics=before_metrics,
+        current_metrics=metrics,
+        comparable=previous.comparable,
+    )
+
+
 def _models(profile_models: dict[str, str], specs: dict) -> dict[str, str]:
     shown = {}
     for role, spec in specs.items():
@@ -156,14 +205,16 @@ async def evaluate(
     concurrency = options.concurrency or settings.eval_concurrency
     started = datetime.now().astimezone()
     clock = time.perf_counter()
-    out = new_run_dir(options.out_root)
-    run_id = out.name
-    # Thread and device ids also carry a random part: two runs in one second never share one.
-    run_key = f"{run_id}-{uuid.uuid4().hex[:6]}"
     async with (
         simulated(settings, script=options.sim_script) as settings,
-        open_service(settings) as service,
+        started_service(settings) as service,
     ):
+        # Made once the agent has started (a failed start leaves no empty run behind) and
+        # before the first case: results that cannot be written stop the run, not get lost.
+        out = reserve_run_dir(options.out_root)
+        run_id = out.name
+        # Thread and device ids also carry a random part: two runs in one second never share one.
+        run_key = f"{run_id}-{uuid.uuid4().hex[:6]}"
         agent = service.agent
         catalog = ModelCatalog.load(settings.models_file)
         results = await run_cases(
@@ -184,6 +235,7 @@ async def evaluate(
             duration_s=round(time.perf_counter() - clock, 2),
             dataset=shown_path(options.dataset),
             selection=options.selection,
+            limit=options.limit,
             models=_models(agent.profile(options.profile).models, agent.deps.models.specs),
             profile=options.profile,
             judge_model=settings.judge_model,
@@ -191,15 +243,9 @@ async def evaluate(
         )
     metrics = summarise(results)
     diff = None
-    previous = find_previous(options.out_root, exclude=out, info=info) if options.diff else None
-    if previous is not None:
-        before, before_metrics = read_run(previous)
-        diff = diff_runs(
-            before,
-            current=results,
-            previous_name=previous.name,
-            previous_metrics=before_metrics,
-            current_metrics=metrics,
+    if options.diff:
+        diff = _diff_with_previous(
+            options.out_root, out=out, info=info, results=results, metrics=metrics
         )
     if options.langsmith and settings.langsmith_api_key is not None:
         from lang_agent.evaluation.langsmith_sync import record_experiment

@@ -8,7 +8,8 @@ Every rate is a fraction in [0, 1], or None when no case asks for it:
 - argument accuracy: matched expectations whose arguments passed / those with argument rules;
 - correct no-tool rate: cases that called no tool / cases that must call none;
 - answer-check pass rate: cases whose answer passed every check / cases with answer checks;
-- judge score: the mean judge score (0..1) of the cases a judge scored.
+- judge score: the mean judge score (0..1) of the cases a judge scored; `judge_failed` counts
+  the cases it was asked about whose answer it could not give or that did not parse.
 
 Tokens are per case (every turn of it); cost per case is the mean over the cases whose models
 have prices in configs/models.json. Latency and time to first text (filler or answer, what the
@@ -81,6 +82,7 @@ class Metrics:
     total_cost: float | None
     by_route: dict[str, RouteTiming] = field(default_factory=dict)
     by_category: dict[str, tuple[int, int]] = field(default_factory=dict)  # (passed, cases)
+    judge_failed: int = 0  # a default: summaries written before it still load
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +124,8 @@ def summarise(results: Sequence[CaseResult]) -> Metrics:
     no_tool = [r for r in results if r.no_tool_expected]
     answered = [r for r in results if r.answer_checked]
     judged = [r.judge_score for r in results if r.judge_score is not None]
+    # The judge gives every case it is asked about a reason, a score only when it answered.
+    judge_failed = sum(r.judge_reason is not None and r.judge_score is None for r in results)
     priced = [r.cost for r in results if r.cost is not None]
     categories: dict[str, tuple[int, int]] = {}
     for result in results:
@@ -151,6 +155,7 @@ def summarise(results: Sequence[CaseResult]) -> Metrics:
         total_cost=sum(priced) if priced else None,
         by_route=_timings(results),
         by_category=dict(sorted(categories.items())),
+        judge_failed=judge_failed,
     )
 
 
@@ -165,6 +170,9 @@ class RunDiff:
     dropped: list[str]  # in the previous run only
     common: int
     metric_deltas: dict[str, float]  # headline metric → now − before (both known)
+    # Whether the previous run selected the same cases; when not, its metrics were taken over
+    # other cases, so only the cases in both compare and `metric_deltas` stays empty.
+    comparable: bool = True
 
     @property
     def flipped(self) -> int:
@@ -178,13 +186,15 @@ def diff_runs(
     previous_name: str = "",
     previous_metrics: Metrics | None = None,
     current_metrics: Metrics | None = None,
+    comparable: bool = True,
 ) -> RunDiff:
-    """Which cases flipped between two runs; metric deltas when both metrics are given."""
+    """Which cases flipped between two runs; metric deltas when both metrics are given and
+    the runs are `comparable` (selected the same cases)."""
     before = {r.case_id: r.passed for r in previous}
     now = {r.case_id: r.passed for r in current}
     common = sorted(before.keys() & now.keys())
     deltas: dict[str, float] = {}
-    if previous_metrics is not None and current_metrics is not None:
+    if comparable and previous_metrics is not None and current_metrics is not None:
         for key, _ in HEADLINE:
             old, new = getattr(previous_metrics, key), getattr(current_metrics, key)
             if old is not None and new is not None:
@@ -197,4 +207,5 @@ def diff_runs(
         dropped=sorted(before.keys() - now.keys()),
         common=len(common),
         metric_deltas=deltas,
+        comparable=comparable,
     )

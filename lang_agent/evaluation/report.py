@@ -29,6 +29,7 @@ class RunInfo:
     duration_s: float
     dataset: str
     selection: str  # the --filter expression ("" = every case)
+    limit: int | None = None  # --limit: only the first this many matching cases
     models: dict[str, str] = field(default_factory=dict)  # role → provider:model
     profile: str | None = None
     judge_model: str | None = None
@@ -44,21 +45,34 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def find_previous(root: Path, *, exclude: Path, info: RunInfo) -> Path | None:
-    """The newest earlier run under `root` with the same dataset and filter, else the newest."""
-    runs = []
+@dataclass(frozen=True)
+class PreviousRun:
+    """A run to diff against; `comparable` when it selected the same cases as this one."""
+
+    path: Path
+    comparable: bool
+
+
+def _run_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((path / SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def find_previous(root: Path, *, exclude: Path, info: RunInfo) -> PreviousRun | None:
+    """The newest earlier run under `root` on the same cases (dataset, filter and limit), else
+    the newest on the same dataset: its cases still compare one by one, its metrics do not."""
+    newest: PreviousRun | None = None
     for path in sorted(root.iterdir() if root.is_dir() else [], reverse=True):
-        if path.resolve() == exclude.resolve() or not (path / SUMMARY_JSON).is_file():
+        meta = None if path.resolve() == exclude.resolve() else _run_meta(path)
+        if meta is None or meta.get("dataset") != info.dataset:
             continue
-        runs.append(path)
-    for path in runs:
-        try:
-            meta = json.loads((path / SUMMARY_JSON).read_text(encoding="utf-8"))["run"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if meta.get("dataset") == info.dataset and meta.get("selection") == info.selection:
-            return path
-    return runs[0] if runs else None
+        if (meta.get("selection"), meta.get("limit")) == (info.selection, info.limit):
+            return PreviousRun(path, comparable=True)
+        newest = newest or PreviousRun(path, comparable=False)
+    return newest
 
 
 def read_run(path: Path) -> tuple[list[CaseResult], Metrics | None]:
@@ -85,7 +99,8 @@ def _diff_lines(diff: RunDiff | None, *, limit: int = 10) -> list[str]:
         shown = ", ".join(ids[:limit])
         return shown + (f", … (+{len(ids) - limit})" if len(ids) > limit else "")
 
-    lines = [f"vs {diff.previous} ({diff.common} cases in both): {diff.flipped} flipped"]
+    head = "vs" if diff.comparable else "no comparable previous run (other filter or limit); vs"
+    lines = [f"{head} {diff.previous} ({diff.common} cases in both): {diff.flipped} flipped"]
     if diff.broken:
         lines.append(f"  pass → FAIL ({len(diff.broken)}): {names(diff.broken)}")
     if diff.fixed:
@@ -106,7 +121,8 @@ def _counts(metrics: Metrics, key: str) -> str:
     if key == "pass_rate":
         return f"{metrics.passed}/{metrics.cases}"
     if key == "judge_score":
-        return f"{metrics.judged} judged"
+        failed = f", {metrics.judge_failed} failed" if metrics.judge_failed else ""
+        return f"{metrics.judged} judged{failed}"
     return ""
 
 
@@ -117,11 +133,13 @@ def console_summary(
     models = " · ".join(f"{role} {model}" for role, model in info.models.items())
     lines = [
         f"lang-agent eval · {metrics.cases} cases · {info.duration_s:.1f} s · {out}",
-        f"  models: {models}" + (f" · profile {info.profile}" if info.profile else ""),
+        f"  models: {models}"
+        + (f" · profile {info.profile}" if info.profile else "")
+        + (f" · judge {info.judge_model}" if info.judge_model else ""),
     ]
     for key, label in HEADLINE:
         value = getattr(metrics, key)
-        if key == "judge_score" and value is None:
+        if key == "judge_score" and info.judge_model is None:
             lines.append(f"  {label:<22} n/a (no judge model configured)")
             continue
         row = f"  {label:<22}{pct(value)}  {_counts(metrics, key):<12}{_delta(diff, key)}"
@@ -161,14 +179,16 @@ def markdown_summary(
     lines = [
         f"# Eval run {info.run_id}",
         "",
-        f"- dataset: `{info.dataset}`" + (f", filter `{info.selection}`" if info.selection else ""),
+        f"- dataset: `{info.dataset}`"
+        + (f", filter `{info.selection}`" if info.selection else "")
+        + (f", first {info.limit} cases" if info.limit is not None else ""),
         f"- started {info.started}, {info.duration_s:.1f} s, {metrics.cases} cases",
         "- models: " + ", ".join(f"{r} `{m}`" for r, m in info.models.items()),
     ]
     if info.profile:
         lines.append(f"- profile: `{info.profile}`")
     if info.judge_model:
-        lines.append(f"- judge: `{info.judge_model}`")
+        lines.append(f"- judge: `{info.judge_model}` ({_counts(metrics, 'judge_score')})")
     if info.langsmith:
         lines.append(f"- LangSmith experiment: `{info.langsmith}`")
     lines += ["", "## Metrics", "", "| metric | value | change |", "|---|---|---|"]

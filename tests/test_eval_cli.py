@@ -1,0 +1,129 @@
+"""scripts/eval.py as a user runs it: a bad dataset, option or start-up is one `eval:` line and
+exit 2 (1 is --fail-under's), and the diff compares metrics only with a run on the same cases."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from lang_agent.settings import ROOT
+from tests.conftest import TEST_KEY
+
+TWO_CASES = "id=calc-times-en,id=chat-hello-zh"
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="module")
+def eval_main() -> Callable[[list[str]], int]:
+    return runpy.run_path(str(ROOT / "scripts" / "eval.py"), run_name="eval_script")["main"]
+
+
+@pytest.fixture
+def run_eval(eval_main, pg_dsn, simulator, empty_mcp_config, tmp_path, monkeypatch, capsys):
+    """main(argv) in this process, settings from the environment of a throwaway install."""
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in {
+        "CONN_STR": pg_dsn,
+        "SIM_URL": simulator.base_url,
+        "LLM_PROVIDER": "sim",
+        "MCP_CONFIG": str(empty_mcp_config),
+        "DATA_DIR": str(tmp_path / "data"),
+        "FAST_AUTH_KEYS": TEST_KEY,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    def run(*args: str) -> Ran:
+        code = eval_main(["--out", str(tmp_path / "results"), *args])
+        captured = capsys.readouterr()
+        return Ran(code, captured.out, captured.err)
+
+    return run
+
+
+def change_shown(out: str, label: str) -> str:
+    """The end of a headline row: its change since the previous run, or its counts if none."""
+    return next(line for line in out.splitlines() if line.startswith(f"  {label}")).split()[-1]
+
+
+def assert_refused(ran: Ran, message: str) -> None:
+    """Exit 2 and exactly one `eval:` line, naming the problem."""
+    assert ran.code == 2, ran
+    said = [line for line in ran.err.splitlines() if line.startswith("eval: ")]
+    assert len(said) == 1 and message in said[0], ran.err
+    assert "Traceback" not in ran.err
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        ({"binary.jsonl": b"\xff\xfe\x00bad"}, ["--dataset", "binary.jsonl"], "not UTF-8"),
+        ({"list.json": b"[1]"}, ["--config", "list.json"], "must be an object"),
+        ({"bad.json": b"{"}, ["--config", "bad.json"], "bad.json: not a JSON config"),
+        ({}, ["--config", "k.env.typo"], "k.env.typo: no such config file"),
+        ({}, ["--set", "db_timeout_s=0"], "DB_TIMEOUT_S: Input should be greater than 0"),
+    ],
+)
+def test_bad_datasets_and_configs_are_refused(run_eval, tmp_path, files, args, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    assert_refused(run_eval(*args, "--filter", TWO_CASES), message)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--limit", "-1"], ["--limit", "0"], ["--concurrency", "0"], ["--concurrency", "-2"]],
+)
+def test_counts_below_one_are_usage_errors(run_eval, capsys, args):
+    with pytest.raises(SystemExit) as stopped:
+        run_eval(*args, "--filter", TWO_CASES)
+    assert stopped.value.code == 2
+    assert f"argument {args[0]}: must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("PROMPTS_DIR=nowhere", "prompt file nowhere/route_prompt.txt is missing"),
+        ("MCP_CONFIG=nowhere.json", "nowhere.json: cannot read the MCP config"),
+        ("CONN_STR=postgresql://eval@127.0.0.1:1/eval", "cannot connect to postgresql://eval@"),
+    ],
+)
+def test_an_agent_that_cannot_start_is_refused(run_eval, monkeypatch, setting, message):
+    name, _, value = setting.partition("=")
+    monkeypatch.setenv(name, value)
+    assert_refused(run_eval("--filter", TWO_CASES), message)
+
+
+def test_an_unusable_out_is_refused_before_any_case_runs(run_eval, tmp_path):
+    (tmp_path / "afile").write_text("not a directory", encoding="utf-8")
+    ran = run_eval("--filter", TWO_CASES, "--out", str(tmp_path / "afile"))
+    assert_refused(ran, "cannot write results under")
+    assert "cases ·" not in ran.err, "the progress bar shows that cases ran"
+
+
+def test_metrics_compare_only_with_a_run_on_the_same_cases(run_eval, tmp_path):
+    first = run_eval("--filter", TWO_CASES, "--limit", "1", "--no-progress")
+    assert first.code == 0, first.err
+    whole = run_eval("--filter", TWO_CASES, "--no-progress")
+    assert whole.code == 0, whole.err
+    assert "no comparable previous run" in whole.out and "(1 cases in both)" in whole.out
+    assert change_shown(whole.out, "cases passed") == "2/2"
+    again = run_eval("--filter", TWO_CASES, "--no-progress")
+    runs = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert f"vs {runs[1]} (2 cases in both): 0 flipped" in again.out
+    assert change_shown(again.out, "cases passed") == "(=)"
+    other_filter = run_eval("--filter", "id=calc-times-en", "--no-progress")
+    assert "no comparable previous run" in other_filter.out
+    assert change_shown(other_filter.out, "cases passed") == "1/1"
+    summary = json.loads((tmp_path / "results" / runs[0] / "summary.json").read_text())
+    assert summary["run"]["limit"] == 1
