@@ -71,6 +71,11 @@ def assert_refused(ran: Ran, message: str) -> None:
         ({"bad.json": b"{"}, ["--config", "bad.json"], "bad.json: not a JSON config"),
         ({}, ["--config", "k.env.typo"], "k.env.typo: no such config file"),
         ({}, ["--set", "db_timeout_s=0"], "DB_TIMEOUT_S: Input should be greater than 0"),
+        (
+            {"p.json": b'{"x": 1}'},
+            ["--set", "profiles_file=p.json", "--profile", "x"],
+            "p.json: profile 'x' must be an object",
+        ),
     ],
 )
 def test_bad_datasets_and_configs_are_refused(run_eval, tmp_path, files, args, message):

@@ -199,8 +199,13 @@ async def evaluate(
     """Run the selected cases and write `options.out_root/<timestamp>/`; see the module doc."""
     if options.langsmith and settings.langsmith_api_key is None:
         raise EvalError("recording in LangSmith needs LANGSMITH_API_KEY")
-    if options.profile and options.profile not in load_profiles(settings.profiles_file):
-        raise EvalError(f"unknown profile {options.profile!r} (see {settings.profiles_file})")
+    if options.profile:
+        try:
+            known = load_profiles(settings.profiles_file)
+        except ValueError as exc:  # the file is broken, not the request
+            raise EvalError(str(exc)) from exc
+        if options.profile not in known:
+            raise EvalError(f"unknown profile {options.profile!r} (see {settings.profiles_file})")
     cases = pick_cases(options)
     concurrency = options.concurrency or settings.eval_concurrency
     started = datetime.now().astimezone()
