@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import uvicorn
@@ -20,6 +21,8 @@ from lang_agent.settings import Settings, settings_error
 logger = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3
+# How long start-up waits for a database that is not up yet, as the pool's opening would.
+DATABASE_WAIT_S = 30.0
 AGENT_APP = "fastapi_server.app:create_app"
 
 AppFactory = Callable[[Settings], FastAPI]
@@ -59,7 +62,22 @@ def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float = 10.0)
 
 
 async def serve(servers: Sequence[uvicorn.Server]) -> None:
-    await asyncio.gather(*(server.serve() for server in servers))
+    """Serve them all until one stops: when one app fails to start, the rest stop too rather
+    than serve on without it."""
+    tasks = [asyncio.create_task(_serve_one(server)) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks)
+
+
+async def _serve_one(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn's word for an app whose start failed (`server.started` stays False). Raised
+        # in a task it would not end the loop (uvloop logs it), leaving the others to serve on.
+        pass
 
 
 def files_or_exit(settings: Settings) -> None:
@@ -80,6 +98,40 @@ def files_or_exit(settings: Settings) -> None:
         raise SystemExit(STARTUP_FAILURE) from exc
 
 
+def database_or_exit(settings: Settings) -> None:
+    """Reach the configured database before serving, waiting as long as the pool would for
+    one still starting. A malformed DSN, or a database that stays out of reach, stops
+    start-up with one line, its password masked, where the lifespan would end in tracebacks
+    quoting it (the embedded Postgres is started later, by its own rules)."""
+    from lang_agent.db import CommandError, check_dsn
+
+    try:
+        if settings.viewer_conn_str is not None:
+            check_dsn(settings.viewer_conn_str.get_secret_value(), name="VIEWER_CONN_STR")
+        if settings.conn_str is not None:
+            loop.run(_reach_database(settings))
+    except CommandError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(STARTUP_FAILURE) from None
+
+
+async def _reach_database(settings: Settings) -> None:
+    from lang_agent.db import CommandError, MalformedDsn, command_connection
+
+    deadline = time.monotonic() + DATABASE_WAIT_S
+    while True:
+        try:
+            async with command_connection(settings):
+                return
+        except MalformedDsn:
+            raise
+        except CommandError as exc:
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(1.0)
+
+
 def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
     """Serve until Ctrl-C or SIGTERM, either way with the embedded Postgres stopped after."""
     loop.run_until_stopped(serve(servers))
@@ -90,6 +142,7 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
     when more than one."""
     configure_logging(settings)
     files_or_exit(settings)
+    database_or_exit(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
     if settings.workers > 1:
@@ -115,6 +168,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
 
     configure_logging(settings)
     files_or_exit(settings)
+    database_or_exit(settings)
     if settings.conn_str is None:
         # Start the embedded Postgres once, before two lifespans could race to set it up.
         dsn, _embedded = asyncio.run(resolve_dsn(settings))

@@ -7,6 +7,7 @@ import uvicorn
 from fastapi_server.serve import (
     STARTUP_FAILURE,
     configure_logging,
+    database_or_exit,
     serve_until_stopped,
     settings_or_exit,
     uvicorn_config,
@@ -21,6 +22,7 @@ if __name__ == "__main__":
     flags = {"viewer_host": args.host, "viewer_port": args.port}
     settings = settings_or_exit(**{k: v for k, v in flags.items() if v is not None})
     configure_logging(settings)
+    database_or_exit(settings)
     config = uvicorn_config(
         create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
     )

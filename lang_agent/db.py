@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
@@ -197,10 +198,15 @@ def insert_rows_sql(table: str, columns: Iterable[str], *, then: str = "") -> st
     )
 
 
+# The password of a URI, up to the authority's last `@`; of a key=value DSN, quoted or not,
+# spaces around `=` allowed (libpq allows both).
+_URI_PASSWORD = re.compile(r"(://[^:/@]*:)[^/?#]*@")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S+)", re.I)
+
+
 def mask_dsn(dsn: str) -> str:
-    """A DSN fit for logs: the password replaced by ***."""
-    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)\S+", r"\1***", dsn)
+    """A DSN, or a message quoting one, fit for logs: the password replaced by ***."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", dsn))
 
 
 async def migrate(conn: AsyncConnection) -> int:
@@ -331,6 +337,20 @@ class CommandError(Exception):
     """A command cannot do what was asked; the message, one line, is for the user."""
 
 
+class MalformedDsn(CommandError):
+    """A DSN libpq cannot parse: no retry will reach it."""
+
+
+def check_dsn(dsn: str, *, name: str = "CONN_STR") -> None:
+    """MalformedDsn, its message masked, unless libpq can parse `dsn`. libpq's own message may
+    quote the whole DSN, password included."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = mask_dsn(_first_line(exc))
+        raise MalformedDsn(f"{name} is not a valid Postgres DSN: {reason}") from None
+
+
 @contextlib.asynccontextmanager
 async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
     """One connection for a command (`calls`, `cleanup`) to the configured or embedded
@@ -340,6 +360,7 @@ async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnectio
     are the user's to fix: they become a one-line CommandError, with the DSN's password masked.
     """
     dsn, _embedded = await resolve_dsn(settings)
+    check_dsn(dsn)
     try:
         # Without a timeout a peer that accepts TCP and never answers hangs the command;
         # libpq counts whole seconds.
@@ -347,7 +368,8 @@ async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnectio
             dsn, connect_timeout=max(1, round(settings.db_timeout_s)), **CONNECTION_KWARGS
         )
     except psycopg.Error as exc:
-        raise CommandError(f"cannot connect to {mask_dsn(dsn)}: {_first_line(exc)}") from exc
+        reason = mask_dsn(_first_line(exc))
+        raise CommandError(f"cannot connect to {mask_dsn(dsn)}: {reason}") from exc
     try:
         async with conn:
             await migrate(conn)

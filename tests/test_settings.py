@@ -1,6 +1,7 @@
 """Settings: secure defaults, the CONN_STR alias, keys that stay secret, and values in range."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from fastapi_server.serve import STARTUP_FAILURE
+from lang_agent.db import mask_dsn
 from lang_agent.settings import Settings, settings_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,3 +117,66 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
         "error: MCP_PING_S: Input should be greater than 0; "
         "REPEAT_THRESHOLD: Input should be less than or equal to 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "dsn", "shown"),
+    [
+        ("CONN_STR", "postgresql://u:pw-secret@[::1:5432/db", 'in URI: "postgresql://u:***@[::1'),
+        ("CONN_STR", "not a dsn pw-secret", 'missing "=" after "not"'),
+        ("VIEWER_CONN_STR", "host=h password=pw-secret port", 'missing "=" after "port"'),
+    ],
+)
+@pytest.mark.parametrize(
+    "command", [["fastapi_server/server_openai.py"], ["-m", "lang_agent.cli", "serve"]]
+)
+def test_a_malformed_dsn_stops_the_server_with_one_masked_line(tmp_path, command, name, dsn, shown):
+    # libpq's message quotes the DSN: the lifespan printed it, password and all, in tracebacks.
+    env = {**os.environ, "CONN_STR": "host=/nowhere", name: dsn, "DATA_DIR": str(tmp_path)}
+    argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == STARTUP_FAILURE
+    assert done.stderr.startswith(f"error: {name} is not a valid Postgres DSN: "), done.stderr
+    assert shown in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "pw-secret" not in done.stderr + done.stdout
+
+
+def test_serve_stops_when_one_of_its_apps_cannot_start(tmp_path, pg_dsn):
+    # The viewer's database refuses it, so the viewer's start fails: the agent app used to
+    # serve on alone, and the command never ended.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"postgresql://viewer@127.0.0.1:{closed.getsockname()[1]}/db"
+    (tmp_path / "none.json").write_text("{}", encoding="utf-8")
+    env = {
+        **os.environ,
+        "CONN_STR": pg_dsn,
+        "VIEWER_CONN_STR": refused,
+        "PORT": "0",
+        "VIEWER_PORT": "0",
+        "MCP_CONFIG": str(tmp_path / "none.json"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "lang_agent.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == STARTUP_FAILURE, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "masked"),
+    [
+        ("postgresql://u:pw@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:p@w@h:5432/db", "postgresql://u:***@h:5432/db"),  # up to the last @
+        ("postgresql://u@h:5432/db", "postgresql://u@h:5432/db"),
+        ("host=h password=pw port=1", "host=h password=*** port=1"),
+        ("host=h password = 'p w' port=1", "host=h password = *** port=1"),  # quoted, spaced
+        ("host=h PASSWORD='it\\'s' port=1", "host=h PASSWORD=*** port=1"),
+    ],
+)
+def test_a_masked_dsn_keeps_no_password(dsn, masked):
+    assert mask_dsn(dsn) == masked
