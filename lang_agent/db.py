@@ -342,13 +342,31 @@ class MalformedDsn(CommandError):
 
 
 def check_dsn(dsn: str, *, name: str = "CONN_STR") -> None:
-    """MalformedDsn, its message masked, unless libpq can parse `dsn`. libpq's own message may
-    quote the whole DSN, password included."""
+    """MalformedDsn unless libpq reads `dsn` as it was meant. The message never quotes the
+    DSN: one that does not parse may hold its password anywhere, and libpq's own message
+    quotes the parts it stumbled on."""
     try:
-        conninfo_to_dict(dsn)
+        params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        reason = mask_dsn(_first_line(exc))
-        raise MalformedDsn(f"{name} is not a valid Postgres DSN: {reason}") from None
+        # Every quoted text in the message is the DSN's, but libpq's one-mark quotes ("=").
+        where = "" if '"' in dsn else _LIBPQ_QUOTE.sub(_keep_mark, _first_line(exc))
+        raise MalformedDsn(
+            f"{name} is not a valid Postgres DSN" + (where and f": {where}")
+        ) from None
+    # libpq ends user:password at its first '@' or '/', and the rest of the password lands in
+    # the host (or port, or database name), which every connection error then quotes.
+    if any("@" in params.get(field, "") for field in ("host", "port", "dbname")):
+        raise MalformedDsn(
+            f"{name} has an '@' in its host, port or database name, as an '@' or '/' in the "
+            "password would make it: write those as %40 and %2F"
+        )
+
+
+_LIBPQ_QUOTE = re.compile(r'("[=\]:/]")|"[^"]*"')
+
+
+def _keep_mark(match: re.Match[str]) -> str:
+    return match.group(1) or '"…"'
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,15 @@ import psycopg
 from langchain_core.messages import HumanMessage
 from psycopg import AsyncConnection
 
-from lang_agent.db import CONNECTION_KWARGS, MIGRATIONS, SELECT_VERSION_SQL, mask_dsn
+from lang_agent.capture.record import redact_url
+from lang_agent.db import (
+    CONNECTION_KWARGS,
+    MIGRATIONS,
+    SELECT_VERSION_SQL,
+    MalformedDsn,
+    check_dsn,
+    mask_dsn,
+)
 from lang_agent.llm.factory import ModelFactory, ModelSpec, uses_sim
 from lang_agent.settings import Settings
 
@@ -31,6 +40,18 @@ MIN_KEY_LENGTH = 16
 TABLE_EXISTS_SQL = "SELECT to_regclass(%s) IS NOT NULL AS present"
 SERVER_VERSION_SQL = "SHOW server_version"
 KEY_ENV = {"ali": "ALI_API_KEY", "moonshot": "MOONSHOT_API_KEY", "openai": "OPENAI_API_KEY"}
+BASE_URL_ENV = {
+    "ali": "ALI_BASE_URL",
+    "moonshot": "MOONSHOT_BASE_URL",
+    "openai": "OPENAI_BASE_URL",
+    "sim": "SIM_URL",
+}
+DSN_FIX = (
+    "fix CONN_STR: postgresql://user:password@host:port/dbname, with '@' and '/' in the "
+    "password written as %40 and %2F"
+)
+# Error messages quote the URL they failed on (httpx: "for url 'http://user:pw@host/…'").
+_URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.I)
 NEW_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
@@ -44,28 +65,49 @@ class Check:
     fix: str = ""
 
 
-def _one_line(exc: BaseException, *, limit: int = 160) -> str:
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    text = text or type(exc).__name__
+def _safe_line(text: str, *, limit: int = 160) -> str:
+    """Text fit for the report: one line, every URL in it redacted (before the cut, which could
+    split a URL's `@`)."""
+    text = _URL_IN_TEXT.sub(lambda match: redact_url(match.group()), text)
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _one_line(exc: BaseException) -> str:
+    return _safe_line(str(exc)) or type(exc).__name__
 
 
 # --- models
 
 
+def _not_found(spec: ModelSpec, exc: openai.NotFoundError) -> tuple[str, str]:
+    """A 404 blames the model only when the provider's error says so; a 404 page that is not an
+    API error, or one naming the path asked for, means the base URL is wrong."""
+    model_fix = f"set {spec.role.upper()}_MODEL to a model you can use"
+    url_fix = f"set {BASE_URL_ENV[spec.provider]} to the API's base URL (usually ending in /v1)"
+    # The SDK unwraps an OpenAI-style {"error": {...}} body to the inner object.
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = str(body.get("message", ""))
+    path = exc.request.url.path
+    if exc.code == "model_not_found" or spec.model in message:
+        return f"model {spec.model!r} not found (404)", model_fix
+    if not message or path in message:
+        return f"no API at {path} (404)", url_fix
+    return f"model {spec.model!r} or the base URL is wrong (404)", f"{model_fix}, or {url_fix}"
+
+
 def _model_fault(spec: ModelSpec, exc: BaseException, *, timeout_s: float) -> tuple[str, str]:
     """(what went wrong, how to fix it) for a failed one-token call."""
-    where = spec.provider.upper()
+    url_env = BASE_URL_ENV[spec.provider]
     key_env = KEY_ENV.get(spec.provider, "the key")
     if isinstance(exc, TimeoutError | openai.APITimeoutError):
-        return f"no answer within {timeout_s:g} s", f"check {where}_BASE_URL and the network"
+        return f"no answer within {timeout_s:g} s", f"check {url_env} and the network"
     if isinstance(exc, openai.APIConnectionError):
-        return "cannot connect", f"check {where}_BASE_URL ({spec.base_url}) and the network"
+        return "cannot connect", f"check {url_env} ({redact_url(spec.base_url)}) and the network"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return f"the key was refused ({exc.status_code})", f"set a valid {key_env}"
     if isinstance(exc, openai.NotFoundError):
-        role_env = f"{spec.role.upper()}_MODEL"
-        return f"model {spec.model!r} not found (404)", f"set {role_env} to a model you can use"
+        return _not_found(spec, exc)
     if isinstance(exc, openai.RateLimitError):
         return "rate limited or out of quota (429)", "check the account's quota and billing"
     if isinstance(exc, openai.APIStatusError):
@@ -105,7 +147,7 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
         checks = []
         for role, spec in factory.specs.items():
             name = f"model {role}"
-            shown = f"{spec.provider}:{spec.model} @ {spec.base_url}"
+            shown = f"{spec.provider}:{spec.model} @ {redact_url(spec.base_url)}"
             if spec.provider == "sim":
                 where = "the built-in simulator (answers are SIMULATED)"
                 hint = "set ALI_API_KEY, MOONSHOT_API_KEY or OPENAI_API_KEY for real models"
@@ -143,6 +185,10 @@ async def check_database(settings: Settings, *, timeout_s: float = 10.0) -> Chec
             "",
         )
     dsn = settings.conn_str.get_secret_value()
+    try:
+        check_dsn(dsn)
+    except MalformedDsn as exc:
+        return Check("database", False, str(exc), DSN_FIX)
     shown = mask_dsn(dsn)
     try:
         async with asyncio.timeout(timeout_s):
@@ -188,9 +234,10 @@ async def check_database(settings: Settings, *, timeout_s: float = 10.0) -> Chec
 def _mcp_fix(config: Any) -> str:
     connection = config.connection
     if config.transport == "stdio":
-        command = " ".join([connection.get("command", ""), *connection.get("args", [])])
-        return f"check that `{command}` runs (mcp_config: {config.name})"
-    url = str(connection.get("url", "")).split("?")[0]
+        # Not the args: `${VAR}` in them is already expanded, and may have been a token.
+        command = connection.get("command", "")
+        return f"check that `{command}` and its args run (mcp_config: {config.name})"
+    url = redact_url(str(connection.get("url", "")).split("?")[0])
     return f"start the MCP server at {url} or fix its url (mcp_config: {config.name})"
 
 
@@ -222,7 +269,7 @@ async def check_mcp(settings: Settings, *, timeout_s: float = 10.0) -> list[Chec
             detail = f"{entry['transport']}: up, {entry['tools']} tools"
             checks.append(Check(name, True, detail))
         else:
-            error = entry["last_error"] or f"no answer within {timeout_s:g} s"
+            error = _safe_line(entry["last_error"] or f"no answer within {timeout_s:g} s")
             detail = f"{entry['transport']}: {entry['state']}: {error}"
             checks.append(Check(name, False, detail, _mcp_fix(by_name[entry["name"]])))
     return checks
@@ -337,7 +384,7 @@ def check_tracing() -> Check:
 
     if not utils.tracing_is_enabled():
         return Check("langsmith", True, "tracing off: nothing is sent to LangSmith")
-    endpoint = utils.get_env_var("ENDPOINT", default="https://api.smith.langchain.com")
+    endpoint = redact_url(utils.get_env_var("ENDPOINT", default="https://api.smith.langchain.com"))
     project = utils.get_env_var("PROJECT", default="default")
     detail = f"tracing ON: graph runs (prompts and answers) go to {endpoint}, project {project}"
     if not utils.get_env_var("API_KEY"):

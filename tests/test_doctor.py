@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from click.testing import CliRunner
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from psycopg.conninfo import make_conninfo
 
 from lang_agent.cli import main
@@ -28,7 +32,9 @@ from lang_agent.doctor import (
     report,
 )
 from lang_agent.llm.sim import Simulator
+from lang_agent.settings import ROLES
 from tests.conftest import TEST_KEY
+from tests.support import LiveServer
 
 LANGSMITH_VARS = (
     "LANGSMITH_TRACING",
@@ -49,6 +55,19 @@ def closed_port() -> int:
 
 def failed(checks: list[Check]) -> list[Check]:
     return [c for c in checks if not c.ok]
+
+
+def answering_404(body: dict | str) -> FastAPI:
+    """An API that answers every POST with 404 and `body` (JSON, or a text page)."""
+    app = FastAPI()
+
+    @app.post("/{path:path}")
+    def not_found(path: str) -> Response:
+        if isinstance(body, dict):
+            return JSONResponse(body, status_code=404)
+        return PlainTextResponse(body, status_code=404)
+
+    return app
 
 
 @pytest.fixture
@@ -144,6 +163,72 @@ async def test_missing_key_and_unreachable_endpoint(make_settings):
     assert "OPENAI_BASE_URL" in checks[0].fix
 
 
+async def test_model_timeout_names_the_url_setting_of_the_provider(make_settings):
+    simulator = Simulator()
+    url = await simulator.start(host="127.0.0.1", port=0)
+    simulator.inject("timeout", count=len(ROLES))
+    try:
+        settings = make_settings(llm_provider="sim", sim_url=url)
+        checks = await check_models(settings, timeout_s=0.5)
+    finally:
+        await simulator.stop()
+    assert len(failed(checks)) == len(ROLES)
+    assert {c.fix for c in checks} == {"check SIM_URL and the network"}
+
+
+def openai_settings(make_settings, base_url: str, **overrides):
+    return make_settings(
+        llm_provider="openai",
+        openai_base_url=base_url,
+        openai_api_key="sk-fake",
+        sim_url=None,
+        **overrides,
+    )
+
+
+async def test_404_from_a_wrong_path_blames_the_base_url(make_settings, simulator):
+    wrong = simulator.base_url.removesuffix("/v1") + "/wrong"
+    checks = await check_models(openai_settings(make_settings, wrong), timeout_s=10)
+    chat = next(c for c in checks if c.name == "model chat")
+    assert "no API at /wrong/chat/completions (404)" in chat.detail
+    assert "OPENAI_BASE_URL" in chat.fix and "CHAT_MODEL" not in chat.fix
+
+
+MODEL_GONE = "The model `fake-chat` does not exist or you do not have access to it."
+
+
+@pytest.mark.parametrize(
+    ("body", "blamed"),
+    [
+        ({"error": {"code": "model_not_found", "message": MODEL_GONE}}, {"CHAT_MODEL"}),
+        (
+            {"error": {"message": "Not found the model fake-chat or Permission denied"}},
+            {"CHAT_MODEL"},
+        ),
+        ({"detail": "Not Found"}, {"OPENAI_BASE_URL"}),
+        ("<html><body>404 Not Found</body></html>", {"OPENAI_BASE_URL"}),
+        (
+            {"error": {"code": "NotFound", "message": "Resource not found"}},
+            {"CHAT_MODEL", "OPENAI_BASE_URL"},
+        ),
+    ],
+)
+def test_404_blames_what_the_error_body_names(make_settings, body, blamed):
+    with LiveServer(answering_404(body)) as api:
+        settings = openai_settings(make_settings, f"{api.url}/v1", chat_model="fake-chat")
+        checks = asyncio.run(check_models(settings, timeout_s=10))
+    chat = next(c for c in checks if c.name == "model chat")
+    assert not chat.ok and "(404)" in chat.detail
+    assert {env for env in ("CHAT_MODEL", "OPENAI_BASE_URL") if env in chat.fix} == blamed
+
+
+async def test_model_lines_hide_a_password_in_the_base_url(make_settings):
+    dead = f"http://bob:FakeUrlPassw0rd@127.0.0.1:{closed_port()}/v1"
+    checks = await check_models(openai_settings(make_settings, dead), timeout_s=5)
+    assert all("cannot connect" in c.detail for c in checks)
+    assert "FakeUrlPassw0rd" not in report(checks) and "bob:REDACTED@" in report(checks)
+
+
 async def test_dead_mcp_server(make_settings, tmp_path):
     path = tmp_path / "mcp_config.json"
     url = f"http://127.0.0.1:{closed_port()}/mcp"
@@ -151,6 +236,28 @@ async def test_dead_mcp_server(make_settings, tmp_path):
     checks = await check_mcp(make_settings(mcp_config=path), timeout_s=5)
     assert [c.name for c in failed(checks)] == ["mcp lamp"]
     assert url in checks[0].fix
+
+
+async def test_mcp_lines_hide_url_passwords_and_stdio_args(make_settings, tmp_path, simulator):
+    # The simulator answers 404 at /sse; httpx's error quotes the URL, password and all.
+    port = urlsplit(simulator.base_url).port
+    servers = {
+        "lamp": {"transport": "sse", "url": f"http://bob:FakeMcpPassw0rd@127.0.0.1:{port}/sse"},
+        "speaker": {
+            "transport": "stdio",
+            "command": str(tmp_path / "no-such-mcp-server"),
+            "args": ["--token", "FakeArgToken"],
+            "env": {"SPEAKER_TOKEN": "FakeEnvToken"},
+        },
+    }
+    path = tmp_path / "mcp_config.json"
+    path.write_text(json.dumps(servers))
+    checks = await check_mcp(make_settings(mcp_config=path), timeout_s=5)
+    assert len(failed(checks)) == 2
+    shown = report(checks)
+    for secret in ("FakeMcpPassw0rd", "FakeArgToken", "FakeEnvToken"):
+        assert secret not in shown
+    assert "bob:REDACTED@" in shown and "no-such-mcp-server` and its args" in shown
 
 
 async def test_bad_mcp_config_file(make_settings, tmp_path):
@@ -178,6 +285,30 @@ async def test_unreachable_database(make_settings):
     assert "CONN_STR" in check.fix
 
 
+@pytest.mark.parametrize(
+    ("dsn", "where"),
+    [
+        # psycopg's message repeats a URI it cannot parse, password and all
+        ("postgresql://u:FakeDbPassw0rd@[::1:{port}/db", 'matching "]" in IPv6 host address'),
+        ("not a dsn FakeDbPassw0rd", 'missing "=" after "…"'),
+        ("postgresql://u:Fake/DbPassw0rd@127.0.0.1:{port}/db", "an '@' in its host"),
+    ],
+)
+async def test_a_malformed_dsn_is_not_echoed(make_settings, dsn, where):
+    dsn = dsn.format(port=closed_port())
+    check = await check_database(make_settings(conn_str=dsn), timeout_s=5)
+    assert not check.ok and check.detail.startswith("CONN_STR ") and where in check.detail
+    assert "DbPassw0rd" not in report([check]) and "CONN_STR" in check.fix
+
+
+@pytest.mark.parametrize("password", ["password='Fake Passw0rd'", "password = FakePassw0rd"])
+async def test_a_key_value_dsn_is_shown_with_its_password_masked(make_settings, password):
+    dsn = f"host=127.0.0.1 port={closed_port()} user=agent {password}"
+    check = await check_database(make_settings(conn_str=dsn), timeout_s=5)
+    assert not check.ok and "cannot connect" in check.detail and "***" in check.detail
+    assert "Passw0rd" not in report([check])
+
+
 @pytest.mark.parametrize(("version", "words"), [(2, "needs version"), (999, "newer than")])
 async def test_schema_out_of_date(make_settings, pg_dsn, version, words):
     name = f"doctor_{uuid.uuid4().hex[:8]}"
@@ -203,8 +334,6 @@ async def test_port_taken_by_another_program(make_settings):
 
 
 def test_port_held_by_lang_agent_is_fine(live_server, make_settings):
-    import asyncio
-
     server = live_server()
     port = int(server.url.rsplit(":", 1)[1])
     checks = asyncio.run(check_ports(make_settings(port=port, viewer_port=closed_port())))
