@@ -3,9 +3,11 @@ success accounting, E(c), the simulator call-log matching. No timing asserts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,9 +25,10 @@ from lang_agent.bench.load import (
     make_client,
 )
 from lang_agent.bench.load import run_cell as run_one
-from lang_agent.bench.runner import Mode, Target, run_matrix
+from lang_agent.bench.runner import Mode, Target, cell_line, run_matrix
+from lang_agent.bench.scenarios import voice_markdown, voice_row
 from lang_agent.bench.stack import Meter
-from lang_agent.bench.stats import add_efficiency, percentile, summarise
+from lang_agent.bench.stats import add_efficiency, failures, percentile, summarise
 from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
 from lang_agent.llm import sim_intents
 from tests.conftest import TEST_KEY
@@ -382,3 +385,64 @@ def test_the_meter_samples_a_trees_memory_on_its_own_thread() -> None:
         _reap_child(parent)
         peak = meter.stop()["peak_rss_mb"]["server"]
         assert 64 <= peak < 256  # the child's block, and nothing beyond the tree
+
+
+def test_the_console_line_shows_unknown_figures_as_unknown() -> None:
+    row = {"front": "openai", "stream": False, "concurrency": 1, "requests": 3,
+           "success_pct": 0.0, "throughput_rps": 0.0, "avg_ms": None, "p99_ms": None,
+           "overhead_p50_ms": None, "overhead_p99_ms": None, "efficiency": None}  # fmt: skip
+    line = cell_line(row)
+    assert "avg=      – p99=      – ms ovh p50=– p99=–" in line
+    assert "0.0 ms" not in line
+
+
+def test_the_charts_scale_keeps_the_digits_that_tell_its_ticks_apart() -> None:
+    rows = [{"front": "openai", "stream": False, "concurrency": c, "throughput_rps": rps}
+            for c, rps in ((1, 1.0), (2, 2.0))]  # fmt: skip
+    svg = report.chart_svg(rows, title="small")
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', svg)
+    assert labels == ["0.00", "0.42", "0.84", "1.26", "1.68", "2.10"]
+    rows[1]["throughput_rps"] = 2000.0
+    labels = re.findall(r'text-anchor="end">([^<]+)</text>', report.chart_svg(rows, title="big"))
+    assert labels == ["0", "420", "840", "1,260", "1,680", "2,100"]
+
+
+def test_a_voice_row_without_successes_says_why() -> None:
+    failed = [Sample("chat", f"u{i}", "t", 0, start=0.0, end=0.1, error="status 401: bad key")
+              for i in range(6)]  # fmt: skip
+    profile = {"chat": {"ttft_ms": 350}, "chatty": {"ttft_ms": 200}}
+    row = voice_row(failed, [], kind="chat", speculative=True, profile=profile)
+    markdown = voice_markdown([{"config": "speculative chat", "front": "openai", "kind": "chat"}
+                               | row])  # fmt: skip
+    assert "| 0/6 |" in markdown and "None" not in markdown
+    assert "Failures, speculative chat, openai, chat turns: 6× status 401: bad key" in markdown
+
+
+async def test_a_user_that_cannot_connect_backs_off_instead_of_spinning() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    async with make_client(f"http://127.0.0.1:{port}") as client:
+        cell = await run_one(
+            client, front="openai", stream=False, concurrency=1, duration_s=0.5,
+            counter=Counter(), run_id="down",
+        )  # fmt: skip
+    # Pauses of 0.05, 0.1, 0.2 and 0.4 s (a sleep is never shorter) leave room for 5 tries in
+    # the half second; without them a refused connect came back thousands of times.
+    assert 1 <= len(cell.samples) <= 5
+    assert all(not s.ok and "cannot connect" in (s.error or "") for s in cell.samples)
+
+
+def test_failures_group_by_reason_whatever_the_request_id() -> None:
+    def failed(request_id: str) -> Sample:
+        body = f'{{"code":"InvalidApiKey","request_id":"{request_id}"}}'
+        return Sample("chat", "u", "t", 0, start=0.0, end=0.1, error=f"status 401: {body}")
+
+    samples = [failed("134c3522-b025-4e3f-aeb1-d86b50a8a1b2"),
+               failed("4e795112-990c-46da-bd0d-1cb040561234")]  # fmt: skip
+    assert failures(samples) == {'status 401: {"code":"InvalidApiKey","request_id":"…"}': 2}
+    many = {f"reason {n}": 10 - n for n in range(8)}
+    assert report.failures_text(many) == (
+        "10× reason 0; 9× reason 1; 8× reason 2; 7× reason 3; 6× reason 4; 12× 3 other reasons"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -101,9 +101,29 @@ def matrix_markdown(rows: Sequence[dict[str, Any]], *, title: str = "") -> str:
             for error, count in (row.get("errors") or {}).items():
                 errors[error] = errors.get(error, 0) + count
         if errors:
-            out.append("Failures: " + "; ".join(f"{n}× {e}" for e, n in errors.items()))
-            out.append("")
+            out += [f"Failures: {failures_text(errors)}", ""]
     return "\n".join(out)
+
+
+# Reasons a failures line names; the rest are counted together.
+SHOWN_REASONS = 5
+
+
+def failures_text(errors: dict[str, int]) -> str:
+    """The commonest reasons on one line: "3× status 401: …; 1× TimeoutError: …"."""
+    ranked = sorted(errors.items(), key=lambda item: -item[1])
+    parts = [f"{count}× {error}" for error, count in ranked[:SHOWN_REASONS]]
+    rest = ranked[SHOWN_REASONS:]
+    if rest:
+        parts.append(f"{sum(count for _, count in rest)}× {len(rest)} other reasons")
+    return "; ".join(parts)
+
+
+def failure_lines(rows: Sequence[dict[str, Any]], *, label: Callable[[dict[str, Any]], str]
+                  ) -> list[str]:  # fmt: skip
+    """A "Failures, <label>: …" line for each row with failed turns: a row of 0/6 says why."""
+    return [f"Failures, {label(row)}: {failures_text(row['errors'])}"
+            for row in rows if row.get("errors")]  # fmt: skip
 
 
 # Issue 8's targets that one matrix run can show: label, concurrency, row key, bound, and
@@ -184,10 +204,14 @@ def chart_svg(rows: Sequence[dict[str, Any]], *, title: str) -> str:
         parts.append(
             f'<text x="{x(c):.1f}" y="{height - bottom + 16}" text-anchor="middle">{c}</text>'
         )
+    step = peak * 1.05 / 5
+    # Two significant digits of the step: ticks 0.42 apart read 0.42, 0.84 (not 0, 1), and
+    # ticks 420 apart read 420, 840 (not 420.000).
+    decimals = max(0, 1 - math.floor(math.log10(step)))
     for i in range(6):
-        value = peak * 1.05 * i / 5
+        value = step * i
         parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-                     f"{value:.0f}</text>")  # fmt: skip
+                     f"{value:,.{decimals}f}</text>")  # fmt: skip
     modes: list[tuple[str, bool]] = []
     for row in rows:
         if (row["front"], row["stream"]) not in modes:

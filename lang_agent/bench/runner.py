@@ -158,13 +158,18 @@ async def attach_server_latency(dsn: str, samples: list[Sample], *, within_s: fl
     return matched
 
 
+def _ms(value: float | None) -> str:
+    """Milliseconds, or "–" when unknown (nothing succeeded, no call log): never a false 0."""
+    return "–" if value is None else f"{value:.1f}"
+
+
 def cell_line(row: dict[str, Any]) -> str:
     eff = row.get("efficiency")
     return (
         f"{row['front']:<9} {'stream' if row['stream'] else 'plain ':<6} c={row['concurrency']:<4}"
         f" n={row['requests']:<5} ok={row['success_pct']:>6.2f}% {row['throughput_rps']:>7.2f} r/s"
-        f" avg={row['avg_ms'] or 0:>7.1f} p99={row['p99_ms'] or 0:>7.1f} ms"
-        f" ovh p50={row['overhead_p50_ms'] or 0:.1f} p99={row['overhead_p99_ms'] or 0:.1f}"
+        f" avg={_ms(row['avg_ms']):>7} p99={_ms(row['p99_ms']):>7} ms"
+        f" ovh p50={_ms(row['overhead_p50_ms'])} p99={_ms(row['overhead_p99_ms'])}"
         + (f" E={eff:.3f}" if eff is not None else "")
     )
 

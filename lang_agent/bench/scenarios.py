@@ -19,7 +19,7 @@ from lang_agent.bench import report
 from lang_agent.bench.load import Counter, Sample, attach_model_time, make_client
 from lang_agent.bench.runner import Mode, Target, drain_calls, log, run_cell
 from lang_agent.bench.stack import Meter, Stack
-from lang_agent.bench.stats import percentile
+from lang_agent.bench.stats import failures, percentile
 from lang_agent.bench.wire import Connection, WireError
 from lang_agent.bench.workload import FRONTS, StreamReader, turn_text
 from lang_agent.jsonwire import loads
@@ -37,6 +37,10 @@ FILLER_SLACK_S = 0.020
 
 def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value * 1000:.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value} %"
 
 
 def _p(values: list[float], q: float) -> float | None:
@@ -88,6 +92,7 @@ def voice_row(samples: list[Sample], calls: list[dict[str, Any]], *, kind: str,
         "excess_p50": _p(excess, 50),
         "excess_p95": _p(excess, 95),
         "within_bound_pct": round(100 * within / len(excess), 1) if excess else None,
+        "errors": failures(samples),
     }
 
 
@@ -111,6 +116,11 @@ async def voice(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
                                 profile=profile)  # fmt: skip
                 rows.append({"config": name, "front": front, "kind": kind} | row)
         await asyncio.to_thread(stack.stop, server)
+    return {"rows": rows, "markdown": voice_markdown(rows)}
+
+
+def voice_markdown(rows: list[dict[str, Any]]) -> str:
+    """The voice table, and why turns failed: a row of 0/6 must say what went wrong."""
     lines = [
         "## Voice: time to first text at concurrency 1 (streams)", "",
         "Bound: chat turns max(router, chat TTFT) when speculative, router + chat TTFT when "
@@ -126,9 +136,14 @@ async def voice(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
             f"| {r['config']} | {r['front']} | {r['kind']} | {r['ok']}/{r['turns']} "
             f"| {_ms(r['first_text_p50'])} / {_ms(r['first_text_p95'])} "
             f"| {_ms(r['first_clause_p50'])} | {_ms(r['router_call_p50'])} "
-            f"| {_ms(r['excess_p50'])} / {_ms(r['excess_p95'])} | {r['within_bound_pct']} % |"
+            f"| {_ms(r['excess_p50'])} / {_ms(r['excess_p95'])} | {_pct(r['within_bound_pct'])} |"
         )
-    return {"rows": rows, "markdown": "\n".join(lines)}
+    lines += ["", *report.failure_lines(rows, label=_voice_label)]
+    return "\n".join(lines)
+
+
+def _voice_label(row: dict[str, Any]) -> str:
+    return f"{row['config']}, {row['front']}, {row['kind']} turns"
 
 
 async def _raw_call(connection: Connection, text: str, stream: bool, sample: Sample) -> None:
@@ -203,7 +218,8 @@ async def proxy(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
                 direct = base["direct"]
                 row = {"target": name, "stream": stream, "concurrency": concurrency,
                        "requests": len(samples), "ok": sum(s.ok for s in samples),
-                       "latency_p50": _p([s.latency for s in samples if s.ok], 50)}  # fmt: skip
+                       "latency_p50": _p([s.latency for s in samples if s.ok], 50),
+                       "errors": failures(samples)}  # fmt: skip
                 for q in (50, 99):
                     own, ref = _p(extra, q), _p(direct, q)
                     row[f"outside_sim_p{q}"] = own
@@ -224,9 +240,14 @@ async def proxy(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
             f"| {_ms(r['latency_p50'])} | {_ms(r['outside_sim_p50'])} / "
             f"{_ms(r['outside_sim_p99'])} | {_ms(r['added_p50'])} / {_ms(r['added_p99'])} |"
         )
+    lines += ["", *report.failure_lines(rows, label=_proxy_label)]
     if litellm_error:
         lines += ["", f"LiteLLM not measured: {litellm_error}"]
     return {"rows": rows, "markdown": "\n".join(lines), "litellm_error": litellm_error}
+
+
+def _proxy_label(row: dict[str, Any]) -> str:
+    return f"{row['target']}, {'stream' if row['stream'] else 'non-stream'}, c={row['concurrency']}"
 
 
 async def _ordering_check(url: str, key: str, dsn: str, *, threads: int, per_thread: int,
@@ -315,6 +336,7 @@ async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
             f"| {r['overhead_p50_ms']} / {r['overhead_p99_ms']} | {report.cpu_cell(r)} "
             f"| {(r.get('peak_rss_mb') or {}).get('server')} |"
         )
+    lines += ["", *report.failure_lines(rows, label=_scale_label)]
     lines.append("")
     for mode in sorted({(r["front"], r["stream"]) for r in rows}):
         means = {
@@ -340,4 +362,9 @@ async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "ordering": checks, "markdown": "\n".join(lines)}
 
 
-__all__ = ["proxy", "scale", "voice", "voice_row"]
+def _scale_label(row: dict[str, Any]) -> str:
+    mode = Mode(row["front"], row["stream"])
+    return f"round {row['round']}, {row['workers']} worker(s), {mode.label}"
+
+
+__all__ = ["proxy", "scale", "voice", "voice_markdown", "voice_row"]

@@ -7,10 +7,11 @@ latency allows that the server delivers, 1.0 being a server that adds nothing un
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from lang_agent.bench.load import CellResult
+from lang_agent.bench.load import CellResult, Sample
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -63,13 +64,22 @@ def summarise(cell: CellResult) -> dict[str, Any]:
     row |= _spread(engine, "engine_overhead_")
     row |= _spread([s.before_model_s for s in ok if s.before_model_s is not None], "before_model_")
     row |= _spread([s.after_model_s for s in ok if s.after_model_s is not None], "after_model_")
+    row["errors"] = failures(samples)
+    return row
+
+
+# An error body's request id: unique per answer, so with it each failure was a reason of its own.
+REQUEST_ID = re.compile(r"\b[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b")
+
+
+def failures(samples: Sequence[Sample]) -> dict[str, int]:
+    """How many turns failed for each reason, request ids left out."""
     errors: dict[str, int] = {}
     for sample in samples:
         if not sample.ok:
-            key = (sample.error or "unknown")[:120]
+            key = REQUEST_ID.sub("…", sample.error or "unknown")[:120]
             errors[key] = errors.get(key, 0) + 1
-    row["errors"] = errors
-    return row
+    return errors
 
 
 def add_efficiency(rows: list[dict[str, Any]]) -> None:

@@ -20,6 +20,10 @@ from lang_agent.jsonwire import dumpb
 
 MAX_HEAD = 64 * 1024
 MAX_SIZE_LINE = 1024
+# After a refused connection the next try waits, twice as long each time up to a bound: a user
+# of a server that is down (or never came up) otherwise retries at once and spins the CPU.
+FIRST_RETRY_S = 0.05
+MAX_RETRY_S = 1.0
 
 BodySink = Callable[[bytes], None]
 
@@ -177,11 +181,12 @@ def _size(value: int) -> int:
 
 class Connection:
     """A simulated user's connection: one request at a time, reconnected when the server
-    closed it."""
+    closed it, and after a failed connect only once a pause has passed."""
 
     def __init__(self, client: LoadClient) -> None:
         self._client = client
         self._exchange: _Exchange | None = None
+        self._retry_s = 0.0  # the pause before the next connect; 0 after one that worked
 
     async def post(
         self, path: str, body: Any, *, headers: dict[str, str], sink: BodySink = _discard
@@ -210,14 +215,17 @@ class Connection:
     async def _connect(self) -> _Exchange:
         if self._exchange is not None and self._exchange.open:
             return self._exchange
+        if self._retry_s:
+            await asyncio.sleep(self._retry_s)
         loop = asyncio.get_running_loop()
         try:
             _, exchange = await loop.create_connection(
                 _Exchange, self._client.host, self._client.port
             )
         except OSError as exc:
+            self._retry_s = min(max(2 * self._retry_s, FIRST_RETRY_S), MAX_RETRY_S)
             raise WireError(f"cannot connect: {exc}") from exc
-        self._exchange = exchange
+        self._exchange, self._retry_s = exchange, 0.0
         return exchange
 
 

@@ -1,0 +1,120 @@
+"""The stress tool's command line (lang_agent/bench/cli.py): flags refused before anything
+starts, a --target checked before it is measured, what a run records and how it exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from lang_agent.bench import cli
+from lang_agent.cli_common import FAILURE, OK, STARTUP_FAILURE
+from tests.conftest import TEST_KEY
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(flags)
+    cli.check_arguments(parser, args)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--duration", "nan"], "--duration must be above 0, not nan"),
+        (["--duration", "inf"], "--duration must be above 0, not inf"),
+        (["--ramp", "nan"], "--ramp must be 0 or more, not nan"),
+        (["--ramp", "inf"], "--ramp must be 0 or more, not inf"),
+        (["--fronts", "OpenAI"], "expected front ends from dashscope, openai"),
+        (["--fronts", ""], "expected front ends from dashscope, openai"),
+        (["--profile", "slow"], "invalid choice: 'slow'"),
+        (["--scenario", "voice", "--target", "http://127.0.0.1:1"], "--target measures"),
+        (["--scenario", "all", "--target", "http://127.0.0.1:1"], "--target measures"),
+        (["--key", "k"], "--key is the key of --target"),
+        (["--target", "https://example.com"], "--target must be a plain http:// URL"),
+    ],
+)
+def test_a_flag_that_cannot_work_is_a_usage_error(capsys, flags, message) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(*flags)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_front_ends_may_be_listed_with_spaces() -> None:
+    assert parse("--fronts", "openai, dashscope").fronts == ["dashscope", "openai"]
+    assert parse("--fronts", "openai,").fronts == ["openai"]  # as --levels 1,10, does
+    assert [m.label for m in cli.modes(parse("--fronts", " openai ", "--streams", "plain"))] == [
+        "openai non-stream"
+    ]
+
+
+def test_the_record_keeps_no_key_and_no_password() -> None:
+    args = parse(
+        "--target", "http://127.0.0.1:8588", "--key", "sk-live-secret",
+        "--conn-str", "postgresql://agent:hunter2@db:5432/agent",
+        "--server-env", "OPENAI_API_KEY=sk-other", "--server-env", "SPECULATIVE_CHAT=false",
+        "--out", "/tmp/out",
+    )  # fmt: skip
+    argv = cli.recorded_argv(args)
+    text = json.dumps(argv)
+    assert "sk-live-secret" not in text and "hunter2" not in text and "sk-other" not in text
+    assert argv["key"] == "***"
+    assert argv["conn_str"] == "postgresql://agent:***@db:5432/agent"
+    assert argv["server_env"] == ["OPENAI_API_KEY=***", "SPECULATIVE_CHAT=false"]
+    assert argv["target"] == "http://127.0.0.1:8588" and argv["out"] == "/tmp/out"
+
+
+async def _closed_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+async def test_an_unreachable_target_stops_the_run_before_it_starts(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    target = f"http://127.0.0.1:{await _closed_port()}"
+    args = parse("--target", target, "--levels", "1", "--duration", "1", "--out", str(out))
+    assert await cli.main(args) == STARTUP_FAILURE
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"--target {target}: no answer from /health")
+    assert not out.exists()  # no stack, no results
+
+
+@pytest.fixture
+def bench_server(live_server):
+    return live_server()
+
+
+def _run_against(url: str, out: Path, *, key: str) -> argparse.Namespace:
+    return parse(
+        "--target", url, "--key", key, "--levels", "1", "--duration", "0.5",
+        "--fronts", "openai", "--streams", "plain", "--out", str(out),
+    )  # fmt: skip
+
+
+async def test_a_target_run_starts_nothing_and_says_what_it_cannot_measure(
+    bench_server, tmp_path
+) -> None:
+    out = tmp_path / "out"
+    assert await cli.main(_run_against(bench_server.url, out, key=TEST_KEY)) == OK
+    # no embedded Postgres, no simulator: the target uses neither
+    assert not (out / "stack" / "pg").exists() and not (out / "stack" / "sim.log").exists()
+    report = (out / "report.md").read_text()
+    assert "Overhead needs --sim-url" in report and "engine overhead needs --conn-str" in report
+    results = (out / "results.json").read_text()
+    assert TEST_KEY not in report and TEST_KEY not in results
+    assert json.loads(results)["simulator_profile"] is None
+
+
+async def test_a_run_where_every_request_failed_does_not_exit_0(bench_server, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert await cli.main(_run_against(bench_server.url, out, key="wrong-key")) == FAILURE
+    assert "Failures: " in (out / "report.md").read_text()
