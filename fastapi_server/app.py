@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health", tags=["ops"])
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse(request.app.state.service.health())
+        health = await request.app.state.service.health()
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     return app

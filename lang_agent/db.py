@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
@@ -496,6 +497,11 @@ class Pool(AsyncConnectionPool):
         await super()._add_connection(attempt, growing)
 
 
+# /health's look at the database: how long it waits for an answer, and how often it asks.
+PROBE_TIMEOUT_S = 2.0
+PROBE_EVERY_S = 1.0
+
+
 class Database:
     """A pool over one Postgres, with the schema applied."""
 
@@ -509,6 +515,8 @@ class Database:
         checkout: CheckoutCheck | None = None,
     ) -> None:
         self.dsn = dsn
+        self._probe: asyncio.Future[str | None] | None = None
+        self._probed_at = 0.0
         checkout = checkout or CheckoutCheck()
         self.pool = Pool(
             dsn,
@@ -535,6 +543,24 @@ class Database:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def problem(self) -> str | None:
+        """None when a pooled connection answers within PROBE_TIMEOUT_S, else why not (one
+        line, masked). One probe a second at most, whoever asks: /health asks unauthenticated."""
+        now = time.monotonic()
+        if self._probe is None or now - self._probed_at >= PROBE_EVERY_S:
+            self._probe, self._probed_at = asyncio.ensure_future(self._ping()), now
+        return await asyncio.shield(self._probe)
+
+    async def _ping(self) -> str | None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S), self.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except TimeoutError:
+            return f"no answer within {PROBE_TIMEOUT_S:g} s"
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            return mask_dsn(_first_line(exc))
+        return None
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:

@@ -49,10 +49,14 @@ class Service:
     loop_lag: LoopLag
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        """`status` is `degraded` while the database does not answer: turns on a thread fail
+        then, with 503 (turns without one still work)."""
         specs = self.agent.deps.models.specs
+        database = await self.db.problem()
         return {
-            "status": "ok",
+            "status": "ok" if database is None else "degraded",
+            "database": {"ok": database is None, "error": database},
             "turns_in_flight": self.agent.turns_running,
             "models": {role: str(spec) for role, spec in specs.items()},
             "tools": self.tools.health(),

@@ -293,6 +293,10 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
             forget = client.delete(f"/v1/threads/{thread_id}")
             assert forget.status_code == 503
             assert forget.json()["error"]["code"] == "store_unavailable"
+            # /health said "ok" through the outage: a load balancer kept sending turns.
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "degraded"
+            assert health.json()["database"]["ok"] is False and health.json()["database"]["error"]
             time.sleep(max(0.0, lost_at + 7.5 - time.monotonic()))
         finally:
             own_pg.start()
@@ -301,3 +305,5 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
             within_s=4.0,
             every_s=0.2,
         )
+        wait_until(lambda: client.get("/health").status_code == 200, within_s=4.0, every_s=0.2)
+        assert client.get("/health").json()["database"] == {"ok": True, "error": None}
