@@ -144,11 +144,16 @@ class Metrics:
             if capture
             else (0, 0, 0, 0)
         )
-        family(f"{p}_capture_rows_written_total", "counter", "Capture rows written.", {(): written})
+        family(
+            f"{p}_capture_rows_written_total",
+            "counter",
+            "Calls whose capture row was written whole (its final row).",
+            {(): written},
+        )
         family(
             f"{p}_capture_rows_dropped_total",
             "counter",
-            "Capture rows dropped (queue full or database down).",
+            "Calls whose final capture row was dropped (queue full or database down).",
             {(): dropped},
         )
         family(f"{p}_capture_queue_depth", "gauge", "Capture rows waiting.", {(): queued})

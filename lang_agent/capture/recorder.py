@@ -6,7 +6,9 @@ gets its final row). Nothing here ever blocks or fails a model call: `begin`
 and `finish` only `put_nowait`. Through a database outage the writer keeps its batch and retries
 it with a backoff for up to `OUTAGE_WAIT_S`, while the queue holds what arrives meanwhile. The
 queue is bounded in rows and in the bytes of the bodies they carry; a full queue, or an outage
-longer than that, drops rows, counted in `dropped` and in /metrics.
+longer than that, drops rows. `written` and `dropped` count calls, by their final row: a call
+whose final row was written is recorded whole, whatever became of its pending row, and one
+whose final row was dropped is lost (its row, if any, stays `pending`).
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ class _Item:
     call_id: uuid.UUID
     row: dict[str, Any]
     size: int  # the record's body bytes, counted against `queue_bytes`
+
+
+def _calls(items: Iterable[_Item]) -> int:
+    """The calls these items account for: one per final row (see the module docstring)."""
+    return sum(item.kind == "finish" for item in items)
 
 
 class Recorder:
@@ -201,8 +208,9 @@ class Recorder:
             await self._task
         self._task = None
         while not self._queue.empty():
-            self._taken(self._queue.get_nowait())
-            self._drop(1)
+            item = self._queue.get_nowait()
+            self._taken(item)
+            self._drop([item])
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -229,16 +237,16 @@ class Recorder:
         if not self.enabled:
             return
         if self._stopped:
-            self._drop(1)  # a call that outlived the writer
+            self._drop([item])  # a call that outlived the writer
             return
         # One row larger than the whole budget still goes through when nothing else is held.
         if self.queued_bytes and self.queued_bytes + item.size > self.queue_bytes:
-            self._drop(1)
+            self._drop([item])
             return
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._drop(1)
+            self._drop([item])
             return
         self.queued_bytes += item.size
 
@@ -247,10 +255,10 @@ class Recorder:
         self.queued_bytes -= item.size
         self._queue.task_done()
 
-    def _drop(self, count: int) -> None:
+    def _drop(self, items: Iterable[_Item]) -> None:
         if self.dropped == 0:
             logger.warning("capture rows dropped (queue full or database unavailable)")
-        self.dropped += count
+        self.dropped += _calls(items)
 
     async def _run(self) -> None:
         while True:
@@ -261,13 +269,13 @@ class Recorder:
                 await gather_batch(self._queue, batch, self.batch_size)
                 await self._write_through_outage(batch)
             except psycopg.Error as exc:  # not an outage: retrying the batch cannot help
-                self._drop(len(batch))
+                self._drop(batch)
                 logger.warning("capture writer dropped a batch of %s rows: %r", len(batch), exc)
             except asyncio.CancelledError:
-                self._drop(len(batch))  # stopped mid-batch: these rows are lost, count them
+                self._drop(batch)  # stopped mid-batch: these rows are lost, count them
                 raise
             except Exception:  # the writer loop is an edge: it must never die
-                self._drop(len(batch))
+                self._drop(batch)
                 logger.exception("capture writer failed on a batch of %s rows", len(batch))
             finally:
                 for item in batch:
@@ -286,7 +294,7 @@ class Recorder:
             except (psycopg.OperationalError, OSError) as exc:
                 self._log_outage(exc)
                 if time.monotonic() + backoff > give_up_at:
-                    self._drop(len(batch))
+                    self._drop(batch)
                     return
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
@@ -317,10 +325,9 @@ class Recorder:
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError):
                 # One bad row must not sink the batch: retry row by row, drop the bad ones.
                 refused = await self._write_one_by_one(conn, rows)
-                self.written += len(batch) - len(refused)
-                self._note_written(i for i in items if i.call_id not in refused)
-                return
-        self.written += len(batch)
+                self._drop(i for i in items if i.call_id in refused)
+                items = [i for i in items if i.call_id not in refused]
+        self.written += _calls(items)
         self._note_written(items)
 
     def _row(self, item: _Item) -> dict[str, Any]:
@@ -347,6 +354,5 @@ class Recorder:
                 await conn.execute(UPSERT_CALLS_SQL, (Jsonb([row], dumps=jsonb_dumps),))
             except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as exc:
                 refused.add(row["call_id"])
-                self._drop(1)
                 logger.warning("capture row %s refused by the database: %s", row["call_id"], exc)
         return refused
