@@ -14,6 +14,7 @@ from lang_agent.cli_common import (
     CONN_STR_OPTION,
     FAILURE,
     OK,
+    PORT,
     STARTUP_FAILURE,
     settings_from,
 )
@@ -26,7 +27,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="Agent API bind address [env HOST, default 127.0.0.1].")
-@click.option("--port", type=int, default=None, help="Agent API port [env PORT, default 8588].")
+@click.option("--port", type=PORT, default=None, help="Agent API port [env PORT, default 8588].")
 @click.option("--conn-str", default=None, help="Postgres DSN [env CONN_STR; default embedded].")
 def serve(host: str | None, port: int | None, conn_str: str | None) -> None:
     """Run the agent API (OpenAI and DashScope paths) and the viewer."""
@@ -55,7 +56,7 @@ def schema() -> None:
 @main.command("device-sim")
 @click.option(
     "--port",
-    type=int,
+    type=PORT,
     default=None,
     help="Serve streamable HTTP on this port (0: any free port). Without it: MCP over stdio.",
 )
@@ -113,7 +114,9 @@ def device_sim(
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
-@click.option("--port", type=int, default=8599, show_default=True, help="Port; 0 picks a free one.")
+@click.option(
+    "--port", type=PORT, default=8599, show_default=True, help="Port; 0 picks a free one."
+)
 @click.option(
     "--profile",
     type=click.Choice(["fast", "original"]),

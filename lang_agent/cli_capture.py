@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from lang_agent import loop
-from lang_agent.cli_common import CONN_STR_OPTION, STARTUP_FAILURE, settings_from
+from lang_agent.cli_common import CONN_STR_OPTION, PORT, STARTUP_FAILURE, settings_from
 
 
 @click.group()
@@ -180,7 +180,7 @@ def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str
 
 @calls.command("replay")
 @click.option("--id", "call_id", type=int, required=True, help="The call to serve again.")
-@click.option("--port", type=int, default=0, help="Port on 127.0.0.1; 0 picks a free one.")
+@click.option("--port", type=PORT, default=0, help="Port on 127.0.0.1; 0 picks a free one.")
 @click.option("--speed", type=float, default=1.0, help="Timing scale: 2 = twice as fast.")
 @CONN_STR_OPTION
 def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) -> None:
@@ -213,7 +213,7 @@ def proxy() -> None:
 
 
 @proxy.command("start")
-@click.option("--port", type=int, default=None, help="Port on 127.0.0.1 [default 9988].")
+@click.option("--port", type=PORT, default=None, help="Port on 127.0.0.1 [default 9988].")
 @click.option("--upstream", default=None, help="Default upstream base URL [Moonshot /v1].")
 @click.option("--key", default=None, help="Send this key upstream instead of the client's.")
 @click.option(

@@ -12,6 +12,9 @@ OK = 0
 FAILURE = 1
 STARTUP_FAILURE = 3
 
+# A TCP port, 0 for any free one: an int would let 70000 through, and the OS take it mod 65536.
+PORT = click.IntRange(0, 65535)
+
 CONN_STR_OPTION = click.option(
     "--conn-str", default=None, help="Postgres DSN [env CONN_STR; embedded]."
 )

@@ -1,0 +1,25 @@
+"""The `lang-agent` command's own checks of its flags, before any command runs."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from lang_agent.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sim", "--port", "70000"],
+        ["device-sim", "--port", "65536"],
+        ["proxy", "start", "--port", "-1"],
+        ["calls", "replay", "--id", "1", "--port", "99999"],
+        ["serve", "--port", "70000"],
+    ],
+)
+def test_a_port_out_of_range_is_a_usage_error(argv):
+    # An int option let 70000 through, and the OS bound 70000 - 65536 = 4464 instead.
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2
+    assert "is not in the range 0<=x<=65535" in result.output
