@@ -27,7 +27,7 @@ from lang_agent.bench.load import (
 from lang_agent.bench.load import run_cell as run_one
 from lang_agent.bench.runner import Mode, Target, cell_line, run_matrix
 from lang_agent.bench.scenarios import voice_markdown, voice_row
-from lang_agent.bench.stack import Meter
+from lang_agent.bench.stack import Meter, Stack
 from lang_agent.bench.stats import add_efficiency, failures, percentile, summarise
 from lang_agent.bench.workload import CHAT_TEXT, StreamReader, marker, turn_text
 from lang_agent.llm import sim_intents
@@ -446,3 +446,12 @@ def test_failures_group_by_reason_whatever_the_request_id() -> None:
     assert report.failures_text(many) == (
         "10× reason 0; 9× reason 1; 8× reason 2; 7× reason 3; 6× reason 4; 12× 3 other reasons"
     )
+
+
+def test_the_stack_leaves_its_logs_and_takes_its_database_away(tmp_path):
+    # Each run's Postgres data (up to a gigabyte) stayed in its --out directory.
+    with Stack(tmp_path / "stack") as stack:
+        dsn = stack.postgres()
+        assert dsn and (tmp_path / "stack" / "pg" / "PG_VERSION").is_file()
+    assert not (tmp_path / "stack" / "pg").exists()
+    assert stack.postgres_pid() is None

@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--ramp", type=float, default=0.0, metavar="S",
         help="start the users evenly over S seconds (default 0: all at once, in step)")  # fmt: skip
     add("--tool-every", type=int, default=0, help="every n-th turn is a tool turn (0: none)")
-    add("--profile", default="original", choices=SIM_PROFILES, help="simulator latency profile")
-    add("--workers", type=int, default=1, help="server worker processes (WORKERS)")
+    add("--profile", default=None, choices=SIM_PROFILES,
+        help="simulator latency profile (default: original)")  # fmt: skip
+    add("--workers", type=int, default=None, help="server worker processes (WORKERS; default 1)")
     add("--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
     add("--target", default=None,
@@ -83,8 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a run that would fail or mean nothing once the stack is up."""
-    if args.py_spy and shutil.which("py-spy") is None:
-        parser.error("--py-spy needs py-spy on PATH (pip install py-spy)")
     # `not value > 0` refuses NaN too, and isfinite infinity: a cell of either never ends.
     for flag in ("duration", "workers", "turns_per_thread"):
         value = getattr(args, flag)
@@ -101,9 +100,22 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if args.scenario != "matrix":
             parser.error(f"--target measures a running server with --scenario matrix only; "
                          f"{args.scenario} starts servers of its own")  # fmt: skip
+        # These shape the servers and simulator this tool starts, and it starts none.
+        for flag, given in (("--workers", args.workers is not None),
+                            ("--server-env", bool(args.server_env)),
+                            ("--profile", args.profile is not None),
+                            ("--py-spy", bool(args.py_spy))):  # fmt: skip
+            if given:
+                parser.error(f"{flag} configures the servers this tool starts: not with --target")
     elif args.key is not None:
         # The servers this tool starts accept only their own key.
         parser.error("--key is the key of --target: without --target it would go nowhere")
+    if args.py_spy and shutil.which("py-spy") is None:
+        parser.error("--py-spy needs py-spy on PATH (pip install py-spy)")
+
+
+def workers(args: argparse.Namespace) -> int:
+    return args.workers or 1
 
 
 def modes(args: argparse.Namespace) -> list[Mode]:
@@ -303,7 +315,8 @@ async def _start(args: argparse.Namespace, stack: Stack, *, wanted: list[str]) -
     if args.sim_url:
         sim_url = args.sim_url
     else:
-        sim_url = (await asyncio.to_thread(stack.simulator, profile=args.profile)).url
+        profile = args.profile or "original"
+        sim_url = (await asyncio.to_thread(stack.simulator, profile=profile)).url
         env["sim_pid"] = stack.services[-1].pid
     sim_root = _sim_root(sim_url)
     env["sim_url"], env["sim_root"] = sim_url, sim_root
@@ -314,7 +327,7 @@ async def _start(args: argparse.Namespace, stack: Stack, *, wanted: list[str]) -
     env["key"] = BENCH_KEY
     if "matrix" not in wanted:
         return env  # the other scenarios start the servers they need
-    server = await asyncio.to_thread(stack.server, env=env["server_env"], workers=args.workers)
+    server = await asyncio.to_thread(stack.server, env=env["server_env"], workers=workers(args))
     env["server_pid"] = server.pid
     meter = Meter({"server": server.pid, "sim": env.get("sim_pid"),
                    "postgres": stack.postgres_pid()})  # fmt: skip
@@ -327,7 +340,7 @@ async def _start(args: argparse.Namespace, stack: Stack, *, wanted: list[str]) -
 def _server_processes(args: argparse.Namespace, *, wanted: list[str]) -> int:
     """Server processes up at once, for Postgres's connection budget: the matrix's server
     stays up while the scale scenario runs its own two beside it; voice runs one at a time."""
-    processes = args.workers if "matrix" in wanted else 1
+    processes = workers(args) if "matrix" in wanted else 1
     if "scale" in wanted:
         processes += sum(scenarios.SCALE_WORKERS)
     return processes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,6 +104,9 @@ class Stack:
             with contextlib.suppress(Exception):
                 self._pg.cleanup()
             self._pg = None
+            # A run's database is of no use after it (report.md and results.json hold the
+            # figures), and it is up to a gigabyte that would sit in every --out directory.
+            shutil.rmtree(self.workdir / "pg", ignore_errors=True)
 
     def stop(self, service: Service) -> None:
         proc = service.proc
