@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
 import subprocess
 import sys
@@ -455,3 +456,14 @@ def test_the_stack_leaves_its_logs_and_takes_its_database_away(tmp_path):
         assert dsn and (tmp_path / "stack" / "pg" / "PG_VERSION").is_file()
     assert not (tmp_path / "stack" / "pg").exists()
     assert stack.postgres_pid() is None
+
+
+def test_every_process_the_stack_starts_runs_this_checkouts_code(tmp_path, monkeypatch):
+    # `-m lang_agent.cli` (the simulator, the capture proxy) found the installed package
+    # first: a run from a worktree of an older commit measured the newer proxy.
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    with Stack(tmp_path / "stack") as stack:
+        code = "import os; print(os.environ['PYTHONPATH'])"
+        proc, log = stack._spawn("probe", [sys.executable, "-c", code])
+        assert proc.wait(30) == 0
+    assert log.read_text().split() == [f"{ROOT}{os.pathsep}/elsewhere"]

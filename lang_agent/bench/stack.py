@@ -124,10 +124,14 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None):
         log = self.workdir / f"{name}.log"
         handle = log.open("ab")
+        # This checkout's code in every process: an installed (editable) lang_agent would
+        # otherwise win for `-m lang_agent.cli`, and a run from a worktree of an older commit
+        # would measure the newer code's proxy and simulator.
+        path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
             argv,
             cwd=self.workdir,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "PYTHONPATH": path, **(env or {})},
             stdout=handle,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -168,7 +172,6 @@ class Stack:
         script = ROOT / "fastapi_server" / f"server_{front}.py"
         argv = [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers)]  # fmt: skip
-        env = {"PYTHONPATH": str(ROOT), **env}
         proc, log = self._spawn(f"server-{port}", argv, env)
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", proc=proc)
