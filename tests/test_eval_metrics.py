@@ -203,19 +203,24 @@ def test_judge_scores_average():
     assert m.judge_score == 0.75 and m.judged == 2
 
 
+def diff_with_metrics(before, after, *, comparable: bool = True):
+    return diff_runs(
+        before,
+        current=after,
+        previous_name="run-1",
+        previous_metrics=summarise(before),
+        current_metrics=summarise(after),
+        comparable=comparable,
+    )
+
+
 def test_diff_reports_flips():
     before = crafted()
     after = crafted()
     after[0].passed = False  # vol-good breaks
     after[2].passed = True  # vol-chat is fixed
     after.pop()  # broken is no longer run
-    diff = diff_runs(
-        before,
-        current=after,
-        previous_name="run-1",
-        previous_metrics=summarise(before),
-        current_metrics=summarise(after),
-    )
+    diff = diff_with_metrics(before, after)
     assert diff.broken == ["vol-good"] and diff.fixed == ["vol-chat"]
     assert diff.dropped == ["broken"] and diff.added == [] and diff.common == 5
     assert diff.flipped == 2
@@ -225,14 +230,7 @@ def test_diff_reports_flips():
 def test_a_run_over_other_cases_compares_case_by_case_only():
     before, after = crafted(), crafted()[:3]
     after[0].passed = False
-    diff = diff_runs(
-        before,
-        current=after,
-        previous_name="run-1",
-        previous_metrics=summarise(before),
-        current_metrics=summarise(after),
-        comparable=False,
-    )
+    diff = diff_with_metrics(before, after, comparable=False)
     assert diff.broken == ["vol-good"] and diff.common == 3
     assert diff.metric_deltas == {} and not diff.comparable
 
