@@ -14,7 +14,7 @@ from lang_agent.cli_common import CONN_STR_OPTION, PORT, STARTUP_FAILURE, settin
 
 @click.group()
 def calls() -> None:
-    """Search, inspect, export, clean up and replay captured model calls (table llm_calls)."""
+    """Search, inspect, compare, export, clean up and replay captured model calls (llm_calls)."""
 
 
 _SELECTORS = (
@@ -195,6 +195,26 @@ def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) ->
         _run_calls(
             replay_command(settings, call_id=call_id, port=port, speed=speed, on_ready=ready)
         )
+
+
+@calls.command("diff")
+@click.option(
+    "--id",
+    "call_ids",
+    type=int,
+    multiple=True,
+    required=True,
+    help="The call; twice to compare two (the first is before). Once: it is compared with the "
+    "call before it in its thread.",
+)
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@CONN_STR_OPTION
+def calls_diff(call_ids: tuple[int, ...], as_json: bool, conn_str: str | None) -> None:
+    """Compare two calls' parameters, tools and messages, and explain their prompt-cache hit."""
+    from lang_agent.capture.commands import diff_command
+
+    settings = settings_from(conn_str=conn_str)
+    click.echo(_run_calls(diff_command(settings, call_ids=call_ids, as_json=as_json)))
 
 
 def _route(text: str) -> dict[str, object]:

@@ -38,6 +38,7 @@ CALLS_COMMANDS = [
     ["export", "--id", "1"],
     ["cleanup", "--all", "--yes"],
     ["replay", "--id", "1"],
+    ["diff", "--id", "1"],
 ]
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from psycopg import AsyncConnection
 
+from lang_agent.capture.diff import diff_calls
+from lang_agent.capture.diff_text import diff_json, render_diff
 from lang_agent.capture.export import (
     calls_json,
     calls_table,
@@ -135,12 +137,50 @@ async def replay_command(
 ) -> None:
     """Serve one recorded response until interrupted; `on_ready` gets the base_url."""
     async with calls_connection(settings) as conn:
-        rows = await get_calls(conn, CallFilter(id=call_id), limit=1)
-    if not rows:
-        raise CallsError("no such call")
-    server = ReplayServer(ReplayCase.from_row(rows[0]), speed=speed)
+        row = await _call_by_id(conn, call_id)
+    server = ReplayServer(ReplayCase.from_row(row), speed=speed)
     on_ready(await server.start(port=port))
     try:
         await server.wait()
     finally:
         await server.stop()
+
+
+async def diff_command(
+    settings: Settings, *, call_ids: Sequence[int], as_json: bool = False
+) -> str:
+    """Compare two calls (the first id is "before"), or one call with the one before it in its
+    thread."""
+    if not 1 <= len(call_ids) <= 2:
+        raise CallsError("give one --id (compared with the call before it in its thread) or two")
+    async with calls_connection(settings) as conn:
+        rows = [await _call_by_id(conn, call_id) for call_id in call_ids]
+        if len(rows) == 1:
+            rows.insert(0, await _previous_in_thread(conn, rows[0]))
+    facts = diff_calls(*rows)
+    return diff_json(facts) if as_json else render_diff(facts)
+
+
+async def _call_by_id(conn: AsyncConnection, call_id: int) -> dict:
+    rows = await get_calls(conn, CallFilter(id=call_id), limit=1)
+    if not rows:
+        raise CallsError(f"no call with id {call_id}")
+    return rows[0]
+
+
+async def _previous_in_thread(conn: AsyncConnection, row: dict) -> dict:
+    """The thread's newest call created before this one by the same node: a turn's router,
+    chat and filler calls have prompts of their own, so only the same node's share a prefix."""
+    if row["thread_id"] is None:
+        raise CallsError(f"call {row['id']} has no thread: give a second --id to compare it with")
+    earlier = CallFilter(
+        thread_id=row["thread_id"], node=row["node"], before=row["created_at"].isoformat()
+    )
+    rows = await get_calls(conn, earlier, limit=1)
+    if not rows:
+        by = f" by {row['node']}" if row["node"] else ""
+        raise CallsError(
+            f"call {row['id']} is the first call{by} in thread {row['thread_id']}: "
+            "give a second --id to compare it with"
+        )
+    return rows[0]

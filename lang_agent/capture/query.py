@@ -54,6 +54,7 @@ class CallFilter:
     request_id: str | None = None
     thread_id: str | None = None
     turn_id: str | None = None
+    node: str | None = None
     since: str | None = None
     before: str | None = None
 
@@ -66,6 +67,7 @@ class CallFilter:
             ("upstream_request_id", self.request_id),
             ("thread_id", self.thread_id),
             ("turn_id", self.turn_id),
+            ("node", self.node),
         ):
             if value is not None:
                 parts.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
