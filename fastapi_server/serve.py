@@ -198,17 +198,20 @@ def run_agent_and_viewer(settings: Settings) -> int:
 def settings_from_flags(
     argv: Sequence[str] | None, *, description: str, port: int, open_host: str | None = None
 ) -> Settings:
-    """Parse --host/--port (flags win over env) and build Settings, or exit with a clear error.
-    `open_host` is the default bind address once FAST_AUTH_KEYS is set; loopback until then."""
+    """Parse --host/--port and build Settings, or exit with a clear error. A flag wins over
+    HOST/PORT (environment or .env), which win over this script's defaults: `port`, and
+    `open_host` as the bind address once FAST_AUTH_KEYS is set (loopback until then)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=None, help="bind address (default: HOST or 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    parser.add_argument("--port", type=int, default=None, help=f"port (default: PORT or {port})")
     parser.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: WORKERS or 1)"
     )
     parser.add_argument("route", nargs="*", help="`route PROFILE`: default pipeline profile")
     args = parser.parse_args(argv)
-    overrides: dict[str, object] = {"port": args.port}
+    overrides: dict[str, object] = {}
+    if args.port is not None:
+        overrides["port"] = args.port
     if args.workers is not None:
         overrides["workers"] = args.workers
     if args.host:
@@ -218,9 +221,13 @@ def settings_from_flags(
             parser.error("expected `route PROFILE`")
         overrides["default_profile"] = args.route[1]
     settings = settings_or_exit(**overrides)
-    if open_host and not args.host and settings.auth_keys and settings.host == "127.0.0.1":
-        settings = settings_or_exit(**overrides, host=open_host)
-    return settings
+    given = settings.model_fields_set  # set by a flag, the environment or .env
+    defaults: dict[str, object] = {}
+    if "port" not in given:
+        defaults["port"] = port
+    if open_host and "host" not in given and settings.auth_keys:
+        defaults["host"] = open_host
+    return settings_or_exit(**overrides, **defaults) if defaults else settings
 
 
 def settings_or_exit(**overrides: object) -> Settings:

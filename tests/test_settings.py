@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from fastapi_server.serve import STARTUP_FAILURE
+from fastapi_server.serve import STARTUP_FAILURE, settings_from_flags
 from lang_agent.db import mask_dsn
 from lang_agent.settings import Settings, settings_error
 
@@ -180,3 +180,27 @@ def test_serve_stops_when_one_of_its_apps_cannot_start(tmp_path, pg_dsn):
 )
 def test_a_masked_dsn_keeps_no_password(dsn, masked):
     assert mask_dsn(dsn) == masked
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "expected"),
+    [
+        ({}, [], ("127.0.0.1", 8589)),
+        ({"PORT": "18674"}, [], ("127.0.0.1", 18674)),  # PORT was always replaced by 8589
+        ({"PORT": "18674"}, ["--port", "18675"], ("127.0.0.1", 18675)),
+        ({"FAST_AUTH_KEYS": "k1"}, [], ("0.0.0.0", 8589)),
+        # An explicit HOST=127.0.0.1 was taken for the default and opened to 0.0.0.0.
+        ({"FAST_AUTH_KEYS": "k1", "HOST": "127.0.0.1"}, [], ("127.0.0.1", 8589)),
+        ({"FAST_AUTH_KEYS": "k1"}, ["--host", "127.0.0.1"], ("127.0.0.1", 8589)),
+    ],
+)
+def test_a_server_script_takes_host_and_port_from_flags_then_settings_then_its_defaults(
+    monkeypatch, env, argv, expected
+):
+    for name in ("PORT", "HOST", "FAST_AUTH_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(ROOT / "tests")  # no .env here
+    settings = settings_from_flags(argv, description="", port=8589, open_host="0.0.0.0")
+    assert (settings.host, settings.port) == expected
