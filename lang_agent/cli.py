@@ -98,8 +98,8 @@ def device_sim(
         raise click.ClickException(f"refusing to serve the device simulator on {host}")
     if board not in BOARDS:
         raise click.ClickException(f"unknown board {board}; choose one of {', '.join(BOARDS)}")
-    sys.exit(
-        run(
+    try:
+        code = run(
             host=host,
             port=port,
             board=board,
@@ -109,7 +109,10 @@ def device_sim(
             user_tools=user_tools,
             on_ready=lambda url: print(f"device simulator: {url}", flush=True),
         )
-    )
+    except OSError as exc:
+        click.echo(f"cannot start the device simulator on {host}:{port}: {exc}", err=True)
+        code = STARTUP_FAILURE
+    sys.exit(code)
 
 
 @main.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from click.testing import CliRunner
 
@@ -23,3 +25,15 @@ def test_a_port_out_of_range_is_a_usage_error(argv):
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2
     assert "is not in the range 0<=x<=65535" in result.output
+
+
+def test_device_sim_on_a_port_in_use_is_one_line():
+    # uvicorn's sys.exit inside the server's task group was an exception group's traceback.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["device-sim", "--port", str(port)])
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"cannot start the device simulator on 127.0.0.1:{port}: ")
+    assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -187,16 +188,21 @@ async def serve_http(
             yield
 
     app = Starlette(routes=[Route(MCP_PATH, _Endpoint(manager.handle_request))], lifespan=lifespan)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    # Bound here, so a port in use is an OSError for the caller: uvicorn would sys.exit inside
+    # the task group, and the user would get an exception group's traceback.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve)
+        tg.start_soon(lambda: server.serve(sockets=[sock]))
         while not server.started:
             if server.should_exit:
                 return
             await anyio.sleep(0.02)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://{host}:{bound}{MCP_PATH}"
+        bound = sock.getsockname()[1]
+        shown = f"[{host}]" if family == socket.AF_INET6 else host
+        url = f"http://{shown}:{bound}{MCP_PATH}"
         logger.info("device simulator (%s) serving %s", sim.board, url)
         if on_ready is not None:
             on_ready(url)
