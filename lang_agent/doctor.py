@@ -370,6 +370,8 @@ def check_files(settings: Settings) -> list[Check]:
     checks = []
     for name, env, path, load in loaders:
         try:
+            if not path.exists():  # the profiles' loader falls back to the default quietly
+                raise FileNotFoundError(f"{path} does not exist")
             load(path)
         except (OSError, ValueError) as exc:
             checks.append(Check(name, False, _one_line(exc), f"fix {path} or set {env}"))

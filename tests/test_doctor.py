@@ -268,13 +268,17 @@ async def test_bad_mcp_config_file(make_settings, tmp_path):
 
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
-def test_a_missing_or_broken_config_file_fails(make_settings, tmp_path, content):
-    models = tmp_path / "models.json"
+@pytest.mark.parametrize(
+    ("name", "setting"), [("models file", "models_file"), ("profiles", "profiles_file")]
+)
+def test_a_missing_or_broken_config_file_fails(make_settings, tmp_path, content, name, setting):
+    # A missing profiles file "loaded": its loader falls back to the default profile quietly.
+    path = tmp_path / "config.json"
     if content is not None:
-        models.write_text(content, encoding="utf-8")
-    checks = check_files(make_settings(models_file=models))
+        path.write_text(content, encoding="utf-8")
+    checks = check_files(make_settings(**{setting: path}))
     (bad,) = failed(checks)
-    assert bad.name == "models file" and "MODELS_FILE" in bad.fix
+    assert bad.name == name and setting.upper() in bad.fix
 
 
 async def test_unreachable_database(make_settings):

@@ -17,6 +17,8 @@ def load_profiles(path: Path) -> dict[str, Profile]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: profiles must be an object of name: profile")
     for name, spec in raw.items():
         if name.startswith("_"):
             continue
