@@ -1,6 +1,9 @@
-"""Shared pieces of the `lang-agent` commands: exit codes and building Settings from flags."""
+"""Shared pieces of the commands and scripts: exit codes, flag types, Settings from flags."""
 
 from __future__ import annotations
+
+import argparse
+import math
 
 import click
 from pydantic import ValidationError
@@ -26,3 +29,30 @@ def settings_from(**flags: object) -> Settings:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         raise click.ClickException(settings_error(exc)) from exc
+
+
+# argparse types for the scripts: a flag no run can honour is a usage error (exit 2) before
+# anything starts.
+
+
+def positive_int(text: str) -> int:
+    """A count of at least 1: 0 rounds or calls leave nothing to divide by or take a median of."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0. `not value > 0` refuses NaN too: a run of NaN minutes sends
+    nothing and passes, an infinite one never ends."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value

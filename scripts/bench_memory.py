@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,13 +29,31 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lang_agent import loop  # noqa: E402
+from lang_agent.bench.harness import scratch_dir  # noqa: E402
 from lang_agent.bench.stack import Stack  # noqa: E402
 from lang_agent.bench.workload import CHAT_TEXT  # noqa: E402
 from lang_agent.checkpointer import PooledSaver, install_loop_executor  # noqa: E402
+from lang_agent.cli_common import positive_int  # noqa: E402
 from lang_agent.db import Database  # noqa: E402
 
 ANSWER = "好的，明天北京晴，最高气温十二度，最低零下三度，北风三级，出门记得多穿一件外套。"
 ROUNDS = 6
+
+
+def sizes(text: str) -> list[int]:
+    """--sizes: even counts, since a turn writes its memory after the answer: questions and
+    answers in pairs."""
+    counts = [positive_int(part) for part in text.split(",")]
+    if any(count % 2 for count in counts):
+        raise argparse.ArgumentTypeError(f"expected even counts of messages, not {text!r}")
+    return counts
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=sizes, default="20,100,200", help="messages in memory")
+    parser.add_argument("--turns", type=positive_int, default=200, help="turns per round")
+    return parser.parse_args(argv)
 
 
 def memory(size: int) -> list:
@@ -109,13 +126,9 @@ async def bench(dsn: str, *, sizes: list[int], count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="20,100,200", help="messages in the thread's memory")
-    parser.add_argument("--turns", type=int, default=200, help="turns per round")
-    args = parser.parse_args()
-    sizes = [int(size) for size in args.sizes.split(",")]
-    with Stack(Path(tempfile.mkdtemp(prefix="bench-memory-"))) as stack:
-        loop.run(bench(stack.postgres(), sizes=sizes, count=args.turns))
+    args = parse_args()
+    with Stack(scratch_dir("bench-memory-")) as stack:
+        loop.run(bench(stack.postgres(), sizes=args.sizes, count=args.turns))
 
 
 if __name__ == "__main__":

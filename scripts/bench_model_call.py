@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +29,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lang_agent import loop  # noqa: E402
+from lang_agent.bench.harness import scratch_dir  # noqa: E402
 from lang_agent.bench.stack import Stack  # noqa: E402
 from lang_agent.bench.workload import CHAT_TEXT, marker  # noqa: E402
 from lang_agent.capture.transport import CapturingTransport  # noqa: E402
+from lang_agent.cli_common import positive_int  # noqa: E402
 from lang_agent.llm.chat_stream import Reply, request_body, stream_chat  # noqa: E402
 from lang_agent.llm.http1 import UPSTREAM_LIMITS, Http1Transport  # noqa: E402
 from lang_agent.llm.models_catalog import ModelCatalog  # noqa: E402
@@ -45,8 +46,16 @@ TRANSPORTS = {
 }
 
 
-async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str, list[float]]:
-    workdir = Path(tempfile.mkdtemp(prefix="bench-call-"))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=positive_int, default=40, help="concurrent calls per round")
+    parser.add_argument("--rounds", type=positive_int, default=6, help="rounds per backend")
+    return parser.parse_args(argv)
+
+
+async def bench(
+    sim_url: str, dsn: str, *, workdir: Path, calls: int, rounds: int
+) -> dict[str, list[float]]:
     (workdir / "mcp.json").write_text("{}")
     settings = Settings(
         sim_url=sim_url, llm_provider="sim", conn_str=dsn, mcp_config=workdir / "mcp.json",
@@ -90,14 +99,12 @@ async def bench(sim_url: str, dsn: str, *, calls: int, rounds: int) -> dict[str,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=40, help="concurrent calls per round")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per backend")
-    args = parser.parse_args()
-    with Stack(Path(tempfile.mkdtemp(prefix="bench-call-stack-"))) as stack:
+    args = parse_args()
+    with Stack(scratch_dir("bench-call-")) as stack:
         dsn = stack.postgres()
         sim = stack.simulator(profile="original")
-        results = loop.run(bench(sim.url, dsn, calls=args.calls, rounds=args.rounds))
+        run = bench(sim.url, dsn, workdir=stack.workdir, calls=args.calls, rounds=args.rounds)
+        results = loop.run(run)
     print("\nbackend  median CPU ms per call  (min … max)")
     for name, values in results.items():
         median = statistics.median(values)

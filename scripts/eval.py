@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lang_agent.cli_common import positive_int
 from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import (
     DEFAULT_DATASET,
@@ -55,14 +56,6 @@ from lang_agent.llm.sim_script import Script
 from lang_agent.settings import Settings, settings_error
 
 EXIT_OK, EXIT_BELOW, EXIT_USAGE = 0, 1, 2
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a count of at least 1 (a negative --limit would slice from the end)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

