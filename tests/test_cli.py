@@ -1,4 +1,4 @@
-"""The `lang-agent` command's flags and start-up errors: each refused in one line, before it runs."""
+"""The `lang-agent` command's flags and start-up errors, each refused in one line."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""scripts/demo_chat.py: `--once` in-process and against a server, the chat commands, and how
-events are shown (filler, tool calls and results apart from the answer)."""
+"""scripts/demo_chat.py: `--once` in-process and against a server, the chat commands, how
+events are shown (filler, tool calls and results apart from the answer), and how it fails:
+bad settings, bad thread ids, Ctrl-C, servers that do not answer with the stream."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from lang_agent.agent.events import (
     RouteChosen,
     ToolFinished,
     ToolStarted,
+    TurnEvent,
     Usage,
 )
 from lang_agent.demo import EventPrinter, RemoteChat, history_text
@@ -29,6 +32,15 @@ from tests.conftest import TEST_KEY
 from tests.support import set_latency
 
 SCRIPT = ROOT / "scripts" / "demo_chat.py"
+# Chat mode against this URL only connects on a turn: tests that send none need no server.
+NO_SERVER = "http://127.0.0.1:18599"
+PROMPT = "you › ".encode()
+
+
+def clean_env() -> dict[str, str]:
+    """The caller's environment without settings (the script runs in tmp, so no .env)."""
+    keep = ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
+    return {key: value for key, value in os.environ.items() if key in keep}
 
 
 @pytest.fixture
@@ -36,11 +48,7 @@ def run_script(pg_dsn, simulator, empty_mcp_config, tmp_path):
     """Run the script in a clean directory (no .env) with settings for the test database."""
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key in ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
-        }
+        env = clean_env()
         env.update(
             CONN_STR=pg_dsn,
             SIM_URL=simulator.base_url,
@@ -73,6 +81,16 @@ def test_once_in_process_with_thread_memory(run_script, thread_id):
     assert "小明" in again.stdout
 
 
+def test_in_process_thread_ids_follow_the_api_rule(run_script, thread_id):
+    run_script("--once", "我叫小明", "--thread", f"  {thread_id} ")  # trimmed, as the API does
+    again = run_script("--once", "我叫什么名字", "--thread", thread_id)
+    assert again.returncode == 0, again.stderr
+    assert "小明" in again.stdout
+    too_long = run_script("--once", "你好", "--thread", "x" * 201)
+    assert too_long.returncode == 2 and too_long.stdout == ""
+    assert "thread id must be 1 to 200 characters" in too_long.stderr
+
+
 def test_once_against_a_server(run_script, live_server, thread_id):
     server = live_server()
     result = run_script("--url", server.url, "--key", TEST_KEY, "--once", "3加5乘2等于多少")
@@ -89,6 +107,7 @@ def test_once_against_a_server(run_script, live_server, thread_id):
 def test_interactive_commands_in_process(run_script, thread_id):
     lines = [
         f"/thread {thread_id}",
+        "/thread " + "x" * 201,
         "我叫小明",
         "现在几点了",
         "/history",
@@ -100,6 +119,7 @@ def test_interactive_commands_in_process(run_script, thread_id):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"thread {thread_id}" in out
+    assert f"thread id must be 1 to 200 characters; still on thread {thread_id}" in out
     assert "  · route: tool" in out and "  ⚙ current_time" in out and "  ✓ current_time → " in out
     # Piped input is not echoed: the user's words appear only in /history's listing.
     assert "you › 我叫小明" in out and "you › 现在几点了" in out
@@ -128,6 +148,71 @@ async def test_remote_events_show_filler_tools_and_answer(background_loop, live_
         await chat.history("other"), printer=EventPrinter(colour=False), empty=chat.empty_history
     )
     assert "this session" in empty and "viewer" in empty
+
+
+def test_ctrl_c_while_waiting_on_piped_input_exits_130(tmp_path: Path):
+    """No thread is left blocked on the piped stdin, so shutdown does not abort (SIGABRT)."""
+    chat = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--url", NO_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    try:
+        shown = b""
+        while PROMPT not in shown:  # the prompt is out: the chat is waiting for a line
+            chunk = chat.stdout.read1()
+            assert chunk, chat.stderr.read()
+            shown += chunk
+        chat.send_signal(signal.SIGINT)
+        returncode = chat.wait(timeout=60)
+    finally:
+        chat.kill()
+        chat.stdin.close()
+    stderr = chat.stderr.read().decode()
+    assert returncode == 130, stderr
+    assert "Fatal Python error" not in stderr
+
+
+@pytest.mark.parametrize(("setting", "value"), [("MCP_PING_S", "0"), ("LLM_PROVIDER", "bogus")])
+def test_a_bad_setting_is_one_line(tmp_path: Path, setting: str, value: str):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--once", "你好"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**clean_env(), setting: value},
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: {setting}: ")
+
+
+async def remote_turn(answer: httpx2.Response) -> list[TurnEvent]:
+    """One turn through RemoteChat against a server that answers every request with `answer`."""
+    transport = httpx2.MockTransport(lambda request: answer)
+    async with httpx2.AsyncClient(transport=transport) as client:
+        chat = RemoteChat(client, url=NO_SERVER, key=TEST_KEY)
+        return [event async for event in chat.turn("你好", thread_id="demo-bad-server")]
+
+
+async def test_remote_refuses_an_answer_that_is_not_a_stream():
+    events = await remote_turn(httpx2.Response(200, json={"choices": []}))
+    assert events == [
+        Failed(
+            "bad_response",
+            f"{NO_SERVER}/v1/chat/completions answered application/json, not an event stream",
+        )
+    ]
+
+
+async def test_remote_refuses_a_frame_that_is_not_json():
+    sse = {"content-type": "text/event-stream"}
+    events = await remote_turn(httpx2.Response(200, headers=sse, content=b"data: {oops\n\n"))
+    assert events == [Failed("bad_response", "a stream frame is not a JSON object: {oops")]
 
 
 def test_printer_keeps_kinds_apart():

@@ -14,8 +14,9 @@ package is imported here, lazily, and nothing reaches the network otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lang_agent.evaluation.dataset import EvalCase
@@ -24,6 +25,21 @@ from lang_agent.evaluation.results import CaseResult
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "lang-agent-xiaozhi"
+
+
+class LangSmithFailed(RuntimeError):
+    """LangSmith could not be reached or refused a call. The message names the endpoint and
+    langsmith's error class only: langsmith's own text shows part of the key."""
+
+
+@contextlib.contextmanager
+def _langsmith_errors(client: Any) -> Iterator[None]:
+    from langsmith.utils import LangSmithError
+
+    try:
+        yield
+    except LangSmithError as exc:
+        raise LangSmithFailed(f"{type(exc).__name__} from {client.api_url}") from exc
 
 
 def _client(api_key: str) -> Any:
@@ -97,8 +113,11 @@ def _upload(client: Any, cases: Sequence[EvalCase], *, name: str) -> tuple[Any, 
 
 
 def upload_dataset(cases: Sequence[EvalCase], *, api_key: str, name: str = DEFAULT_DATASET) -> str:
-    """Create or update the LangSmith dataset `name`; returns what changed, as text."""
-    _, counts = _upload(_client(api_key), cases, name=name)
+    """Create or update the LangSmith dataset `name`; returns what changed, as text.
+    Raises LangSmithFailed when LangSmith cannot be reached or refuses."""
+    client = _client(api_key)
+    with _langsmith_errors(client):
+        _, counts = _upload(client, cases, name=name)
     summary = ", ".join(f"{n} {what}" for what, n in counts.items())
     logger.info("LangSmith dataset %s: %s", name, summary)
     return f"LangSmith dataset {name!r}: {summary}"
