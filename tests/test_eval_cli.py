@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import runpy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -132,3 +134,44 @@ def test_metrics_compare_only_with_a_run_on_the_same_cases(run_eval, tmp_path):
     assert change_shown(other_filter.out, "cases passed") == "1/1"
     summary = json.loads((tmp_path / "results" / runs[0] / "summary.json").read_text())
     assert summary["run"]["limit"] == 1
+
+
+class _Refusing(BaseHTTPRequestHandler):
+    """A LangSmith that refuses every call, as with a revoked key."""
+
+    def _refuse(self) -> None:
+        body = b'{"detail":"Invalid token"}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_refused_langsmith_upload_keeps_the_run_and_says_so_in_one_line(
+    run_eval, monkeypatch, tmp_path, caplog
+):
+    # The upload came before the results were written: its traceback lost the whole run.
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-not-a-real-key")
+        monkeypatch.setenv("LANGSMITH_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        ran = run_eval("--filter", TWO_CASES, "--langsmith")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ran.code == 0, ran.err
+    (said,) = [r.getMessage() for r in caplog.records if r.name.startswith("lang_agent")]
+    assert said == (
+        "the run was not recorded in LangSmith: LangSmithAuthError from "
+        f"http://127.0.0.1:{server.server_port}"
+    )
+    assert "Traceback" not in ran.err and "lsv2" not in ran.out + ran.err
+    (run,) = (tmp_path / "results").iterdir()
+    assert (run / "summary.json").is_file()

@@ -253,16 +253,19 @@ async def evaluate(
             options.out_root, out=out, info=info, results=results, metrics=metrics
         )
     if options.langsmith and settings.langsmith_api_key is not None:
-        from lang_agent.evaluation.langsmith_sync import record_experiment
+        from lang_agent.evaluation.langsmith_sync import LangSmithFailed, record_experiment
 
-        info.langsmith = await record_experiment(
-            cases,
-            results=results,
-            api_key=settings.langsmith_api_key.get_secret_value(),
-            dataset=options.langsmith_dataset,
-            prefix=f"lang-agent-{run_id}",
-            metadata={"run_id": run_id, "models": info.models, "filter": options.selection},
-        )
+        try:
+            info.langsmith = await record_experiment(
+                cases,
+                results=results,
+                api_key=settings.langsmith_api_key.get_secret_value(),
+                dataset=options.langsmith_dataset,
+                prefix=f"lang-agent-{run_id}",
+                metadata={"run_id": run_id, "models": info.models, "filter": options.selection},
+            )
+        except LangSmithFailed as exc:  # the run's own results are written all the same
+            logger.warning("the run was not recorded in LangSmith: %s", exc)
     files = write_run(out, results=results, metrics=metrics, info=info, diff=diff)
     text = console_summary(metrics, results=results, info=info, diff=diff, out=out)
     return EvalOutcome(out, results, metrics, info, diff, files, text)

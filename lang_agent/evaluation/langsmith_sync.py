@@ -148,10 +148,25 @@ async def record_experiment(
     prefix: str = "lang-agent",
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Upload the cases (idempotent), then record the run as an experiment; returns its name."""
+    """Upload the cases (idempotent), then record the run as an experiment; returns its name.
+    Raises LangSmithFailed when LangSmith cannot be reached or refuses."""
+    client = _client(api_key)
+    with _langsmith_errors(client):
+        return await _record(client, cases, results=results, dataset=dataset, prefix=prefix,
+                             metadata=metadata)  # fmt: skip
+
+
+async def _record(
+    client: Any,
+    cases: Sequence[EvalCase],
+    *,
+    results: Sequence[CaseResult],
+    dataset: str,
+    prefix: str,
+    metadata: dict[str, Any] | None,
+) -> str:
     from langsmith import aevaluate
 
-    client = _client(api_key)
     by_id = {r.case_id: r for r in results}
     ds, _ = await asyncio.to_thread(_upload, client, cases, name=dataset)
     examples = await asyncio.to_thread(
