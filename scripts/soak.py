@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lang_agent.bench.stats import percentile  # noqa: E402
-from lang_agent.cli_common import positive_float, positive_int  # noqa: E402
+from lang_agent.cli_common import positive_float, positive_int, share  # noqa: E402
 from lang_agent.db import mask_dsn  # noqa: E402
 from lang_agent.llm.sim import Simulator  # noqa: E402
 
@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--rate", type=positive_float, default=12.0, help="turns started per second")
     add("--concurrency", type=positive_int, default=16, help="most turns in flight")
     add("--sample-s", type=positive_float, default=5.0, help="RSS sampling interval")
-    add("--faults", type=float, default=0.02, help="share of turns given a fault")
-    add("--hangups", type=float, default=0.02, help="share of streams cut early")
+    add("--faults", type=share, default=0.02, help="share of turns given a fault")
+    add("--hangups", type=share, default=0.02, help="share of streams cut early")
     add(
         "--memory-max-messages",
         type=int,

@@ -58,6 +58,9 @@ def soak() -> dict[str, Any]:
         ["--minutes", "inf"],
         ["--sample-s", "0"],
         ["--report", "/nonexistent-dir/r.json"],
+        ["--faults", "1.5"],
+        ["--hangups", "-0.1"],
+        ["--faults", "nan"],
     ],
 )
 def test_a_run_that_cannot_be_honoured_is_a_usage_error(flags, capsys):
