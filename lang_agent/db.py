@@ -210,6 +210,16 @@ def mask_dsn(dsn: str) -> str:
     return _KEYWORD_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", dsn))
 
 
+EXISTING_TABLES_SQL = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
+
+
+async def existing_tables(conn: AsyncConnection, names: Iterable[str]) -> set[str]:
+    """Which of these tables exist: LangGraph's are made by a server's first start, ours by
+    `migrate`."""
+    cursor = await conn.execute(EXISTING_TABLES_SQL, (list(names),))
+    return {row["t"] for row in await cursor.fetchall()}
+
+
 async def migrate(conn: AsyncConnection) -> int:
     """Apply the missing tail of MIGRATIONS; returns the schema version now in force."""
     async with conn.transaction():

@@ -30,6 +30,7 @@ from lang_agent.db import (
     SELECT_VERSION_SQL,
     MalformedDsn,
     check_dsn,
+    existing_tables,
     mask_dsn,
 )
 from lang_agent.llm.factory import ModelFactory, ModelSpec, uses_sim
@@ -37,7 +38,6 @@ from lang_agent.settings import Settings
 
 PROBE_TEXT = "ping"
 MIN_KEY_LENGTH = 16
-TABLE_EXISTS_SQL = "SELECT to_regclass(%s) IS NOT NULL AS present"
 SERVER_VERSION_SQL = "SHOW server_version"
 KEY_ENV = {"ali": "ALI_API_KEY", "moonshot": "MOONSHOT_API_KEY", "openai": "OPENAI_API_KEY"}
 BASE_URL_ENV = {
@@ -204,9 +204,8 @@ async def check_database(settings: Settings, *, timeout_s: float = 10.0) -> Chec
         )
     async with conn:
         version = (await (await conn.execute(SERVER_VERSION_SQL)).fetchone())["server_version"]
-        table = await (await conn.execute(TABLE_EXISTS_SQL, ("lang_agent_migrations",))).fetchone()
         current = -1
-        if table["present"]:
+        if await existing_tables(conn, ["lang_agent_migrations"]):
             current = (await (await conn.execute(SELECT_VERSION_SQL)).fetchone())["v"]
     where = f"PostgreSQL {version.split()[0]} at {shown}"
     if current < expected:

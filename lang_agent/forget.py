@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from psycopg import AsyncConnection, sql
 
-from lang_agent.db import CommandError, command_connection
+from lang_agent.db import CommandError, command_connection, existing_tables
 from lang_agent.settings import Settings
 
 # Children before parents; the checkpoint tables exist only once a server has run.
@@ -25,7 +25,6 @@ TABLES = (
     "turns",
     "llm_calls",
 )
-PRESENT_TABLES_SQL = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
 # Taken as a turn takes it, unless a live turn holds it; gone again when the transaction ends.
 LEASE_SQL = """
 INSERT INTO thread_leases (thread_id, owner, expires_at)
@@ -50,8 +49,7 @@ async def erase(
     ids = list(thread_ids)
     counts: dict[str, int] = {}
     async with conn.transaction(force_rollback=dry_run):
-        cursor = await conn.execute(PRESENT_TABLES_SQL, (list(TABLES),))
-        present = {row["t"] for row in await cursor.fetchall()}
+        present = await existing_tables(conn, TABLES)
         cursor = await conn.execute(LEASE_SQL, (ids,))
         leased = {row["thread_id"] for row in await cursor.fetchall()}
         busy = [t for t in ids if t not in leased]

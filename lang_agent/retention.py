@@ -23,7 +23,7 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from lang_agent.capture.query import CallFilter, count_calls, delete_calls
-from lang_agent.db import Database, command_connection
+from lang_agent.db import Database, command_connection, existing_tables
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,6 @@ WITH gone AS (
 SELECT (SELECT count(*) FROM gone) AS turns, (SELECT count(*) FROM gone_messages) AS messages
 """
 
-TABLE_EXISTS_SQL = "SELECT to_regclass(%s) IS NOT NULL AS present"
 # One retention run at a time across workers and hosts; the others skip their turn.
 TRY_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('lang_agent_retention')) AS locked"
 UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_retention'))"
@@ -192,7 +191,7 @@ async def prune_checkpoints(
 ) -> PruneCounts:
     """Every thread down to its `keep` latest checkpoints; `keep` 0 keeps everything."""
     counts = PruneCounts()
-    present = (await _rows(conn, TABLE_EXISTS_SQL, ("checkpoints",)))[0]["present"]
+    present = "checkpoints" in await existing_tables(conn, ["checkpoints"])
     if keep <= 0 or not present:  # no checkpoint table until the server has run once
         return counts
     for row in await _rows(conn, OVERFULL_THREADS_SQL, (keep,)):
