@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import click
 
-from lang_agent import loop
 from lang_agent.cli_capture import calls, proxy
 from lang_agent.cli_common import (
     CONN_STR_OPTION,
@@ -16,6 +14,7 @@ from lang_agent.cli_common import (
     OK,
     PORT,
     STARTUP_FAILURE,
+    run_command,
     settings_from,
 )
 
@@ -195,7 +194,7 @@ def cleanup(
         log_retention_days=log_retention_days,
         capture_retention_days=capture_retention_days,
     )
-    _run_deletion(cleanup_command(settings, dry_run=dry_run, confirm=_confirmer(yes)))
+    click.echo(run_command(cleanup_command(settings, dry_run=dry_run, confirm=_confirmer(yes))))
 
 
 @main.command()
@@ -208,7 +207,10 @@ def forget(thread_ids: tuple[str, ...], dry_run: bool, yes: bool, conn_str: str 
     from lang_agent.forget import forget_command
 
     settings = settings_from(conn_str=conn_str)
-    _run_deletion(forget_command(settings, thread_ids, dry_run=dry_run, confirm=_confirmer(yes)))
+    report = run_command(
+        forget_command(settings, thread_ids, dry_run=dry_run, confirm=_confirmer(yes))
+    )
+    click.echo(report)
 
 
 def _confirmer(yes: bool) -> Callable[[str], bool]:
@@ -219,17 +221,6 @@ def _confirmer(yes: bool) -> Callable[[str], bool]:
         return yes or click.confirm("delete these rows?", default=False)
 
     return confirm
-
-
-def _run_deletion(command: Coroutine[Any, Any, str]) -> None:
-    """Run a deleting command and print its report; its CommandError is one line, exit 1."""
-    from lang_agent.db import CommandError
-
-    try:
-        report = loop.run_until_stopped(command)
-    except CommandError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(report)
 
 
 main.add_command(calls)

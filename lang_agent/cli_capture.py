@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from lang_agent import loop
-from lang_agent.cli_common import CONN_STR_OPTION, PORT, STARTUP_FAILURE, settings_from
+from lang_agent.cli_common import (
+    CONN_STR_OPTION,
+    PORT,
+    STARTUP_FAILURE,
+    run_command,
+    settings_from,
+)
 
 
 @click.group()
@@ -55,17 +61,6 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-def _run_calls(coro):  # type: ignore[no-untyped-def]
-    """Run one calls command; user errors become a clean message and exit code 1."""
-    from lang_agent.capture.query import PredicateError
-    from lang_agent.db import CommandError
-
-    try:
-        return loop.run_until_stopped(coro)
-    except (CommandError, PredicateError) as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 @calls.command("list")
 @_PREDICATE
 @click.option("--thread", default=None, help="Only this thread's calls.")
@@ -87,7 +82,7 @@ def calls_list(
 
     filters = CallFilter(predicates=predicates, thread_id=thread, since=since)
     settings = settings_from(conn_str=conn_str)
-    click.echo(_run_calls(list_command(settings, filters=filters, limit=limit, as_json=as_json)))
+    click.echo(run_command(list_command(settings, filters=filters, limit=limit, as_json=as_json)))
 
 
 @calls.command("inspect")
@@ -114,7 +109,7 @@ def calls_inspect(
     filters = CallFilter(id=call_id, chatcmpl=chatcmpl, request_id=requestid)
     wanted = [s.strip() for s in sections.split(",") if s.strip()]
     settings = settings_from(conn_str=conn_str)
-    click.echo(_run_calls(inspect_command(settings, filters=filters, sections=wanted)))
+    click.echo(run_command(inspect_command(settings, filters=filters, sections=wanted)))
 
 
 @calls.command("export")
@@ -144,7 +139,7 @@ def calls_export(
     filters = CallFilter(predicates=predicates, id=call_id, chatcmpl=chatcmpl, request_id=requestid)
     settings = settings_from(conn_str=conn_str)
     click.echo(
-        _run_calls(
+        run_command(
             export_command(
                 settings,
                 filters=filters,
@@ -172,7 +167,7 @@ def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str
         return yes or click.confirm(f"delete {count} calls?", default=False)
 
     settings = settings_from(conn_str=conn_str)
-    deleted = _run_calls(
+    deleted = run_command(
         cleanup_command(settings, before=before, everything=everything, confirm=confirm)
     )
     click.echo(f"deleted {deleted} calls")
@@ -192,7 +187,7 @@ def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) ->
 
     settings = settings_from(conn_str=conn_str)
     with contextlib.suppress(KeyboardInterrupt):
-        _run_calls(
+        run_command(
             replay_command(settings, call_id=call_id, port=port, speed=speed, on_ready=ready)
         )
 
@@ -214,7 +209,7 @@ def calls_diff(call_ids: tuple[int, ...], as_json: bool, conn_str: str | None) -
     from lang_agent.capture.commands import diff_command
 
     settings = settings_from(conn_str=conn_str)
-    click.echo(_run_calls(diff_command(settings, call_ids=call_ids, as_json=as_json)))
+    click.echo(run_command(diff_command(settings, call_ids=call_ids, as_json=as_json)))
 
 
 def _route(text: str) -> dict[str, object]:

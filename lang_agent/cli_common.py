@@ -1,14 +1,18 @@
-"""Shared pieces of the commands and scripts: exit codes, flag types, Settings from flags."""
+"""Shared pieces of the commands and scripts: exit codes, flag types, Settings, running one."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from lang_agent.settings import Settings, settings_error
+
+T = TypeVar("T")
 
 # Named exit codes, as uvicorn does.
 OK = 0
@@ -29,6 +33,19 @@ def settings_from(**flags: object) -> Settings:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         raise click.ClickException(settings_error(exc)) from exc
+
+
+def run_command(command: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine until done or stopped; a user error (CommandError, or a bad
+    --predicate) becomes one line and exit code 1."""
+    from lang_agent import loop
+    from lang_agent.capture.predicate import PredicateError
+    from lang_agent.db import CommandError
+
+    try:
+        return loop.run_until_stopped(command)
+    except (CommandError, PredicateError) as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 # argparse types for the scripts: a flag no run can honour is a usage error (exit 2) before
