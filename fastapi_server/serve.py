@@ -7,7 +7,6 @@ import asyncio
 import importlib
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import uvicorn
@@ -103,33 +102,16 @@ def database_or_exit(settings: Settings) -> None:
     one still starting. A malformed DSN, or a database that stays out of reach, stops
     start-up with one line, its password masked, where the lifespan would end in tracebacks
     quoting it (the embedded Postgres is started later, by its own rules)."""
-    from lang_agent.db import CommandError, check_dsn
+    from lang_agent.db import CommandError, check_dsn, reach
 
     try:
         if settings.viewer_conn_str is not None:
             check_dsn(settings.viewer_conn_str.get_secret_value(), name="VIEWER_CONN_STR")
         if settings.conn_str is not None:
-            loop.run(_reach_database(settings))
+            loop.run(reach(settings, wait_s=DATABASE_WAIT_S))
     except CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(STARTUP_FAILURE) from None
-
-
-async def _reach_database(settings: Settings) -> None:
-    from lang_agent.db import CommandError, MalformedDsn, command_connection
-
-    deadline = time.monotonic() + DATABASE_WAIT_S
-    while True:
-        try:
-            async with command_connection(settings):
-                return
-        except MalformedDsn:
-            raise
-        except CommandError as exc:
-            if time.monotonic() > deadline:
-                raise
-            logger.warning("waiting for the database: %s", exc)
-            await asyncio.sleep(1.0)
 
 
 def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:

@@ -407,6 +407,24 @@ async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnectio
         raise CommandError(_first_line(exc)) from exc
 
 
+async def reach(settings: Settings, *, wait_s: float = 0.0) -> None:
+    """Connect once to the configured (or embedded) database, schema applied, trying again
+    each second for up to `wait_s` while it may still be starting. CommandError, one line and
+    masked, when it stays out of reach; a malformed DSN at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            async with command_connection(settings):
+                return
+        except MalformedDsn:
+            raise
+        except CommandError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            logger.warning("waiting for the database: %s", exc)
+            await asyncio.sleep(1.0)
+
+
 def _first_line(exc: Exception) -> str:
     """psycopg's message without libpq's hint lines and the query excerpt."""
     lines = str(exc).strip().splitlines()

@@ -21,7 +21,7 @@ import httpx2
 import psycopg
 
 from lang_agent.agent.profiles import load_profiles
-from lang_agent.db import CommandError, command_connection
+from lang_agent.db import CommandError, reach
 from lang_agent.evaluation.dataset import DatasetError, EvalCase, load_cases, select_cases
 from lang_agent.evaluation.judge import judge_results
 from lang_agent.evaluation.metrics import Metrics, RunDiff, diff_runs, summarise
@@ -153,8 +153,7 @@ async def started_service(settings: Settings) -> AsyncIterator[Service]:
     database first: one that refuses us or stays silent fails within db_timeout_s, where the
     pool would wait 30 s and end in a PoolTimeout."""
     try:
-        async with command_connection(settings):
-            pass
+        await reach(settings)
     except CommandError as exc:
         raise EvalError(str(exc)) from exc
     async with contextlib.AsyncExitStack() as stack:
