@@ -7,6 +7,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,7 +28,7 @@ from lang_agent.loop_lag import LoopLag
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings
-from lang_agent.tools.builtin import BuiltinTools, now_text
+from lang_agent.tools.builtin import BuiltinTools, clock_values
 from lang_agent.tools.mcp import MCPManager
 from lang_agent.tools.registry import ToolRegistry
 
@@ -132,7 +133,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             tools=tools,
             prompts=Prompts.load(settings.prompts_dir),
             window=catalog.window,
-            now=lambda: now_text(zone),
+            clock=lambda: clock_values(datetime.now(zone)),
         )
         log = await stack.enter_async_context(ConversationLog(db))
         locks = ThreadLocks(

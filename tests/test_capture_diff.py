@@ -79,6 +79,7 @@ def test_system_prompt_time_ends_the_prefix_where_the_minute_changed():
     assert first["differs"]["content"]["clock"] == {"before": "08:00", "after": "08:01"}
     assert prefix["ends_at"] == "message"
     assert f"the system message (#0) differs at character {at}" in prefix["reason"]
+    assert "make it coarser ({current_date}" in prefix["reason"]
     # The tools and the system prompt up to the minute are shared; no message after it is.
     shared = {"messages": [{"role": "system", "content": PROMPT[: at - 4]}], "tools": [CALCULATOR]}
     assert 0 < estimate_prompt_tokens(shared) <= prefix["estimated_prefix_tokens"]

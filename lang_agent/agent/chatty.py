@@ -71,7 +71,7 @@ class FillerTask:
         return self._stop.is_set()
 
     def _messages(self) -> list[BaseMessage]:
-        system = self.ctx.deps.prompts.render("chatty_prompt", current_time=self.ctx.deps.now())
+        system = self.ctx.deps.prompt("chatty_prompt")
         return [SystemMessage(system), HumanMessage(self.user_text)]
 
     async def _phrase(self) -> None:

@@ -31,7 +31,7 @@ class RouteDecision(BaseModel):
 
 
 def _system(ctx: TurnContext, name: str, **values: str) -> str:
-    prompt = ctx.deps.prompts.render(name, current_time=ctx.deps.now(), **values)
+    prompt = ctx.deps.prompt(name, **values)
     extra = client_instructions(ctx.request.messages)
     return f"{prompt}\n\n{extra}" if extra else prompt
 
@@ -90,11 +90,7 @@ class Routing:
             turn_input, history=ctx.request.history, thread_has_memory=bool(memory)
         )
         ctx.log.extend(_client_entry(m) for m in self.new)
-        system = ctx.deps.prompts.render(
-            "route_prompt",
-            current_time=ctx.deps.now(),
-            tools=_tool_catalogue(ctx.deps.tools.tools()),
-        )
+        system = ctx.deps.prompt("route_prompt", tools=_tool_catalogue(ctx.deps.tools.tools()))
         view = _fit(ctx, "chat", router_view([*memory, *self.new], settings.router_history), system)
         # Both windows before either call starts: one that does not fit (InvalidRequest) must
         # not leave the other running with no one to take its answer.

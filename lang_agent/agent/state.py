@@ -50,7 +50,11 @@ class AgentDeps:
     tools: ToolRegistry
     prompts: Prompts
     window: Callable[[str], int]
-    now: Callable[[], str]
+    clock: Callable[[], dict[str, str]]
+
+    def prompt(self, name: str, **values: str) -> str:
+        """A system prompt rendered for this call, with the clock's placeholders filled."""
+        return self.prompts.render(name, **self.clock(), **values)
 
 
 @dataclass

@@ -321,8 +321,9 @@ def _message_reason(first: dict[str, Any]) -> str:
     if clock := content["clock"]:
         return (
             f"{where}, a date or time ({quoted(clock['before'])} → {quoted(clock['after'])}): "
-            "rendered fresh on every call, it ends the reusable prefix there; keep such a value "
-            "at the end of the prompt"
+            "rendered fresh on every call, it ends the reusable prefix there and what follows "
+            "is billed anew; make it coarser ({current_date} in lang-agent's prompts) or move "
+            "it after the history"
         )
     return f"{where}: {quoted(content['before'])} → {quoted(content['after'])}"
 

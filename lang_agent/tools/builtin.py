@@ -23,8 +23,19 @@ def _calculator(expression: str) -> str:
 
 def now_text(zone: ZoneInfo) -> str:
     """The local date and time as a prompt or a tool result shows it."""
-    now = datetime.now(zone)
-    return f"{now:%Y-%m-%d %H:%M} {WEEKDAYS_ZH[now.weekday()]} ({zone.key})"
+    return clock_values(datetime.now(zone))["current_time"]
+
+
+def clock_values(now: datetime) -> dict[str, str]:
+    """The prompts' clock placeholders: `{current_time}` to the minute, `{current_date}` to the
+    day. A provider reuses (and bills less for) a request's prefix only up to its first
+    changed character, and the history follows the system prompt: a time there makes every
+    call in a new minute pay for the whole history again, a date once a day. `now` carries its
+    ZoneInfo."""
+    return {
+        "current_time": f"{now:%Y-%m-%d %H:%M} {WEEKDAYS_ZH[now.weekday()]} ({now.tzinfo})",
+        "current_date": f"{now:%Y-%m-%d} {WEEKDAYS_ZH[now.weekday()]}",
+    }
 
 
 def _tool(function: Callable[..., str], **options: Any) -> StructuredTool:
