@@ -9,10 +9,14 @@ from pathlib import Path
 import click
 
 from lang_agent import loop
+from lang_agent.capture.faults import FAULT_FORMS, Fault
 from lang_agent.cli_common import (
     CONN_STR_OPTION,
     PORT,
     STARTUP_FAILURE,
+    Checked,
+    positive_float,
+    positive_int,
     run_command,
     settings_from,
 )
@@ -176,20 +180,55 @@ def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str
 @calls.command("replay")
 @click.option("--id", "call_id", type=int, required=True, help="The call to serve again.")
 @click.option("--port", type=PORT, default=0, help="Port on 127.0.0.1; 0 picks a free one.")
-@click.option("--speed", type=float, default=1.0, help="Timing scale: 2 = twice as fast.")
+@click.option(
+    "--speed", type=Checked(positive_float), default=1.0, help="Timing scale: 2 = twice as fast."
+)
+@click.option(
+    "--fault",
+    type=Checked(Fault.parse, name="fault"),
+    default=None,
+    help=f"Answer with a fault: {FAULT_FORMS}.",
+)
+@click.option(
+    "--fault-count",
+    type=Checked(positive_int),
+    default=None,
+    help="Only the first N answers get the fault [all].",
+)
 @CONN_STR_OPTION
-def calls_replay(call_id: int, port: int, speed: float, conn_str: str | None) -> None:
+def calls_replay(
+    call_id: int,
+    port: int,
+    speed: float,
+    fault: Fault | None,
+    fault_count: int | None,
+    conn_str: str | None,
+) -> None:
     """Serve a recorded response again, with its original chunk timing, until Ctrl-C."""
     from lang_agent.capture.commands import replay_command
 
+    if fault_count is not None and fault is None:
+        raise click.UsageError("--fault-count needs --fault")
+    with_fault = ""
+    if fault is not None:
+        answers = "every answer" if fault_count is None else f"the first {fault_count} answers"
+        with_fault = f" with fault {fault} in {answers}"
+
     def ready(url: str) -> None:
-        click.echo(f'replaying call {call_id}: change base_url to "{url}"')
+        click.echo(f'replaying call {call_id}{with_fault}: change base_url to "{url}"')
 
     settings = settings_from(conn_str=conn_str)
+    command = replay_command(
+        settings,
+        call_id=call_id,
+        port=port,
+        speed=speed,
+        fault=fault,
+        fault_count=fault_count,
+        on_ready=ready,
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        run_command(
-            replay_command(settings, call_id=call_id, port=port, speed=speed, on_ready=ready)
-        )
+        run_command(command)
 
 
 @calls.command("diff")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -84,3 +84,20 @@ def share(text: str) -> float:
     if not 0 <= value <= 1:  # NaN fails this too
         raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {text}")
     return value
+
+
+class Checked(click.ParamType):
+    """One of the checks above (or any function that raises ValueError) as a click type, so
+    the scripts and the `lang-agent` commands refuse a value with the same words."""
+
+    def __init__(self, check: Callable[[str], Any], *, name: str | None = None) -> None:
+        self.check = check
+        self.name = name or check.__name__
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):  # a default, already converted
+            return value
+        try:
+            return self.check(value)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import httpx2
+import openai
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -197,6 +198,23 @@ def test_bad_since_or_before_is_a_usage_error_before_any_sql(args):
     assert "Traceback" not in result.output and "connect" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--fault", "reset"], "Invalid value for '--fault': unknown fault 'reset': one of cut:N"),
+        (["--fault", "stall:0"], "Invalid value for '--fault': unknown fault 'stall:0'"),
+        (["--speed", "nan"], "Invalid value for '--speed': must be a finite number above 0"),
+        (["--fault", "429", "--fault-count", "0"], "'--fault-count': must be at least 1, not 0"),
+        (["--fault-count", "2"], "--fault-count needs --fault"),
+    ],
+)
+def test_bad_replay_flags_are_usage_errors_before_any_sql(args, message):
+    argv = ["calls", "replay", "--id", "1", *args]
+    result = CliRunner().invoke(main, argv, env={"CONN_STR": _refused_dsn()})
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
 def _refused_dsn() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -288,4 +306,32 @@ def test_proxy_start_serves_metrics_and_exits_cleanly_on_sigterm(cli_dsn, tmp_pa
         code = process.wait(timeout=15)
     # Through Python's exit, as after Ctrl-C, so an embedded Postgres would be stopped too; the
     # default handler ended the process at once (-15), leaving it running.
+    assert code == 0
+
+
+def test_replay_with_a_fault_then_the_recording_until_sigterm(cli_dsn):
+    """`calls replay --fault 500 --fault-count 1`: the openai SDK's retry gets the recording."""
+    with psycopg.connect(cli_dsn) as conn:
+        (call_id,) = conn.execute(
+            "SELECT id FROM llm_calls WHERE chatcmpl_id = 'chatcmpl-one'"
+        ).fetchone()
+    env = {**os.environ, "CONN_STR": cli_dsn, "PYTHONUNBUFFERED": "1"}
+    argv = ["calls", "replay", "--id", str(call_id), "--fault", "500", "--fault-count", "1"]
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "lang_agent.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert f"replaying call {call_id} with fault 500 in the first 1 answers" in line, line
+        client = openai.OpenAI(base_url=line.split('"')[1], api_key="none", max_retries=1)
+        messages = [{"role": "user", "content": "anything"}]
+        answer = client.chat.completions.create(model="qwen-plus", messages=messages)
+        assert answer.choices[0].message.content == "好的" and answer.id == "chatcmpl-one"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=15)
     assert code == 0

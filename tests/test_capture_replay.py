@@ -1,11 +1,20 @@
-"""`calls replay` sends each recorded header once, and a Date even when none was recorded."""
+"""`calls replay`: each recorded header once, a Date always, and faults as clients meet them."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 
 import httpx2
+import openai
+import pytest
 
+from lang_agent.capture.faults import Fault
 from lang_agent.capture.replay import ReplayCase, ReplayServer
 
 RECORDED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
@@ -35,3 +44,208 @@ async def test_a_recording_without_headers_still_gets_a_date():
     (date,) = response.headers.get_list("date")
     assert parsedate_to_datetime(date).tzinfo is not None
     assert "server" not in response.headers
+
+
+# -- faults -----------------------------------------------------------------------------------
+
+PIECES = ("一", "二", "三", "四")
+
+
+def chunk(delta: dict, finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    data = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [choice],
+    }
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def streamed(url: str | None = "https://api.openai.com/v1/chat/completions") -> ReplayCase:
+    """A recorded stream: the role, four pieces, the finish and [DONE], 10 ms apart."""
+    events = [
+        chunk({"role": "assistant", "content": ""}),
+        *(chunk({"content": p}) for p in PIECES),
+        chunk({}, finish="stop"),
+        b"data: [DONE]\n\n",
+    ]
+    message = {"role": "assistant", "content": "".join(PIECES)}
+    merged = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+    headers = {"content-type": "text/event-stream"}
+    timed = [(10.0 * i, event) for i, event in enumerate(events)]
+    return ReplayCase(status_code=200, headers=headers, events=timed, merged=merged, url=url)
+
+
+@contextlib.asynccontextmanager
+async def replaying(case: ReplayCase, **options) -> AsyncIterator[tuple[ReplayServer, str]]:
+    server = ReplayServer(case, **options)
+    url = await server.start()
+    try:
+        yield server, url
+    finally:
+        await server.stop()
+
+
+def client(url: str, **options) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=url, api_key="none", **{"max_retries": 0, **options})
+
+
+async def ask(url: str, *, stream: bool, **options) -> str:
+    """One chat call through the openai SDK; the text it got."""
+    sdk = client(url, **options)
+    messages = [{"role": "user", "content": "x"}]
+    if not stream:
+        answer = await sdk.chat.completions.create(model="m", messages=messages)
+        return answer.choices[0].message.content or ""
+    got: list[str] = []
+    try:
+        response = await sdk.chat.completions.create(model="m", messages=messages, stream=True)
+        async for part in response:
+            got.append(part.choices[0].delta.content or "" if part.choices else "")
+    except BaseException as exc:
+        exc.add_note(f"text so far: {''.join(got)!r}")
+        raise
+    return "".join(got)
+
+
+@pytest.mark.parametrize(
+    ("text", "fault"),
+    [
+        ("cut:3", Fault("cut", 3)),
+        (" cut:0", Fault("cut", 0)),
+        ("no-done", Fault("no-done")),
+        ("stall:1.5", Fault("stall", 1.5)),
+        ("429", Fault("429")),
+        ("500", Fault("500")),
+    ],
+)
+def test_faults_parse_and_print_as_written(text, fault):
+    assert Fault.parse(text) == fault and str(fault) == text.strip()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "cut",
+        "cut:",
+        "cut:-1",
+        "cut:2.5",
+        "stall:0",
+        "stall:nan",
+        "stall:inf",
+        "no-done:1",
+        "404",
+        "reset",
+    ],
+)
+def test_an_unknown_fault_names_the_forms(text):
+    with pytest.raises(ValueError, match=r"one of cut:N, no-done, stall:SECONDS, 429 or 500"):
+        Fault.parse(text)
+
+
+def test_speed_must_be_a_finite_number_above_zero():
+    for speed in (0, -1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="speed must be a finite number above 0"):
+            ReplayServer(streamed(), speed=speed)
+
+
+async def test_a_cut_stream_drops_the_connection_after_n_events():
+    async with replaying(streamed(), fault=Fault("cut", 3)) as (server, url):
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await ask(url, stream=True)
+        # the role event and two pieces came; then the body ended without its last chunk
+        assert "text so far: '一二'" in caught.value.__notes__[0]
+        assert not isinstance(caught.value, openai.APITimeoutError)
+        assert not isinstance(caught.value, openai.APITimeoutError)
+
+
+async def test_a_cut_body_ends_short_of_its_length():
+    async with replaying(streamed(), fault=Fault("cut", 20)) as (_, url):
+        with pytest.raises(openai.APIConnectionError):
+            await ask(url, stream=False)
+
+
+async def test_no_done_ends_the_stream_cleanly_without_it():
+    async with replaying(streamed(), fault=Fault("no-done")) as (_, url):
+        async with httpx2.AsyncClient() as http:
+            response = await http.post(f"{url}/chat/completions", json={"stream": True})
+        assert response.status_code == 200 and "[DONE]" not in response.text
+        assert response.text.count("data: ") == 6  # every other event
+        assert await ask(url, stream=True) == "一二三四"
+
+
+async def test_a_stall_holds_the_stream_after_its_first_event_then_goes_on():
+    async with replaying(streamed(), fault=Fault("stall", 0.5)) as (_, url):
+        async with httpx2.AsyncClient() as http:
+            async with http.stream("POST", f"{url}/chat/completions", json={"stream": True}) as r:
+                arrived = []
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        arrived.append(time.monotonic())
+        assert len(arrived) == 7 and arrived[1] - arrived[0] >= 0.5
+        with pytest.raises(openai.APITimeoutError):  # a body stalls before it starts
+            await ask(url, stream=False, timeout=0.2)
+
+
+EXPECTED_ERRORS = [
+    (
+        "https://api.moonshot.cn/v1/chat/completions",
+        429,
+        {"type": "rate_limit_reached_error"},
+    ),
+    (
+        "https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions",
+        429,
+        {"code": "Throttling.RateQuota"},
+    ),
+    ("https://api.openai.com/v1/chat/completions", 429, {"code": "rate_limit_exceeded"}),
+    ("http://127.0.0.1:9/v1/chat/completions", 500, {"type": "server_error", "code": None}),
+    ("https://api.moonshot.cn/v1/chat/completions", 500, {"type": "server_error"}),
+]
+
+
+@pytest.mark.parametrize(("url", "status", "fields"), EXPECTED_ERRORS)
+async def test_errors_take_the_recording_provider_s_shape(url, status, fields):
+    async with replaying(streamed(url), fault=Fault(str(status))) as (_, base):
+        with pytest.raises(openai.APIStatusError) as caught:
+            await ask(base, stream=True)
+    error = caught.value
+    assert error.status_code == status and fields.items() <= error.body.items()
+    assert "message" in error.body and ("code" in error.body) != ("moonshot" in url)
+
+
+async def test_the_native_dashscope_api_gets_its_flat_error():
+    url = "https://dashscope.aliyuncs.com/api/v1/services/aigc/text-generation/generation"
+    async with replaying(streamed(url), fault=Fault("429")) as (_, base):
+        async with httpx2.AsyncClient() as http:
+            response = await http.post(f"{base}/x", json={})
+    body = response.json()
+    assert response.status_code == 429 and body["code"] == "Throttling.RateQuota"
+    assert body["request_id"] and "error" not in body
+
+
+async def test_a_fault_count_lets_the_client_s_retry_get_the_recording():
+    async with replaying(streamed(), fault=Fault("429"), fault_count=1) as (server, url):
+        assert await ask(url, stream=True, max_retries=1) == "一二三四"
+        assert server.served == 2
+        assert await ask(url, stream=False) == "一二三四"  # the count is spent
+
+
+async def test_a_malformed_request_gets_a_400_not_a_dropped_connection():
+    async with replaying(streamed()) as (_, url):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"NONSENSE\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request")
+    assert json.loads(body)["error"]["message"] == "malformed request line"

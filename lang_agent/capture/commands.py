@@ -19,6 +19,7 @@ from lang_agent.capture.export import (
     render_call,
     write_cases,
 )
+from lang_agent.capture.faults import Fault
 from lang_agent.capture.query import (
     STATEMENT_TIMEOUT_SQL,
     CallFilter,
@@ -133,12 +134,16 @@ async def replay_command(
     call_id: int,
     port: int = 0,
     speed: float = 1.0,
+    fault: Fault | None = None,
+    fault_count: int | None = None,
     on_ready: Callable[[str], None],
 ) -> None:
-    """Serve one recorded response until interrupted; `on_ready` gets the base_url."""
+    """Serve one recorded response until interrupted, with `fault` in the first `fault_count`
+    answers (all if None); `on_ready` gets the base_url."""
     async with calls_connection(settings) as conn:
         row = await _call_by_id(conn, call_id)
-    server = ReplayServer(ReplayCase.from_row(row), speed=speed)
+    case = ReplayCase.from_row(row)
+    server = ReplayServer(case, speed=speed, fault=fault, fault_count=fault_count)
     on_ready(await server.start(port=port))
     try:
         await server.wait()

@@ -1,10 +1,12 @@
-"""Replay a captured call offline: a tiny OpenAI-compatible server that answers with the recording.
+"""Replay a captured call offline: a small OpenAI-compatible server that answers with the recording.
 
 Every request gets the recorded response. A recorded stream is re-sent event by event at its
 original offsets (scaled by `speed`); a cut stream ends where the recording ends, without
 `[DONE]`; a client asking for a non-stream answer of a recorded stream gets the merged
-completion. A call that failed before any response answers 502 with the recorded error. This
-lives beside the simulator (lang_agent/llm/sim.py) and is started the same way.
+completion. A call that failed before any response answers 502 with the recorded error. A
+`Fault` changes the answer for the first requests (or all): a cut connection, no `[DONE]`, a
+stall, or the provider's own 429 or 500. This lives beside the simulator
+(lang_agent/llm/sim.py), on asyncio streams as it is, so a cut really drops the connection.
 """
 
 from __future__ import annotations
@@ -13,24 +15,21 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import math
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
-import uvicorn
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
-
-from lang_agent.capture.merge import split_events
+from lang_agent.capture.faults import Fault, provider_error
+from lang_agent.capture.merge import event_data, split_events
+from lang_agent.llm.sim_wire import HttpError, Peer, Request, dumps, error_body, frame, read_request
 
 logger = logging.getLogger(__name__)
 
 DROPPED_HEADERS = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
 )
-START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class ReplayCase:
     ttfb_ms: float = 0.0
     latency_ms: float = 0.0
     error: str | None = None
+    url: str | None = None  # where the call went: a fault's error takes that provider's shape
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReplayCase:
@@ -72,100 +72,200 @@ class ReplayCase:
             ttfb_ms=float(row.get("ttfb_ms") or 0.0),
             latency_ms=float(row.get("latency_ms") or 0.0),
             error=row.get("error"),
+            url=row.get("url"),
         )
 
 
-class ReplayApp:
-    """ASGI app answering every request with one ReplayCase."""
+def _head(status: int, headers: dict[str, str], *, length: int | None, keep: bool) -> bytes:
+    """A response head: the given headers, then the framing and connection lines of ours."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Unknown"
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    # A stored header is data: one with a line break in it would write headers of its own.
+    lines += [
+        f"{k}: {v}" for k, v in headers.items() if "\n" not in f"{k}{v}" and "\r" not in f"{k}{v}"
+    ]
+    lines.append(
+        f"content-length: {length}" if length is not None else "transfer-encoding: chunked"
+    )
+    lines.append(f"connection: {'keep-alive' if keep else 'close'}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
-    def __init__(self, case: ReplayCase, *, speed: float = 1.0) -> None:
-        self.case = case
-        self.speed = speed if speed > 0 else 1.0
-        self.served = 0
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        response = await self._answer(Request(scope, receive))
-        await response(scope, receive, send)
-
-    async def _pause(self, ms: float) -> None:
-        if ms > 0:
-            await asyncio.sleep(ms / 1000 / self.speed)
-
-    async def _answer(self, request: Request) -> Response:
-        self.served += 1
-        case = self.case
-        # The recorded Date and Server, if any, are the only ones: uvicorn's own are off.
-        headers = {"date": formatdate(usegmt=True), **case.headers}
-        try:
-            wants_stream = bool(json.loads(await request.body() or b"{}").get("stream"))
-        except (ValueError, AttributeError):
-            wants_stream = False
-        if case.status_code is None:
-            await self._pause(case.latency_ms)
-            error = {"type": "replay", "code": "recorded_failure", "message": case.error or ""}
-            return JSONResponse({"error": error}, status_code=502, headers=headers)
-        if case.events and (wants_stream or case.merged is None):
-            await self._pause(case.ttfb_ms)
-            return StreamingResponse(self._events(), status_code=case.status_code, headers=headers)
-        await self._pause(case.latency_ms)
-        if case.events:
-            headers["content-type"] = "application/json"
-            return JSONResponse(case.merged, status_code=case.status_code, headers=headers)
-        return Response(case.body or b"", status_code=case.status_code, headers=headers)
-
-    async def _events(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        start = loop.time() - self.case.ttfb_ms / 1000 / self.speed
-        for offset, event in self.case.events:
-            delay = start + offset / 1000 / self.speed - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            yield event
+def _wants_stream(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body or b"{}").get("stream"))
+    except (ValueError, AttributeError):
+        return False
 
 
 class ReplayServer:
-    """The replay app under uvicorn on loopback; the same start/stop shape as the Simulator."""
+    """Answers every request on a loopback port with one ReplayCase. `fault` applies to the
+    first `fault_count` requests (all of them if None), so a client's retry can be seen to
+    get the recording."""
 
-    def __init__(self, case: ReplayCase, *, speed: float = 1.0) -> None:
-        self.app = ReplayApp(case, speed=speed)
+    def __init__(
+        self,
+        case: ReplayCase,
+        *,
+        speed: float = 1.0,
+        fault: Fault | None = None,
+        fault_count: int | None = None,
+    ) -> None:
+        if not (speed > 0 and math.isfinite(speed)):
+            raise ValueError(f"speed must be a finite number above 0, not {speed}")
+        self.case = case
+        self.speed = speed
+        self.fault = fault
+        self.served = 0
         self.base_url = ""
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._faults_left = fault_count
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopped = asyncio.Event()
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
-        config = uvicorn.Config(
-            self.app,
-            host=host,
-            port=port,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-        )
-        self._server = server = uvicorn.Server(config)
-        self._task = asyncio.create_task(server.serve(), name="capture-replay")
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while not server.started:
-                if self._task.done():
-                    await self._task
-                    raise RuntimeError("the replay server did not start")
-                await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
+        self._server = await asyncio.start_server(self._connection, host, port)
+        bound = self._server.sockets[0].getsockname()[1]
         self.base_url = f"http://{host}:{bound}/v1"
         logger.info("replaying a captured call at %s", self.base_url)
         return self.base_url
 
     async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
+        """Until stop()."""
+        await self._stopped.wait()
 
     async def stop(self) -> None:
-        if self._server is None or self._task is None:
+        server, self._server = self._server, None
+        if server is None:
             return
-        self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._server = self._task = None
+        server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await server.wait_closed()
+        self._stopped.set()
+
+    def _take_fault(self) -> Fault | None:
+        if self.fault is None or self._faults_left == 0:
+            return None
+        if self._faults_left is not None:
+            self._faults_left -= 1
+        return self.fault
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        buf = bytearray()
+        try:
+            while (request := await read_request(reader, buf, writer=writer)) is not None:
+                peer = Peer(reader, buf)
+                try:
+                    if not await self._answer(request, peer, writer):
+                        break
+                finally:
+                    await peer.close()
+        except HttpError as exc:
+            body = dumps(error_body(exc, rid="replay"))
+            headers = {"content-type": "application/json"}
+            writer.write(_head(exc.status, headers, length=len(body), keep=False) + body)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            pass  # the client left, idled out, or stop() ended the connection
+        except Exception:  # a replay bug must not end the server: log it, drop this connection
+            logger.exception("replay connection failed")
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+
+    async def _pause(self, peer: Peer, ms: float) -> bool:
+        """Wait `ms` of the recording's time; True if the client left meanwhile."""
+        return ms > 0 and await peer.wait(ms / 1000 / self.speed)
+
+    async def _answer(self, request: Request, peer: Peer, writer: asyncio.StreamWriter) -> bool:
+        """Answer one request; False when the connection must close."""
+        self.served += 1
+        case, fault, keep = self.case, self._take_fault(), request.keep_alive
+        # The recorded Date and Server, if any, are the only ones.
+        headers = {"date": formatdate(usegmt=True), **case.headers}
+        if fault is not None and fault.kind in ("429", "500"):
+            if await self._pause(peer, case.ttfb_ms):
+                return False
+            status = int(fault.kind)
+            body = dumps(provider_error(case.url, status))
+            return await self._send_json(writer, status, body, keep=keep)
+        if case.status_code is None:
+            if await self._pause(peer, case.latency_ms):
+                return False
+            error = {"type": "replay", "code": "recorded_failure", "message": case.error or ""}
+            return await self._send_json(writer, 502, dumps({"error": error}), keep=keep)
+        if case.events and (_wants_stream(request.body) or case.merged is None):
+            if await self._pause(peer, case.ttfb_ms):
+                return False
+            return await self._stream(writer, peer, headers, fault, keep=keep)
+        if await self._pause(peer, case.latency_ms):
+            return False
+        body = case.body or b""
+        if case.events:
+            body = dumps(case.merged)
+            headers["content-type"] = "application/json"
+        if fault is not None and fault.kind == "stall" and await peer.wait(fault.amount):
+            return False
+        head = _head(case.status_code, headers, length=len(body), keep=keep)
+        if fault is not None and fault.kind == "cut":
+            writer.write(head + body[: int(fault.amount)])
+            await writer.drain()
+            return False
+        writer.write(head + body)
+        await writer.drain()
+        return keep
+
+    async def _send_json(
+        self, writer: asyncio.StreamWriter, status: int, body: bytes, *, keep: bool
+    ) -> bool:
+        headers = {"date": formatdate(usegmt=True), "content-type": "application/json"}
+        writer.write(_head(status, headers, length=len(body), keep=keep) + body)
+        await writer.drain()
+        return keep
+
+    async def _stream(
+        self,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        headers: dict[str, str],
+        fault: Fault | None,
+        *,
+        keep: bool,
+    ) -> bool:
+        """The recorded events at their offsets (after the first byte's wait, already spent)."""
+        kind = fault.kind if fault is not None else None
+        amount = fault.amount if fault is not None else 0.0
+        writer.write(_head(self.case.status_code or 200, headers, length=None, keep=keep))
+        loop = asyncio.get_running_loop()
+        start = loop.time() - self.case.ttfb_ms / 1000 / self.speed
+        sent = 0
+        for offset, event in self.case.events:
+            if kind == "no-done" and event_data(event) == "[DONE]":
+                continue
+            if kind == "cut" and sent == amount:
+                break
+            delay = start + offset / 1000 / self.speed - loop.time()
+            if delay > 0 and await peer.wait(delay):
+                return False
+            writer.write(frame(event))
+            await writer.drain()
+            sent += 1
+            if kind == "stall" and sent == 1:
+                if await peer.wait(amount):
+                    return False
+                start += amount  # the rest keeps its pace after the stall
+        if kind == "cut":  # no terminating chunk: the client sees the body end too soon
+            return False
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return keep

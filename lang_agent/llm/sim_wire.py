@@ -228,7 +228,7 @@ def parse_chat(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _frame(data: bytes) -> bytes:
+def frame(data: bytes) -> bytes:
     """One HTTP chunk."""
     return b"%x\r\n%b\r\n" % (len(data), data)
 
@@ -354,7 +354,7 @@ class ChatPlan:
     def _event(self, delta: str, finish: str | None = None) -> bytes:
         reason = "null" if finish is None else f'"{finish}"'
         choice = f'[{{"index":0,"delta":{delta},"finish_reason":{reason},"logprobs":null}}]'
-        return _frame(f'{self._prefix}{choice},"usage":null}}\n\n'.encode())
+        return frame(f'{self._prefix}{choice},"usage":null}}\n\n'.encode())
 
     def role_event(self) -> bytes:
         return self._event('{"role":"assistant","content":""}')
@@ -379,8 +379,8 @@ class ChatPlan:
         out = [self._event(empty, self.finish)]
         if ((self.body.get("stream_options") or {}).get("include_usage")) is True:
             usage = dumps(self.usage(self.emitted)).decode()
-            out.append(_frame(f'{self._prefix}[],"usage":{usage}}}\n\n'.encode()))
-        out.append(_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            out.append(frame(f'{self._prefix}[],"usage":{usage}}}\n\n'.encode()))
+        out.append(frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         return b"".join(out)
 
     def completion_json(self) -> bytes:
