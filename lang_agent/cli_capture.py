@@ -68,6 +68,14 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @calls.command("list")
 @_PREDICATE
 @click.option("--thread", default=None, help="Only this thread's calls.")
+@click.option(
+    "--conversation",
+    type=int,
+    default=None,
+    metavar="ID",
+    help="Only the calls of call ID's conversation: its thread, or for a call without one "
+    "(through the proxy), the calls linked to it by their messages.",
+)
 @click.option("--since", default=None, callback=_check_time, help=f"Only calls since {_TIME_HELP}")
 @click.option("-n", "--limit", type=int, default=20, help="Most calls shown; 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
@@ -75,6 +83,7 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 def calls_list(
     predicates: tuple[str, ...],
     thread: str | None,
+    conversation: int | None,
     since: str | None,
     limit: int,
     as_json: bool,
@@ -86,7 +95,10 @@ def calls_list(
 
     filters = CallFilter(predicates=predicates, thread_id=thread, since=since)
     settings = settings_from(conn_str=conn_str)
-    click.echo(run_command(list_command(settings, filters=filters, limit=limit, as_json=as_json)))
+    command = list_command(
+        settings, filters=filters, limit=limit, as_json=as_json, conversation_of=conversation
+    )
+    click.echo(run_command(command))
 
 
 @calls.command("inspect")

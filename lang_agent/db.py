@@ -151,6 +151,11 @@ MIGRATIONS: list[str] = [
         END IF;
     END
     $$""",
+    # Calls without a thread (through the proxy) are linked into conversations by their
+    # messages (capture/linking.py); this groups the candidates.
+    "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS conversation_key text",
+    "CREATE INDEX IF NOT EXISTS llm_calls_conversation ON llm_calls (conversation_key, created_at)"
+    " WHERE conversation_key IS NOT NULL",
 ]
 
 CREATE_MIGRATIONS_SQL = """CREATE TABLE IF NOT EXISTS lang_agent_migrations (

@@ -148,4 +148,10 @@ DO $$
     END
     $$;
 INSERT INTO lang_agent_migrations (v) VALUES (16) ON CONFLICT DO NOTHING;
+-- version 17
+ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS conversation_key text;
+INSERT INTO lang_agent_migrations (v) VALUES (17) ON CONFLICT DO NOTHING;
+-- version 18
+CREATE INDEX IF NOT EXISTS llm_calls_conversation ON llm_calls (conversation_key, created_at) WHERE conversation_key IS NOT NULL;
+INSERT INTO lang_agent_migrations (v) VALUES (18) ON CONFLICT DO NOTHING;
 COMMIT;

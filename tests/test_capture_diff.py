@@ -242,6 +242,7 @@ def seeded(capture_dsn) -> dict[str, Any]:
     lone = run("calls", "list", "--json", "-p", f"model == '{lone_model}'")
     return {
         "run": run,
+        "name": thread,
         "thread": [r["id"] for r in reversed(json.loads(listed.output))],
         "lone": json.loads(lone.output)[0]["id"],
     }
@@ -272,13 +273,15 @@ def test_cli_compares_a_call_with_the_one_before_it_in_its_thread(seeded):
         run("calls", "diff", "--id", str(first), "--id", str(third), "--json").output
     )
     assert (chosen["before"]["id"], chosen["after"]["id"]) == (first, third)
+    in_thread = json.loads(run("calls", "list", "--conversation", str(third), "--json").output)
+    assert len(in_thread) == 6 and {r["thread_id"] for r in in_thread} == {seeded["name"]}
 
 
 @pytest.mark.parametrize(
     ("which", "message"),
     [
         ("first", "is the first call by chat_model_call in thread"),
-        ("lone", "has no thread: give a second --id"),
+        ("lone", "continues no earlier call (no call's messages begin its own)"),
         ("unknown", "no call with id 2000000000"),
         ("three", "give one --id"),
     ],

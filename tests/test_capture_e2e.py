@@ -12,7 +12,7 @@ from tests.conftest import TEST_KEY
 from tests.support import wait_until
 
 CALLS_SQL = """
-SELECT node, status, turn_id, request_header::text AS headers, prompt_tokens
+SELECT node, status, turn_id, request_header::text AS headers, prompt_tokens, conversation_key
 FROM llm_calls WHERE thread_id = %s ORDER BY id
 """
 
@@ -41,6 +41,7 @@ def test_a_tool_turn_is_captured_call_by_call(live_server, pg_dsn, thread_id):
     assert len({row[2] for row in rows}) == 1  # one turn
     assert all("Bearer sim" not in row[3] for row in rows)
     assert all(row[4] for row in rows if row[1] == "ok")
+    assert all(row[5] is None for row in rows)  # found by their thread, not linked
 
     metrics = httpx2.get(f"{server.url}/metrics").text
     assert "sim-tool" in metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from psycopg import AsyncConnection
@@ -20,6 +21,7 @@ from lang_agent.capture.export import (
     write_cases,
 )
 from lang_agent.capture.faults import Fault
+from lang_agent.capture.linking import conversation_calls, linked_ids
 from lang_agent.capture.query import (
     STATEMENT_TIMEOUT_SQL,
     CallFilter,
@@ -54,9 +56,24 @@ def _needs_selector(filters: CallFilter) -> None:
 
 
 async def list_command(
-    settings: Settings, *, filters: CallFilter, limit: int = 20, as_json: bool = False
+    settings: Settings,
+    *,
+    filters: CallFilter,
+    limit: int = 20,
+    as_json: bool = False,
+    conversation_of: int | None = None,
 ) -> str:
+    """The calls the filters select; with `conversation_of`, only those of that call's
+    conversation: its thread, or for a call without one, the calls linked to it by their
+    messages."""
     async with calls_connection(settings) as conn:
+        if conversation_of is not None:
+            row = await _call_by_id(conn, conversation_of)
+            if row["thread_id"] is not None:
+                filters = replace(filters, thread_id=row["thread_id"])
+            else:
+                _, members = linked_ids(row, await conversation_calls(conn, row))
+                filters = replace(filters, ids=tuple(members))
         rows = await list_calls(conn, filters, limit=limit)
     return calls_json(rows) if as_json else calls_table(rows)
 
@@ -161,7 +178,11 @@ async def diff_command(
     async with calls_connection(settings) as conn:
         rows = [await _call_by_id(conn, call_id) for call_id in call_ids]
         if len(rows) == 1:
-            rows.insert(0, await _previous_in_thread(conn, rows[0]))
+            later = rows[0]
+            if later["thread_id"] is None:
+                rows.insert(0, await _previous_in_conversation(conn, later))
+            else:
+                rows.insert(0, await _previous_in_thread(conn, later))
     facts = diff_calls(*rows)
     return diff_json(facts) if as_json else render_diff(facts)
 
@@ -173,11 +194,25 @@ async def _call_by_id(conn: AsyncConnection, call_id: int) -> dict:
     return rows[0]
 
 
+async def _previous_in_conversation(conn: AsyncConnection, row: dict) -> dict:
+    """The call this thread-less one continues, found by its messages (capture/linking.py)."""
+    if row["conversation_key"] is None:
+        raise CallsError(
+            f"call {row['id']} has no thread and no user message to link it by: "
+            "give a second --id to compare it with"
+        )
+    parent, _ = linked_ids(row, await conversation_calls(conn, row))
+    if parent is None:
+        raise CallsError(
+            f"call {row['id']} continues no earlier call (no call's messages begin its own): "
+            "give a second --id to compare it with"
+        )
+    return await _call_by_id(conn, parent)
+
+
 async def _previous_in_thread(conn: AsyncConnection, row: dict) -> dict:
     """The thread's newest call created before this one by the same node: a turn's router,
     chat and filler calls have prompts of their own, so only the same node's share a prefix."""
-    if row["thread_id"] is None:
-        raise CallsError(f"call {row['id']} has no thread: give a second --id to compare it with")
     earlier = CallFilter(
         thread_id=row["thread_id"], node=row["node"], before=row["created_at"].isoformat()
     )

@@ -57,6 +57,7 @@ class CallFilter:
     node: str | None = None
     since: str | None = None
     before: str | None = None
+    ids: tuple[int, ...] | None = None  # any of these calls
 
     def where(self) -> tuple[sql.Composable, list[Any]]:
         parts: list[sql.Composable] = []
@@ -72,6 +73,9 @@ class CallFilter:
             if value is not None:
                 parts.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
+        if self.ids is not None:
+            parts.append(sql.SQL("id = ANY(%s)"))
+            params.append(list(self.ids))
         for operator, value in ((">=", self.since), ("<", self.before)):
             if value is not None:
                 parts.append(sql.SQL("created_at {} %s").format(sql.SQL(operator)))

@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from lang_agent.capture.linking import conversation_key
+
 REDACTED = "[REDACTED]"
 # A URL's redacted password: brackets there would make the host unreadable (urlsplit takes
 # `[...]` in the authority for an IPv6 address and raises).
@@ -39,7 +41,8 @@ _JSON_PAIR = re.compile(r'(?<!\\)"([\w.-]+)"(\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?\Z)
 # response (refused, timeout) · incomplete: the body or stream ended early · stopped: cut by us
 # (the repeat detector).
 Status = Literal["pending", "ok", "http_error", "error", "incomplete", "stopped"]
-COLUMNS = (
+# The columns a record's fields fill, then the one its row derives from them.
+FIELD_COLUMNS = (
     "call_id source thread_id turn_id node method url model stream status status_code error "
     "request_header request_body client_request_body response_header response_body "
     "response_sse event_offsets_ms client_request_id upstream_request_id chatcmpl_id "
@@ -47,6 +50,7 @@ COLUMNS = (
     "tpot_ms prompt_tokens completion_tokens cached_tokens reasoning_tokens total_tokens cost "
     "finish_reason flags category tags"
 ).split()
+COLUMNS = [*FIELD_COLUMNS, "conversation_key"]
 
 
 def is_secret_header(name: str, *, extra: Iterable[str] = ()) -> bool:
@@ -165,7 +169,9 @@ class CallRecord:
 
     def row(self) -> dict[str, Any]:
         """The `llm_calls` columns as JSON-ready values, for the recorder's batch upsert."""
-        row = {name: getattr(self, name) for name in COLUMNS}
+        row = {name: getattr(self, name) for name in FIELD_COLUMNS}
         row["request_body"] = redact_body(self.request_body)
         row["client_request_body"] = redact_body(self.client_request_body)
+        # A call with a thread is found by it; any other is linked by its messages.
+        row["conversation_key"] = None if self.thread_id else conversation_key(self.request_body)
         return row

@@ -56,6 +56,7 @@ UPSERT_CALLS_SQL = insert_rows_sql(
     request_header = COALESCE(EXCLUDED.request_header, llm_calls.request_header),
     request_body = COALESCE(EXCLUDED.request_body, llm_calls.request_body),
     client_request_body = COALESCE(EXCLUDED.client_request_body, llm_calls.client_request_body),
+    conversation_key = COALESCE(EXCLUDED.conversation_key, llm_calls.conversation_key),
     response_header = EXCLUDED.response_header, response_body = EXCLUDED.response_body,
     response_sse = EXCLUDED.response_sse, event_offsets_ms = EXCLUDED.event_offsets_ms,
     upstream_request_id = EXCLUDED.upstream_request_id, chatcmpl_id = EXCLUDED.chatcmpl_id,
@@ -71,7 +72,7 @@ WHERE llm_calls.status = 'pending'""",
 
 # What a call's pending row holds already, left out of its final row: a long thread's request
 # is tens of kilobytes, written and parsed (jsonb) a second time for nothing.
-REQUEST_COLUMNS = ("request_header", "request_body", "client_request_body")
+REQUEST_COLUMNS = ("request_header", "request_body", "client_request_body", "conversation_key")
 # Calls whose pending row is written and final row is not: past this many (final rows dropped),
 # the set starts again, and their final rows carry the request as before.
 BEGUN_MAX = 50_000

@@ -1,0 +1,146 @@
+"""Conversations of calls that carry no thread (any client behind the proxy), linked by their
+messages: a chat client sends its whole conversation again with every request."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+
+# Roles a client may render afresh on every request (a prompt with the time in it): they
+# neither split a conversation nor stop a request continuing the one before.
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# How far from a call its conversation is followed (a day either side), and how many calls
+# sharing its first user message are read to do it.
+GROUP_SQL = """
+SELECT id, request_body -> 'messages' AS messages,
+       response_body -> 'choices' -> 0 -> 'message' AS answer
+FROM llm_calls
+WHERE conversation_key = %(key)s AND thread_id IS NULL
+  AND created_at BETWEEN %(at)s - interval '1 day' AND %(at)s + interval '1 day'
+ORDER BY id
+LIMIT 5000
+"""
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def conversation_key(body: Any) -> str | None:
+    """What groups a call with the others of its conversation: a digest of its first user
+    message, which every later request repeats. None for a body without one (cut when
+    stored, or not a chat request)."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return hashlib.blake2b(_canonical(message.get("content")), digest_size=16).hexdigest()
+    return None
+
+
+def _dialogue(messages: Any) -> list[Any]:
+    """The messages other than instructions."""
+    if not isinstance(messages, list):
+        return []
+    return [m for m in messages if not (isinstance(m, dict) and m.get("role") in INSTRUCTION_ROLES)]
+
+
+def _digests(dialogue: list[Any]) -> list[bytes]:
+    """For each n, a digest of the first n messages of a dialogue."""
+    digest, out = hashlib.blake2b(digest_size=16), []
+    for message in dialogue:
+        digest.update(_canonical(message) + b"\x1e")
+        out.append(digest.copy().digest())
+    return out
+
+
+def _reply(message: Any) -> tuple[str, tuple[str, ...]] | None:
+    """An assistant message as a client sends it back: its text and its tool calls' ids."""
+    if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
+        return None
+    calls = message.get("tool_calls") or ()
+    ids = tuple(c.get("id") or "" for c in calls if isinstance(c, dict))
+    return message.get("content") or "", ids
+
+
+def parents(calls: Sequence[dict[str, Any]]) -> dict[int, int]:
+    """Call id → the id of the call it continues, for calls given in id order with their
+    `messages` and recorded `answer`. A call continues an earlier call whose messages
+    (instructions aside) begin its own and are fewer: of those, one with the most messages;
+    then one whose answer is the message that follows; then one with the same instructions;
+    then the latest. Conversations alike in all of these cannot be told apart."""
+    by_dialogue: dict[bytes, list[tuple[dict[str, Any], bytes]]] = {}
+    found: dict[int, int] = {}
+    for call in calls:
+        dialogue = _dialogue(call["messages"])
+        digests = _digests(dialogue)
+        instructions = _canonical(_instructions(call["messages"]))
+        for n in range(len(dialogue) - 1, 0, -1):
+            earlier = by_dialogue.get(digests[n - 1])
+            if earlier:
+                found[call["id"]] = _choose(earlier, _reply(dialogue[n]), instructions)
+                break
+        if digests:
+            by_dialogue.setdefault(digests[-1], []).append((call, instructions))
+    return found
+
+
+def _choose(
+    earlier: list[tuple[dict[str, Any], bytes]],
+    following: tuple[str, tuple[str, ...]] | None,
+    instructions: bytes,
+) -> int:
+    """Of the calls a call may continue, the id of the one most like its parent."""
+
+    def likeness(candidate: tuple[dict[str, Any], bytes]) -> tuple[bool, bool]:
+        answered = following is not None and _reply(candidate[0]["answer"]) == following
+        return answered, candidate[1] == instructions
+
+    chosen, _ = max(reversed(earlier), key=likeness)  # max keeps the first of equals: the latest
+    return chosen["id"]
+
+
+def _instructions(messages: Any) -> list[Any]:
+    if not isinstance(messages, list):
+        return []
+    return [m for m in messages if isinstance(m, dict) and m.get("role") in INSTRUCTION_ROLES]
+
+
+def connected(call_id: int, links: dict[int, int]) -> list[int]:
+    """The ids of the conversation `call_id` is in: its ancestors, itself and every call that
+    continues one of them or it, in id order."""
+    root = call_id
+    while root in links:
+        root = links[root]
+    children: dict[int, list[int]] = {}
+    for child, parent in links.items():
+        children.setdefault(parent, []).append(child)
+    members, todo = [], [root]
+    while todo:
+        current = todo.pop()
+        members.append(current)
+        todo.extend(children.get(current, ()))
+    return sorted(members)
+
+
+async def conversation_calls(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calls sharing `row`'s first user message within WINDOW of it, in id order."""
+    key = row.get("conversation_key")
+    if key is None or row.get("thread_id") is not None:
+        return []
+    cursor = await conn.execute(GROUP_SQL, {"key": key, "at": row["created_at"]})
+    return list(await cursor.fetchall())
+
+
+def linked_ids(
+    row: dict[str, Any], group: Iterable[dict[str, Any]]
+) -> tuple[int | None, list[int]]:
+    """The call `row` continues (None for the first of its conversation) and the ids of its
+    whole conversation."""
+    links = parents(list(group))
+    return links.get(row["id"]), connected(row["id"], links)
