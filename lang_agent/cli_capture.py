@@ -292,6 +292,11 @@ def proxy() -> None:
     "models matching MODELS (comma-separated globs); repeatable, replaces the file's routes.",
 )
 @click.option("--force-stream", is_flag=True, default=None, help="Stream non-stream calls.")
+@click.option(
+    "--add-usage/--no-add-usage",
+    default=None,
+    help="Ask for a stream's usage when its client did not [on].",
+)
 @click.option("--detect-repeat", is_flag=True, default=None, help="Cut looping streams.")
 @click.option("--repeat-threshold", type=float, default=None, help="Repeat share [0.5].")
 @click.option("--repeat-min-length", type=int, default=None, help="Judged characters [200].")
@@ -305,6 +310,7 @@ def proxy_start(
     key: str | None,
     routes: list[dict[str, object]] | None,
     force_stream: bool | None,
+    add_usage: bool | None,
     detect_repeat: bool | None,
     repeat_threshold: float | None,
     repeat_min_length: int | None,
@@ -326,6 +332,7 @@ def proxy_start(
         "proxy_key": key,
         "proxy_routes": routes,
         "force_stream": force_stream,
+        "proxy_add_usage": add_usage,
         "detect_repeat": detect_repeat,
         "repeat_threshold": repeat_threshold,
         "repeat_min_length": repeat_min_length,

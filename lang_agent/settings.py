@@ -351,6 +351,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Proxy idle-read timeout: longest silence inside a response, seconds.",
     )
+    proxy_add_usage: bool = Field(
+        True,
+        description="Proxy: ask the upstream for the usage of a streamed chat call whose client "
+        "did not (stream_options.include_usage), and take that usage chunk out of the client's "
+        "stream, so every streamed call has tokens and cost.",
+    )
 
     # --- retention (`lang-agent cleanup`, and the server's periodic job)
     keep_checkpoints: int = Field(

@@ -259,11 +259,14 @@ def test_silent_database_times_out_with_a_one_line_error():
 
 def test_proxy_config_file_keys(tmp_path):
     config = tmp_path / "proxy.toml"
-    config.write_text('[proxy]\nport = 9999\nupstream = "http://u/v1"\nforce-stream = true\n')
+    config.write_text(
+        '[proxy]\nport = 9999\nupstream = "http://u/v1"\nforce-stream = true\nadd-usage = false\n'
+    )
     assert load_config_file(config) == {
         "proxy_port": 9999,
         "proxy_upstream": "http://u/v1",
         "force_stream": True,
+        "proxy_add_usage": False,
     }
 
 

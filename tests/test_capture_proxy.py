@@ -357,3 +357,52 @@ async def test_a_response_without_date_or_server_gets_a_date(proxy):
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_stream_without_include_usage_is_recorded_with_tokens_the_client_never_sees(
+    proxy, capture_db
+):
+    tag = marker()
+    stream = await sdk(proxy).chat.completions.create(
+        model="sim-chat", messages=[{"role": "user", "content": f"讲个故事 {tag}"}], stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert all(c.choices and c.usage is None for c in chunks)  # as without the proxy
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content ~ '{tag}'")
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    assert row["flags"]["usage_added"] is True
+    assert "stream_options" not in row["client_request_body"]
+    assert row["request_body"]["stream_options"] == {"include_usage": True}
+    assert '"choices":[]' in row["response_sse"]  # the record keeps what the upstream sent
+
+
+async def test_usage_is_taken_out_however_the_client_asked_for_encoding(proxy):
+    body = {
+        "model": "sim-chat",
+        "messages": [{"role": "user", "content": f"你好 {marker()}"}],
+        "stream": True,
+        "stream_options": {"include_usage": False},
+    }
+    headers = {"authorization": f"Bearer {SECRET}", "accept-encoding": "gzip"}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(f"{proxy}/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200 and "content-encoding" not in response.headers
+    events = [line for line in response.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]" and '"choices":[]' not in response.text
+    assert all(json.loads(e[6:])["choices"] for e in events[:-1])
+
+
+async def test_without_add_usage_a_stream_goes_as_the_client_sent_it(
+    capture_sim, capture_dsn, capture_db
+):
+    settings = proxy_settings(capture_sim.base_url, capture_dsn, proxy_add_usage=False)
+    tag = marker()
+    async with running_proxy(settings, dsn=capture_dsn, port=0) as running:
+        stream = await sdk(running.base_url).chat.completions.create(
+            model="sim-chat", messages=[{"role": "user", "content": tag}], stream=True
+        )
+        assert [chunk async for chunk in stream]
+    (row,) = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert row["prompt_tokens"] is None and "usage_added" not in row["flags"]
+    assert row["client_request_body"] is None and "stream_options" not in row["request_body"]

@@ -6,14 +6,16 @@ import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
 import openai
 import pytest
 
+from lang_agent.capture.record import CallRecord
 from lang_agent.capture.recorder import Recorder
-from lang_agent.capture.stream import TAIL_BYTES, summary_of_cut_body
+from lang_agent.capture.stream import TAIL_BYTES, CapturingStream, summary_of_cut_body
 from lang_agent.capture.transport import BODY_EXTENSION, CapturingTransport
 from lang_agent.llm.context import calling
 from lang_agent.llm.models_catalog import ModelCatalog
@@ -368,3 +370,60 @@ async def test_preflight_flags_what_does_not_fit_and_the_auto_model_it_picks(cli
     assert flags["overflows"]["context_overflow"]["source"] == "usage"
     assert flags["auto"]["preflight"]["resolved_model"] == "moonshot-v1-8k"
     assert "context_overflow" not in flags["auto"]
+
+
+NOW = datetime.now(UTC)
+
+
+class Pieces(httpx2.AsyncByteStream):
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _event(chunk: dict) -> bytes:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
+
+
+USAGE_EVENT = _event(
+    {"id": "c", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+)
+STREAM = [
+    _event({"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "你"}}]}),
+    _event(
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "好"}, "finish_reason": "stop"}]}
+    ),
+    USAGE_EVENT,
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 17, 64, 100_000])
+@pytest.mark.parametrize("tail", [b"", b'data: {"unterminated'])
+async def test_the_added_usage_chunk_is_taken_out_wherever_the_body_is_split(size, tail):
+    body = b"".join(STREAM) + tail
+    record = CallRecord(
+        method="POST", url="http://u/v1/chat/completions", request_header={}, created_at=NOW
+    )
+    finished: list[CallRecord] = []
+    stream = CapturingStream(
+        Pieces([body[i : i + size] for i in range(0, len(body), size)]),
+        record=record,
+        sse=True,
+        content_encoding=None,
+        max_bytes=1_000_000,
+        detector=None,
+        on_close=finished.append,
+        strip_usage=True,
+    )
+    sent = b"".join([piece async for piece in stream])
+    await stream.aclose()
+    assert sent == body.replace(USAGE_EVENT, b"")
+    assert finished == [record] and record.response_sse == body.decode()
+    assert record.response_body["usage"]["prompt_tokens"] == 9

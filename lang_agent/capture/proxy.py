@@ -76,6 +76,7 @@ CONFIG_KEYS = {
     "key": "proxy_key",
     "routes": "proxy_routes",
     "read_timeout_s": "proxy_read_timeout_s",
+    "add_usage": "proxy_add_usage",
 }
 
 
@@ -356,6 +357,7 @@ async def running_proxy(
             recorder=recorder,
             catalog=catalog,
             source="proxy",
+            add_usage=settings.proxy_add_usage,
             on_finish=log_call,
         )
         timeout = httpx2.Timeout(

@@ -107,11 +107,14 @@ class CapturingStream(httpx2.AsyncByteStream):
         max_bytes: int,
         detector: RepeatDetector | None,
         on_close: Callable[[CallRecord], None],
+        strip_usage: bool = False,
     ) -> None:
         self._inner = inner
         self.record = record
         self._sse = sse
         self._decoder = _Decoder(content_encoding)
+        # Only readable events can be left out: an upstream that compressed anyway keeps all.
+        self._strip_usage = strip_usage and sse and self._decoder.identity
         self._max_bytes = max_bytes
         self._detector = detector
         self._on_close = on_close
@@ -141,6 +144,8 @@ class CapturingStream(httpx2.AsyncByteStream):
                     break
             else:
                 self._exhausted = True
+                if self._strip_usage and (rest := self._splitter.tail()):
+                    yield rest  # an unterminated last event, held back as a whole event would be
         except BaseException as exc:
             self._error = exc
             raise
@@ -184,13 +189,28 @@ class CapturingStream(httpx2.AsyncByteStream):
                 self._tail += data[max(room, 0) :]
                 del self._tail[: max(0, len(self._tail) - TAIL_BYTES)]
             return chunk
+        if self._strip_usage:
+            return self._without_usage(data)
         for raw, end in self._splitter.feed(data):
             self._on_event(raw)
             if self._cut:
                 return chunk[:end] + self._repeat_tail()
         return chunk
 
-    def _on_event(self, raw: bytes) -> None:
+    def _without_usage(self, data: bytes) -> bytes:
+        """The chunk's complete events less the usage-only one, which the transport asked for
+        on the client's behalf; an event's start waits for its end (a few bytes, not a wait)."""
+        out = bytearray()
+        for raw, _end in self._splitter.feed(data):
+            chunk = self._on_event(raw)
+            if not (chunk is not None and chunk.get("choices") == [] and chunk.get("usage")):
+                out += raw
+            if self._cut:
+                return bytes(out) + self._repeat_tail()
+        return bytes(out)
+
+    def _on_event(self, raw: bytes) -> dict[str, Any] | None:
+        """Records an event; its parsed chunk, if it is one."""
         offset = self.record.elapsed_ms()
         if self._kept + len(raw) <= self._max_bytes:
             self._events.append(raw)  # decoded once, at the end
@@ -200,19 +220,20 @@ class CapturingStream(httpx2.AsyncByteStream):
             self.record.flags["response_truncated"] = True
         data = event_data(raw)
         if data is None:
-            return
+            return None
         if data.strip() == DONE:
             self._done = True
-            return
+            return None
         chunk = parse_chunk(data)
         if self._subscriber is not None and not self._done:
             self._subscriber.append(chunk)
         if chunk is None:
-            return
+            return None
         self._merger.add(chunk)
         for position, choice in enumerate(chunk.get("choices") or []):
             if isinstance(choice, dict):
                 self._on_choice(position, choice, offset)
+        return chunk
 
     def _on_choice(self, position: int, choice: dict, offset: float) -> None:
         index = choice.get("index") if isinstance(choice.get("index"), int) else position

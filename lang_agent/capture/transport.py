@@ -89,6 +89,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         catalog: ModelCatalog | None = None,
         source: str = "agent",
         force_stream: bool | None = None,
+        add_usage: bool = False,
         repeat: RepeatConfig | None = None,
         on_finish: Callable[[CallRecord], None] | None = None,
     ) -> None:
@@ -97,6 +98,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         self.catalog = catalog or ModelCatalog({})
         self.source = source
         self.force_stream = recorder.force_stream if force_stream is None else force_stream
+        self.add_usage = add_usage
         self.repeat = recorder.repeat if repeat is None else repeat
         self.on_finish = on_finish
         recorder.metrics.currency = self.catalog.currency
@@ -108,7 +110,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         await request.aread()
         try:
             record = self._new_record(request)
-            upstream, forced = self._maybe_force_stream(request, record)
+            upstream, change = self._rewrite(request, record)
         except Exception:  # an edge: a capture bug must not cost the call
             logger.exception("capture could not start; the call goes out uncaptured")
             return await self.inner.handle_async_request(request)
@@ -143,8 +145,10 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             max_bytes=self.recorder.max_body_bytes,
             detector=detector,
             on_close=self._complete,
+            # A body of a stated length must keep it.
+            strip_usage=change == "usage_added" and "content-length" not in response.headers,
         )
-        if forced and sse and response.status_code < 400:
+        if change == "force_stream" and sse and response.status_code < 400:
             return await self._merged_response(response, stream, upstream)
         response.stream = stream
         return response
@@ -206,23 +210,32 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
                 verdict["resolved_model"],
             )
 
-    def _maybe_force_stream(
+    def _rewrite(
         self, request: httpx2.Request, record: CallRecord
-    ) -> tuple[httpx2.Request, bool]:
+    ) -> tuple[httpx2.Request, str | None]:
+        """The request as it goes upstream, and what was changed, also a flag of the record:
+        `force_stream` (a non-stream chat call sent as a stream, merged back) or `usage_added`
+        (a stream whose client did not ask for its usage; the tee takes that chunk out)."""
         body = record.request_body
-        if not (self.force_stream and _is_chat(request) and isinstance(body, dict)):
-            return request, False
-        if body.get("stream"):
-            return request, False
+        if not (_is_chat(request) and isinstance(body, dict)):
+            return request, None
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        if self.force_stream and not body.get("stream"):
+            change = "force_stream"
+        elif self.add_usage and body.get("stream") is True and not options.get("include_usage"):
+            change = "usage_added"
+        else:
+            return request, None
         rewritten = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         content = json.dumps(rewritten, ensure_ascii=False).encode()
         headers = httpx2.Headers(request.headers)
         headers["content-length"] = str(len(content))
+        if change == "usage_added":
+            headers["accept-encoding"] = "identity"  # the chunk is taken out of readable events
         record.client_request_body = body
         record.request_body = rewritten
         record.body_bytes += len(content)
-        record.flags["force_stream"] = True
+        record.flags[change] = True
         upstream = httpx2.Request(
             request.method,
             request.url,
@@ -230,7 +243,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             content=content,
             extensions=request.extensions,
         )
-        return upstream, True
+        return upstream, change
 
     def _on_headers(self, record: CallRecord, response: httpx2.Response) -> None:
         record.ttfb_ms = record.elapsed_ms()
