@@ -1,9 +1,11 @@
 """CapturingTransport: an httpx2 transport that records every call it delegates to an inner one.
 
 It reads the call context (thread, turn, graph node), redacts the request headers, runs the
-context-window pre-flight, queues a `pending` row, delegates, and swaps the response stream for
-the tee from stream.py, which finalises the row when the body is closed. With force-stream a
-non-stream chat request goes upstream as a stream and the client gets the merged completion.
+context-window pre-flight and the provider-rule lint (lint.py), queues a `pending` row,
+delegates, and swaps the response stream for the tee from stream.py, which finalises the row
+when the body is closed. With force-stream a non-stream chat request goes upstream as a stream
+and the client gets the merged completion; a stream whose client did not ask for its usage is
+asked for it, and the tee takes that chunk out.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lang_agent.capture.detect import (
     requested_max_tokens,
     truncation,
 )
+from lang_agent.capture.lint import lint, rate_limit
 from lang_agent.capture.record import CallRecord, redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.stream import CapturingStream, describe_error
@@ -184,6 +187,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             record.stream = bool(body.get("stream"))
             if _is_chat(request):
                 self._preflight(record, body, size=len(request.content))
+                self._lint(record, body, url=str(request.url))
         return record
 
     def _preflight(self, record: CallRecord, body: dict[str, Any], *, size: int) -> None:
@@ -208,6 +212,16 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
                 verdict["max_tokens"],
                 verdict["window"],
                 verdict["resolved_model"],
+            )
+
+    def _lint(self, record: CallRecord, body: dict[str, Any], *, url: str) -> None:
+        findings = lint(body, url=url)
+        if findings:
+            record.flags["lint"] = findings
+            logger.warning(
+                "call %s breaks provider rules: %s",
+                record.call_id,
+                "; ".join(f["message"] for f in findings),
             )
 
     def _rewrite(
@@ -359,6 +373,9 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             )
             if overflow:
                 record.flags["context_overflow"] = {**overflow, "source": "usage"}
+        limited = rate_limit(record.status_code, record.response_body, record.response_header)
+        if limited:
+            record.flags["rate_limit"] = limited
         repeat = record.flags.get("repeat")
         if isinstance(repeat, dict) and repeat.get("cut"):
             produced = int(repeat.get("output_tokens") or 0)

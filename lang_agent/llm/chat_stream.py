@@ -24,7 +24,7 @@ from lang_agent.capture.stream import CapturingStream
 from lang_agent.capture.transport import BODY_EXTENSION
 from lang_agent.errors import UpstreamError, UpstreamStatus
 from lang_agent.jsonwire import dumpb
-from lang_agent.llm.factory import ModelSpec
+from lang_agent.llm.factory import ModelSpec, reasoning_off
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 RETRY_BASE_S = 0.5
@@ -115,8 +115,7 @@ def request_body(
         if tool_choice is not None:
             body["tool_choice"] = {"type": "function", "function": {"name": tool_choice}}
             body["parallel_tool_calls"] = False
-    if spec.provider == "ali":
-        body["enable_thinking"] = False  # voice wants no reasoning; Qwen3 thinks by default
+    body.update(reasoning_off(spec))
     return body
 
 

@@ -50,6 +50,17 @@ class ModelSpec:
         return f"{self.provider}:{self.model} @ {self.base_url}"
 
 
+def reasoning_off(spec: ModelSpec) -> dict[str, Any]:
+    """Request fields that turn a model's reasoning off. Voice wants none, and a thinking
+    model refuses the router's forced tool choice (capture/lint.py checks both). Qwen3's open
+    models think unless `enable_thinking` is false, kimi-k2.5 unless `thinking` is disabled."""
+    if spec.provider == "ali":
+        return {"enable_thinking": False}
+    if spec.provider == "moonshot" and spec.model.startswith("kimi-k2.5"):
+        return {"thinking": {"type": "disabled"}}
+    return {}
+
+
 def default_provider(settings: Settings) -> str:
     if settings.llm_provider != "auto":
         return settings.llm_provider
@@ -137,10 +148,7 @@ class ModelFactory:
         return self._cache[key]
 
     def _build(self, spec: ModelSpec) -> ChatOpenAI:
-        extra_body: dict[str, Any] = {}
-        if spec.provider == "ali":
-            # Voice wants no reasoning; Qwen3 open models think by default.
-            extra_body["enable_thinking"] = False
+        extra_body = reasoning_off(spec)
         return ChatOpenAI(
             model=spec.model,
             base_url=spec.base_url,
