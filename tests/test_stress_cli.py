@@ -26,8 +26,10 @@ def parse(*flags: str) -> argparse.Namespace:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--duration", "nan"], "--duration must be above 0, not nan"),
-        (["--duration", "inf"], "--duration must be above 0, not inf"),
+        (["--duration", "nan"], "--duration: must be a finite number above 0, not nan"),
+        (["--duration", "inf"], "--duration: must be a finite number above 0, not inf"),
+        (["--workers", "0"], "--workers: must be at least 1, not 0"),
+        (["--turns-per-thread", "-2"], "--turns-per-thread: must be at least 1, not -2"),
         (["--ramp", "nan"], "--ramp must be 0 or more, not nan"),
         (["--ramp", "inf"], "--ramp must be 0 or more, not inf"),
         (["--fronts", "OpenAI"], "expected front ends from dashscope, openai"),

@@ -20,7 +20,7 @@ from lang_agent.bench.load import Counter
 from lang_agent.bench.runner import DEFAULT_LEVELS, QUICK_LEVELS, Mode, Target, log, run_matrix
 from lang_agent.bench.stack import ROOT, Meter, Stack
 from lang_agent.bench.workload import FRONTS, Front
-from lang_agent.cli_common import FAILURE, OK, STARTUP_FAILURE
+from lang_agent.cli_common import FAILURE, OK, STARTUP_FAILURE, positive_float, positive_int
 from lang_agent.db import mask_dsn
 
 BENCH_KEY = "bench-key-0123456789"  # the self-started servers' key (FAST_AUTH_KEYS)
@@ -55,16 +55,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--scenario", default="matrix", choices=[*SCENARIOS, "all"], help="what to measure")
     add("--quick", action="store_true", help="a ~1-minute smoke run (levels 1,10; 5 s cells)")
     add("--levels", type=_levels, default=None, help="concurrency levels, e.g. 1,5,10,20,50")
-    add("--duration", type=float, default=None, help="seconds per cell (default 15; quick 5)")
+    add(
+        "--duration",
+        type=positive_float,
+        default=None,
+        help="seconds per cell (default 15; quick 5)",
+    )
     add("--fronts", type=_fronts, default=",".join(FRONTS), help="front ends: dashscope,openai")
     add("--streams", default="both", choices=["both", "stream", "plain"], help="stream modes")
-    add("--turns-per-thread", type=int, default=1, help="turns a user sends on one thread")
+    add("--turns-per-thread", type=positive_int, default=1, help="turns a user sends on one thread")
     add("--ramp", type=float, default=0.0, metavar="S",
         help="start the users evenly over S seconds (default 0: all at once, in step)")  # fmt: skip
     add("--tool-every", type=int, default=0, help="every n-th turn is a tool turn (0: none)")
     add("--profile", default=None, choices=SIM_PROFILES,
         help="simulator latency profile (default: original)")  # fmt: skip
-    add("--workers", type=int, default=None, help="server worker processes (WORKERS; default 1)")
+    add(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="server worker processes (WORKERS; default 1)",
+    )
     add("--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
     add("--target", default=None,
@@ -84,11 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a run that would fail or mean nothing once the stack is up."""
-    # `not value > 0` refuses NaN too, and isfinite infinity: a cell of either never ends.
-    for flag in ("duration", "workers", "turns_per_thread"):
-        value = getattr(args, flag)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            parser.error(f"--{flag.replace('_', '-')} must be above 0, not {value:g}")
+    # `not value >= 0` refuses NaN too, and isfinite infinity: a ramp of either never ends.
     for flag in ("ramp", "tool_every"):
         value = getattr(args, flag)
         if not (value >= 0 and math.isfinite(value)):
