@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import click
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from lang_agent.settings import Settings, settings_error
 
@@ -73,6 +73,23 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
     return value
+
+
+def setting_value(name: str) -> Callable[[str], Any]:
+    """An argparse type taking what the setting `name` takes: a script that passes a flag on
+    to the server it starts refuses at once what that server would refuse only once started."""
+    field = Settings.model_fields[name]
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
+
+    def check(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            raise argparse.ArgumentTypeError(f"{reason}, not {text!r} ({name.upper()})") from None
+
+    check.__name__ = name
+    return check
 
 
 def share(text: str) -> float:

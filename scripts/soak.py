@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lang_agent.bench.stats import percentile  # noqa: E402
-from lang_agent.cli_common import positive_float, positive_int, share  # noqa: E402
+from lang_agent.cli_common import positive_float, positive_int, setting_value, share  # noqa: E402
 from lang_agent.db import mask_dsn  # noqa: E402
 from lang_agent.llm.sim import Simulator  # noqa: E402
 
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--hangups", type=share, default=0.02, help="share of streams cut early")
     add(
         "--memory-max-messages",
-        type=int,
+        type=setting_value("memory_max_messages"),
         default=40,
         help="the server's MEMORY_MAX_MESSAGES: small, so the threads reach it early in the run",
     )

@@ -137,6 +137,8 @@ def test_curl_makes_redacted_url_parts_variables_the_shell_expands():
     env = {"API_KEY": "k1", "REDACTED_PASSWORD": "p1", "REDACTED_URL_PASSWORD": "u1"}
     shell = subprocess.run(["sh", "-c", f"printf %s {word}"], env=env, capture_output=True)
     assert shell.stdout.decode() == "http://u:u1@up/v1/x?api_key=k1&password=p1&q=a'b\"$c`d"
+    alone = curl_command(_row(url="https://REDACTED@up/v1/x")).split(" \\\n")[0]
+    assert alone.endswith('"https://$REDACTED_URL_USER@up/v1/x"')
 
 
 def test_export_redacts_a_row_stored_before_the_rules_did():
@@ -150,6 +152,10 @@ def test_export_redacts_a_row_stored_before_the_rules_did():
         render_call(row, sections=["metadata", "request_body"]),
     ]
     assert not any(s in t for t in texts for s in ("pw-secret", "q-secret", "sk-body-secret"))
+    token = _row(url="https://sk-user-secret@up/v1/chat/completions")
+    assert not any(
+        "sk-user-secret" in t for t in (curl_command(token), json.dumps(case_json(token)))
+    )
 
 
 def test_curl_refuses_a_body_cut_at_the_size_limit():

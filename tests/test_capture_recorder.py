@@ -88,7 +88,10 @@ def test_urls_lose_passwords_and_query_secrets_by_the_header_rule():
         "http://user:REDACTED@h:8/v1?auth=[REDACTED]&password=[REDACTED]"
         "&access_token=[REDACTED]&sig=[REDACTED]&session=s&q=1#f"
     )
-    assert redact_url("http://user@h/v1?a=1") == "http://user@h/v1?a=1"  # no password in it
+    # A name alone is a token more often than a name (https://TOKEN@host).
+    assert redact_url("https://sk-tok@h/v1?a=1") == "https://REDACTED@h/v1?a=1"
+    assert redact_url("https://REDACTED@h/v1") == "https://REDACTED@h/v1"  # stays as it is
+    assert redact_url("http://h/v1?next=a@b") == "http://h/v1?next=a@b"  # no userinfo
     # Still a URL: the proxy's log line reads its path (`[REDACTED]` there made urlsplit raise).
     assert urlsplit(redact_url("http://user:pw@h:8/v1/x")).hostname == "h"
     names = "auth passwd x-auth-token api_key apiKey key client_secret x-session-id max_tokens"

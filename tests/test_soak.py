@@ -61,6 +61,8 @@ def soak() -> dict[str, Any]:
         ["--faults", "1.5"],
         ["--hangups", "-0.1"],
         ["--faults", "nan"],
+        ["--memory-max-messages", "-1"],
+        ["--memory-max-messages", "many"],
     ],
 )
 def test_a_run_that_cannot_be_honoured_is_a_usage_error(flags, capsys):

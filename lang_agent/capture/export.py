@@ -53,11 +53,12 @@ _HEADER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Names whose redacted value was the API key itself. Any other secret gets `$REDACTED_<NAME>`:
 # filling it with the key would send the key where it never went.
 _CARRIES_API_KEY = re.compile(r"^(?:authorization|key)$|api[-_]?key|subscription[-_]?key", re.I)
-# A redacted value in a stored URL (group 2): a query parameter's (group 1 is its name) or the
-# password.
+# A redacted value in a stored URL: a query parameter's (group 2; group 1 is its name), the
+# password (group 3) or a userinfo that was a name alone (group 4).
 _URL_SECRET = re.compile(
     rf"(?:[?&]([^=&#]*)=({re.escape(REDACTED)})"
-    rf"|^[^/?#]*//[^/?#@:]*:({USERINFO_REDACTED})@)"
+    rf"|^[^/?#]*//[^/?#@:]*:({USERINFO_REDACTED})@"
+    rf"|^[^/?#]*//({USERINFO_REDACTED})@)"
 )
 _SHELL_SPECIAL = re.compile(r'([\\"$`])')
 
@@ -278,9 +279,8 @@ def _url_word(url: str) -> str:
     pieces: list[str] = []
     done = 0
     for match in _URL_SECRET.finditer(url):
-        in_query = match.group(1) is not None
-        name = unquote(match.group(1)) if in_query else "url_password"
-        secret = 2 if in_query else 3
+        secret = next(group for group in (2, 3, 4) if match.group(group) is not None)
+        name = {2: unquote(match.group(1) or ""), 3: "url_password", 4: "url_user"}[secret]
         pieces += [_SHELL_SPECIAL.sub(r"\\\1", url[done : match.start(secret)]), _placeholder(name)]
         done = match.end(secret)
     if not pieces:

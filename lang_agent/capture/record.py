@@ -33,6 +33,8 @@ _KEY_LIKE = re.compile(
 )
 # The password in `scheme://user:password@host`, up to the last `@` of the authority.
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#@:]*:)[^/?#]*@", re.I)
+# A userinfo that is a name alone (`https://TOKEN@host`): in an API's URL, a credential.
+_URL_USER = re.compile(r"^([a-z][a-z0-9+.-]*://)[^/?#@:]+@", re.I)
 # A `"name": "string"` pair in JSON text, not inside another string (whose quotes are escaped);
 # the string may be cut off by the end of the text.
 _JSON_PAIR = re.compile(r'(?<!\\)"([\w.-]+)"(\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?\Z)')
@@ -76,9 +78,11 @@ def redact_headers(headers: Iterable[tuple[str, str]], *, extra: Iterable[str] =
 
 
 def redact_url(url: str) -> str:
-    """The URL with its userinfo password and the values of key-like query parameters replaced:
-    safe to store, print and log (an upstream may be configured as http://user:pw@host)."""
+    """The URL with its userinfo password (or a userinfo that is a name alone, as a token is
+    often given) and the values of key-like query parameters replaced: safe to store, print
+    and log (an upstream may be configured as http://user:pw@host or https://TOKEN@host)."""
     url = _URL_PASSWORD.sub(lambda m: m.group(1) + USERINFO_REDACTED + "@", url)
+    url = _URL_USER.sub(lambda m: m.group(1) + USERINFO_REDACTED + "@", url)
     rest, hash_mark, fragment = url.partition("#")
     head, mark, query = rest.partition("?")
     if not mark:
