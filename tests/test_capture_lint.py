@@ -38,6 +38,7 @@ def rules(body: dict, url: str | None = None) -> list[str]:
         ("http://127.0.0.1:9/v1", "kimi-k2.5", "moonshot"),
         ("http://gateway/v1", "qwen-plus", "qwen"),
         ("http://gateway/v1", "gpt-4o", None),
+        ("http://127.0.0.1:11434/v1", "qwq:32b", None),  # a local server's name:tag
         (None, None, None),
     ],
 )
@@ -76,6 +77,7 @@ def test_kimi_k2_5_takes_only_its_default_parameters():
     (finding,) = lint({**body, "temperature": 0.3, "presence_penalty": 0.5}, url=None)
     assert finding["rule"] == "fixed_parameters"
     assert finding["message"] == "kimi-k2.5 accepts only temperature=1.0, presence_penalty=0"
+    assert rules({**body, "model": "Kimi-K2.5", "temperature": 0.3}) == ["fixed_parameters"]
     off = {**body, "thinking": {"type": "disabled"}}
     assert rules(off) == ["fixed_parameters"]  # thinking off: 0.6
     assert rules({**off, "temperature": 0.6}) == []
@@ -108,6 +110,11 @@ def test_thinking_models_need_reasoning_content_back_and_tool_choice_auto():
         ({"model": "qwq-plus"}, ["stream_only"]),
         ({"model": "qwen-omni-turbo", "stream": True}, []),
         ({"model": "qwen3-omni-flash"}, ["stream_only"]),
+        (
+            {"model": "qwen3-235b-a22b-thinking-2507", "enable_thinking": False},
+            ["thinking_needs_stream"],
+        ),  # thinks whatever it is told
+        ({"model": "QwQ-Plus"}, ["stream_only"]),
     ],
 )
 def test_qwen_calls_that_must_stream(body, expected):
@@ -147,6 +154,10 @@ def test_unknown_providers_and_odd_bodies_give_nothing():
         ({"code": "Throttling", "message": "flat"}, {}, {"kind": "Throttling", "retryable": True,
                                                          "retry_after_s": None}),
         ("not json", {}, {"kind": "unknown", "retryable": True, "retry_after_s": None}),
+        ("x", {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"},
+         {"kind": "unknown", "retryable": True, "retry_after_s": 0.0}),  # a date in the past
+        ("x", {"retry-after": "soon"}, {"kind": "unknown", "retryable": True,
+                                        "retry_after_s": None}),
     ],
 )  # fmt: skip
 def test_a_429_says_its_kind_and_how_long_to_wait(body, headers, expected):

@@ -249,3 +249,15 @@ async def test_a_malformed_request_gets_a_400_not_a_dropped_connection():
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 Bad Request")
     assert json.loads(body)["error"]["message"] == "malformed request line"
+
+
+def test_a_replay_leaves_out_the_usage_chunk_the_proxy_asked_for():
+    """The client of a usage_added call never saw that chunk: neither does a replay's."""
+    events = [e for _, e in streamed().events]
+    usage_chunk = {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 3}}
+    usage = f"data: {json.dumps(usage_chunk)}\n\n".encode()
+    sse = b"".join([*events[:-1], usage, events[-1]]).decode()
+    row = {"status_code": 200, "response_sse": sse, "event_offsets_ms": [0.0] * 8}
+    assert len(ReplayCase.from_row(row).events) == 8  # recorded as it came
+    added = ReplayCase.from_row({**row, "flags": {"usage_added": True}})
+    assert [e for _, e in added.events] == events

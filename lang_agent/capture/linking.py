@@ -27,7 +27,8 @@ LIMIT 5000
 
 
 def _canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    # ASCII: a lone surrogate (a cut emoji) has no UTF-8, and a call must never fail for this.
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 def conversation_key(body: Any) -> str | None:

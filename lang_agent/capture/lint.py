@@ -2,14 +2,16 @@
 
 The rules are Moonshot's (Kimi) and DashScope's (Qwen) as their documentation states them
 (reference/capture_proxy.md §10, reference/dashscope_app_api.md §12). The provider is the
-upstream's host, or else the model's name (a gateway in front of one). A finding is advice,
-stored with the call (`flags.lint`) and logged; the request goes out unchanged, and the
-upstream's own answer stays the judge.
+upstream's host, or else the model's name (a gateway in front of one; not a local server's
+`name:tag`, as Ollama's `qwq:32b`). A finding is advice, stored with the call (`flags.lint`)
+and logged; the request goes out unchanged, and the upstream's own answer stays the judge.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,8 +23,9 @@ MOONSHOT_MAX_TOOLS = 128
 # kimi-k2.5 refuses any other value of these (temperature: 1.0, or 0.6 with thinking off).
 K25_DEFAULTS = {"top_p": 0.95, "n": 1, "presence_penalty": 0, "frequency_penalty": 0}
 # Qwen families that answer only as a stream, and those that think unless told not to.
-QWEN_STREAM_ONLY = re.compile(r"(qwq|qvq|qwen[\d.]*-omni)", re.I)
-QWEN_THINKS_BY_DEFAULT = re.compile(r"qwen3\.5-|qwen3-\d+(\.\d+)?b(-a\d+(\.\d+)?b)?$", re.I)
+QWEN_STREAM_ONLY = re.compile(r"(qwq|qvq|qwen[\d.]*-omni)")
+QWEN_THINKS_BY_DEFAULT = re.compile(r"qwen3\.5-|qwen3-\d+(\.\d+)?b(-a\d+(\.\d+)?b)?$")
+QWEN_THINKS_ONLY = re.compile(r"qwen.*-thinking")
 _WAIT = re.compile(r"after (\d+(?:\.\d+)?) ?s", re.I)
 
 
@@ -34,6 +37,8 @@ def provider(url: str | None, model: Any) -> str | None:
     if "dashscope" in host or "aliyuncs" in host:
         return "qwen"
     name = model.lower() if isinstance(model, str) else ""
+    if ":" in name:  # a local server's name:tag
+        return None
     if name.startswith(("kimi-", "moonshot-")):
         return "moonshot"
     if name.startswith(("qwen", "qwq", "qvq")):
@@ -47,11 +52,9 @@ def lint(body: dict[str, Any], *, url: str | None) -> list[dict[str, str]]:
     rules = provider(url, model)
     if rules is None:
         return []
+    name = model.lower() if isinstance(model, str) else ""
     found = _tool_findings(body, rules)
-    if rules == "moonshot":
-        found += _moonshot(body, model if isinstance(model, str) else "")
-    else:
-        found += _qwen(body, model if isinstance(model, str) else "")
+    found += _moonshot(body, name) if rules == "moonshot" else _qwen(body, name)
     return [{"rule": rule, "message": message} for rule, message in found]
 
 
@@ -125,9 +128,15 @@ def _qwen(body: dict[str, Any], model: str) -> list[tuple[str, str]]:
     if QWEN_STREAM_ONLY.match(model):
         return [("stream_only", f"{model} answers only as a stream")]
     thinking = body.get("enable_thinking")
-    if thinking is True or (thinking is None and QWEN_THINKS_BY_DEFAULT.match(model)):
-        return [("thinking_needs_stream", "with enable_thinking on, the call must stream")]
-    return []
+    if QWEN_THINKS_ONLY.match(model):
+        why = f"{model} always thinks"
+    elif thinking is True:
+        why = "enable_thinking is on"
+    elif thinking is None and QWEN_THINKS_BY_DEFAULT.match(model):
+        why = f"{model} thinks unless enable_thinking is false"
+    else:
+        return []
+    return [("thinking_needs_stream", f"{why}: a thinking call must stream")]
 
 
 def rate_limit(
@@ -144,10 +153,18 @@ def rate_limit(
     # Quota spent (Moonshot, OpenAI) or an account in arrears (DashScope) waits for a person.
     spent = any(word in str(kind).lower() for word in ("quota_error", "insufficient_quota"))
     spent = spent or str(kind).startswith("Arrearage")
-    wait = None
-    retry_after = (headers or {}).get("retry-after", "")
-    if retry_after.replace(".", "", 1).isdigit():
-        wait = float(retry_after)
-    elif match := _WAIT.search(message):
+    wait = _retry_after((headers or {}).get("retry-after", ""))
+    if wait is None and (match := _WAIT.search(message)):
         wait = float(match.group(1))
     return {"kind": str(kind), "retryable": not spent, "retry_after_s": wait}
+
+
+def _retry_after(value: str) -> float | None:
+    """Retry-After in seconds: a number of them, or an HTTP date."""
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    try:  # a date without a zone is naive, and cannot be compared: TypeError
+        seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, round(seconds, 1))

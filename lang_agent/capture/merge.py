@@ -44,6 +44,12 @@ class SseSplitter:
         """Bytes after the last complete event (a cut stream leaves some)."""
         return bytes(self._buffer)
 
+    def flush(self) -> bytes:
+        """The tail, taken: the body has ended, and it is an event of its own."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
 
 def event_data(raw: bytes | str) -> str | None:
     """The joined `data:` lines of one event; None for comments and events without data."""
@@ -66,6 +72,11 @@ def split_events(text: str) -> Iterator[str]:
     tail = splitter.tail()
     if tail.strip():
         yield tail.decode("utf-8", "replace")
+
+
+def usage_only(chunk: dict[str, Any] | None) -> bool:
+    """The chunk `include_usage` adds at the end: usage, and no choices."""
+    return chunk is not None and not chunk.get("choices") and bool(chunk.get("usage"))
 
 
 def parse_chunk(data: str) -> dict[str, Any] | None:

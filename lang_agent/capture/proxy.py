@@ -35,6 +35,7 @@ from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
 from lang_agent.capture.record import CallRecord, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.routes import Routes
+from lang_agent.capture.stream import DECODABLE_ENCODINGS
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
 from lang_agent.llm.http1 import Http1Transport
@@ -64,7 +65,6 @@ HOP_BY_HOP = frozenset(
 # The upstream's content-length stays: the body goes through unchanged, and with it the client
 # knows the body is whole without waiting for the end of a chunked one.
 RESPONSE_HOP_BY_HOP = HOP_BY_HOP - {"content-length"}
-DECODABLE_ENCODINGS = ("gzip", "deflate")
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
 # The error recorded for a call whose client disconnected, whenever it did.

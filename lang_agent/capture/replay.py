@@ -22,7 +22,7 @@ from http import HTTPStatus
 from typing import Any
 
 from lang_agent.capture.faults import Fault, provider_error
-from lang_agent.capture.merge import event_data, split_events
+from lang_agent.capture.merge import event_data, parse_chunk, split_events, usage_only
 from lang_agent.llm.sim_wire import HttpError, Peer, Request, dumps, error_body, frame, read_request
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,11 @@ class ReplayCase:
         body: bytes | None = None
         if row.get("response_sse"):
             offsets = list(row.get("event_offsets_ms") or [])
+            # The usage chunk the proxy asked for on the client's behalf never reached it.
+            added = bool((row.get("flags") or {}).get("usage_added"))
             for i, event in enumerate(split_events(row["response_sse"])):
+                if added and usage_only(parse_chunk(event_data(event) or "")):
+                    continue
                 at = offsets[i] if i < len(offsets) else (offsets[-1] if offsets else 0.0)
                 events.append((float(at), event.encode()))
         elif row.get("response_body") is not None:

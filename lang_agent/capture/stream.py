@@ -24,7 +24,14 @@ from typing import Any
 import httpx2
 
 from lang_agent.capture.detect import RepeatDetector
-from lang_agent.capture.merge import DONE, CompletionMerger, SseSplitter, event_data, parse_chunk
+from lang_agent.capture.merge import (
+    DONE,
+    CompletionMerger,
+    SseSplitter,
+    event_data,
+    parse_chunk,
+    usage_only,
+)
 from lang_agent.capture.record import CallRecord
 from lang_agent.jsonwire import loads
 
@@ -66,15 +73,19 @@ def summary_of_cut_body(head: bytes, tail: bytes) -> dict[str, Any]:
     return summary
 
 
+# Content encodings the tee reads (the proxy asks upstreams for no others).
+DECODABLE_ENCODINGS = ("gzip", "deflate", "x-gzip")
+
+
 class _Decoder:
     """gzip/deflate decoding for the captured copy; the client still gets the raw bytes."""
 
     def __init__(self, encoding: str | None) -> None:
         self.encoding = (encoding or "identity").strip().lower()
-        self.failed = self.encoding not in ("identity", "gzip", "deflate", "x-gzip", "")
+        self.failed = self.encoding not in ("identity", "", *DECODABLE_ENCODINGS)
         self._zlib = (
             zlib.decompressobj(zlib.MAX_WBITS | 32)
-            if self.encoding in ("gzip", "x-gzip", "deflate")
+            if self.encoding in DECODABLE_ENCODINGS
             else None
         )
 
@@ -113,8 +124,8 @@ class CapturingStream(httpx2.AsyncByteStream):
         self.record = record
         self._sse = sse
         self._decoder = _Decoder(content_encoding)
-        # Only readable events can be left out: an upstream that compressed anyway keeps all.
-        self._strip_usage = strip_usage and sse and self._decoder.identity
+        # Events are left out of the decoded body: the transport drops the encoding's header.
+        self._strip_usage = strip_usage and sse and not self._decoder.failed
         self._max_bytes = max_bytes
         self._detector = detector
         self._on_close = on_close
@@ -144,8 +155,10 @@ class CapturingStream(httpx2.AsyncByteStream):
                     break
             else:
                 self._exhausted = True
-                if self._strip_usage and (rest := self._splitter.tail()):
-                    yield rest  # an unterminated last event, held back as a whole event would be
+                if self._strip_usage and (rest := self._splitter.flush()):
+                    # An unterminated last event, held back as whole events are.
+                    if not usage_only(self._on_event(rest)):
+                        yield rest
         except BaseException as exc:
             self._error = exc
             raise
@@ -202,8 +215,7 @@ class CapturingStream(httpx2.AsyncByteStream):
         on the client's behalf; an event's start waits for its end (a few bytes, not a wait)."""
         out = bytearray()
         for raw, _end in self._splitter.feed(data):
-            chunk = self._on_event(raw)
-            if not (chunk is not None and chunk.get("choices") == [] and chunk.get("usage")):
+            if not usage_only(self._on_event(raw)):
                 out += raw
             if self._cut:
                 return bytes(out) + self._repeat_tail()

@@ -31,8 +31,8 @@ from lang_agent.capture.detect import (
 from lang_agent.capture.lint import lint, rate_limit
 from lang_agent.capture.record import CallRecord, redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
-from lang_agent.capture.stream import CapturingStream, describe_error
-from lang_agent.jsonwire import loads
+from lang_agent.capture.stream import DECODABLE_ENCODINGS, CapturingStream, describe_error
+from lang_agent.jsonwire import dumpb, loads
 from lang_agent.llm.context import current_call
 from lang_agent.llm.models_catalog import ModelCatalog
 
@@ -46,6 +46,7 @@ FLAGS_EXTENSION = "capture_flags"
 BODY_EXTENSION = "capture_body"
 UPSTREAM_ID_HEADERS = ("msh-request-id", "x-dashscope-request-id", "x-request-id", "request-id")
 _DURATION = re.compile(r"dur=([0-9.]+)")
+USAGE_OPTION = b'"stream_options":{"include_usage":true},'
 _DROPPED_AFTER_MERGE = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "content-type"}
 )
@@ -102,6 +103,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         self.source = source
         self.force_stream = recorder.force_stream if force_stream is None else force_stream
         self.add_usage = add_usage
+        self._warned_hosts: set[str] = set()
         self.repeat = recorder.repeat if repeat is None else repeat
         self.on_finish = on_finish
         recorder.metrics.currency = self.catalog.currency
@@ -112,12 +114,12 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()
         try:
-            record = self._new_record(request)
-            upstream, change = self._rewrite(request, record)
+            record, body = self._new_record(request)
+            upstream, change = self._rewrite(request, record, body)
+            self.recorder.begin(record)
         except Exception:  # an edge: a capture bug must not cost the call
             logger.exception("capture could not start; the call goes out uncaptured")
             return await self.inner.handle_async_request(request)
-        self.recorder.begin(record)
         try:
             response = await self.inner.handle_async_request(upstream)
         except BaseException as exc:
@@ -140,23 +142,61 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         sse = response.headers.get("content-type", "").startswith("text/event-stream")
         record.stream = sse
         detector = RepeatDetector(self.repeat) if sse and _is_chat(request) else None
+        encoding = response.headers.get("content-encoding")
+        if change == "usage_added" and response.status_code == 400:
+            self._warn_refused_usage(request)
+        strip = change == "usage_added" and sse and response.status_code < 400
+        if strip:
+            strip = self._strippable(record, response, encoding)
         stream = CapturingStream(
             response.stream,
             record=record,
             sse=sse,
-            content_encoding=response.headers.get("content-encoding"),
+            content_encoding=encoding,
             max_bytes=self.recorder.max_body_bytes,
             detector=detector,
             on_close=self._complete,
-            # A body of a stated length must keep it.
-            strip_usage=change == "usage_added" and "content-length" not in response.headers,
+            strip_usage=strip,
         )
         if change == "force_stream" and sse and response.status_code < 400:
             return await self._merged_response(response, stream, upstream)
         response.stream = stream
         return response
 
-    def _new_record(self, request: httpx2.Request) -> CallRecord:
+    def _warn_refused_usage(self, request: httpx2.Request) -> None:
+        """Once per upstream host: a 400 to a request that had stream_options added may be an
+        upstream that takes none, which only the flag on the call would otherwise tell."""
+        host = request.url.host
+        if host in self._warned_hosts:
+            return
+        self._warned_hosts.add(host)
+        logger.warning(
+            "%s answered 400 to a stream the proxy asked its usage for (stream_options."
+            "include_usage, flag usage_added): if it takes no stream_options, start the proxy "
+            "with --no-add-usage",
+            host,
+        )
+
+    def _strippable(
+        self, record: CallRecord, response: httpx2.Response, encoding: str | None
+    ) -> bool:
+        """Whether the usage chunk can be taken out of this response for the client: the body
+        goes out decoded, without its length (an upstream may compress, or state a length,
+        although asked for neither). An encoding the tee cannot read keeps the chunk, flagged."""
+        if encoding is not None and encoding.strip().lower() not in (
+            "identity",
+            *DECODABLE_ENCODINGS,
+        ):
+            record.flags["usage_chunk_passed_on"] = True
+            return False
+        for name in ("content-encoding", "content-length"):
+            if name in response.headers:
+                del response.headers[name]
+        return True
+
+    def _new_record(self, request: httpx2.Request) -> tuple[CallRecord, Any]:
+        """The call's record, and the request's body parsed whole (the record keeps it cut
+        to CAPTURE_MAX_BODY_BYTES)."""
         body, cut = request.extensions.get(BODY_EXTENSION), False
         if body is None or len(request.content) > self.recorder.max_body_bytes:
             body, cut = _parse_body(request.content, max_bytes=self.recorder.max_body_bytes)
@@ -187,8 +227,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             record.stream = bool(body.get("stream"))
             if _is_chat(request):
                 self._preflight(record, body, size=len(request.content))
-                self._lint(record, body, url=str(request.url))
-        return record
+        return record, body
 
     def _preflight(self, record: CallRecord, body: dict[str, Any], *, size: int) -> None:
         model = body.get("model")
@@ -225,12 +264,12 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             )
 
     def _rewrite(
-        self, request: httpx2.Request, record: CallRecord
+        self, request: httpx2.Request, record: CallRecord, body: Any
     ) -> tuple[httpx2.Request, str | None]:
         """The request as it goes upstream, and what was changed, also a flag of the record:
         `force_stream` (a non-stream chat call sent as a stream, merged back) or `usage_added`
-        (a stream whose client did not ask for its usage; the tee takes that chunk out)."""
-        body = record.request_body
+        (a stream whose client did not ask for its usage; the tee takes that chunk out). The
+        lint reads the request as sent."""
         if not (_is_chat(request) and isinstance(body, dict)):
             return request, None
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
@@ -239,17 +278,20 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         elif self.add_usage and body.get("stream") is True and not options.get("include_usage"):
             change = "usage_added"
         else:
+            self._lint(record, body, url=str(request.url))
             return request, None
-        rewritten = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
-        content = json.dumps(rewritten, ensure_ascii=False).encode()
+        sent = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        start = request.content.find(b"{")
+        if change == "usage_added" and "stream_options" not in body and start >= 0:
+            # Spliced into the client's own bytes, which parsing and writing again could
+            # change (an integer over 64 bits parses as a float).
+            content = request.content[: start + 1] + USAGE_OPTION + request.content[start + 1 :]
+        else:
+            content = dumpb(sent)
         headers = httpx2.Headers(request.headers)
         headers["content-length"] = str(len(content))
         if change == "usage_added":
-            headers["accept-encoding"] = "identity"  # the chunk is taken out of readable events
-        record.client_request_body = body
-        record.request_body = rewritten
-        record.body_bytes += len(content)
-        record.flags[change] = True
+            headers["accept-encoding"] = "identity"
         upstream = httpx2.Request(
             request.method,
             request.url,
@@ -257,6 +299,14 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             content=content,
             extensions=request.extensions,
         )
+        record.client_request_body = record.request_body
+        record.request_body = sent
+        if record.flags.get("request_truncated"):
+            record.request_body, _ = _parse_body(content, max_bytes=self.recorder.max_body_bytes)
+        record.request_header = redact_headers(headers.multi_items(), extra=self.recorder.redact)
+        record.body_bytes += min(len(content), self.recorder.max_body_bytes)
+        record.flags[change] = True
+        self._lint(record, sent, url=str(request.url))
         return upstream, change
 
     def _on_headers(self, record: CallRecord, response: httpx2.Response) -> None:
