@@ -239,8 +239,12 @@ def calls_replay(
         fault_count=fault_count,
         on_ready=ready,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        run_command(command)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_command(command)
+    except OSError as exc:  # the port is taken, say
+        click.echo(f"cannot start the replay: {exc}", err=True)
+        sys.exit(STARTUP_FAILURE)
 
 
 @calls.command("diff")
@@ -251,7 +255,7 @@ def calls_replay(
     multiple=True,
     required=True,
     help="The call; twice to compare two (the first is before). Once: it is compared with the "
-    "call before it in its thread.",
+    "call before it in its thread, or, without a thread, with the call it continues.",
 )
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
 @CONN_STR_OPTION

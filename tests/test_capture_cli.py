@@ -338,3 +338,19 @@ def test_replay_with_a_fault_then_the_recording_until_sigterm(cli_dsn):
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=15)
     assert code == 0
+
+
+def test_replay_on_a_port_in_use_is_one_line(cli_dsn):
+    with psycopg.connect(cli_dsn) as conn:
+        (call_id,) = conn.execute("SELECT min(id) FROM llm_calls").fetchone()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["calls", "replay", "--id", str(call_id), "--port", str(port)]
+        result = CliRunner().invoke(main, argv, env={"CONN_STR": cli_dsn})
+    assert result.exit_code == 3, result.output
+    assert (
+        result.stderr.startswith("cannot start the replay: ") and "Traceback" not in result.output
+    )
+    assert len(result.stderr.splitlines()) == 1

@@ -68,8 +68,9 @@ def test_instructions_may_change_and_break_ties_when_answers_are_alike():
     same = assistant("你好")
     ming = call(1, [system("用户叫小明 08:00"), user("你好")], same)
     hong = call(2, [system("用户叫小红 08:00"), user("你好")], same)
-    ming2 = call(3, [system("用户叫小明 08:00"), user("你好"), same, user("再见")])
-    moved = call(4, [system("用户叫小红 08:01"), user("你好"), same, user("再见")])
+    bye = assistant("再见")
+    ming2 = call(3, [system("用户叫小明 08:00"), user("你好"), same, user("再见")], bye)
+    moved = call(4, [system("用户叫小红 08:01"), user("你好"), same, user("再见")], bye)
     links = parents([ming, hong, ming2, moved])
     assert links[3] == 1  # the same instructions
     assert links[4] == 2  # none the same: the latest of the alike
@@ -85,12 +86,34 @@ def test_a_tool_loop_continues_by_its_call_ids():
     assert parents([first, other, second, third]) == {3: 1, 4: 3}
 
 
-def test_a_retry_is_a_sibling_and_a_cut_body_links_to_nothing():
-    once = call(1, [user("x")], assistant("y"))
-    again = call(2, [user("x")], assistant("y"))
-    cut = call(3, '[{"role": "user", "content": "x"}, ...')  # stored as text
-    links = parents([once, again, cut])
-    assert links == {} and connected(3, links) == [3]
+def test_a_retry_continues_the_attempt_that_failed_and_a_cut_body_links_to_nothing():
+    failed = call(1, [user("x")])  # a 500: no answer
+    retried = call(2, [user("x")], assistant("y"))
+    other = call(3, [user("x")], assistant("y"))  # answered alike, by someone else: not a retry
+    on = call(4, [user("x"), assistant("y"), user("z")], assistant("w"))
+    cut = call(5, '[{"role": "user", "content": "x"}, ...')  # stored as text
+    links = parents([failed, retried, other, on, cut])
+    assert links == {2: 1, 4: 3}
+    assert connected(4, links) == [3, 4] and connected(2, links) == [1, 2]
+    assert connected(1, links) == [1, 2] and connected(5, links) == [5]
+
+
+def test_the_same_words_match_however_a_client_sends_them_back():
+    first = call(1, [user("讲个笑话")], assistant("好的，"))
+    alike = call(2, [user("讲个笑话")], assistant("好的"))
+    parts = [{"type": "text", "text": "讲个"}, {"type": "text", "text": "笑话"}]
+    echoed = call(3, [{"role": "user", "content": parts}, assistant("好的， "), user("再来")])
+    assert conversation_key({"messages": echoed["messages"]}) == conversation_key(
+        {"messages": first["messages"]}
+    )
+    assert parents([first, alike, echoed]) == {3: 1}  # its answer, trimmed
+
+
+def test_a_conversation_leaves_out_others_that_branch_off_before_it():
+    links = {2: 1, 3: 2, 4: 2, 5: 4}  # 1 → 2, then 3 and 4 → 5 part ways
+    assert connected(3, links) == [1, 2, 3]
+    assert connected(5, links) == [1, 2, 4, 5]
+    assert connected(2, links) == [1, 2, 3, 4, 5]  # all that continues it
 
 
 # -- through the proxy ------------------------------------------------------------------------

@@ -261,3 +261,72 @@ def test_a_replay_leaves_out_the_usage_chunk_the_proxy_asked_for():
     assert len(ReplayCase.from_row(row).events) == 8  # recorded as it came
     added = ReplayCase.from_row({**row, "flags": {"usage_added": True}})
     assert [e for _, e in added.events] == events
+
+
+def whole() -> ReplayCase:
+    """A recorded whole answer (not a stream), of a tool call."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    message = {"role": "assistant", "content": "一二", "tool_calls": [call]}
+    completion = {
+        "id": "chatcmpl-2",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
+    body = json.dumps(completion, ensure_ascii=False).encode()
+    headers = {"content-type": "application/json"}
+    return ReplayCase(status_code=200, headers=headers, body=body, merged=completion)
+
+
+async def test_a_whole_answer_asked_for_as_a_stream_comes_as_one():
+    async with replaying(whole()) as (_, url):
+        stream = await client(url).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        chunks = [c async for c in stream]
+    (first,) = chunks
+    assert first.choices[0].delta.content == "一二"
+    assert first.choices[0].delta.tool_calls[0].function.name == "f"
+    assert first.choices[0].finish_reason == "tool_calls"
+
+
+async def test_head_gets_no_body_and_the_connection_stays_usable():
+    async with replaying(whole()) as (_, url), httpx2.AsyncClient() as http:
+        head = await http.head(f"{url}/chat/completions")
+        post = await http.post(f"{url}/chat/completions", json={"model": "m"})
+    assert head.status_code == 200 and head.content == b""
+    assert post.json()["id"] == "chatcmpl-2"
+
+
+async def test_only_chat_posts_take_a_fault():
+    async with replaying(whole(), fault=Fault("429"), fault_count=1) as (server, url):
+        async with httpx2.AsyncClient() as http:
+            assert (await http.get(f"{url}/models")).status_code == 200  # a probe: no fault
+            limited = await http.post(f"{url}/chat/completions", json={"model": "m"})
+            after = await http.post(f"{url}/chat/completions", json={"model": "m"})
+    assert (limited.status_code, after.status_code) == (429, 200)
+
+
+async def test_a_recorded_failure_takes_a_status_fault_but_no_other():
+    failed = ReplayCase(status_code=None, error="ConnectError: refused")
+    for fault, status in ((Fault("cut", 0), 502), (Fault("stall", 5), 502), (Fault("500"), 500)):
+        async with replaying(failed, fault=fault, fault_count=1) as (_, url):
+            async with httpx2.AsyncClient() as http:
+                response = await http.post(f"{url}/chat/completions", json={"model": "m"})
+        assert response.status_code == status, fault
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"id": 7, "status": "pending"}, "call 7 is still in flight"),
+        (
+            {"id": 8, "status": "ok", "status_code": 200, "flags": {"response_truncated": True}},
+            "call 8's response was stored cut at CAPTURE_MAX_BODY_BYTES",
+        ),
+    ],
+)
+def test_a_recording_that_cannot_be_served_whole_says_why(row, message):
+    with pytest.raises(ValueError, match=message):
+        ReplayCase.from_row(row)

@@ -159,7 +159,10 @@ async def replay_command(
     answers (all if None); `on_ready` gets the base_url."""
     async with calls_connection(settings) as conn:
         row = await _call_by_id(conn, call_id)
-    case = ReplayCase.from_row(row)
+    try:
+        case = ReplayCase.from_row(row)
+    except ValueError as exc:
+        raise CallsError(str(exc)) from exc
     server = ReplayServer(case, speed=speed, fault=fault, fault_count=fault_count)
     on_ready(await server.start(port=port))
     try:
@@ -174,7 +177,9 @@ async def diff_command(
     """Compare two calls (the first id is "before"), or one call with the one before it in its
     thread."""
     if not 1 <= len(call_ids) <= 2:
-        raise CallsError("give one --id (compared with the call before it in its thread) or two")
+        raise CallsError(
+            "give one --id (compared with the call before it in its thread or conversation) or two"
+        )
     async with calls_connection(settings) as conn:
         rows = [await _call_by_id(conn, call_id) for call_id in call_ids]
         if len(rows) == 1:
@@ -196,6 +201,11 @@ async def _call_by_id(conn: AsyncConnection, call_id: int) -> dict:
 
 async def _previous_in_conversation(conn: AsyncConnection, row: dict) -> dict:
     """The call this thread-less one continues, found by its messages (capture/linking.py)."""
+    if (row.get("flags") or {}).get("request_truncated"):
+        raise CallsError(
+            f"call {row['id']}'s request body was stored cut at CAPTURE_MAX_BODY_BYTES, so its "
+            "messages cannot be linked: give a second --id to compare it with"
+        )
     if row["conversation_key"] is None:
         raise CallsError(
             f"call {row['id']} has no thread and no user message to link it by: "

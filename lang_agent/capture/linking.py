@@ -13,17 +13,54 @@ from psycopg import AsyncConnection
 # Roles a client may render afresh on every request (a prompt with the time in it): they
 # neither split a conversation nor stop a request continuing the one before.
 INSTRUCTION_ROLES = frozenset({"system", "developer"})
-# How far from a call its conversation is followed (a day either side), and how many calls
-# sharing its first user message are read to do it.
+# The calls sharing a call's first user message, a day either side of it: the 5,000 nearest
+# to it by id (a common opening, "你好", can have many more), chosen by id alone first.
 GROUP_SQL = """
 SELECT id, request_body -> 'messages' AS messages,
        response_body -> 'choices' -> 0 -> 'message' AS answer
 FROM llm_calls
-WHERE conversation_key = %(key)s AND thread_id IS NULL
-  AND created_at BETWEEN %(at)s - interval '1 day' AND %(at)s + interval '1 day'
+WHERE id IN (
+    SELECT id FROM llm_calls
+    WHERE conversation_key = %(key)s AND thread_id IS NULL
+      AND created_at BETWEEN %(at)s - interval '1 day' AND %(at)s + interval '1 day'
+    ORDER BY abs(id - %(id)s)
+    LIMIT 5000
+)
 ORDER BY id
-LIMIT 5000
 """
+
+
+def _text(content: Any) -> Any:
+    """A message's content as the linking compares it: text parts joined into one string,
+    ends stripped (clients send the same words as a string or as parts, and may trim)."""
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" for p in content
+    ):
+        content = "".join(str(p.get("text", "")) for p in content)
+    return content.strip() if isinstance(content, str) else content or ""
+
+
+def _normal(message: Any) -> Any:
+    """What identifies a message, whatever form a client sends it back in: its role, text,
+    tool calls (id, name, arguments), the call a tool result answers, and a name."""
+    if not isinstance(message, dict):
+        return message
+    calls = [
+        (
+            c.get("id"),
+            (c.get("function") or {}).get("name"),
+            (c.get("function") or {}).get("arguments"),
+        )
+        for c in message.get("tool_calls") or ()
+        if isinstance(c, dict) and isinstance(c.get("function") or {}, dict)
+    ]
+    return [
+        message.get("role"),
+        _text(message.get("content")),
+        calls,
+        message.get("tool_call_id"),
+        message.get("name"),
+    ]
 
 
 def _canonical(value: Any) -> bytes:
@@ -33,14 +70,15 @@ def _canonical(value: Any) -> bytes:
 
 def conversation_key(body: Any) -> str | None:
     """What groups a call with the others of its conversation: a digest of its first user
-    message, which every later request repeats. None for a body without one (cut when
+    message's text, which every later request repeats. None for a body without one (cut when
     stored, or not a chat request)."""
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list):
         return None
     for message in messages:
         if isinstance(message, dict) and message.get("role") == "user":
-            return hashlib.blake2b(_canonical(message.get("content")), digest_size=16).hexdigest()
+            text = _canonical(_text(message.get("content")))
+            return hashlib.blake2b(text, digest_size=16).hexdigest()
     return None
 
 
@@ -55,37 +93,44 @@ def _digests(dialogue: list[Any]) -> list[bytes]:
     """For each n, a digest of the first n messages of a dialogue."""
     digest, out = hashlib.blake2b(digest_size=16), []
     for message in dialogue:
-        digest.update(_canonical(message) + b"\x1e")
+        digest.update(_canonical(_normal(message)) + b"\x1e")
         out.append(digest.copy().digest())
     return out
 
 
-def _reply(message: Any) -> tuple[str, tuple[str, ...]] | None:
+def _reply(message: Any) -> tuple[Any, tuple[Any, ...]] | None:
     """An assistant message as a client sends it back: its text and its tool calls' ids."""
     if not isinstance(message, dict) or message.get("role", "assistant") != "assistant":
         return None
     calls = message.get("tool_calls") or ()
     ids = tuple(c.get("id") or "" for c in calls if isinstance(c, dict))
-    return message.get("content") or "", ids
+    return _text(message.get("content")), ids
 
 
 def parents(calls: Sequence[dict[str, Any]]) -> dict[int, int]:
     """Call id → the id of the call it continues, for calls given in id order with their
-    `messages` and recorded `answer`. A call continues an earlier call whose messages
-    (instructions aside) begin its own and are fewer: of those, one with the most messages;
-    then one whose answer is the message that follows; then one with the same instructions;
-    then the latest. Conversations alike in all of these cannot be told apart."""
+    `messages` and recorded `answer`.
+
+    A call whose messages (instructions aside) are those of the latest earlier call with
+    them, and that call got no answer, is a retry of it. Otherwise it continues an earlier
+    call whose messages begin its own: of those, one with the most messages; then one whose
+    answer is the message that follows; then one with the same instructions; then the
+    latest. Conversations alike in all of these cannot be told apart."""
     by_dialogue: dict[bytes, list[tuple[dict[str, Any], bytes]]] = {}
     found: dict[int, int] = {}
     for call in calls:
         dialogue = _dialogue(call["messages"])
         digests = _digests(dialogue)
-        instructions = _canonical(_instructions(call["messages"]))
-        for n in range(len(dialogue) - 1, 0, -1):
-            earlier = by_dialogue.get(digests[n - 1])
-            if earlier:
-                found[call["id"]] = _choose(earlier, _reply(dialogue[n]), instructions)
-                break
+        instructions = _canonical([_normal(m) for m in _instructions(call["messages"])])
+        same = by_dialogue.get(digests[-1], []) if digests else []
+        if same and not same[-1][0]["answer"]:
+            found[call["id"]] = same[-1][0]["id"]
+        else:
+            for n in range(len(dialogue) - 1, 0, -1):
+                earlier = by_dialogue.get(digests[n - 1])
+                if earlier:
+                    found[call["id"]] = _choose(earlier, _reply(dialogue[n]), instructions)
+                    break
         if digests:
             by_dialogue.setdefault(digests[-1], []).append((call, instructions))
     return found
@@ -93,7 +138,7 @@ def parents(calls: Sequence[dict[str, Any]]) -> dict[int, int]:
 
 def _choose(
     earlier: list[tuple[dict[str, Any], bytes]],
-    following: tuple[str, tuple[str, ...]] | None,
+    following: tuple[Any, tuple[Any, ...]] | None,
     instructions: bytes,
 ) -> int:
     """Of the calls a call may continue, the id of the one most like its parent."""
@@ -113,15 +158,16 @@ def _instructions(messages: Any) -> list[Any]:
 
 
 def connected(call_id: int, links: dict[int, int]) -> list[int]:
-    """The ids of the conversation `call_id` is in: its ancestors, itself and every call that
-    continues one of them or it, in id order."""
-    root = call_id
-    while root in links:
-        root = links[root]
+    """The ids of the conversation `call_id` is in, in id order: the calls it continues, back
+    to the first, itself, and every call that continues it. Another conversation that shares
+    its beginning branches off before it, and is not in it."""
+    members = [call_id]
+    while members[-1] in links:
+        members.append(links[members[-1]])
     children: dict[int, list[int]] = {}
     for child, parent in links.items():
         children.setdefault(parent, []).append(child)
-    members, todo = [], [root]
+    todo = list(children.get(call_id, ()))
     while todo:
         current = todo.pop()
         members.append(current)
@@ -130,11 +176,11 @@ def connected(call_id: int, links: dict[int, int]) -> list[int]:
 
 
 async def conversation_calls(conn: AsyncConnection, row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The calls sharing `row`'s first user message within WINDOW of it, in id order."""
+    """The calls sharing `row`'s first user message near it (GROUP_SQL), in id order."""
     key = row.get("conversation_key")
     if key is None or row.get("thread_id") is not None:
         return []
-    cursor = await conn.execute(GROUP_SQL, {"key": key, "at": row["created_at"]})
+    cursor = await conn.execute(GROUP_SQL, {"key": key, "at": row["created_at"], "id": row["id"]})
     return list(await cursor.fetchall())
 
 
@@ -142,6 +188,6 @@ def linked_ids(
     row: dict[str, Any], group: Iterable[dict[str, Any]]
 ) -> tuple[int | None, list[int]]:
     """The call `row` continues (None for the first of its conversation) and the ids of its
-    whole conversation."""
+    conversation."""
     links = parents(list(group))
     return links.get(row["id"]), connected(row["id"], links)

@@ -48,6 +48,16 @@ class ReplayCase:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReplayCase:
+        """The recording of a captured call; ValueError, saying why, for one that cannot be
+        served as it was (still in flight, or its response stored cut)."""
+        name = f"call {row.get('id')}"
+        if row.get("status") == "pending":
+            raise ValueError(f"{name} is still in flight: there is nothing to replay yet")
+        if (row.get("flags") or {}).get("response_truncated"):
+            raise ValueError(
+                f"{name}'s response was stored cut at CAPTURE_MAX_BODY_BYTES: "
+                "it cannot be replayed whole"
+            )
         headers = {
             k: v for k, v in (row.get("response_header") or {}).items() if k not in DROPPED_HEADERS
         }
@@ -96,6 +106,35 @@ def _head(status: int, headers: dict[str, str], *, length: int | None, keep: boo
     )
     lines.append(f"connection: {'keep-alive' if keep else 'close'}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def _as_stream(case: ReplayCase) -> list[tuple[float, bytes]]:
+    """A whole chat completion as the events of a stream: each choice's message as one delta
+    (tool calls numbered, as streams number them), then [DONE], all at the answer's end."""
+    completion = case.merged
+    if not (case.status_code == 200 and completion and isinstance(completion.get("choices"), list)):
+        return []
+    choices = []
+    for position, choice in enumerate(completion["choices"]):
+        if not isinstance(choice, dict):
+            continue
+        delta = dict(choice.get("message") or {})
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [
+                {**call, "index": i} if isinstance(call, dict) else call
+                for i, call in enumerate(delta["tool_calls"])
+            ]
+        index = choice.get("index", position)
+        choices.append(
+            {"index": index, "delta": delta, "finish_reason": choice.get("finish_reason")}
+        )
+    chunk = {
+        **{k: completion[k] for k in ("id", "created", "model") if k in completion},
+        "object": "chat.completion.chunk",
+        "choices": choices,
+    }
+    at = case.latency_ms
+    return [(at, b"data: " + dumps(chunk) + b"\n\n"), (at, b"data: [DONE]\n\n")]
 
 
 def _wants_stream(body: bytes) -> bool:
@@ -152,8 +191,13 @@ class ReplayServer:
         await server.wait_closed()
         self._stopped.set()
 
-    def _take_fault(self) -> Fault | None:
-        if self.fault is None or self._faults_left == 0:
+    def _take_fault(self, request: Request) -> Fault | None:
+        """The fault for this request, if it gets one: a POST (a probe, GET /models say, takes
+        none); of a call that failed before any answer only a 429 or 500, which replace the
+        recorded failure's 502."""
+        if self.fault is None or self._faults_left == 0 or request.method != "POST":
+            return None
+        if self.case.status_code is None and self.fault.kind not in ("429", "500"):
             return None
         if self._faults_left is not None:
             self._faults_left -= 1
@@ -194,9 +238,20 @@ class ReplayServer:
     async def _answer(self, request: Request, peer: Peer, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         self.served += 1
-        case, fault, keep = self.case, self._take_fault(), request.keep_alive
+        case, fault, keep = self.case, self._take_fault(request), request.keep_alive
         # The recorded Date and Server, if any, are the only ones.
         headers = {"date": formatdate(usegmt=True), **case.headers}
+        if request.method == "HEAD":  # the recorded head, and no body: the client reads none
+            writer.write(_head(case.status_code or 502, headers, length=0, keep=keep))
+            await writer.drain()
+            return keep
+        wants_stream = _wants_stream(request.body)
+        if wants_stream and not case.events and (events := _as_stream(case)):
+            # A whole answer asked for as a stream: its message as one chunk, at its end.
+            if await self._pause(peer, case.ttfb_ms):
+                return False
+            headers["content-type"] = "text/event-stream"
+            return await self._stream(writer, peer, headers, fault, events, keep=keep)
         if fault is not None and fault.kind in ("429", "500"):
             if await self._pause(peer, case.ttfb_ms):
                 return False
@@ -208,10 +263,10 @@ class ReplayServer:
                 return False
             error = {"type": "replay", "code": "recorded_failure", "message": case.error or ""}
             return await self._send_json(writer, 502, dumps({"error": error}), keep=keep)
-        if case.events and (_wants_stream(request.body) or case.merged is None):
+        if case.events and (wants_stream or case.merged is None):
             if await self._pause(peer, case.ttfb_ms):
                 return False
-            return await self._stream(writer, peer, headers, fault, keep=keep)
+            return await self._stream(writer, peer, headers, fault, case.events, keep=keep)
         if await self._pause(peer, case.latency_ms):
             return False
         body = case.body or b""
@@ -243,17 +298,18 @@ class ReplayServer:
         peer: Peer,
         headers: dict[str, str],
         fault: Fault | None,
+        events: list[tuple[float, bytes]],
         *,
         keep: bool,
     ) -> bool:
-        """The recorded events at their offsets (after the first byte's wait, already spent)."""
+        """Events at their offsets (after the first byte's wait, already spent)."""
         kind = fault.kind if fault is not None else None
         amount = fault.amount if fault is not None else 0.0
         writer.write(_head(self.case.status_code or 200, headers, length=None, keep=keep))
         loop = asyncio.get_running_loop()
         start = loop.time() - self.case.ttfb_ms / 1000 / self.speed
         sent = 0
-        for offset, event in self.case.events:
+        for offset, event in events:
             if kind == "no-done" and event_data(event) == "[DONE]":
                 continue
             if kind == "cut" and sent == amount:
