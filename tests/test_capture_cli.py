@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -270,20 +272,15 @@ def test_proxy_config_file_keys(tmp_path):
     }
 
 
-def test_proxy_start_serves_metrics_and_exits_cleanly_on_sigterm(cli_dsn, tmp_path):
-    env = {**os.environ, "CONN_STR": cli_dsn, "PYTHONUNBUFFERED": "1"}
+@contextlib.contextmanager
+def cli_process(dsn: str, *argv: str) -> Iterator[subprocess.Popen]:
+    """`lang-agent ARGV` as a process of its own (it installs signal handlers), stdout piped,
+    then SIGTERM. That must exit 0: through Python's exit, as after Ctrl-C, so an embedded
+    Postgres would be stopped too (the default handler ended the process at once, -15,
+    leaving it running)."""
+    env = {**os.environ, "CONN_STR": dsn, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(  # noqa: S603
-        [
-            sys.executable,
-            "-m",
-            "lang_agent.cli",
-            "proxy",
-            "start",
-            "--port",
-            "0",
-            "--upstream",
-            "http://127.0.0.1:9/v1",
-        ],
+        [sys.executable, "-m", "lang_agent.cli", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -291,6 +288,16 @@ def test_proxy_start_serves_metrics_and_exits_cleanly_on_sigterm(cli_dsn, tmp_pa
         text=True,
     )
     try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=15)
+    assert code == 0
+
+
+def test_proxy_start_serves_metrics_and_exits_cleanly_on_sigterm(cli_dsn, tmp_path):
+    argv = ["proxy", "start", "--port", "0", "--upstream", "http://127.0.0.1:9/v1"]
+    with cli_process(cli_dsn, *argv) as process:
         line = process.stdout.readline()
         assert line.startswith('change base_url to "http://127.0.0.1:'), line
         base_url = line.split('"')[1]
@@ -304,12 +311,6 @@ def test_proxy_start_serves_metrics_and_exits_cleanly_on_sigterm(cli_dsn, tmp_pa
                     raise
                 time.sleep(0.05)
         assert "lang_agent_llm_calls_total" in response.text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=15)
-    # Through Python's exit, as after Ctrl-C, so an embedded Postgres would be stopped too; the
-    # default handler ended the process at once (-15), leaving it running.
-    assert code == 0
 
 
 def test_replay_with_a_fault_then_the_recording_until_sigterm(cli_dsn):
@@ -318,26 +319,14 @@ def test_replay_with_a_fault_then_the_recording_until_sigterm(cli_dsn):
         (call_id,) = conn.execute(
             "SELECT id FROM llm_calls WHERE chatcmpl_id = 'chatcmpl-one'"
         ).fetchone()
-    env = {**os.environ, "CONN_STR": cli_dsn, "PYTHONUNBUFFERED": "1"}
     argv = ["calls", "replay", "--id", str(call_id), "--fault", "500", "--fault-count", "1"]
-    process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "lang_agent.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        text=True,
-    )
-    try:
+    with cli_process(cli_dsn, *argv) as process:
         line = process.stdout.readline()
         assert f"replaying call {call_id} with fault 500 in the first 1 answers" in line, line
         client = openai.OpenAI(base_url=line.split('"')[1], api_key="none", max_retries=1)
         messages = [{"role": "user", "content": "anything"}]
         answer = client.chat.completions.create(model="qwen-plus", messages=messages)
         assert answer.choices[0].message.content == "好的" and answer.id == "chatcmpl-one"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=15)
-    assert code == 0
 
 
 def test_replay_on_a_port_in_use_is_one_line(cli_dsn):

@@ -62,6 +62,17 @@ def chunk(delta: dict, finish: str | None = None) -> bytes:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
+def completion(completion_id: str, message: dict, finish: str) -> dict:
+    choice = {"index": 0, "message": message, "finish_reason": finish}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [choice],
+    }
+
+
 def streamed(url: str | None = "https://api.openai.com/v1/chat/completions") -> ReplayCase:
     """A recorded stream: the role, four pieces, the finish and [DONE], 10 ms apart."""
     events = [
@@ -70,14 +81,7 @@ def streamed(url: str | None = "https://api.openai.com/v1/chat/completions") -> 
         chunk({}, finish="stop"),
         b"data: [DONE]\n\n",
     ]
-    message = {"role": "assistant", "content": "".join(PIECES)}
-    merged = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-    }
+    merged = completion("chatcmpl-1", {"role": "assistant", "content": "".join(PIECES)}, "stop")
     headers = {"content-type": "text/event-stream"}
     timed = [(10.0 * i, event) for i, event in enumerate(events)]
     return ReplayCase(status_code=200, headers=headers, events=timed, merged=merged, url=url)
@@ -267,16 +271,10 @@ def whole() -> ReplayCase:
     """A recorded whole answer (not a stream), of a tool call."""
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     message = {"role": "assistant", "content": "一二", "tool_calls": [call]}
-    completion = {
-        "id": "chatcmpl-2",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
-    }
-    body = json.dumps(completion, ensure_ascii=False).encode()
+    answer = completion("chatcmpl-2", message, "tool_calls")
+    body = json.dumps(answer, ensure_ascii=False).encode()
     headers = {"content-type": "application/json"}
-    return ReplayCase(status_code=200, headers=headers, body=body, merged=completion)
+    return ReplayCase(status_code=200, headers=headers, body=body, merged=answer)
 
 
 async def test_a_whole_answer_asked_for_as_a_stream_comes_as_one():
