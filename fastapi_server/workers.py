@@ -81,24 +81,32 @@ async def _serve(
         asyncio.create_task(group.publishing(), name="group-metrics"),
         asyncio.create_task(share.follow(server), name="connection-share"),
     ]
+    orphaned = False
     try:
-        await _serve_while_parent_lives(server, sock)
+        orphaned = await _serve_while_parent_lives(server, sock)
     finally:
         for task in background:
             task.cancel()
+    if orphaned:  # no parent is left to remove the group's metrics files
+        await asyncio.gather(*background, return_exceptions=True)
+        shutil.rmtree(group.directory, ignore_errors=True)
 
 
-async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket) -> None:
-    """Serve until signalled, or until the parent is gone: a parent killed outright (SIGKILL,
-    the OOM killer) forwards nothing, and its workers would hold the port on their own, out
-    of a supervisor's sight. The parent's end of the spawn pipe closes however it dies."""
+async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket) -> bool:
+    """Serve until signalled, or until the parent is gone (then True): a parent killed
+    outright (SIGKILL, the OOM killer) forwards nothing, and its workers would hold the port
+    on their own, out of a supervisor's sight. The parent's end of the spawn pipe closes
+    however it dies."""
     parent = multiprocessing.parent_process()
     if parent is None or parent.sentinel is None:  # not started by run_workers
         await server.serve(sockets=[sock])
-        return
+        return False
     running = asyncio.get_running_loop()
+    gone = False
 
     def orphaned() -> None:
+        nonlocal gone
+        gone = True
         running.remove_reader(parent.sentinel)
         logger.warning("the parent process is gone; worker %d drains and stops", os.getpid())
         server.should_exit = True
@@ -108,6 +116,7 @@ async def _serve_while_parent_lives(server: uvicorn.Server, sock: socket.socket)
         await server.serve(sockets=[sock])
     finally:
         running.remove_reader(parent.sentinel)
+    return gone
 
 
 def run_workers(factory: str, *, settings: Settings, host: str, port: int) -> int:

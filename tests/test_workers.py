@@ -8,7 +8,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import openai
@@ -210,9 +213,18 @@ def test_without_so_reuseport_workers_are_refused_with_a_clear_error(monkeypatch
 def test_workers_stop_when_the_parent_is_killed_outright(group):
     # SIGKILL forwards nothing: the workers must notice on their own, not hold the port.
     workers = _workers(group)
+    # The group's metrics files, which its parent can no longer remove: the workers do.
+    ours = [
+        d
+        for d in Path(tempfile.gettempdir()).glob("lang-agent-metrics-*")
+        if (d / "worker-0.prom").exists()
+        and time.time() - (d / "worker-0.prom").stat().st_mtime < 60
+    ]
+    assert ours
     group.process.kill()
     group.process.wait(10)
     wait_until(lambda: all(_gone(worker) for worker in workers), within_s=30)
+    assert not any(d.exists() for d in ours)
     log = group.log.read_text()
     assert log.count("the parent process is gone") == 2, log
     assert log.count("Application shutdown complete") == 2, log
