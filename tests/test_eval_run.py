@@ -40,6 +40,19 @@ def options(tmp_path, **changes) -> EvalOptions:
     return EvalOptions(**(values | changes))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"limit": -1}, "limit must be a whole number of at least 1, not -1"),
+        ({"limit": 0}, "limit must be"),
+        ({"concurrency": 2.5}, "concurrency must be"),
+    ],
+)
+def test_options_from_code_are_checked_as_the_command_line_checks_them(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        options(tmp_path, **changes)
+
+
 async def test_a_clean_subset_passes_and_writes_the_report(make_settings, tmp_path):
     settings = make_settings(mcp_config=MCP_CONFIG)
     outcome = await evaluate(settings, options=options(tmp_path))

@@ -66,6 +66,13 @@ class EvalOptions:
     langsmith_dataset: str = "lang-agent-xiaozhi"
     diff: bool = True
 
+    def __post_init__(self) -> None:
+        # As the command line refuses them: a limit of -1 would drop the last case unsaid.
+        for name in ("limit", "concurrency"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+
 
 @dataclass
 class EvalOutcome:
