@@ -39,10 +39,13 @@ def test_the_clock_gives_the_minute_and_the_day():
     assert values == {
         "current_time": "2026-12-05 08:07 星期六 (Asia/Shanghai)",
         "current_date": "2026-12-05 星期六",
+        "day_part": "上午",
     }
+    parts = [clock_values(datetime(2026, 12, 5, h, tzinfo=SHANGHAI))["day_part"] for h in range(24)]
+    assert parts[0] == "凌晨" and parts[7] == "早上" and parts[12] == "中午" and parts[23] == "晚上"
 
 
-def test_the_shipped_prompts_change_once_a_day_not_every_minute():
+def test_the_shipped_prompts_change_six_times_a_day_not_every_minute():
     """A provider caches a request's prefix only up to its first changed character, and the
     thread's history follows the system prompt: a minute in it would bill the history anew."""
     prompts = Prompts.load(CONFIGS / "route_sys_prompts")
@@ -51,9 +54,11 @@ def test_the_shipped_prompts_change_once_a_day_not_every_minute():
         now = clock_values(datetime(2026, 12, day, hour, minute, tzinfo=SHANGHAI))
         return [prompts.render(name, tools="  - calculator", **now) for name in PROMPT_NAMES]
 
-    assert rendered(0, 0) == rendered(8, 41) == rendered(23, 59)
+    day = [rendered(hour, minute) for hour in range(24) for minute in (0, 17, 59)]
+    assert len({tuple(r) for r in day}) == 6  # one rendering per part of the day
+    assert rendered(8, 0) == rendered(8, 41) == rendered(10, 59)
     chat = PROMPT_NAMES.index("chat_prompt")
-    assert "2026-12-05 星期六" in rendered(8, 41)[chat]
+    assert "2026-12-05 星期六，现在是上午" in rendered(8, 41)[chat]
     assert "2026-12-06 星期日" in rendered(8, 41, day=6)[chat]
 
 

@@ -26,15 +26,20 @@ def now_text(zone: ZoneInfo) -> str:
     return clock_values(datetime.now(zone))["current_time"]
 
 
+# The parts of the day, each from its first hour: enough for a greeting, or "早点休息".
+DAY_PARTS = ((0, "凌晨"), (5, "早上"), (8, "上午"), (11, "中午"), (13, "下午"), (18, "晚上"))
+
+
 def clock_values(now: datetime) -> dict[str, str]:
     """The prompts' clock placeholders: `{current_time}` to the minute, `{current_date}` to the
-    day. A provider reuses (and bills less for) a request's prefix only up to its first
-    changed character, and the history follows the system prompt: a time there makes every
-    call in a new minute pay for the whole history again, a date once a day. `now` carries its
-    ZoneInfo."""
+    day, `{day_part}` (上午, 晚上 …). A provider reuses (and bills less for) a request's prefix
+    only up to its first changed character, and the history follows the system prompt: a
+    time there makes every call in a new minute pay for the whole history again, a date once
+    a day, the part of the day six times. `now` carries its ZoneInfo."""
     return {
         "current_time": f"{now:%Y-%m-%d %H:%M} {WEEKDAYS_ZH[now.weekday()]} ({now.tzinfo})",
         "current_date": f"{now:%Y-%m-%d} {WEEKDAYS_ZH[now.weekday()]}",
+        "day_part": next(name for start, name in reversed(DAY_PARTS) if now.hour >= start),
     }
 
 
