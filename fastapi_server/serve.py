@@ -20,8 +20,6 @@ from lang_agent.settings import Settings, settings_error
 logger = logging.getLogger(__name__)
 
 STARTUP_FAILURE = 3
-# How long start-up waits for a database that is not up yet, as the pool's opening would.
-DATABASE_WAIT_S = 30.0
 AGENT_APP = "fastapi_server.app:create_app"
 
 AppFactory = Callable[[Settings], FastAPI]
@@ -98,8 +96,8 @@ def files_or_exit(settings: Settings) -> None:
 
 
 def database_or_exit(settings: Settings) -> None:
-    """Reach the configured database before serving, waiting as long as the pool would for
-    one still starting. A malformed DSN, or a database that stays out of reach, stops
+    """Reach the configured database before serving, waiting DB_START_WAIT_S for one still
+    starting. A malformed DSN, or a database that stays out of reach, stops
     start-up with one line, its password masked, where the lifespan would end in tracebacks
     quoting it (the embedded Postgres is started later, by its own rules)."""
     from lang_agent.db import CommandError, check_dsn, reach
@@ -108,7 +106,7 @@ def database_or_exit(settings: Settings) -> None:
         if settings.viewer_conn_str is not None:
             check_dsn(settings.viewer_conn_str.get_secret_value(), name="VIEWER_CONN_STR")
         if settings.conn_str is not None:
-            loop.run(reach(settings, wait_s=DATABASE_WAIT_S))
+            loop.run(reach(settings, wait_s=settings.db_start_wait_s))
     except CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(STARTUP_FAILURE) from None

@@ -172,6 +172,13 @@ class Settings(BaseSettings):
         description="Longest wait for a Postgres connection, seconds; a turn that gets none "
         "(the database is down or restarting) fails with a clean, retryable 503.",
     )
+    db_start_wait_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="How long start-up waits for a database that is still starting, seconds; "
+        "then the server stops with one line.",
+    )
 
     # --- model providers
     llm_provider: Literal["auto", "sim", "ali", "moonshot", "openai"] = Field(

@@ -141,6 +141,20 @@ def test_a_malformed_dsn_stops_the_server_with_one_masked_line(tmp_path, command
     assert "pw-secret" not in done.stderr + done.stdout
 
 
+def test_a_database_out_of_reach_stops_the_server_after_db_start_wait_s(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        refused = f"postgresql://u:pw-secret@127.0.0.1:{closed.getsockname()[1]}/db"
+    env = {**os.environ, "CONN_STR": refused, "DB_START_WAIT_S": "1", "DATA_DIR": str(tmp_path)}
+    argv = [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py")]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == STARTUP_FAILURE
+    *waits, last = done.stderr.strip().splitlines()
+    assert last.startswith("error: cannot connect to postgresql://u:***@127.0.0.1:"), done.stderr
+    assert 1 <= len(waits) <= 3, done.stderr  # one try a second, for a second: not the default 30
+    assert "pw-secret" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
 def test_serve_stops_when_one_of_its_apps_cannot_start(tmp_path, pg_dsn):
     # The viewer's database refuses it, so the viewer's start fails: the agent app used to
     # serve on alone, and the command never ended.
