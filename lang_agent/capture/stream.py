@@ -77,12 +77,17 @@ def summary_of_cut_body(head: bytes, tail: bytes) -> dict[str, Any]:
 DECODABLE_ENCODINGS = ("gzip", "deflate", "x-gzip")
 
 
+def readable(encoding: str | None) -> bool:
+    """Whether the tee can read a body sent with this Content-Encoding."""
+    return (encoding or "identity").strip().lower() in ("identity", "", *DECODABLE_ENCODINGS)
+
+
 class _Decoder:
     """gzip/deflate decoding for the captured copy; the client still gets the raw bytes."""
 
     def __init__(self, encoding: str | None) -> None:
         self.encoding = (encoding or "identity").strip().lower()
-        self.failed = self.encoding not in ("identity", "", *DECODABLE_ENCODINGS)
+        self.failed = not readable(encoding)
         self._zlib = (
             zlib.decompressobj(zlib.MAX_WBITS | 32)
             if self.encoding in DECODABLE_ENCODINGS

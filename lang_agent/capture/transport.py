@@ -31,7 +31,7 @@ from lang_agent.capture.detect import (
 from lang_agent.capture.lint import lint, rate_limit
 from lang_agent.capture.record import CallRecord, redact_headers, redact_url
 from lang_agent.capture.recorder import Recorder
-from lang_agent.capture.stream import DECODABLE_ENCODINGS, CapturingStream, describe_error
+from lang_agent.capture.stream import CapturingStream, describe_error, readable
 from lang_agent.jsonwire import dumpb, loads
 from lang_agent.llm.context import current_call
 from lang_agent.llm.models_catalog import ModelCatalog
@@ -145,9 +145,12 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         encoding = response.headers.get("content-encoding")
         if change == "usage_added" and response.status_code == 400:
             self._warn_refused_usage(request)
-        strip = change == "usage_added" and sse and response.status_code < 400
-        if strip:
-            strip = self._strippable(record, response, encoding)
+        strip = (
+            change == "usage_added"
+            and sse
+            and response.status_code < 400
+            and self._strippable(record, response, encoding)
+        )
         stream = CapturingStream(
             response.stream,
             record=record,
@@ -183,10 +186,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         """Whether the usage chunk can be taken out of this response for the client: the body
         goes out decoded, without its length (an upstream may compress, or state a length,
         although asked for neither). An encoding the tee cannot read keeps the chunk, flagged."""
-        if encoding is not None and encoding.strip().lower() not in (
-            "identity",
-            *DECODABLE_ENCODINGS,
-        ):
+        if not readable(encoding):
             record.flags["usage_chunk_passed_on"] = True
             return False
         for name in ("content-encoding", "content-length"):
