@@ -82,11 +82,14 @@ def conversation_key(body: Any) -> str | None:
     return None
 
 
-def _dialogue(messages: Any) -> list[Any]:
-    """The messages other than instructions."""
-    if not isinstance(messages, list):
-        return []
-    return [m for m in messages if not (isinstance(m, dict) and m.get("role") in INSTRUCTION_ROLES)]
+def _split(messages: Any) -> tuple[list[Any], list[Any]]:
+    """(instructions, dialogue): the system and developer messages, and the others."""
+    instructions: list[Any] = []
+    dialogue: list[Any] = []
+    for message in messages if isinstance(messages, list) else ():
+        instruction = isinstance(message, dict) and message.get("role") in INSTRUCTION_ROLES
+        (instructions if instruction else dialogue).append(message)
+    return instructions, dialogue
 
 
 def _digests(dialogue: list[Any]) -> list[bytes]:
@@ -119,9 +122,9 @@ def parents(calls: Sequence[dict[str, Any]]) -> dict[int, int]:
     by_dialogue: dict[bytes, list[tuple[dict[str, Any], bytes]]] = {}
     found: dict[int, int] = {}
     for call in calls:
-        dialogue = _dialogue(call["messages"])
+        said, dialogue = _split(call["messages"])
         digests = _digests(dialogue)
-        instructions = _canonical([_normal(m) for m in _instructions(call["messages"])])
+        instructions = _canonical([_normal(m) for m in said])
         same = by_dialogue.get(digests[-1], []) if digests else []
         if same and not same[-1][0]["answer"]:
             found[call["id"]] = same[-1][0]["id"]
@@ -149,12 +152,6 @@ def _choose(
 
     chosen, _ = max(reversed(earlier), key=likeness)  # max keeps the first of equals: the latest
     return chosen["id"]
-
-
-def _instructions(messages: Any) -> list[Any]:
-    if not isinstance(messages, list):
-        return []
-    return [m for m in messages if isinstance(m, dict) and m.get("role") in INSTRUCTION_ROLES]
 
 
 def connected(call_id: int, links: dict[int, int]) -> list[int]:
