@@ -13,9 +13,9 @@ from lang_agent.cli_common import (
     FAILURE,
     OK,
     PORT,
-    STARTUP_FAILURE,
     run_command,
     settings_from,
+    start_failures,
 )
 
 
@@ -97,7 +97,7 @@ def device_sim(
         raise click.ClickException(f"refusing to serve the device simulator on {host}")
     if board not in BOARDS:
         raise click.ClickException(f"unknown board {board}; choose one of {', '.join(BOARDS)}")
-    try:
+    with start_failures(f"the device simulator on {host}:{port}"):
         code = run(
             host=host,
             port=port,
@@ -108,9 +108,6 @@ def device_sim(
             user_tools=user_tools,
             on_ready=lambda url: print(f"device simulator: {url}", flush=True),
         )
-    except OSError as exc:
-        click.echo(f"cannot start the device simulator on {host}:{port}: {exc}", err=True)
-        code = STARTUP_FAILURE
     sys.exit(code)
 
 
@@ -140,11 +137,8 @@ def sim(host: str, port: int, profile: str, key: str | None) -> None:
         click.echo(url)
         click.echo(f"model simulator ({profile} profile) listening; Ctrl-C stops it", err=True)
 
-    try:
+    with start_failures(f"the simulator on {host}:{port}"):
         run(host=host, port=port, profile=profile, api_key=key, on_ready=ready)
-    except OSError as exc:
-        click.echo(f"cannot start the simulator on {host}:{port}: {exc}", err=True)
-        sys.exit(STARTUP_FAILURE)
     sys.exit(OK)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 
 import click
@@ -13,12 +12,12 @@ from lang_agent.capture.faults import FAULT_FORMS, Fault
 from lang_agent.cli_common import (
     CONN_STR_OPTION,
     PORT,
-    STARTUP_FAILURE,
     Checked,
     positive_float,
     positive_int,
     run_command,
     settings_from,
+    start_failures,
 )
 
 
@@ -239,12 +238,8 @@ def calls_replay(
         fault_count=fault_count,
         on_ready=ready,
     )
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            run_command(command)
-    except OSError as exc:  # the port is taken, say
-        click.echo(f"cannot start the replay: {exc}", err=True)
-        sys.exit(STARTUP_FAILURE)
+    with start_failures("the replay"), contextlib.suppress(KeyboardInterrupt):
+        run_command(command)
 
 
 @calls.command("diff")
@@ -349,9 +344,5 @@ def proxy_start(
     def ready(url: str) -> None:
         click.echo(f'change base_url to "{url}"')
 
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            loop.run_until_stopped(run_proxy(settings, on_ready=ready))
-    except OSError as exc:
-        click.echo(f"cannot start the proxy: {exc}", err=True)
-        sys.exit(STARTUP_FAILURE)
+    with start_failures("the proxy"), contextlib.suppress(KeyboardInterrupt):
+        loop.run_until_stopped(run_proxy(settings, on_ready=ready))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-from collections.abc import Callable, Coroutine
+import sys
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
 
 import click
@@ -46,6 +48,16 @@ def run_command(command: Coroutine[Any, Any, T]) -> T:
         return loop.run_until_stopped(command)
     except (CommandError, PredicateError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def start_failures(what: str) -> Iterator[None]:
+    """Starting `what`: an OSError (a port in use, an address not ours) is one line, exit 3."""
+    try:
+        yield
+    except OSError as exc:
+        click.echo(f"cannot start {what}: {exc}", err=True)
+        sys.exit(STARTUP_FAILURE)
 
 
 # argparse types for the scripts: a flag no run can honour is a usage error (exit 2) before
