@@ -47,24 +47,34 @@ class Upstream:
         return httpx2.Response(self.status, headers=headers, stream=httpx2.ByteStream(self.body))
 
 
+class Capture:
+    """A capturing transport with add-usage on in front of `upstream`, and its records."""
+
+    def __init__(self, upstream: Upstream, *, max_body_bytes: int = 1_000_000, **options: Any):
+        self.records: list[CallRecord] = []
+        self.transport = CapturingTransport(
+            httpx2.MockTransport(upstream),
+            recorder=Recorder(dsn=None, max_body_bytes=max_body_bytes),
+            source="proxy",
+            on_finish=self.records.append,
+            **{"add_usage": True, **options},
+        )
+
+    async def send(self, content: bytes) -> tuple[httpx2.Response, bytes]:
+        headers = {"content-type": "application/json", "accept-encoding": "gzip"}
+        request = httpx2.Request("POST", URL, headers=headers, content=content)
+        response = await self.transport.handle_async_request(request)
+        body = b"".join([piece async for piece in response.stream])
+        await response.aclose()
+        return response, body
+
+
 async def call(
-    upstream: Upstream, content: bytes, *, max_body_bytes: int = 1_000_000, **options: Any
+    upstream: Upstream, content: bytes, **options: Any
 ) -> tuple[httpx2.Response, bytes, CallRecord]:
-    records: list[CallRecord] = []
-    recorder = Recorder(dsn=None, max_body_bytes=max_body_bytes)
-    transport = CapturingTransport(
-        httpx2.MockTransport(upstream),
-        recorder=recorder,
-        source="proxy",
-        on_finish=records.append,
-        **{"add_usage": True, **options},
-    )
-    headers = {"content-type": "application/json", "accept-encoding": "gzip"}
-    request = httpx2.Request("POST", URL, headers=headers, content=content)
-    response = await transport.handle_async_request(request)
-    body = b"".join([piece async for piece in response.stream])
-    await response.aclose()
-    (record,) = records
+    capture = Capture(upstream, **options)
+    response, body = await capture.send(content)
+    (record,) = capture.records
     return response, body, record
 
 
@@ -146,8 +156,45 @@ async def test_a_400_to_an_added_option_says_once_per_host_what_to_do(caplog):
     refused.headers["content-type"] = "application/json"
     with caplog.at_level(logging.WARNING, logger="lang_agent.capture.transport"):
         for _ in range(2):
-            response, _, record = await call(refused, json.dumps(ASK).encode())
+            refused.sent.clear()
+            response, body, record = await call(refused, json.dumps(ASK).encode())
             assert response.status_code == 400 and record.flags["usage_added"] is True
+            assert body == refused.body and len(refused.sent) == 1
     hints = [r.getMessage() for r in caplog.records if "--no-add-usage" in r.getMessage()]
     assert len(hints) == 2  # one per transport: each call above has its own
     assert hints[0].startswith("up answered 400 to a stream the proxy asked its usage for")
+
+
+class RefusesStreamOptions(Upstream):
+    """An upstream that takes no stream_options, refusing them by name as Azure's did."""
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        if b"stream_options" not in request.content:
+            return super().__call__(request)
+        self.sent.append(request)
+        error = b'{"error": {"message": "Unrecognized request argument supplied: stream_options"}}'
+        return httpx2.Response(400, headers={"content-type": "application/json"}, content=error)
+
+
+async def test_an_upstream_refusing_the_option_by_name_gets_the_client_s_request_from_then_on(
+    caplog,
+):
+    upstream = RefusesStreamOptions(WITHOUT_USAGE)
+    capture = Capture(upstream)
+    with caplog.at_level(logging.WARNING, logger="lang_agent.capture.transport"):
+        first, first_body = await capture.send(json.dumps(ASK).encode())
+        second, second_body = await capture.send(json.dumps(ASK).encode())
+    # The client never sees the 400: the same call went again as it wrote it.
+    assert first.status_code == second.status_code == 200
+    assert first_body == second_body == WITHOUT_USAGE
+    assert [b"stream_options" in r.content for r in upstream.sent] == [True, False, False]
+    refused, retried, later = capture.records
+    assert refused.status_code == 400 and refused.flags["usage_added"] is True
+    for record in (retried, later):
+        assert record.status == "ok" and record.prompt_tokens is None
+        assert record.flags.get("usage_refused") is True and "usage_added" not in record.flags
+        assert record.client_request_body is None and "stream_options" not in record.request_body
+    warnings = [
+        r.getMessage() for r in caplog.records if "refused the stream_options" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and "Unrecognized request argument" in warnings[0]

@@ -5,7 +5,8 @@ context-window pre-flight and the provider-rule lint (lint.py), queues a `pendin
 delegates, and swaps the response stream for the tee from stream.py, which finalises the row
 when the body is closed. With force-stream a non-stream chat request goes upstream as a stream
 and the client gets the merged completion; a stream whose client did not ask for its usage is
-asked for it, and the tee takes that chunk out.
+asked for it, and the tee takes that chunk out (an upstream that refuses the option by name
+gets the call again as the client wrote it).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ BODY_EXTENSION = "capture_body"
 UPSTREAM_ID_HEADERS = ("msh-request-id", "x-dashscope-request-id", "x-request-id", "request-id")
 _DURATION = re.compile(r"dur=([0-9.]+)")
 USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+# A 400 naming the option: an upstream that takes no stream_options (Azure's "Unrecognized
+# request argument supplied: stream_options", a strict validator's field path).
+_REFUSES_USAGE = re.compile(rb"stream_options|include_usage", re.IGNORECASE)
 _DROPPED_AFTER_MERGE = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "content-type"}
 )
@@ -78,6 +82,10 @@ def _parse_body(content: bytes, *, max_bytes: int) -> tuple[Any, bool]:
         return text, False
 
 
+def _host(request: httpx2.Request) -> str:
+    return request.url.netloc.decode("ascii")
+
+
 def _is_chat(request: httpx2.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith("/chat/completions")
 
@@ -104,6 +112,7 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         self.force_stream = recorder.force_stream if force_stream is None else force_stream
         self.add_usage = add_usage
         self._warned_hosts: set[str] = set()
+        self._refusing_hosts: set[str] = set()  # answered 400 naming stream_options
         self.repeat = recorder.repeat if repeat is None else repeat
         self.on_finish = on_finish
         recorder.metrics.currency = self.catalog.currency
@@ -113,13 +122,33 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         await request.aread()
+        response, change = await self._call(request)
+        if change == "usage_added" and response.status_code == 400:
+            body = b"".join([piece async for piece in response.stream])  # through the tee
+            await response.aclose()
+            if _REFUSES_USAGE.search(body):
+                self._refused_usage(request, body)
+                response, _ = await self._call(request)  # now as the client wrote it
+            else:
+                self._warn_refused_usage(request)
+                response = httpx2.Response(
+                    400,
+                    headers=response.headers,
+                    stream=httpx2.ByteStream(body),
+                    extensions=response.extensions,
+                )
+        return response
+
+    async def _call(self, request: httpx2.Request) -> tuple[httpx2.Response, str | None]:
+        """Send the request (rewritten, see `_rewrite`) with the tee on its response: one
+        call, one record. Also what was changed."""
         try:
             record, body = self._new_record(request)
             upstream, change = self._rewrite(request, record, body)
             self.recorder.begin(record)
         except Exception:  # an edge: a capture bug must not cost the call
             logger.exception("capture could not start; the call goes out uncaptured")
-            return await self.inner.handle_async_request(request)
+            return await self.inner.handle_async_request(request), None
         try:
             response = await self.inner.handle_async_request(upstream)
         except BaseException as exc:
@@ -143,8 +172,6 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         record.stream = sse
         detector = RepeatDetector(self.repeat) if sse and _is_chat(request) else None
         encoding = response.headers.get("content-encoding")
-        if change == "usage_added" and response.status_code == 400:
-            self._warn_refused_usage(request)
         strip = (
             change == "usage_added"
             and sse
@@ -162,14 +189,26 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             strip_usage=strip,
         )
         if change == "force_stream" and sse and response.status_code < 400:
-            return await self._merged_response(response, stream, upstream)
+            return await self._merged_response(response, stream, upstream), change
         response.stream = stream
-        return response
+        return response, change
+
+    def _refused_usage(self, request: httpx2.Request, answer: bytes) -> None:
+        """The upstream refused the added stream_options by name: from now on its streams go
+        out as their clients wrote them (flag usage_refused), this one again at once."""
+        self._refusing_hosts.add(_host(request))
+        logger.warning(
+            "%s refused the stream_options the proxy added to ask a stream's usage (%s): its "
+            "streams now go out as their clients write them, and one whose client does not "
+            "ask its usage is recorded without tokens or cost",
+            _host(request),
+            answer[:200].decode(errors="replace"),
+        )
 
     def _warn_refused_usage(self, request: httpx2.Request) -> None:
-        """Once per upstream host: a 400 to a request that had stream_options added may be an
-        upstream that takes none, which only the flag on the call would otherwise tell."""
-        host = request.url.host
+        """Once per upstream host: a 400 to a request that had stream_options added, which does
+        not name them, may still be an upstream that takes none."""
+        host = _host(request)
         if host in self._warned_hosts:
             return
         self._warned_hosts.add(host)
@@ -273,11 +312,15 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         if not (_is_chat(request) and isinstance(body, dict)):
             return request, None
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        change = None
         if self.force_stream and not body.get("stream"):
             change = "force_stream"
         elif self.add_usage and body.get("stream") is True and not options.get("include_usage"):
-            change = "usage_added"
-        else:
+            if _host(request) in self._refusing_hosts:
+                record.flags["usage_refused"] = True
+            else:
+                change = "usage_added"
+        if change is None:
             self._lint(record, body, url=str(request.url))
             return request, None
         sent = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
