@@ -58,7 +58,7 @@ class DashInput(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session_key(cls, value: str | None) -> str | None:
-        # Empty is no session (the SDK drops it; hand-written clients may send it).
+        # Empty is no session (the SDK drops it; hand-written clients may send it): a new one.
         return thread_key(value) if value else None
 
 
@@ -263,9 +263,12 @@ async def completion(app_id: str, request: Request) -> Response:
     metadata = {"app_id": app_id}
     if speaker:
         metadata["speaker"] = speaker
+    # Without a session_id the turn opens a new session, as DashScope's do: the id it answers
+    # with continues it (Alibaba's multi-turn sample passes `output.session_id` back).
+    session_id = body.input.session_id or uuid.uuid4().hex
     turn = TurnRequest(
         messages=messages,
-        thread_id=body.input.session_id,
+        thread_id=session_id,
         stream=stream,
         history="seed",
         profile=app_id,
@@ -273,7 +276,7 @@ async def completion(app_id: str, request: Request) -> Response:
         metadata=metadata,
     )
     reply = Reply(
-        session_id=body.input.session_id or uuid.uuid4().hex,
+        session_id=session_id,
         incremental=incremental,
         fallback=settings.dashscope_fallback_text,
     )

@@ -127,11 +127,17 @@ def test_new_session_is_seeded_from_client_history(base_url):
     assert spoken.count("你叫") == 1
 
 
-def test_prompt_only_and_no_session_is_stateless(base_url):
-    response = Application.call(api_key=TEST_KEY, app_id="x", prompt="你好")
-    assert response.status_code == 200
-    assert response.output.text and response.output.finish_reason == "stop"
-    assert response.output.session_id
+def test_a_call_without_a_session_opens_one_that_the_next_call_continues(base_url):
+    # Alibaba's multi-turn sample: call without session_id, then pass output.session_id back.
+    first = Application.call(api_key=TEST_KEY, app_id="x", prompt="我叫李雷")
+    assert first.status_code == 200 and first.output.finish_reason == "stop"
+    second = Application.call(
+        api_key=TEST_KEY, app_id="x", prompt="我叫什么名字", session_id=first.output.session_id
+    )
+    assert second.status_code == 200 and "李雷" in second.output.text
+    assert second.output.session_id == first.output.session_id
+    other = Application.call(api_key=TEST_KEY, app_id="x", prompt="我叫什么名字")
+    assert other.output.session_id != first.output.session_id and "李雷" not in other.output.text
 
 
 def test_a_prompt_beside_messages_is_the_turn_after_them(server):
