@@ -90,6 +90,20 @@ def test_tool_turn_filler_comes_before_answer(client, simulator):
     assert "13" in answer
 
 
+def test_a_long_tool_earns_a_different_phrase_each_ending_where_tts_speaks_it(client, simulator):
+    # xiaozhi's segmenting TTS cuts a turn's later segments only at 。？！；：, so a phrase
+    # ending in "，" would wait, silent, for the answer.
+    with latency(simulator, "tool", ttft_ms=2500):  # twice: the tool call, then the answer
+        chunks = stream_chunks(client, "帮我算一下 3加5乘2 等于多少")
+    filler = "".join(
+        c.choices[0].delta.content
+        for c in chunks
+        if (c.model_extra or {}).get("x_lang_agent", {}).get("kind") == "filler"
+    )
+    *phrases, rest = filler.split("。")
+    assert rest == "" and len(phrases) >= 2 and len(set(phrases)) == len(phrases), filler
+
+
 def test_non_stream_tool_turn_has_no_filler(client):
     assert "13" in ask(client, "3加5乘2等于多少")
 

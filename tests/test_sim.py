@@ -266,13 +266,16 @@ async def test_tool_model_without_a_matching_tool(client):
 
 
 @pytest.mark.parametrize(("text", "lang"), [("把音量调到30", "zh"), ("turn it up please", "en")])
-async def test_filler_is_one_short_clause(client, text, lang):
+async def test_filler_is_one_short_sentence_not_said_twice(client, text, lang):
     messages = [{"role": "system", "content": "说一句过渡语"}, *user(text)]
     first = (await ask(client, messages, model="sim-chatty")).message.content
     again = text_of(await stream(client, messages, model="qwen-filler"))
     assert first == again
-    assert first.endswith("，" if lang == "zh" else ", ")
+    assert first.endswith("。" if lang == "zh" else ". ")
     assert len(first) <= 30
+    told = [{"role": "system", "content": f"说一句过渡语。你已经说过“{first.strip()}”"}]
+    other = (await ask(client, [*told, *user(text)], model="sim-chatty")).message.content
+    assert other != first and other.endswith("。" if lang == "zh" else ". ")
 
 
 async def test_name_memory(client):

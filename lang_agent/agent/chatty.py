@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 MAX_PHRASES = 3
 REPEAT_AFTER_S = 4.0  # a long tool earns another short phrase after this much silence
 FINISH_PHRASE_S = 1.5  # how long the answer waits for a phrase already being spoken
+# Told to the filler model with each phrase after the first, so a long tool does not hear the
+# same phrase three times.
+SAID_NOTE = "\n\n你已经说过{said}，工具还在执行：换一句不同的话，表示还在处理。"
 
 
 class FillerTask:
@@ -28,6 +31,7 @@ class FillerTask:
         self.user_text = user_text
         self._stop = asyncio.Event()
         self._speaking = False
+        self._said: list[str] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -72,6 +76,8 @@ class FillerTask:
 
     def _messages(self) -> list[BaseMessage]:
         system = self.ctx.deps.prompt("chatty_prompt")
+        if self._said:
+            system += SAID_NOTE.format(said="".join(f"“{phrase}”" for phrase in self._said))
         return [SystemMessage(system), HumanMessage(self.user_text)]
 
     async def _phrase(self) -> None:
@@ -87,10 +93,11 @@ class FillerTask:
         finally:
             self._speaking = False
             if pieces:
+                self._said.append(text_of("".join(pieces)))
                 self.ctx.log.append(
                     LogEntry(
                         "assistant",
-                        text_of("".join(pieces)),
+                        self._said[-1],
                         is_filler=True,
                         model=model_name(self.ctx, "chatty"),
                     )

@@ -21,8 +21,8 @@ _PIECE = re.compile(
     rf"|{_O}+\s*|\s+"
 )
 FILLERS = {
-    "zh": ("好的，我查一下，", "稍等，我来操作，", "好的，马上就好，", "嗯，我看一下，"),
-    "en": ("Sure, one moment, ", "OK, let me check, ", "Alright, just a second, ", "Sure, on it, "),
+    "zh": ("好的，我查一下。", "稍等，我来操作。", "好的，马上就好。", "嗯，我看一下。"),
+    "en": ("Sure, one moment. ", "OK, let me check. ", "Alright, just a second. ", "Sure, on it. "),
 }
 LOOP_SENTENCE = {"zh": "我们继续说下去，", "en": "and so we go on, "}
 _ASK_NAME = re.compile(
@@ -184,7 +184,11 @@ def reply_for(body: dict[str, Any], role: str) -> Reply:
         name = route_function(body.get("tools")) or "route"
         return Reply(tool_calls=(ToolCall(name, json.dumps({"route": route})),))
     if role == "chatty":
-        options = FILLERS[convo.lang]
+        # A phrase the instructions say was said already is not said again.
+        told = " ".join(
+            text_of(m.get("content")) for m in body["messages"] if m.get("role") == "system"
+        )
+        options = [o for o in FILLERS[convo.lang] if o.strip() not in told] or FILLERS[convo.lang]
         return Reply(options[zlib.crc32(convo.user_text.encode()) % len(options)])
     if role == "tool" and body.get("tool_choice") != "none":
         calls = _tool_calls(convo, body["tools"])
