@@ -127,7 +127,22 @@ def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
         )
     if not messages:
         raise InvalidRequest("input.messages or input.prompt is required", param="input")
+    if messages[-1].role == "user" and not messages[-1].content.strip():
+        raise InvalidRequest("the latest user message is empty", param="input.messages")
     return tuple(messages), speaker
+
+
+def newest(messages: tuple[InputMessage, ...], limit: int) -> tuple[InputMessage, ...]:
+    """At most `limit` messages: the system messages and the newest of the rest, from a user
+    message on. xiaozhi resends its whole dialogue every turn, and only its tail is new to a
+    session (a new one remembers MEMORY_MAX_MESSAGES), so a long one is cut, not refused."""
+    system = [m for m in messages if m.role == "system"]
+    if len(messages) <= limit or len(system) >= limit:
+        return messages
+    rest = [m for m in messages if m.role != "system"][len(system) - limit :]
+    while rest and rest[0].role != "user":
+        rest.pop(0)
+    return (*system, *rest)
 
 
 class SpokenText:
@@ -256,6 +271,7 @@ async def completion(app_id: str, request: Request) -> Response:
     settings = request.app.state.settings
     body = await parse_json(request, DashRequest, limit=settings.max_body_bytes)
     messages, speaker = to_inputs(body.input)
+    messages = newest(messages, settings.max_messages)
     if len(messages) > settings.max_messages:
         raise InvalidRequest(f"at most {settings.max_messages} messages", param="input.messages")
     stream = wants_stream(request, body)

@@ -148,7 +148,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         2_000_000, ge=1, description="Largest accepted request body, bytes."
     )
-    max_messages: int = Field(2000, ge=1, description="Most messages accepted in one request.")
+    max_messages: int = Field(
+        2000,
+        ge=1,
+        description="Most messages accepted in one request (DashScope keeps the newest instead).",
+    )
 
     dashscope_fallback_text: str = Field(
         "抱歉，我这边出了点问题，请稍后再试。",

@@ -280,13 +280,36 @@ def error_code(response: httpx2.Response) -> str:
     return body["error"]["code"] if "error" in body else body["code"]
 
 
-@pytest.mark.parametrize(("path", "body", "check"), BOTH)
-def test_ten_thousand_messages_are_refused_clearly(http, path, body, check):
+def test_ten_thousand_messages_are_refused_clearly(http):
     messages = [user(f"第{i}句") for i in range(10_000)]
-    response = http.post(path, json=body(*messages))
-    check(response)
+    response = http.post(OPENAI, json=openai_body(*messages))
+    assert_openai_shape(response)
     assert response.status_code == 400
     assert "at most 2000 messages" in response.text
+
+
+def test_xiaozhi_s_resent_dialogue_past_the_limit_is_cut_to_its_newest(http):
+    # xiaozhi resends the whole dialogue of a connection every turn: after a thousand turns it
+    # passes MAX_MESSAGES, and a refusal would silence the device for good.
+    dialogue = []
+    for i in range(1500):
+        dialogue += [user(f"第{i}句"), {"role": "assistant", "content": "好的。"}]
+    dialogue[-4:] = [user("我叫小明"), {"role": "assistant", "content": "好的。"}]
+    system = {"role": "system", "content": "你是小智"}
+    response = http.post(DASHSCOPE, json=dash_body(system, *dialogue, user("我叫什么名字")))
+    assert response.status_code == 200 and "小明" in response.json()["output"]["text"]
+    too_many = http.post(DASHSCOPE, json=dash_body(*[system] * 2001, user("你好")))
+    assert_dashscope_shape(too_many)
+    assert too_many.status_code == 400 and "at most 2000 messages" in too_many.text
+
+
+@pytest.mark.parametrize(
+    "content", ["", "   ", None, json.dumps({"speaker": "小明", "content": " "})]
+)
+def test_an_empty_latest_utterance_is_refused_like_an_empty_prompt(http, content):
+    response = http.post(DASHSCOPE, json=dash_body({"role": "user", "content": content}))
+    assert_dashscope_shape(response)
+    assert response.status_code == 400 and "empty" in response.json()["message"]
 
 
 @pytest.mark.parametrize(("path", "body", "check"), BOTH)
