@@ -172,6 +172,17 @@ class SpokenText:
         return new if self.incremental else self.text
 
 
+# Where a segmenting TTS (xiaozhi's, after a turn's first segment) cuts, and ASCII ends.
+SENTENCE_ENDS = frozenset("。？！；：.?!;…")
+
+
+def after_cut(spoken: str, fallback: str) -> str:
+    """The fallback as said after `spoken`, the text a failure cut: a sentence of its own, not
+    the end of the cut one."""
+    tail = spoken.rstrip()
+    return fallback if not tail or tail[-1] in SENTENCE_ENDS else "。" + fallback
+
+
 class Reply:
     """One response's identifiers and text, turned into frames."""
 
@@ -216,7 +227,8 @@ async def _stream(
                 case Failed(code=code, message=message):
                     # Once the speaker has started, any failure ends in words, not silence.
                     if code in SPOKEN_FAILURES or reply.spoken.text:
-                        yield reply.frame(reply.spoken.final(reply.fallback), "stop")
+                        last = after_cut(reply.spoken.text, reply.fallback)
+                        yield reply.frame(reply.spoken.final(last), "stop")
                     yield reply.error(code, message)
                 case _:
                     assert_never(event)
