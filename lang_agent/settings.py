@@ -46,7 +46,9 @@ def settings_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]).upper()
-        parts.append(f"{name}: {error['msg']}" if name else error["msg"])
+        # A validator's own ValueError says what to do; pydantic prefixes "Value error, ".
+        message = str(error.get("ctx", {}).get("error") or error["msg"])
+        parts.append(f"{name}: {message}" if name else message)
     return "; ".join(parts)
 
 

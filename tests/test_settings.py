@@ -78,6 +78,13 @@ def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
     assert settings_error(caught.value).startswith(f"{name}: ")
 
 
+def test_a_validator_s_own_message_is_shown_as_written(monkeypatch):
+    monkeypatch.delenv("FAST_AUTH_KEYS", raising=False)
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, host="0.0.0.0")
+    assert settings_error(caught.value).startswith("refusing to listen on 0.0.0.0 without")
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
