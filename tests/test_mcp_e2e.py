@@ -209,3 +209,22 @@ def test_a_tool_slower_than_the_turn_budget_still_gets_an_answer(
     finished = [e for e in events if e["kind"] == "tool_finished"]
     assert "within" in finished[0]["error"]
     assert "没有成功" in answer
+
+
+def test_a_number_the_model_quotes_reaches_the_device_as_a_number(
+    live_server, simulator, thread_id
+):
+    # The device checks types strictly: {"volume": "45"} would be "Missing valid argument".
+    control = simulator.base_url.removesuffix("/v1") + "/_sim/script"
+    call = {"name": "self_audio_speaker_set_volume", "arguments": {"volume": "45"}}
+    rules = {"rules": [{"match": "调到45", "role": "tool", "tool_call": call}]}
+    assert httpx2.post(control, json=rules, timeout=5).status_code == 200
+    try:
+        server = live_server(mcp_config=ROOT / "configs" / "mcp_config.json")
+        client = openai_client(server)
+        _, events = tool_events(client, "把音量调到45", thread_id)
+    finally:
+        httpx2.delete(control, timeout=5)
+    (finished,) = [e for e in events if e["kind"] == "tool_finished"]
+    assert finished["error"] is None
+    assert device_volume(client, thread_id) == 45

@@ -36,6 +36,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
 from mcp import types
 
+from lang_agent.tools.arguments import typed_arguments
 from lang_agent.tools.device_catalog import DEVICE_ID_ARG
 from lang_agent.tools.mcp_config import ServerConfig, load_device_map, load_mcp_config
 from lang_agent.tools.mcp_link import CallFailed, ServerLink
@@ -65,6 +66,7 @@ class MCPTool(BaseTool):
 
     async def _arun(self, config: RunnableConfig, **arguments: Any) -> str:
         arguments.pop(DEVICE_ID_ARG, None)  # never trust a device id from the model
+        arguments = typed_arguments(self.args_schema, arguments)
         if self.device_arg != "none":
             device_id = device_for(config, devices=self.devices)
             if device_id is not None:
