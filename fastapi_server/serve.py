@@ -99,16 +99,18 @@ def files_or_exit(settings: Settings) -> None:
 
 def database_or_exit(settings: Settings) -> None:
     """Reach the configured database before serving, waiting DB_START_WAIT_S for one still
-    starting. A malformed DSN, or a database that stays out of reach, stops
-    start-up with one line, its password masked, where the lifespan would end in tracebacks
-    quoting it (the embedded Postgres is started later, by its own rules)."""
-    from lang_agent.db import CommandError, check_dsn, reach
+    starting, and bring its schema up to date. A malformed DSN, a database that stays out of
+    reach, or a schema this role may not bring up to date stops start-up with one line, its
+    password masked, where the lifespan would end in tracebacks quoting it (the embedded
+    Postgres is started later, by its own rules)."""
+    from lang_agent.checkpointer import prepare_database
+    from lang_agent.db import CommandError, check_dsn
 
     try:
         if settings.viewer_conn_str is not None:
             check_dsn(settings.viewer_conn_str.get_secret_value(), name="VIEWER_CONN_STR")
         if settings.conn_str is not None:
-            loop.run(reach(settings, wait_s=settings.db_start_wait_s))
+            loop.run(prepare_database(settings, wait_s=settings.db_start_wait_s))
     except CommandError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(STARTUP_FAILURE) from None

@@ -32,8 +32,20 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.jsonplus import EXT_PYDANTIC_V2, JsonPlusSerializer
+from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
+
+from lang_agent.db import (
+    APPLY_AS_OWNER,
+    DDL_REFUSED,
+    SchemaNotWritable,
+    command_connection,
+    existing_tables,
+    first_line,
+    reach,
+)
+from lang_agent.settings import Settings
 
 _inline = contextvars.ContextVar("lang_agent_inline_to_thread", default=False)
 
@@ -76,6 +88,43 @@ def inline() -> Iterator[None]:
 SETUP_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('lang_agent_checkpoint_setup')) AS locked"
 SETUP_WAIT_S = 120.0
 SETUP_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_checkpoint_setup'))"
+CHECKPOINT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM checkpoint_migrations"
+
+
+async def setup_checkpoints(conn: AsyncConnection) -> None:
+    """LangGraph's tables, made or brought up to date; current ones are only read, so a role
+    without DDL rights runs on tables its owner made (`lang-agent schema --apply`).
+
+    One process at a time: workers starting together on a new database both created the
+    tables and one died (UniqueViolation on checkpoint_migrations). The setup holds a session
+    advisory lock; the others poll for it rather than wait in a statement, since a waiting
+    statement is a transaction that the setup's CREATE INDEX CONCURRENTLY would wait for."""
+    latest = len(AsyncPostgresSaver.MIGRATIONS) - 1
+    if await existing_tables(conn, ["checkpoint_migrations"]):
+        if (await (await conn.execute(CHECKPOINT_VERSION_SQL)).fetchone())["v"] >= latest:
+            return
+    async with asyncio.timeout(SETUP_WAIT_S):
+        while True:
+            if (await (await conn.execute(SETUP_LOCK_SQL)).fetchone())["locked"]:
+                break
+            await asyncio.sleep(0.1)
+    try:
+        await AsyncPostgresSaver(conn).setup()
+    except DDL_REFUSED as exc:
+        raise SchemaNotWritable(
+            "LangGraph's checkpoint tables are missing or out of date, and this role may not "
+            f"change them ({first_line(exc)}): {APPLY_AS_OWNER}"
+        ) from None
+    finally:
+        await conn.execute(SETUP_UNLOCK_SQL)
+
+
+async def prepare_database(settings: Settings, *, wait_s: float = 0.0) -> None:
+    """Reach the database (waiting up to `wait_s` for one still starting) and bring our
+    schema and LangGraph's up to date. CommandError, one line, for what the user must fix."""
+    await reach(settings, wait_s=wait_s)
+    async with command_connection(settings) as conn:
+        await setup_checkpoints(conn)
 
 
 _MESSAGES = {
@@ -222,22 +271,8 @@ class PooledSaver(AsyncPostgresSaver):
         self.lock = contextlib.nullcontext()  # type: ignore[assignment]
 
     async def setup(self) -> None:
-        """LangGraph's table setup, one process at a time: workers starting together on a new
-        database both created its tables and one died (UniqueViolation on
-        checkpoint_migrations). It runs on one connection holding a session advisory lock; the
-        others poll for it rather than wait in a statement, since a waiting statement is a
-        transaction that the setup's CREATE INDEX CONCURRENTLY would wait for in turn."""
         async with self.conn.connection() as conn:  # type: ignore[union-attr]
-            async with asyncio.timeout(SETUP_WAIT_S):
-                while True:
-                    row = await (await conn.execute(SETUP_LOCK_SQL)).fetchone()
-                    if row["locked"]:
-                        break
-                    await asyncio.sleep(0.1)
-            try:
-                await AsyncPostgresSaver(conn).setup()
-            finally:
-                await conn.execute(SETUP_UNLOCK_SQL)
+            await setup_checkpoints(conn)
 
     def latest_query(self, thread_id: str) -> tuple[str, tuple[str, str]]:
         """The SQL and parameters aget_tuple would run for the thread's latest checkpoint, for

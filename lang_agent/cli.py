@@ -45,11 +45,24 @@ def config(kind: str) -> None:
 
 
 @main.command()
-def schema() -> None:
-    """Print the database schema as one idempotent SQL script."""
-    from lang_agent.db import schema_script
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Bring the database up to date instead (our tables and LangGraph's), as the tables' "
+    "owner where the server's role may not change them.",
+)
+@CONN_STR_OPTION
+def schema(apply: bool, conn_str: str | None) -> None:
+    """Print the database schema as one idempotent SQL script, or apply it (--apply)."""
+    if not apply:
+        from lang_agent.db import schema_script
 
-    click.echo(schema_script(), nl=False)
+        click.echo(schema_script(), nl=False)
+        return
+    from lang_agent.checkpointer import prepare_database
+
+    run_command(prepare_database(settings_from(conn_str=conn_str)))
+    click.echo("the schema is up to date")
 
 
 @main.command("device-sim")

@@ -173,8 +173,8 @@ def schema_script() -> str:
     lines = [
         "-- lang-agent schema: generated from lang_agent/db.py MIGRATIONS by",
         "-- `lang-agent schema > scripts/recreate_table.sql`. Idempotent: safe to run again.",
-        "-- The server applies the same statements at start-up; run this when the server's role",
-        "-- may not create tables. LangGraph's checkpoint tables are created by the server.",
+        "-- The server applies the same statements at start-up; where its role may not create",
+        "-- tables, the owner runs `lang-agent schema --apply`, which also makes LangGraph's.",
         "BEGIN;",
         f"{CREATE_MIGRATIONS_SQL};",
     ]
@@ -215,6 +215,10 @@ def mask_dsn(dsn: str) -> str:
     return _KEYWORD_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", dsn))
 
 
+class CommandError(Exception):
+    """A command cannot do what was asked; the message, one line, is for the user."""
+
+
 EXISTING_TABLES_SQL = "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
 
 
@@ -225,17 +229,49 @@ async def existing_tables(conn: AsyncConnection, names: Iterable[str]) -> set[st
     return {row["t"] for row in await cursor.fetchall()}
 
 
+async def schema_version(conn: AsyncConnection) -> int:
+    """The version of our schema in this database; -1 for none."""
+    if not await existing_tables(conn, ["lang_agent_migrations"]):
+        return -1
+    row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
+    return row["v"] if isinstance(row, dict) else row[0]
+
+
+class SchemaNotWritable(CommandError):
+    """The schema needs a change this role may not make: its owner must make it."""
+
+
+# What a role that may not change the schema meets: no CREATE on it, or a read-only session.
+DDL_REFUSED = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)
+APPLY_AS_OWNER = (
+    "have the tables' owner run `lang-agent schema --apply` with its CONN_STR "
+    "(docs/operations.md, step 3)"
+)
+
+
 async def migrate(conn: AsyncConnection) -> int:
-    """Apply the missing tail of MIGRATIONS; returns the schema version now in force."""
-    async with conn.transaction():
-        await conn.execute(MIGRATION_LOCK_SQL)
-        await conn.execute(CREATE_MIGRATIONS_SQL)
-        row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
-        current = row["v"] if isinstance(row, dict) else row[0]
-        for version in range(current + 1, len(MIGRATIONS)):
-            await conn.execute(MIGRATIONS[version])
-            await conn.execute(INSERT_VERSION_SQL, (version,))
-    return len(MIGRATIONS) - 1
+    """Apply the missing tail of MIGRATIONS; returns the schema version now in force. A
+    current schema is only read, so a role without DDL rights runs on one its owner made."""
+    latest = len(MIGRATIONS) - 1
+    found = await schema_version(conn)
+    if found >= latest:
+        return latest
+    try:
+        async with conn.transaction():
+            await conn.execute(MIGRATION_LOCK_SQL)
+            await conn.execute(CREATE_MIGRATIONS_SQL)
+            row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
+            current = row["v"] if isinstance(row, dict) else row[0]
+            for version in range(current + 1, len(MIGRATIONS)):
+                await conn.execute(MIGRATIONS[version])
+                await conn.execute(INSERT_VERSION_SQL, (version,))
+    except DDL_REFUSED as exc:
+        have = "no schema" if found < 0 else f"schema version {found}"
+        raise SchemaNotWritable(
+            f"the database has {have}, this code needs version {latest}, and this role may "
+            f"not change it ({first_line(exc)}): {APPLY_AS_OWNER}"
+        ) from None
+    return latest
 
 
 # A process opens up to DB_POOL_SIZE connections for turns and memory and a few for the
@@ -349,10 +385,6 @@ async def resolve_dsn(settings: Settings) -> tuple[str, Any | None]:
     return dsn, server
 
 
-class CommandError(Exception):
-    """A command cannot do what was asked; the message, one line, is for the user."""
-
-
 class MalformedDsn(CommandError):
     """A DSN libpq cannot parse: no retry will reach it."""
 
@@ -365,7 +397,7 @@ def check_dsn(dsn: str, *, name: str = "CONN_STR") -> None:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         # Every quoted text in the message is the DSN's, but libpq's one-mark quotes ("=").
-        where = "" if '"' in dsn else _LIBPQ_QUOTE.sub(_keep_mark, _first_line(exc))
+        where = "" if '"' in dsn else _LIBPQ_QUOTE.sub(_keep_mark, first_line(exc))
         raise MalformedDsn(
             f"{name} is not a valid Postgres DSN" + (where and f": {where}")
         ) from None
@@ -402,14 +434,14 @@ async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnectio
             dsn, connect_timeout=max(1, round(settings.db_timeout_s)), **CONNECTION_KWARGS
         )
     except psycopg.Error as exc:
-        reason = mask_dsn(_first_line(exc))
+        reason = mask_dsn(first_line(exc))
         raise CommandError(f"cannot connect to {mask_dsn(dsn)}: {reason}") from exc
     try:
         async with conn:
             await migrate(conn)
             yield conn
     except (psycopg.OperationalError, psycopg.DataError) as exc:
-        raise CommandError(_first_line(exc)) from exc
+        raise CommandError(first_line(exc)) from exc
 
 
 async def reach(settings: Settings, *, wait_s: float = 0.0) -> None:
@@ -421,7 +453,7 @@ async def reach(settings: Settings, *, wait_s: float = 0.0) -> None:
         try:
             async with command_connection(settings):
                 return
-        except MalformedDsn:
+        except (MalformedDsn, SchemaNotWritable):  # no wait mends either
             raise
         except CommandError as exc:
             if time.monotonic() >= deadline:
@@ -430,7 +462,7 @@ async def reach(settings: Settings, *, wait_s: float = 0.0) -> None:
             await asyncio.sleep(1.0)
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """psycopg's message without libpq's hint lines and the query excerpt."""
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -592,7 +624,7 @@ class Database:
         except TimeoutError:
             return f"no answer within {PROBE_TIMEOUT_S:g} s"
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            return mask_dsn(_first_line(exc))
+            return mask_dsn(first_line(exc))
         return None
 
     @contextlib.asynccontextmanager

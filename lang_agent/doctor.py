@@ -27,11 +27,10 @@ from lang_agent.capture.record import redact_url
 from lang_agent.db import (
     CONNECTION_KWARGS,
     MIGRATIONS,
-    SELECT_VERSION_SQL,
     MalformedDsn,
     check_dsn,
-    existing_tables,
     mask_dsn,
+    schema_version,
 )
 from lang_agent.llm.factory import ModelFactory, ModelSpec, uses_sim
 from lang_agent.settings import Settings
@@ -204,9 +203,7 @@ async def check_database(settings: Settings, *, timeout_s: float = 10.0) -> Chec
         )
     async with conn:
         version = (await (await conn.execute(SERVER_VERSION_SQL)).fetchone())["server_version"]
-        current = -1
-        if await existing_tables(conn, ["lang_agent_migrations"]):
-            current = (await (await conn.execute(SELECT_VERSION_SQL)).fetchone())["v"]
+        current = await schema_version(conn)
     where = f"PostgreSQL {version.split()[0]} at {shown}"
     if current < expected:
         have = "no schema" if current < 0 else f"schema version {current}"
@@ -214,8 +211,8 @@ async def check_database(settings: Settings, *, timeout_s: float = 10.0) -> Chec
             "database",
             False,
             f"{where}: {have}, this code needs version {expected}",
-            "start the server once (it migrates), or run scripts/recreate_table.sql "
-            "(`lang-agent schema`) as the tables' owner",
+            "start the server once (it migrates), or run `lang-agent schema --apply` as the "
+            "tables' owner",
         )
     if current > expected:
         return Check(

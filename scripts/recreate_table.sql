@@ -1,7 +1,7 @@
 -- lang-agent schema: generated from lang_agent/db.py MIGRATIONS by
 -- `lang-agent schema > scripts/recreate_table.sql`. Idempotent: safe to run again.
--- The server applies the same statements at start-up; run this when the server's role
--- may not create tables. LangGraph's checkpoint tables are created by the server.
+-- The server applies the same statements at start-up; where its role may not create
+-- tables, the owner runs `lang-agent schema --apply`, which also makes LangGraph's.
 BEGIN;
 CREATE TABLE IF NOT EXISTS lang_agent_migrations (
     v integer PRIMARY KEY,
