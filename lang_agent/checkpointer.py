@@ -123,7 +123,7 @@ async def prepare_database(settings: Settings, *, wait_s: float = 0.0) -> None:
     """Reach the database (waiting up to `wait_s` for one still starting) and bring our
     schema and LangGraph's up to date. CommandError, one line, for what the user must fix."""
     await reach(settings, wait_s=wait_s)
-    async with command_connection(settings) as conn:
+    async with command_connection(settings, create=True) as conn:
         await setup_checkpoints(conn)
 
 

@@ -417,14 +417,33 @@ def _keep_mark(match: re.Match[str]) -> str:
     return match.group(1) or '"…"'
 
 
+def no_embedded_database(settings: Settings) -> str | None:
+    """Why a command that only works on existing data has none to work on: no CONN_STR, and
+    no embedded database in DATA_DIR (relative to the current directory, so a command run
+    elsewhere than the server would make a new, empty one and report on that). None: fine."""
+    data_dir = settings.data_dir.expanduser().resolve()
+    if settings.conn_str is not None or (data_dir / "pg" / "PG_VERSION").is_file():
+        return None
+    return (
+        f"no database in {data_dir} (DATA_DIR, relative to the current directory): run this "
+        "where `lang-agent serve` runs, or set DATA_DIR or CONN_STR"
+    )
+
+
 @contextlib.asynccontextmanager
-async def command_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
+async def command_connection(
+    settings: Settings, *, create: bool = False
+) -> AsyncIterator[AsyncConnection]:
     """One connection for a command (`calls`, `cleanup`) to the configured or embedded
-    database, schema applied.
+    database, schema applied. Without `create`, an embedded database that does not exist yet
+    is a CommandError (`no_embedded_database`), not a new one.
 
     A database that is down, silent or refuses us, a value it rejects and a statement timeout
     are the user's to fix: they become a one-line CommandError, with the DSN's password masked.
     """
+    problem = None if create else no_embedded_database(settings)
+    if problem:
+        raise CommandError(problem)
     dsn, _embedded = await resolve_dsn(settings)
     check_dsn(dsn)
     try:
@@ -451,7 +470,7 @@ async def reach(settings: Settings, *, wait_s: float = 0.0) -> None:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            async with command_connection(settings):
+            async with command_connection(settings, create=True):
                 return
         except (MalformedDsn, SchemaNotWritable):  # no wait mends either
             raise

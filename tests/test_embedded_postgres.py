@@ -57,3 +57,22 @@ def test_a_count_postgres_cannot_start_with_leaves_it_as_it_was() -> None:
         fit_max_connections(server, 262_143)
         assert _max_connections(dsn) == have
         assert "max_connections" not in (root / "pg" / "postgresql.auto.conf").read_text()
+
+
+def test_a_command_run_where_there_is_no_database_says_so_and_makes_none(
+    tmp_path, monkeypatch
+) -> None:
+    # DATA_DIR is relative to the current directory: `cleanup --dry-run` run elsewhere made a
+    # new, empty database and reported zeros; `forget` said "nothing to forget".
+    from click.testing import CliRunner
+
+    from lang_agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("CONN_STR", "DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for argv in (["cleanup", "--dry-run"], ["forget", "t1", "--yes"], ["calls", "list"]):
+        result = CliRunner().invoke(main, argv)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"Error: no database in {tmp_path / '.lang-agent'} ")
+    assert list(tmp_path.iterdir()) == []
