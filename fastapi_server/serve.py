@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from starlette.types import ASGIApp
 
 from lang_agent import loop
@@ -218,6 +219,6 @@ def settings_or_exit(**overrides: object) -> Settings:
     """Settings from env/.env with `overrides` on top; a bad value exits with a line naming it."""
     try:
         return Settings(**overrides)
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         sys.stderr.write(f"error: {settings_error(exc)}\n")
         raise SystemExit(STARTUP_FAILURE) from exc

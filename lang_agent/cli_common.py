@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import click
 from pydantic import TypeAdapter, ValidationError
+from pydantic_settings import SettingsError
 
 from lang_agent.settings import Settings, settings_error
 
@@ -33,7 +34,7 @@ def settings_from(**flags: object) -> Settings:
     """Settings from env/.env with the flags that were given on top; a clear exit on bad values."""
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         raise click.ClickException(settings_error(exc)) from exc
 
 

@@ -339,6 +339,14 @@ async def check_port(name: str, *, host: str, port: int, env: str, health_path: 
 
 
 async def check_ports(settings: Settings) -> list[Check]:
+    if settings.port and (settings.host, settings.port) == (
+        settings.viewer_host,
+        settings.viewer_port,
+    ):
+        where = f"{settings.host}:{settings.port}"
+        return [
+            Check("ports", False, f"the API and the viewer both want {where}", "set VIEWER_PORT")
+        ]
     api = await check_port(
         "port", host=settings.host, port=settings.port, env="PORT", health_path="/health"
     )
@@ -353,16 +361,19 @@ async def check_ports(settings: Settings) -> list[Check]:
 
 
 def check_files(settings: Settings) -> list[Check]:
-    """Prompts, the model catalog and the profiles load."""
+    """Prompts, the model catalog, the profiles and the device map load."""
     from lang_agent.agent.profiles import load_profiles
     from lang_agent.llm.models_catalog import ModelCatalog
     from lang_agent.prompts import Prompts
+    from lang_agent.tools.mcp_config import load_device_map
 
-    loaders = (
+    loaders = [
         ("prompts", "PROMPTS_DIR", settings.prompts_dir, Prompts.load),
         ("models file", "MODELS_FILE", settings.models_file, ModelCatalog.read),
         ("profiles", "PROFILES_FILE", settings.profiles_file, load_profiles),
-    )
+    ]
+    if settings.device_map is not None:
+        loaders.append(("device map", "DEVICE_MAP", settings.device_map, load_device_map))
     checks = []
     for name, env, path, load in loaders:
         try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AliasChoices,
@@ -17,7 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
@@ -41,8 +43,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def settings_error(exc: ValidationError) -> str:
-    """Every problem of a ValidationError on one line, each under its setting's variable name."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SETTINGS_ERROR_FIELD = re.compile(r'field "(\w+)"')
+
+
+def settings_error(exc: ValidationError | SettingsError) -> str:
+    """Every problem of a ValidationError on one line, each under its setting's variable name;
+    or the setting whose value is not even JSON (a SettingsError, from the environment)."""
+    if isinstance(exc, SettingsError):
+        field = _SETTINGS_ERROR_FIELD.search(str(exc))
+        name = field.group(1).upper() if field else "a setting"
+        return f"{name}: not valid JSON ({exc.__cause__})" if exc.__cause__ else str(exc)
     parts = []
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]).upper()
@@ -407,6 +418,31 @@ class Settings(BaseSettings):
 
     timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(
+                f"unknown time zone {value!r}: an IANA name, e.g. Asia/Shanghai"
+            ) from None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"unknown level {value!r}: one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a directory")
+        return value
 
     @field_validator("conn_str", "viewer_conn_str", mode="before")
     @classmethod

@@ -269,7 +269,8 @@ async def test_bad_mcp_config_file(make_settings, tmp_path):
 
 @pytest.mark.parametrize("content", [None, "{not json", "[1, 2]"])
 @pytest.mark.parametrize(
-    ("name", "setting"), [("models file", "models_file"), ("profiles", "profiles_file")]
+    ("name", "setting"),
+    [("models file", "models_file"), ("profiles", "profiles_file"), ("device map", "device_map")],
 )
 def test_a_missing_or_broken_config_file_fails(make_settings, tmp_path, content, name, setting):
     # A missing profiles file "loaded": its loader falls back to the default profile quietly.
@@ -335,6 +336,12 @@ async def test_port_taken_by_another_program(make_settings):
     assert not checks[0].ok and "another program" in checks[0].detail
     assert checks[0].fix == "stop it or set PORT"
     assert checks[1].ok
+
+
+async def test_the_api_and_the_viewer_on_one_port_fail(make_settings):
+    port = closed_port()
+    (check,) = await check_ports(make_settings(port=port, viewer_port=port))
+    assert not check.ok and f"both want 127.0.0.1:{port}" in check.detail
 
 
 def test_port_held_by_lang_agent_is_fine(live_server, make_settings):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from fastapi_server.serve import STARTUP_FAILURE, settings_from_flags
 from lang_agent.db import mask_dsn
@@ -69,11 +70,16 @@ def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
         ("LOG_RETENTION_DAYS", "1e9"),
         ("CAPTURE_RETENTION_DAYS", "inf"),
         ("RETENTION_INTERVAL_H", "inf"),
+        # Each let doctor pass and then ended `serve` in a traceback.
+        ("TIMEZONE", "Mars/Olympus"),
+        ("LOG_LEVEL", "LOUD"),
+        ("DATA_DIR", __file__),
+        ("PROXY_ROUTES", "[{"),  # not JSON: pydantic-settings' own error, a traceback
     ],
 )
 def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises((ValidationError, SettingsError)) as caught:
         Settings(_env_file=None)
     assert settings_error(caught.value).startswith(f"{name}: ")
 
