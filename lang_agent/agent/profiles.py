@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from lang_agent.agent.state import Profile
+from lang_agent.settings import ROLES
+
+PROFILE_KEYS = frozenset({"filler", "models"})
 
 
 def load_profiles(path: Path) -> dict[str, Profile]:
@@ -22,10 +25,23 @@ def load_profiles(path: Path) -> dict[str, Profile]:
     for name, spec in raw.items():
         if name.startswith("_"):
             continue
+        where = f"{path}: profile {name!r}"
         if not isinstance(spec, dict):
-            raise ValueError(f"{path}: profile {name!r} must be an object")
+            raise ValueError(f"{where} must be an object")
+        # A misspelt key or role would be ignored without a word, and "false" read as true.
+        unknown = sorted(set(spec) - PROFILE_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown {', '.join(unknown)} (known: filler, models)")
+        filler = spec.get("filler", True)
+        if not isinstance(filler, bool):
+            raise ValueError(f"{where}: filler must be true or false, not {filler!r}")
         models = spec.get("models", {})
         if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
-            raise ValueError(f"{path}: profile {name!r}: models must map role to model name")
-        profiles[name] = Profile(name=name, filler=bool(spec.get("filler", True)), models=models)
+            raise ValueError(f"{where}: models must map role to model name")
+        roles = sorted(set(models) - set(ROLES))
+        if roles:
+            raise ValueError(
+                f"{where}: unknown role {', '.join(roles)} (roles: {', '.join(ROLES)})"
+            )
+        profiles[name] = Profile(name=name, filler=filler, models=models)
     return profiles
