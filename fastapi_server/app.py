@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from fastapi_server import dashscope_api, metrics_api, openai_api
 from lang_agent.errors import InvalidRequest, LangAgentError
-from lang_agent.service import open_service
+from lang_agent.service import Service, open_service
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,12 +68,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         return response
 
 
+# How long before the grace period ends the turns still running are ended, so their last
+# frames reach the client before uvicorn cancels what is left.
+TURN_END_MARGIN_S = 1.0
+
+
+async def _end_turns(service: Service, grace_s: float) -> None:
+    """The server stops: the turns still running a moment before its grace period ends are
+    ended with an answer that says so (`Agent.stop_turns`)."""
+    await asyncio.sleep(max(0.0, grace_s - TURN_END_MARGIN_S))
+    await service.agent.stop_turns()
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service(settings) as service:
             app.state.service = service
             app.state.recorder = service.recorder
+            app.state.on_stop = functools.partial(_end_turns, service, settings.shutdown_grace_s)
             yield
 
     app = FastAPI(title="lang-agent", version="0.1.0", lifespan=lifespan)

@@ -33,7 +33,7 @@ from lang_agent.errors import InvalidRequest
 
 # Failures the speaker should hear about instead of falling silent.
 SPOKEN_FAILURES = {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout",
-                   "store_unavailable", "internal_error"}  # fmt: skip
+                   "store_unavailable", "shutting_down", "internal_error"}  # fmt: skip
 
 
 class DashMessage(BaseModel):

@@ -21,6 +21,7 @@ DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {
     "upstream_timeout": (504, "RequestTimeOut"),
     "turn_timeout": (504, "RequestTimeOut"),
     "store_unavailable": (503, "InternalError"),
+    "shutting_down": (503, "InternalError"),
     "internal_error": (500, "InternalError"),
 }
 

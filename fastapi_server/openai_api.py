@@ -50,6 +50,7 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
     "upstream_timeout": (504, "upstream_error"),
     "turn_timeout": (504, "timeout_error"),
     "store_unavailable": (503, "server_error"),
+    "shutting_down": (503, "server_error"),
     "internal_error": (500, "server_error"),
 }
 

@@ -47,7 +47,10 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float = 10.0) -> uvicorn.Config:
+STOP_POLL_S = 0.1
+
+
+def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float) -> uvicorn.Config:
     """On SIGTERM uvicorn stops listening at once and lets requests in flight (streams too) run
     on for `grace_s` seconds, then cancels them and runs the lifespan's shutdown."""
     return uvicorn.Config(
@@ -65,10 +68,26 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
     """Serve them all until one stops: when one app fails to start, the rest stop too rather
     than serve on without it."""
     tasks = [asyncio.create_task(_serve_one(server)) for server in servers]
+    watchers = [asyncio.create_task(on_stop(server, server.config.app)) for server in servers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*tasks)
+    for watcher in watchers:
+        watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def on_stop(server: uvicorn.Server, app: FastAPI) -> None:
+    """Once `server` is told to stop (SIGTERM, Ctrl-C), run the app's `state.on_stop`, if its
+    lifespan set one: uvicorn tells an app nothing before its grace period is over."""
+    while True:  # a flag uvicorn's signal handler sets: nothing to wait on but time
+        if server.should_exit:
+            break
+        await asyncio.sleep(STOP_POLL_S)
+    hook = getattr(app.state, "on_stop", None)
+    if hook is not None:
+        await hook()
 
 
 async def _serve_one(server: uvicorn.Server) -> None:
@@ -172,7 +191,10 @@ def run_agent_and_viewer(settings: Settings) -> int:
         ),
         uvicorn.Server(
             uvicorn_config(
-                create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
+                create_viewer_app(settings),
+                host=settings.viewer_host,
+                port=settings.viewer_port,
+                grace_s=settings.shutdown_grace_s,
             )
         ),
     ]

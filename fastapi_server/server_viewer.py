@@ -24,7 +24,10 @@ if __name__ == "__main__":
     configure_logging(settings)
     database_or_exit(settings)
     config = uvicorn_config(
-        create_viewer_app(settings), host=settings.viewer_host, port=settings.viewer_port
+        create_viewer_app(settings),
+        host=settings.viewer_host,
+        port=settings.viewer_port,
+        grace_s=settings.shutdown_grace_s,
     )
     server = uvicorn.Server(config)
     serve_until_stopped([server])

@@ -29,12 +29,19 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import SecretStr
 
 from fastapi_server import metrics_api
 from fastapi_server.balance import ConnectionBalancer, ConnectionShare
 from fastapi_server.group_metrics import GroupMetrics
-from fastapi_server.serve import STARTUP_FAILURE, configure_logging, load_factory, uvicorn_config
+from fastapi_server.serve import (
+    STARTUP_FAILURE,
+    configure_logging,
+    load_factory,
+    on_stop,
+    uvicorn_config,
+)
 from lang_agent import loop
 from lang_agent.settings import Settings
 
@@ -70,16 +77,21 @@ def _worker(
     balanced = ConnectionBalancer(app, share)
     config = uvicorn_config(balanced, host=host, port=port, grace_s=settings.shutdown_grace_s)
     server = uvicorn.Server(config)
-    loop.run(_serve(server, sock, group, share))
+    loop.run(_serve(server, app, sock, group, share))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
 
 
 async def _serve(
-    server: uvicorn.Server, sock: socket.socket, group: GroupMetrics, share: ConnectionShare
+    server: uvicorn.Server,
+    app: FastAPI,
+    sock: socket.socket,
+    group: GroupMetrics,
+    share: ConnectionShare,
 ) -> None:
     background = [
         asyncio.create_task(group.publishing(), name="group-metrics"),
         asyncio.create_task(share.follow(server), name="connection-share"),
+        asyncio.create_task(on_stop(server, app), name="on-stop"),
     ]
     orphaned = False
     try:

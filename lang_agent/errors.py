@@ -9,7 +9,8 @@ LangAgentError
  │    └── UpstreamStatus       the upstream answered with an HTTP error
  ├── ToolError           a tool failed or timed out (the model sees it as a tool result)
  ├── StoreUnavailable    Postgres (memory, thread leases) cannot be reached (503)
- └── TurnTimeout         the turn ran out of its budget
+ ├── TurnTimeout         the turn ran out of its budget
+ └── ShuttingDown        the server is stopping and its grace period is nearly over (503)
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class StoreUnavailable(LangAgentError):
 
 class TurnTimeout(LangAgentError):
     code = "turn_timeout"
+
+
+class ShuttingDown(LangAgentError):
+    code = "shutting_down"
 
 
 @contextlib.contextmanager

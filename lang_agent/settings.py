@@ -282,8 +282,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         10.0,
         ge=0,
-        description="On SIGTERM, how long streams in flight may run on before they are cut; "
-        "new requests are refused at once.",
+        description="On SIGTERM, how long streams in flight may run on; a turn still running "
+        "1 s before the end ends with a `shutting_down` error. New requests are refused at once.",
     )
     busy_thread: Literal["wait", "reject"] = Field(
         "wait", description="A second request on a busy thread waits, or is refused with 409."

@@ -72,6 +72,9 @@ def create_viewer_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(db.close)
             app.state.pool = db.pool
             app.state.notifier = await stack.enter_async_context(Notifier(access.dsn))
+            # Browser streams never end on their own: the server would wait its whole grace
+            # period for them (the browser reconnects to whichever server is up).
+            app.state.on_stop = app.state.notifier.close_streams
             yield
 
     keys = settings.viewer_auth_keys

@@ -29,6 +29,7 @@ ALIVE_EVERY_S = 30.0
 BACKOFF_MAX_S = 10.0
 KEEPALIVE_S = 15.0
 RESYNC = {"resync": True}
+CLOSE: dict[str, Any] = {}  # the stream's end, for one subscriber
 
 
 class Notifier:
@@ -38,6 +39,7 @@ class Notifier:
         self.dsn = dsn
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.listening = asyncio.Event()
+        self.closing = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Notifier:
@@ -58,6 +60,13 @@ class Notifier:
             yield queue
         finally:
             self.subscribers.discard(queue)
+
+    async def close_streams(self) -> None:
+        """End every browser stream (`event_frames`), as the server stops."""
+        self.closing = True
+        for queue in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(CLOSE)
 
     def publish(self, event: dict[str, Any]) -> None:
         for queue in list(self.subscribers):
@@ -97,11 +106,13 @@ async def event_frames(notifier: Notifier) -> AsyncIterator[str]:
     """SSE frames for one browser: `ready`, then `turn` per notification, keep-alive comments."""
     with notifier.subscribe() as queue:
         yield "retry: 3000\nevent: ready\ndata: {}\n\n"
-        while True:
+        while not notifier.closing:
             try:
                 async with asyncio.timeout(KEEPALIVE_S):
                     event = await queue.get()
             except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
+            if event is CLOSE:
+                return
             yield f"event: turn\ndata: {dumps(event)}\n\n"

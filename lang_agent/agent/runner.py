@@ -23,7 +23,7 @@ from lang_agent.agent.state import AgentDeps, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.checkpointer import PooledSaver
 from lang_agent.conversations import ConversationLog, TurnRecord
-from lang_agent.errors import LangAgentError, TurnTimeout, store_errors
+from lang_agent.errors import LangAgentError, ShuttingDown, TurnTimeout, store_errors
 from lang_agent.llm.context import calling
 
 logger = logging.getLogger(__name__)
@@ -94,10 +94,23 @@ class Agent:
         self._stateless_graph = build_graph()
         self._running: set[asyncio.Task[None]] = set()
         self._starts = Starts()
+        self._stopping = False
 
     async def close(self, *, timeout_s: float = 5.0) -> None:
         """At shutdown: cancel the turns still running and wait for their clean-up (thread
         lease, log record), so the log and the pool close after them, not under them."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=timeout_s)
+
+    async def stop_turns(self, *, timeout_s: float = 5.0) -> None:
+        """Near the end of the server's grace period: end each turn still running with
+        Failed("shutting_down"), which its client reads (an error frame; the spoken fallback
+        on DashScope), where the server's cancel would cut its stream without an end and the
+        log would blame the client. Memory stays as it was, as for any failed turn."""
+        self._stopping = True
         running = list(self._running)
         for task in running:
             task.cancel()
@@ -208,6 +221,11 @@ class Agent:
         except Exception:  # the edge of the engine: anything unexpected becomes Failed
             logger.exception("turn %s failed unexpectedly", ctx.turn_id)
             ctx.emit(Failed("internal_error", "the turn failed unexpectedly"))
+        except asyncio.CancelledError:
+            if self._stopping:  # the server's, not a client's hang-up: the client is told
+                logger.warning("turn %s ended: the server is shutting down", ctx.turn_id)
+                ctx.emit(Failed(ShuttingDown.code, "the server is shutting down; try again"))
+            raise
         finally:
             start.done()
 
