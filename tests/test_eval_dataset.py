@@ -98,6 +98,21 @@ def test_a_file_that_is_not_utf8_is_a_dataset_error(tmp_path):
         load_cases(path)
 
 
+def test_unicode_line_separators_in_a_case_do_not_split_it(tmp_path):
+    # str.splitlines() ended a line at each: a hand-added case with one made the file unreadable.
+    path = tmp_path / "cases.jsonl"
+    text = "one\u2028two\u2029three\x85four"
+    raw = GOOD.replace('"hi"', json.dumps(text, ensure_ascii=False))
+    other = GOOD.replace('"a"', '"b"')
+    path.write_bytes(f"{raw}\r\n{other}\r\n".encode())
+    first, second = load_cases(path)
+    assert first.input == text and second.id == "b"
+    write_cases(path, cases=[first])
+    assert path.read_text(encoding="utf-8").count("\n") == 2
+    assert "\u2028" not in path.read_text(encoding="utf-8")  # written escaped, for any reader
+    assert [c.input for c in load_cases(path)] == [text, "hi"]
+
+
 def test_filters():
     cases = load_cases(DEFAULT_DATASET)
     assert select_cases(cases, expression="") == cases

@@ -38,6 +38,12 @@ Category = Literal["device", "calc", "time", "chitchat", "missing_tool", "memory
 CATEGORIES: tuple[str, ...] = get_args(Category)
 
 
+# What json.dumps leaves raw with ensure_ascii=False that Unicode (str.splitlines, editors)
+# takes for a line break: escaped, a case is one line to every reader. JSON has these only
+# inside strings, where the escape means the same character.
+_LINE_BREAKS_ESCAPED = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 class DatasetError(ValueError):
     """A dataset file that cannot be used; the message names the file and line."""
 
@@ -126,7 +132,8 @@ class EvalCase(BaseModel):
     def to_line(self) -> str:
         """The case as one JSONL line, defaults left out, keys in field order."""
         data = self.model_dump(mode="json", exclude_defaults=True)
-        return json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+        line = json.dumps(data, ensure_ascii=False, separators=(", ", ": "))
+        return line.translate(_LINE_BREAKS_ESCAPED)
 
 
 def _describe(error: ValidationError) -> str:
@@ -159,7 +166,9 @@ def load_cases(path: Path | str) -> list[EvalCase]:
     duplicate id raises DatasetError naming the file and line number."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # JSONL lines end at "\n" (text mode reads "\r\n" as one); splitlines() would also
+        # end one at a U+2028 inside a case's text.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
