@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -145,6 +147,23 @@ def test_writing_is_idempotent_and_keyed_by_id(tmp_path):
     assert restored.updated == 1 and len(load_cases(path)) == first.added + 1
     pruned = write_dataset(path, prune=True)
     assert pruned.removed == 1 and path.read_bytes() == content
+
+
+def test_a_written_dataset_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    # Written through mkstemp, it became 0600 whatever it had been.
+    case = EvalCase.model_validate(json.loads(GOOD))
+    old_umask = os.umask(0o027)
+    try:
+        write_cases(tmp_path / "new.jsonl", cases=[case])
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == 0o640
+    shared = tmp_path / "shared.jsonl"
+    shared.write_text("", encoding="utf-8")
+    shared.chmod(0o664)
+    write_cases(shared, cases=[case])
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664 and load_cases(shared) == [case]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.jsonl", "shared.jsonl"]
 
 
 def test_make_eval_dataset_script_is_idempotent(tmp_path):

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import stat
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -236,17 +237,25 @@ def write_cases(
             out.append(new)
     added = len(incoming)
     out.extend(incoming.values())
-    text = "".join(case.to_line() + "\n" for case in out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _replace(path, text="".join(case.to_line() + "\n" for case in out))
+    return WriteSummary(added, updated, unchanged, kept, removed)
+
+
+def _replace(path: Path, *, text: str) -> None:
+    """Write `path` atomically, through a file beside it. The file keeps the mode of the one
+    it replaces, and a new one gets the umask's, as open() gives it: mkstemp's 0600 hid a
+    shared dataset from the group."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with tmp.open("x", encoding="utf-8") as handle:
+            if path.exists():
+                os.fchmod(handle.fileno(), stat.S_IMODE(path.stat().st_mode))
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return WriteSummary(added, updated, unchanged, kept, removed)
 
 
 def select_cases(cases: list[EvalCase], *, expression: str | None) -> list[EvalCase]:
