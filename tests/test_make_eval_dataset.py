@@ -1,5 +1,5 @@
-"""scripts/make_eval_dataset.py: a bad setting and a failed LangSmith upload each end with one
-line on stderr and a named exit code, never a traceback or key material."""
+"""scripts/make_eval_dataset.py: a bad setting, an unwritable file and a failed LangSmith upload
+each end with one line on stderr and a named exit code, never a traceback or key material."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ REFUSED = (
 
 
 def script_command(out: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    """The script's argv and a clean environment (no .env is read: tests run it in tmp)."""
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    """The script's argv and a clean environment (no .env is read: tests run it in tmp);
+    PYTHONPATH is kept, as it may name the checkout under test."""
+    kept = ("PATH", "HOME", "LANG", "PYTHONPATH")
+    env = {key: os.environ[key] for key in kept if key in os.environ}
     return [sys.executable, str(SCRIPT), "--out", str(out), *args], env
 
 
@@ -37,6 +39,19 @@ def test_a_bad_setting_is_one_line(tmp_path: Path):
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("error: MCP_PING_S: ")
     assert not (tmp_path / "ds.jsonl").exists()
+
+
+def test_an_out_that_cannot_be_written_is_one_line_exit_2(tmp_path: Path):
+    # A traceback and exit 1, which the script's help gives to a failed upload.
+    (tmp_path / "afile").write_text("", encoding="utf-8")
+    out = tmp_path / "afile" / "ds.jsonl"
+    argv, env = script_command(out, "--no-langsmith")
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"make_eval_dataset: {out}: cannot write the dataset "
+        f"([Errno 17] File exists: '{tmp_path / 'afile'}')"
+    ]
 
 
 def test_no_langsmith_reads_no_setting(tmp_path: Path):

@@ -211,7 +211,7 @@ def write_cases(
 ) -> WriteSummary:
     """Merge `cases` into the JSONL file by id: new ids are appended, known ids replaced in
     place, other cases kept (or dropped with `prune`). Writing the same cases twice leaves
-    the file byte-identical. The file is replaced atomically."""
+    the file byte-identical. The file is replaced atomically; DatasetError when it cannot be."""
     path = Path(path)
     existing = load_cases(path) if path.exists() else []
     incoming: dict[str, EvalCase] = {}
@@ -237,8 +237,11 @@ def write_cases(
             out.append(new)
     added = len(incoming)
     out.extend(incoming.values())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(path, text="".join(case.to_line() + "\n" for case in out))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _replace(path, text="".join(case.to_line() + "\n" for case in out))
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot write the dataset ({exc})") from None
     return WriteSummary(added, updated, unchanged, kept, removed)
 
 
