@@ -61,6 +61,7 @@ def test_expected_tools_exist_under_their_model_names():
     ("line", "message"),
     [
         ("{not json", "not valid JSON"),
+        ("[" * 100_000, "not valid JSON (nested too deeply)"),  # was a RecursionError
         ("[1, 2]", "a case must be a JSON object"),
         ('{"id": "b", "category": "chitchat", "lang": "en"}', "exactly one of `input` or `turns`"),
         (

@@ -152,6 +152,8 @@ def parse_line(text: str, *, where: str) -> EvalCase:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:  # the decoder recurses per level: `[` * 100000 exhausts the stack
+        raise DatasetError(f"{where}: not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"{where}: a case must be a JSON object")
     try:
