@@ -11,7 +11,8 @@ import sys
 import httpx2
 import pytest
 
-from lang_agent.evaluation.evaluate import EvalOptions, evaluate
+from lang_agent.evaluation.dataset import DatasetError
+from lang_agent.evaluation.evaluate import EvalOptions, evaluate, pick_cases
 from lang_agent.llm.sim_script import Script
 from lang_agent.settings import ROOT
 from tests.conftest import TEST_KEY
@@ -51,6 +52,15 @@ def options(tmp_path, **changes) -> EvalOptions:
 def test_options_from_code_are_checked_as_the_command_line_checks_them(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         options(tmp_path, **changes)
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n\t\n"])
+def test_a_dataset_without_cases_says_so(tmp_path, content):
+    # It said "no case matches the filter ''".
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content, encoding="utf-8")
+    with pytest.raises(DatasetError, match=f"^{empty}: the dataset has no cases$"):
+        pick_cases(options(tmp_path, dataset=empty, selection=""))
 
 
 async def test_a_clean_subset_passes_and_writes_the_report(make_settings, tmp_path):

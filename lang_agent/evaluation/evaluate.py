@@ -86,7 +86,10 @@ class EvalOutcome:
 
 
 def pick_cases(options: EvalOptions) -> list[EvalCase]:
-    cases = select_cases(load_cases(options.dataset), expression=options.selection)
+    every = load_cases(options.dataset)
+    if not every:  # not the filter's fault, as "no case matches" would say
+        raise DatasetError(f"{options.dataset}: the dataset has no cases")
+    cases = select_cases(every, expression=options.selection)
     if options.limit is not None:
         cases = cases[: options.limit]
     if not cases:
