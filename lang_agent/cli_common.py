@@ -106,13 +106,15 @@ def setting_value(name: str) -> Callable[[str], Any]:
 
 
 def share(text: str) -> float:
-    """A fraction from 0 to 1 (of turns given a fault, of streams cut)."""
+    """A fraction from 0 to 1 (of turns given a fault, of streams cut, of cases to pass)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
     if not 0 <= value <= 1:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {text}")
+        # A percentage is the likely slip: 80 meant as 80%.
+        hint = f" ({value:g}% is {value / 100:g})" if 1 < value <= 100 else ""
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, not {text}{hint}")
     return value
 
 

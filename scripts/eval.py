@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lang_agent.cli_common import positive_int
+from lang_agent.cli_common import positive_int, share
 from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import (
     DEFAULT_DATASET,
@@ -86,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=DEFAULT_OUT, help="results root (default: %(default)s)")
     add("--no-diff", action="store_true", help="do not compare with the previous run")
     add("--no-progress", action="store_true", help="no progress bar on stderr")
-    add("--fail-under", type=float, metavar="RATE", help="exit 1 if the pass rate is below RATE")
+    add(
+        "--fail-under",
+        type=share,
+        metavar="RATE",
+        help="exit 1 if the pass rate is below RATE, a share from 0 to 1 (e.g. 0.8)",
+    )
     add("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     return parser.parse_args(argv)
 

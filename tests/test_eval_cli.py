@@ -98,6 +98,23 @@ def test_counts_below_one_are_usage_errors(run_eval, capsys, args):
 
 
 @pytest.mark.parametrize(
+    ("rate", "message"),
+    [
+        ("80", "must be a share from 0 to 1, not 80 (80% is 0.8)"),  # every run failed
+        ("nan", "must be a share from 0 to 1, not nan"),  # no run failed
+        ("-1", "must be a share from 0 to 1, not -1"),
+        ("1.5", "must be a share from 0 to 1, not 1.5 (1.5% is 0.015)"),
+    ],
+)
+def test_fail_under_is_a_share_from_0_to_1(eval_main, capsys, rate, message):
+    with pytest.raises(SystemExit) as stopped:
+        eval_main(["--fail-under", rate])
+    assert stopped.value.code == 2
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert said.endswith(f"argument --fail-under: {message}")
+
+
+@pytest.mark.parametrize(
     ("setting", "message"),
     [
         ("PROMPTS_DIR=nowhere", "prompt file nowhere/route_prompt.txt is missing"),
