@@ -57,8 +57,12 @@ async def judge_one(llm: Any, *, case: EvalCase, result: CaseResult) -> None:
     try:
         async with asyncio.timeout(JUDGE_TIMEOUT_S):
             out = await structured.ainvoke(messages)
-    except Exception as exc:  # the judge is optional: its failure leaves the case unscored
-        logger.exception("judge failed on case %s", case.id)
+    except Exception as exc:  # noqa: BLE001 - the judge is optional: the case stays unscored
+        # One line and no traceback: a judge that is down fails every case the same way, and
+        # a traceback per case buried the run (its summary counts the failures).
+        said = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {said[0]}" if said else type(exc).__name__
+        logger.warning("judge failed on case %s: %s", case.id, why)
         result.judge_reason = f"judge failed ({type(exc).__name__})"
         return
     verdict = out.get("parsed") if isinstance(out, dict) else None
