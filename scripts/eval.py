@@ -25,7 +25,8 @@ category=device, lang=en, tag=volume, route=chat, id=vol-*, or text matched agai
 experiment with langsmith's aevaluate; it needs LANGSMITH_API_KEY. Without it nothing leaves
 this machine (apart from calls to the model providers you configured).
 Exit codes: 0 done, 1 pass rate under --fail-under, 2 bad dataset, filter or options, or an
-agent that cannot start (database, prompts, MCP config) or results that cannot be written.
+agent that cannot start (database, prompts, MCP config) or results that cannot be written;
+130 on Ctrl-C, which keeps nothing of the run (no results folder).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from lang_agent.evaluation.results import CaseResult
 from lang_agent.llm.sim_script import Script
 from lang_agent.settings import Settings, settings_error
 
-EXIT_OK, EXIT_BELOW, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_BELOW, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         outcome = asyncio.run(evaluate(settings, options=options, on_result=progress))
     except (DatasetError, EvalError) as exc:
         return refuse(str(exc))
+    except KeyboardInterrupt:
+        # On a terminal the progress bar (or the echoed ^C) leaves the cursor mid-line.
+        lead = "\n" if sys.stderr.isatty() else ""
+        print(f"{lead}eval: interrupted; nothing of the run is kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(outcome.text)
     rate = outcome.metrics.pass_rate or 0.0
     if args.fail_under is not None and rate < args.fail_under:

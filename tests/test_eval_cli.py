@@ -4,7 +4,11 @@ exit 2 (1 is --fail-under's), and the diff compares metrics only with a run on t
 from __future__ import annotations
 
 import json
+import os
 import runpy
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,10 +126,11 @@ def test_fail_under_is_a_share_from_0_to_1(eval_main, capsys, rate, message):
         ("CONN_STR=postgresql://eval@127.0.0.1:1/eval", "cannot connect to postgresql://eval@"),
     ],
 )
-def test_an_agent_that_cannot_start_is_refused(run_eval, monkeypatch, setting, message):
+def test_an_agent_that_cannot_start_is_refused(run_eval, monkeypatch, tmp_path, setting, message):
     name, _, value = setting.partition("=")
     monkeypatch.setenv(name, value)
     assert_refused(run_eval("--filter", TWO_CASES), message)
+    assert list((tmp_path / "results").iterdir()) == []  # no empty run left behind
 
 
 def test_an_unusable_out_is_refused_before_any_case_runs(run_eval, tmp_path):
@@ -151,6 +156,34 @@ def test_metrics_compare_only_with_a_run_on_the_same_cases(run_eval, tmp_path):
     assert change_shown(other_filter.out, "cases passed") == "1/1"
     summary = json.loads((tmp_path / "results" / runs[0] / "summary.json").read_text())
     assert summary["run"]["limit"] == 1
+
+
+def test_ctrl_c_is_one_line_exit_130_and_keeps_no_empty_run(
+    pg_dsn, simulator, empty_mcp_config, tmp_path
+):
+    # It was a 38-line traceback, and left an empty run folder behind.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env.update(
+        CONN_STR=pg_dsn,
+        SIM_URL=simulator.base_url,
+        LLM_PROVIDER="sim",
+        MCP_CONFIG=str(empty_mcp_config),
+        DATA_DIR=str(tmp_path / "data"),
+        FAST_AUTH_KEYS=TEST_KEY,
+    )
+    argv = [sys.executable, str(ROOT / "scripts" / "eval.py"), "--out", str(tmp_path / "r")]
+    # Every case, one at a time: the run is still going when the first progress line shows.
+    with subprocess.Popen(
+        [*argv, "--concurrency", "1"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        assert process.stderr is not None
+        next(line for line in process.stderr if "cases ·" in line)
+        process.send_signal(signal.SIGINT)
+        said = [line for line in process.stderr if "cases ·" not in line]
+        assert process.wait(60) == 130
+    assert said == ["eval: interrupted; nothing of the run is kept\n"], said
+    assert list((tmp_path / "r").iterdir()) == []
 
 
 class _Refusing(BaseHTTPRequestHandler):

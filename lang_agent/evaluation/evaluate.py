@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -119,6 +120,17 @@ def reserve_run_dir(root: Path) -> Path:
             raise EvalError(f"cannot write results under {root} ({exc.strerror})") from exc
 
 
+@contextlib.contextmanager
+def removed_unless_finished(out: Path) -> Iterator[None]:
+    """Remove the run directory `out` when the block does not finish (a failed start, Ctrl-C):
+    it would be empty or half written, a run that did not happen."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 @contextlib.asynccontextmanager
 async def simulated(settings: Settings, *, script: Script | None) -> AsyncIterator[Settings]:
     """Settings whose simulator answers with `script`: an in-process simulator when the roles
@@ -219,62 +231,62 @@ async def evaluate(
     concurrency = options.concurrency or settings.eval_concurrency
     started = datetime.now().astimezone()
     clock = time.perf_counter()
-    async with (
-        simulated(settings, script=options.sim_script) as settings,
-        started_service(settings) as service,
-    ):
-        # Made once the agent has started (a failed start leaves no empty run behind) and
-        # before the first case: results that cannot be written stop the run, not get lost.
-        out = reserve_run_dir(options.out_root)
-        run_id = out.name
-        # Thread and device ids also carry a random part: two runs in one second never share one.
-        run_key = f"{run_id}-{uuid.uuid4().hex[:6]}"
-        agent = service.agent
-        catalog = ModelCatalog.load(settings.models_file)
-        results = await run_cases(
-            agent,
-            cases=cases,
-            run_id=run_key,
-            catalog=catalog,
-            concurrency=concurrency,
-            profile=options.profile,
-            on_result=on_result,
-        )
-        if settings.judge_model:
-            llm = agent.deps.models.model("chat", model=settings.judge_model)
-            await judge_results(llm, cases=cases, results=results, concurrency=concurrency)
-        info = RunInfo(
-            run_id=run_id,
-            started=started.isoformat(timespec="seconds"),
-            duration_s=round(time.perf_counter() - clock, 2),
-            dataset=shown_path(options.dataset),
-            selection=options.selection,
-            limit=options.limit,
-            models=_models(agent.profile(options.profile).models, agent.deps.models.specs),
-            profile=options.profile,
-            judge_model=settings.judge_model,
-            currency=catalog.currency,
-        )
-    metrics = summarise(results)
-    diff = None
-    if options.diff:
-        diff = _diff_with_previous(
-            options.out_root, out=out, info=info, results=results, metrics=metrics
-        )
-    if options.langsmith and settings.langsmith_api_key is not None:
-        from lang_agent.evaluation.langsmith_sync import LangSmithFailed, record_experiment
-
-        try:
-            info.langsmith = await record_experiment(
-                cases,
-                results=results,
-                api_key=settings.langsmith_api_key.get_secret_value(),
-                dataset=options.langsmith_dataset,
-                prefix=f"lang-agent-{run_id}",
-                metadata={"run_id": run_id, "models": info.models, "filter": options.selection},
+    # Made before the agent starts: results that cannot be written stop the run, not get lost.
+    out = reserve_run_dir(options.out_root)
+    run_id = out.name
+    # Thread and device ids also carry a random part: two runs in one second never share one.
+    run_key = f"{run_id}-{uuid.uuid4().hex[:6]}"
+    with removed_unless_finished(out):
+        async with (
+            simulated(settings, script=options.sim_script) as settings,
+            started_service(settings) as service,
+        ):
+            agent = service.agent
+            catalog = ModelCatalog.load(settings.models_file)
+            results = await run_cases(
+                agent,
+                cases=cases,
+                run_id=run_key,
+                catalog=catalog,
+                concurrency=concurrency,
+                profile=options.profile,
+                on_result=on_result,
             )
-        except LangSmithFailed as exc:  # the run's own results are written all the same
-            logger.warning("the run was not recorded in LangSmith: %s", exc)
-    files = write_run(out, results=results, metrics=metrics, info=info, diff=diff)
+            if settings.judge_model:
+                llm = agent.deps.models.model("chat", model=settings.judge_model)
+                await judge_results(llm, cases=cases, results=results, concurrency=concurrency)
+            info = RunInfo(
+                run_id=run_id,
+                started=started.isoformat(timespec="seconds"),
+                duration_s=round(time.perf_counter() - clock, 2),
+                dataset=shown_path(options.dataset),
+                selection=options.selection,
+                limit=options.limit,
+                models=_models(agent.profile(options.profile).models, agent.deps.models.specs),
+                profile=options.profile,
+                judge_model=settings.judge_model,
+                currency=catalog.currency,
+            )
+        metrics = summarise(results)
+        diff = None
+        if options.diff:
+            diff = _diff_with_previous(
+                options.out_root, out=out, info=info, results=results, metrics=metrics
+            )
+        if options.langsmith and settings.langsmith_api_key is not None:
+            from lang_agent.evaluation.langsmith_sync import LangSmithFailed, record_experiment
+
+            try:
+                info.langsmith = await record_experiment(
+                    cases,
+                    results=results,
+                    api_key=settings.langsmith_api_key.get_secret_value(),
+                    dataset=options.langsmith_dataset,
+                    prefix=f"lang-agent-{run_id}",
+                    metadata={"run_id": run_id, "models": info.models, "filter": options.selection},
+                )
+            except LangSmithFailed as exc:  # the run's own results are written all the same
+                logger.warning("the run was not recorded in LangSmith: %s", exc)
+        files = write_run(out, results=results, metrics=metrics, info=info, diff=diff)
     text = console_summary(metrics, results=results, info=info, diff=diff, out=out)
     return EvalOutcome(out, results, metrics, info, diff, files, text)
