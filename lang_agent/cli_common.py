@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from pydantic import TypeAdapter, ValidationError
@@ -86,6 +87,19 @@ def positive_float(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
     return value
+
+
+def http_url(text: str) -> str:
+    """An http(s) URL with a host. The message does not repeat the text: a URL may hold a
+    password."""
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed [IPv6 bracket, a port out of range
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError("expected an http(s) URL, e.g. http://127.0.0.1:8599/v1")
+    return text
 
 
 def setting_value(name: str) -> Callable[[str], Any]:

@@ -39,6 +39,10 @@ def parse(*flags: str) -> argparse.Namespace:
         (["--scenario", "all", "--target", "http://127.0.0.1:1"], "--target measures"),
         (["--key", "k"], "--key is the key of --target"),
         (["--target", "https://example.com"], "--target must be a plain http:// URL"),
+        *(  # each started Postgres and the server, then ended in a traceback
+            (["--sim-url", url], "--sim-url: expected an http(s) URL")
+            for url in ("notaurl", "ftp://sim/v1", "http://", "http://[::1/v1", "http://h:0/v1")
+        ),
         *(
             (["--target", "http://127.0.0.1:1", *flag], f"{flag[0]} configures the servers")
             for flag in (
@@ -69,12 +73,14 @@ def test_the_record_keeps_no_key_and_no_password() -> None:
     args = parse(
         "--target", "http://127.0.0.1:8588", "--key", "sk-live-secret",
         "--conn-str", "postgresql://agent:hunter2@db:5432/agent", "--out", "/tmp/out",
+        "--sim-url", "https://sim:hunter2@127.0.0.1:8599/v1",
     )  # fmt: skip
     argv = cli.recorded_argv(args)
     assert "sk-live-secret" not in json.dumps(argv) and "hunter2" not in json.dumps(argv)
     assert argv["key"] == "***"
     assert argv["conn_str"] == "postgresql://agent:***@db:5432/agent"
     assert argv["target"] == "http://127.0.0.1:8588" and argv["out"] == "/tmp/out"
+    assert argv["sim_url"] == "https://sim:***@127.0.0.1:8599/v1"
     own = cli.recorded_argv(
         parse("--server-env", "OPENAI_API_KEY=sk-other", "--server-env", "SPECULATIVE_CHAT=false")
     )

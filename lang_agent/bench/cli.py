@@ -20,7 +20,14 @@ from lang_agent.bench.load import Counter
 from lang_agent.bench.runner import DEFAULT_LEVELS, QUICK_LEVELS, Mode, Target, log, run_matrix
 from lang_agent.bench.stack import ROOT, Meter, Stack
 from lang_agent.bench.workload import FRONTS, Front
-from lang_agent.cli_common import FAILURE, OK, STARTUP_FAILURE, positive_float, positive_int
+from lang_agent.cli_common import (
+    FAILURE,
+    OK,
+    STARTUP_FAILURE,
+    http_url,
+    positive_float,
+    positive_int,
+)
 from lang_agent.db import mask_dsn
 
 BENCH_KEY = "bench-key-0123456789"  # the self-started servers' key (FAST_AUTH_KEYS)
@@ -79,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
     add("--target", default=None,
         help="measure this running server instead of starting one (matrix only)")  # fmt: skip
-    add("--sim-url", default=None,
+    add("--sim-url", type=http_url, default=None,
         help="running simulator base URL (…/v1), the one --target calls; default: start one "
         "(none with --target: then no overhead figures)")  # fmt: skip
     add("--key", default=None, help="API key for --target (FAST_AUTH_KEYS)")
