@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import sys
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar, get_origin
 from urllib.parse import urlsplit
 
 import click
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AliasChoices, ValidationError
 from pydantic_settings import SettingsError
 
 from lang_agent.settings import Settings, settings_error
@@ -103,20 +104,53 @@ def http_url(text: str) -> str:
 
 
 def setting_value(name: str) -> Callable[[str], Any]:
-    """An argparse type taking what the setting `name` takes: a script that passes a flag on
-    to the server it starts refuses at once what that server would refuse only once started."""
-    field = Settings.model_fields[name]
-    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
+    """An argparse type taking what the setting `name` takes, its own validators included: a
+    script that passes a flag on to the server it starts refuses at once what that server
+    would refuse only once started."""
+    validator = Settings.__pydantic_validator__
+    # A list setting comes from the environment as JSON, as pydantic-settings reads it.
+    as_json = get_origin(Settings.model_fields[name].annotation) in (list, dict)
 
     def check(text: str) -> Any:
         try:
-            return adapter.validate_python(text)
+            value = json.loads(text) if as_json else text
+            # Checked on the defaults, so neither the environment nor .env is read.
+            checked = validator.validate_assignment(Settings.model_construct(), name, value)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}) ({name.upper()})") from None
         except ValidationError as exc:
-            reason = exc.errors()[0]["msg"]
-            raise argparse.ArgumentTypeError(f"{reason}, not {text!r} ({name.upper()})") from None
+            # Not repeated: the value may hold a key (PROXY_ROUTES).
+            raise argparse.ArgumentTypeError(settings_error(exc)) from None
+        return getattr(checked, name)
 
     check.__name__ = name
     return check
+
+
+def _env_names() -> dict[str, str]:
+    """Each setting by the names the environment gives it (lower case): CONN_STR and
+    DATABASE_URL both name conn_str."""
+    names = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = alias.choices if isinstance(alias, AliasChoices) else [name]
+        names.update({choice.lower(): name for choice in choices if isinstance(choice, str)})
+    return names
+
+
+def server_setting(text: str) -> str:
+    """NAME=VALUE for the environment of a server a script starts: NAME a setting (any case),
+    VALUE one it takes. A typo was ignored by the server, a bad value stopped it with the
+    reason in its log only. Returned as NAME=VALUE with NAME in upper case."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    setting = _env_names().get(name.lower())
+    if setting is None:
+        raise argparse.ArgumentTypeError(f"unknown setting {name.upper()}")
+    setting_value(setting)(value)
+    return f"{name.upper()}={value}"
 
 
 def share(text: str) -> float:

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--thread", type=thread_arg, help="thread id to talk on (default: a new one)"
     )
-    parser.add_argument("--once", metavar="TEXT", help="send TEXT, print the answer, exit")
+    parser.add_argument(
+        "--once", type=utterance, metavar="TEXT", help="send TEXT, print the answer, exit"
+    )
     parser.add_argument("--no-color", action="store_true", help="plain text, no colours")
     return parser.parse_args(argv)
 
@@ -57,6 +59,13 @@ def thread_arg(value: str) -> str:
         return thread_key(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"thread id {exc}") from exc
+
+
+def utterance(value: str) -> str:
+    """--once TEXT: something to say. A blank one went to the model as a turn of its own."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected something to say, not a blank text")
+    return value
 
 
 def new_thread() -> str:

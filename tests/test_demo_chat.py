@@ -89,6 +89,9 @@ def test_in_process_thread_ids_follow_the_api_rule(run_script, thread_id):
     too_long = run_script("--once", "你好", "--thread", "x" * 201)
     assert too_long.returncode == 2 and too_long.stdout == ""
     assert "thread id must be 1 to 200 characters" in too_long.stderr
+    blank = run_script("--once", " ")
+    assert blank.returncode == 2 and blank.stdout == ""
+    assert "--once: expected something to say" in blank.stderr
 
 
 def test_once_against_a_server(run_script, live_server, thread_id):

@@ -43,6 +43,16 @@ def parse(*flags: str) -> argparse.Namespace:
             (["--sim-url", url], "--sim-url: expected an http(s) URL")
             for url in ("notaurl", "ftp://sim/v1", "http://", "http://[::1/v1", "http://h:0/v1")
         ),
+        *(  # a typo was ignored by the server; a bad value stopped it, the reason in its log
+            (["--server-env", item], f"--server-env: {message}")
+            for item, message in (
+                ("SPECULATVE_CHAT=false", "unknown setting SPECULATVE_CHAT"),
+                ("SPECULATIVE_CHAT", "expected NAME=VALUE, not 'SPECULATIVE_CHAT'"),
+                ("SPECULATIVE_CHAT=maybe", "SPECULATIVE_CHAT: Input should be a valid boolean"),
+                ("TIMEZONE=Mars/Base", "TIMEZONE: unknown time zone 'Mars/Base'"),
+                ("PROXY_ROUTES=[{", "not JSON"),
+            )
+        ),
         *(
             (["--target", "http://127.0.0.1:1", *flag], f"{flag[0]} configures the servers")
             for flag in (
@@ -59,6 +69,19 @@ def test_a_flag_that_cannot_work_is_a_usage_error(capsys, flags, message) -> Non
         parse(*flags)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_server_setting_is_named_in_any_case_or_by_its_alias() -> None:
+    args = parse("--server-env", "speculative_chat=false", "--server-env", "DATABASE_URL=")
+    assert args.server_env == ["SPECULATIVE_CHAT=false", "DATABASE_URL="]
+
+
+def test_a_key_refused_is_not_repeated(capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse("--server-env", 'PROXY_ROUTES=[{"upstream": "ftp://x", "key": "sk-live-secret"}]')
+    err = capsys.readouterr().err
+    assert "PROXY_ROUTES.0.UPSTREAM: 'ftp://x' is neither" in err
+    assert "sk-live-secret" not in err
 
 
 def test_front_ends_may_be_listed_with_spaces() -> None:
@@ -103,6 +126,18 @@ async def test_an_unreachable_target_stops_the_run_before_it_starts(tmp_path, ca
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"--target {target}: no answer from /health")
     assert not out.exists()  # no stack, no results
+
+
+async def test_an_out_folder_that_cannot_be_made_stops_the_run_before_it_starts(
+    tmp_path, capsys
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "run"
+    assert await cli.main(parse("--levels", "1", "--duration", "1", "--out", str(out))) == (
+        STARTUP_FAILURE
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"--out {out}: cannot make the folder (Not a directory)"
 
 
 @pytest.fixture

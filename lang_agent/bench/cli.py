@@ -27,6 +27,7 @@ from lang_agent.cli_common import (
     http_url,
     positive_float,
     positive_int,
+    server_setting,
 )
 from lang_agent.db import mask_dsn
 
@@ -82,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="server worker processes (WORKERS; default 1)",
     )
-    add("--server-env", action="append", default=[], metavar="KEY=VALUE",
+    add("--server-env", type=server_setting, action="append", default=[], metavar="NAME=VALUE",
         help="extra server setting, e.g. SPECULATIVE_CHAT=false (repeatable)")  # fmt: skip
     add("--target", default=None,
         help="measure this running server instead of starting one (matrix only)")  # fmt: skip
@@ -165,9 +166,9 @@ def _server_env(args: argparse.Namespace, *, sim_url: str, dsn: str) -> dict[str
         "MCP_CONFIG": str(empty_mcp),
         "DATA_DIR": str(args.out / "data"),
     }
-    for item in args.server_env:
+    for item in args.server_env:  # NAME=VALUE, NAME upper case (cli_common.server_setting)
         name, _, value = item.partition("=")
-        env[name.strip().upper()] = value
+        env[name] = value
     return env
 
 
@@ -265,7 +266,11 @@ async def main(args: argparse.Namespace) -> int:
     if args.target is not None and (problem := await unreachable(args.target)):
         log(f"--target {mask_dsn(args.target)}: {problem}")
         return STARTUP_FAILURE
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # before Postgres and the servers start for a run it cannot keep
+        log(f"--out {args.out}: cannot make the folder ({exc.strerror})")
+        return STARTUP_FAILURE
     wanted = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     record: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
