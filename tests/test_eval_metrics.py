@@ -11,7 +11,7 @@ from lang_agent.evaluation.checks import Call, arg_matches, check_answer, score_
 from lang_agent.evaluation.dataset import AnswerChecks, EvalCase, ToolExpectation
 from lang_agent.evaluation.metrics import Metrics, diff_runs, percentile, summarise
 from lang_agent.evaluation.report import RunInfo, console_summary, read_run, write_run
-from lang_agent.evaluation.results import Trace, score_case
+from lang_agent.evaluation.results import Trace, score_case, why_failed
 
 VOLUME = "self_audio_speaker_set_volume"
 STATUS = "self_get_device_status"
@@ -156,6 +156,29 @@ def test_case_scores():
     assert hello.passed and hello.no_tool_ok is True and not hello.answer_checked
     assert chatty_tool.no_tool_ok is False and chatty_tool.tool_false_pos == 1
     assert failed.error and failed.answer_failures == ["missing '13'"] and not failed.passed
+
+
+def test_a_failed_turn_is_correct_in_no_check():
+    # It set the volume right and then failed: the call never became an answer, so no check
+    # counts it (the route, the expected call and its arguments were all taken as right).
+    failed = Trace(
+        route="tool",
+        calls=[Call(VOLUME, {"volume": 80}), Call("self_lamp_turn_off")],
+        answer="好的，音量调到80了。",
+        error="upstream_status: the model API answered HTTP 500",
+    )
+    vol = score_case(vol_case(), trace=failed)
+    assert vol.route_ok is False and not vol.passed
+    assert (vol.tool_true_pos, vol.tool_false_pos, vol.tool_false_neg) == (0, 1, 1)
+    assert (vol.args_checked, vol.args_ok) == (0, 0)
+    assert vol.tool_problems == ["the turn failed", "unexpected self_lamp_turn_off"]
+    assert vol.answer_failures == ["the turn failed"]
+    quiet = score_case(chat_case(), trace=Trace(route="chat", error=failed.error))
+    assert quiet.route_ok is False and quiet.no_tool_ok is False
+    assert why_failed(quiet) == f"error {failed.error}"  # not "route chat (want chat)"
+    m = summarise([vol, quiet])
+    assert m.routing_accuracy == 0 and m.no_tool_rate == 0 and m.answer_pass_rate == 0
+    assert m.tool_recall == 0 and m.tool_precision == 0 and m.argument_accuracy is None
 
 
 def test_metrics_on_crafted_results():

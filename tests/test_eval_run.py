@@ -184,3 +184,24 @@ def test_sim_script_over_http(simulator):
         assert reply["choices"][0]["message"]["content"] == "脚本回答"
     finally:
         assert httpx2.delete(control, timeout=5).json() == {"rules": []}
+
+
+async def test_a_failed_turn_is_correct_in_no_metric(make_settings, simulator, tmp_path):
+    # chat-hello-zh is routed right, then its chat model fails: it called no tool, but a turn
+    # that did not answer must not count as a correct route or a correct "no tool".
+    simulator.clear_faults()
+    simulator.inject("500", role="chat")
+    try:
+        outcome = await evaluate(
+            make_settings(mcp_config=MCP_CONFIG),
+            options=options(tmp_path, selection="id=chat-hello-zh"),
+        )
+    finally:
+        simulator.clear_faults()
+    (result,) = outcome.results
+    assert result.error and result.error.startswith("upstream_status"), result.error
+    assert result.route == "chat" and result.calls == []
+    assert result.route_ok is False and result.no_tool_ok is False and not result.passed
+    m = outcome.metrics
+    assert (m.cases, m.passed, m.errors) == (1, 0, 1)
+    assert m.routing_accuracy == 0.0 and m.no_tool_rate == 0.0

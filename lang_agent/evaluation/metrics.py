@@ -1,12 +1,13 @@
 """Eval metrics: pure functions from per-case results to rates, percentiles and run diffs.
 
-Every rate is a fraction in [0, 1], or None when no case asks for it:
+Every rate is a fraction in [0, 1], or None when no case asks for it. A case whose scored
+turn failed (an upstream error, a timeout…) is correct in none of them (results.score_case):
 
-- routing accuracy: cases whose route was right / cases with an expected route (a turn that
-  failed before routing counts as wrong);
+- routing accuracy: cases whose route was right / cases with an expected route;
 - tool precision / recall: micro-averaged over cases that check tools (see checks.ToolScore);
+  a failed turn misses every expected tool, and a call it made that none names is still wrong;
 - argument accuracy: matched expectations whose arguments passed / those with argument rules;
-- correct no-tool rate: cases that called no tool / cases that must call none;
+- correct no-tool rate: cases that called no tool and answered / cases that must call none;
 - answer-check pass rate: cases whose answer passed every check / cases with answer checks;
 - judge score: the mean judge score (0..1) of the cases a judge scored; `judge_failed` counts
   the cases it was asked about whose answer it could not give or that did not parse.

@@ -91,23 +91,33 @@ class CaseResult:
 
 
 def score_case(case: EvalCase, *, trace: Trace) -> CaseResult:
-    """Score a trace against its case. A failed turn fails every check it reached."""
-    route_ok = None if case.route is None else trace.route == case.route
+    """Score a trace against its case. A failed turn is correct in no check the case asks
+    for: what it did before failing (a right route, a call, no call) never reached the user."""
+    failed = trace.error is not None
+    route_ok = None if case.route is None else (not failed and trace.route == case.route)
     if case.tools is None:
         tools = score_calls([], calls=[])
         problems: list[str] = []
     else:
-        tools = score_calls(case.tools, calls=trace.calls, allowed=case.allowed_tools)
-        problems = [f"missing {n}" for n in tools.missing]
+        calls = trace.calls
+        if failed:  # every expectation is missed; a call no expectation names is still wrong
+            expected = {name for t in case.tools for name in t.names}
+            calls = [c for c in calls if c.name not in expected]
+        tools = score_calls(case.tools, calls=calls, allowed=case.allowed_tools)
+        problems = (
+            ["the turn failed"]
+            if failed and tools.missing
+            else [f"missing {n}" for n in tools.missing]
+        )
         problems += [f"unexpected {n}" for n in tools.unexpected]
         problems += [f"wrong arguments for {n}" for n in tools.bad_args]
-    no_tool_ok = (not trace.calls) if case.expects_no_tools else None
+    no_tool_ok = (not failed and not trace.calls) if case.expects_no_tools else None
     answer_checked = case.answer.has_text_checks
     failures = check_answer(case.answer, text=trace.answer) if answer_checked else []
-    if trace.error is not None and answer_checked and not failures:
+    if failed and answer_checked and not failures:
         failures = ["the turn failed"]
     passed = (
-        trace.error is None
+        not failed
         and route_ok is not False
         and tools.ok
         and no_tool_ok is not False
@@ -157,9 +167,10 @@ def why_failed(result: CaseResult) -> str:
     reasons: list[str] = []
     if result.error:
         reasons.append(f"error {result.error}")
-    if result.route_ok is False:
+    # A failed turn fails the route and "no tool" checks too; say so only when they were wrong.
+    if result.route_ok is False and result.route != result.expected_route:
         reasons.append(f"route {result.route or '-'} (want {result.expected_route})")
-    if result.no_tool_ok is False:
+    if result.no_tool_ok is False and result.calls:
         names = ", ".join(sorted({c["name"] for c in result.calls}))
         reasons.append(f"called {names} (want no tool)")
     elif result.tool_problems:
