@@ -8,10 +8,12 @@ import json
 import math
 import sys
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar, get_origin
 from urllib.parse import urlsplit
 
 import click
+from dotenv import dotenv_values
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import SettingsError
 
@@ -119,6 +121,11 @@ def setting_value(name: str) -> Callable[[str], Any]:
         except json.JSONDecodeError as exc:
             raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}) ({name.upper()})") from None
         except ValidationError as exc:
+            if not any(error["loc"] for error in exc.errors()):
+                # Only a rule between settings failed, judged against the defaults (HOST=0.0.0.0
+                # wants FAST_AUTH_KEYS): the value passed its own; Settings built from all of
+                # them applies the rule.
+                return value
             # Not repeated: the value may hold a key (PROXY_ROUTES).
             raise argparse.ArgumentTypeError(settings_error(exc)) from None
         return getattr(checked, name)
@@ -151,6 +158,29 @@ def server_setting(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown setting {name.upper()}")
     setting_value(setting)(value)
     return f"{name.upper()}={value}"
+
+
+def env_file_settings(path: Path) -> dict[str, Any]:
+    """The settings a .env-style file sets, by field name, each value checked as its setting
+    checks it; a blank value leaves the setting alone, as in `.env`. pydantic-settings ignores
+    a name it does not know, so a typo (SPECULATVE_CHAT=false) ran the default unnoticed.
+    Raises ValueError naming the file and every unknown name, or the first value refused."""
+    try:
+        lines = dotenv_values(path, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    names = _env_names()
+    unknown = [key for key in lines if key.lower() not in names]
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    values = {}
+    for key, text in lines.items():
+        if text:
+            try:
+                values[names[key.lower()]] = setting_value(names[key.lower()])(text)
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+    return values
 
 
 def share(text: str) -> float:

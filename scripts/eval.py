@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lang_agent.cli_common import positive_int, share
+from lang_agent.cli_common import env_file_settings, positive_int, share
 from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import (
     DEFAULT_DATASET,
@@ -72,7 +72,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--filter", default="", help="run only matching cases, e.g. category=device,lang=en")
     add("--limit", type=positive_int, help="run at most this many (matching) cases")
     add("--concurrency", type=positive_int, help="cases at a time (default: EVAL_CONCURRENCY, 8)")
-    add("--config", type=Path, help="settings file: a .env file, or JSON {setting: value}")
+    add(
+        "--config",
+        type=Path,
+        help="settings file over .env and the environment: NAME=VALUE lines as in .env, or "
+        "JSON {setting: value}; an unknown name or a bad value is refused",
+    )
     add(
         "--set",
         action="append",
@@ -111,15 +116,14 @@ def json_config(path: Path) -> dict[str, Any]:
 def build_settings(args: argparse.Namespace) -> Settings:
     """Settings from .env / the environment, then --config, then --set, then --judge-model."""
     overrides: dict[str, Any] = {}
-    env_file: Path | str | None = ".env"
     if args.config is not None:
-        # pydantic-settings skips a missing env file: a typo would run the defaults unnoticed.
+        # A missing file would run the defaults unnoticed.
         if not args.config.is_file():
             raise ValueError(f"{args.config}: no such config file")
-        if args.config.suffix == ".json":
-            overrides.update(json_config(args.config))
-        else:
-            env_file = args.config
+        # Read here, not as pydantic-settings' env file: that ignores unknown names, and the
+        # environment would win over it.
+        read = json_config if args.config.suffix == ".json" else env_file_settings
+        overrides.update(read(args.config))
     for item in args.set:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
@@ -130,7 +134,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
     unknown = sorted(set(overrides) - set(Settings.model_fields))
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    return Settings(_env_file=env_file, **overrides)
+    return Settings(**overrides)
 
 
 class ProgressBar:

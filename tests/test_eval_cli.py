@@ -76,6 +76,17 @@ def assert_refused(ran: Ran, message: str) -> None:
         ({"list.json": b"[1]"}, ["--config", "list.json"], "must be an object"),
         ({"bad.json": b"{"}, ["--config", "bad.json"], "bad.json: not a JSON config"),
         ({}, ["--config", "k.env.typo"], "k.env.typo: no such config file"),
+        (  # pydantic-settings ignored them: the run went on with the defaults
+            {"typo.env": b"SPECULATVE_CHAT=false\nLLM_PROVIDER=sim\nFOO=1\n"},
+            ["--config", "typo.env"],
+            "typo.env: unknown setting(s) SPECULATVE_CHAT, FOO",
+        ),
+        (
+            {"bad.env": b"speculative_chat=maybe\n"},
+            ["--config", "bad.env"],
+            "bad.env: SPECULATIVE_CHAT: Input should be a valid boolean",
+        ),
+        ({"latin1.env": b"CHAT_MODEL=caf\xe9\n"}, ["--config", "latin1.env"], "not UTF-8 text"),
         ({}, ["--set", "db_timeout_s=0"], "DB_TIMEOUT_S: Input should be greater than 0"),
         (
             {"p.json": b'{"x": 1}'},
@@ -88,6 +99,17 @@ def test_bad_datasets_and_configs_are_refused(run_eval, tmp_path, files, args, m
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
     assert_refused(run_eval(*args, "--filter", TWO_CASES), message)
+
+
+def test_an_env_config_wins_over_the_environment(run_eval, tmp_path):
+    # Any case, and a rule between settings (HOST wants FAST_AUTH_KEYS) is judged on the file's
+    # values, not the defaults; a blank value leaves its setting alone. The environment's
+    # MCP_CONFIG won over the file's when the file was pydantic-settings' env file.
+    (tmp_path / "k.env").write_text(
+        "mcp_config=nowhere.json\nHOST=0.0.0.0\nFAST_AUTH_KEYS=k\nCHAT_MODEL=\n", encoding="utf-8"
+    )
+    ran = run_eval("--config", "k.env", "--filter", TWO_CASES)
+    assert_refused(ran, "nowhere.json: cannot read the MCP config")
 
 
 @pytest.mark.parametrize(

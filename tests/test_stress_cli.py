@@ -74,6 +74,9 @@ def test_a_flag_that_cannot_work_is_a_usage_error(capsys, flags, message) -> Non
 def test_a_server_setting_is_named_in_any_case_or_by_its_alias() -> None:
     args = parse("--server-env", "speculative_chat=false", "--server-env", "DATABASE_URL=")
     assert args.server_env == ["SPECULATIVE_CHAT=false", "DATABASE_URL="]
+    # A rule between settings is the server's to apply to all of them, not one checked here
+    # against the defaults (HOST=0.0.0.0 wants FAST_AUTH_KEYS, which may come next).
+    assert parse("--server-env", "HOST=0.0.0.0").server_env == ["HOST=0.0.0.0"]
 
 
 def test_a_key_refused_is_not_repeated(capsys) -> None:
