@@ -5,7 +5,8 @@
     python scripts/demo_chat.py --once "3加5等于多少"     # one answer on stdout, for scripts
 
 The answer streams as it comes; filler speech, tool calls and tool results show apart, in
-colour on a terminal. Commands: /new, /thread ID, /history, /quit (or Ctrl-D).
+colour on a terminal. Commands: /new, /thread ID, /history, /help, /quit (or Ctrl-D);
+another word starting with / is refused as an unknown command.
 
 Exit codes: 0; 1 when the --once turn fails; 2 for bad flags (--thread follows the API's
 thread id rule); 3 for a bad setting, named on one line (in-process only); 130 on Ctrl-C.
@@ -33,7 +34,7 @@ from lang_agent.settings import Settings
 
 STDIN = 0
 READ_BYTES = 65536
-HELP = "/new  a new thread · /thread ID  switch thread · /history · /quit"
+HELP = "/new  a new thread · /thread ID  switch thread · /history · /help · /quit"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -208,8 +209,14 @@ async def chat(args: argparse.Namespace, *, settings: Settings | None) -> int:
             elif command == "/history":
                 rows = await backend.history(thread_id)
                 write(history_text(rows, printer=printer, empty=backend.empty_history))
-            elif command.startswith("/"):
+            elif command == "/help":
                 write(f"{HELP}\n")
+            elif command == "/thread":
+                write(f"/thread wants a thread id: /thread ID\n{HELP}\n")
+            elif command.startswith("/"):
+                # Not sent as a message: a mistyped /quit must not become a turn; said so, as
+                # the help alone read like an answer to a command that worked.
+                write(f"unknown command {command}\n{HELP}\n")
             else:
                 await run_turn(backend, text=line, thread_id=thread_id, printer=printer)
 

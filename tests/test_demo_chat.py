@@ -115,7 +115,9 @@ def test_interactive_commands_in_process(run_script, thread_id):
         "现在几点了",
         "/history",
         "/new",
-        "/bogus",
+        "/bogus now",
+        "/thread",
+        "/help",
         "/quit",
     ]
     result = run_script(stdin="\n".join(lines) + "\n")
@@ -127,6 +129,10 @@ def test_interactive_commands_in_process(run_script, thread_id):
     # Piped input is not echoed: the user's words appear only in /history's listing.
     assert "you › 我叫小明" in out and "you › 现在几点了" in out
     assert "new thread demo-" in out and "/history" in out
+    # It printed the help alone, as if /bogus had been a command that shows it.
+    assert "unknown command /bogus\n/new  a new thread" in out
+    assert "/thread wants a thread id: /thread ID\n/new  a new thread" in out
+    assert out.count("/history · /help · /quit") == 4  # the banner, /bogus, /thread, /help
 
 
 async def test_remote_events_show_filler_tools_and_answer(background_loop, live_server):
