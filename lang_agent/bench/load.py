@@ -8,8 +8,9 @@ evenly over that many seconds instead, so turns arrive as a steady stream.
 A user keeps its thread for `turns_per_thread` turns, then starts a new one, so by default
 every turn opens a fresh thread. The cell runs for `duration_s`; turns in flight at the end
 are awaited and counted in the latency figures, but throughput counts only the share of
-each turn that fell inside the measuring window (after the warm-up), so ramp-up, ramp-down
-and window edges do not bias it. The summary also gives the overhead of the turns that
+each turn that fell inside the measuring window, so ramp-up, ramp-down and window edges do
+not bias it. The window opens after the ramp and a warm-up of min(2 s, duration_s / 5), and
+closes `duration_s` after the ramp. The summary also gives the overhead of the turns that
 started inside the window alone: in lockstep the first rounds, when every user arrives at
 once, make most of a cell's tail.
 """
@@ -128,14 +129,13 @@ async def run_cell(
     turns_per_thread: int = 1,
     tool_every: int = 0,
     ramp_s: float = 0.0,
-    warmup_s: float | None = None,
     max_turns: int | None = None,
     on_done: Callable[[Sample], None] | None = None,
 ) -> CellResult:
     """Run one (front end, stream, concurrency) cell; `tool_every` = n makes every n-th turn a
     tool turn (0: chat turns only); `ramp_s` spreads the users' starts over that long, before
     the warm-up and the cell's duration; `max_turns` caps the turns per user (for tests)."""
-    warmup = min(2.0, duration_s / 5) if warmup_s is None else warmup_s
+    warmup = min(2.0, duration_s / 5)
     t0 = time.monotonic()
     window_start, deadline = t0 + ramp_s + warmup, t0 + ramp_s + duration_s
     samples: list[Sample] = []
