@@ -145,6 +145,11 @@ def _env_names() -> dict[str, str]:
     return names
 
 
+def setting_named(name: str) -> str | None:
+    """The setting an environment variable name gives (any case, or an alias), or None."""
+    return _env_names().get(name.lower())
+
+
 def server_setting(text: str) -> str:
     """NAME=VALUE for the environment of a server a script starts: NAME a setting (any case),
     VALUE one it takes. A typo was ignored by the server, a bad value stopped it with the
@@ -153,7 +158,7 @@ def server_setting(text: str) -> str:
     name = name.strip()
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
-    setting = _env_names().get(name.lower())
+    setting = setting_named(name)
     if setting is None:
         raise argparse.ArgumentTypeError(f"unknown setting {name.upper()}")
     setting_value(setting)(value)

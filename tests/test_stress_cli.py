@@ -53,6 +53,18 @@ def parse(*flags: str) -> argparse.Namespace:
                 ("PROXY_ROUTES=[{", "not JSON"),
             )
         ),
+        *(  # CONN_STR= ran the server on a Postgres of its own: a traceback (no `turns` table)
+            (
+                ["--server-env", item],
+                f"--server-env {item.partition('=')[0].upper()}: the tool sets it",
+            )
+            for item in (
+                "CONN_STR=",
+                "database_url=postgresql://x@h/db",
+                "SIM_URL=http://h/v1",
+                "FAST_AUTH_KEYS=k",
+            )
+        ),
         *(
             (["--target", "http://127.0.0.1:1", *flag], f"{flag[0]} configures the servers")
             for flag in (
@@ -72,8 +84,8 @@ def test_a_flag_that_cannot_work_is_a_usage_error(capsys, flags, message) -> Non
 
 
 def test_a_server_setting_is_named_in_any_case_or_by_its_alias() -> None:
-    args = parse("--server-env", "speculative_chat=false", "--server-env", "DATABASE_URL=")
-    assert args.server_env == ["SPECULATIVE_CHAT=false", "DATABASE_URL="]
+    args = parse("--server-env", "speculative_chat=false", "--server-env", "Timezone=UTC")
+    assert args.server_env == ["SPECULATIVE_CHAT=false", "TIMEZONE=UTC"]
     # A rule between settings is the server's to apply to all of them, not one checked here
     # against the defaults (HOST=0.0.0.0 wants FAST_AUTH_KEYS, which may come next).
     assert parse("--server-env", "HOST=0.0.0.0").server_env == ["HOST=0.0.0.0"]

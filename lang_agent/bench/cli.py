@@ -28,6 +28,7 @@ from lang_agent.cli_common import (
     positive_float,
     positive_int,
     server_setting,
+    setting_named,
 )
 from lang_agent.db import mask_dsn
 
@@ -35,6 +36,12 @@ BENCH_KEY = "bench-key-0123456789"  # the self-started servers' key (FAST_AUTH_K
 SCENARIOS = ("matrix", "voice", "proxy", "scale")
 SIM_PROFILES = ("fast", "original")  # SimProfile.named
 HEALTH_TIMEOUT_S = 5.0
+# Settings the tool gives the servers it starts, which --server-env must not change.
+TOOL_SETTINGS = {
+    "conn_str": "use --conn-str",
+    "sim_url": "use --sim-url",
+    "fast_auth_keys": "they take the tool's own key",
+}
 # --server-env settings whose values results.json and report.md must not keep.
 SECRET_SETTING = re.compile(r"KEY|SECRET|PASSWORD|TOKEN", re.IGNORECASE)
 # `python3 -m venv /tmp/litellm-venv && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`
@@ -126,6 +133,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--key is the key of --target: without --target it would go nowhere")
     if args.py_spy and shutil.which("py-spy") is None:
         parser.error("--py-spy needs py-spy on PATH (pip install py-spy)")
+    for item in args.server_env:
+        name = item.partition("=")[0]
+        # The tool reads the same Postgres and simulator and sends the same key: a server on
+        # others ended the run in a traceback (no `turns` table) or failed every turn.
+        if (owner := TOOL_SETTINGS.get(setting_named(name) or "")) is not None:
+            parser.error(f"--server-env {name}: the tool sets it for its servers; {owner}")
 
 
 def workers(args: argparse.Namespace) -> int:
