@@ -121,7 +121,9 @@ async def test_scripted_mistakes_are_counted_exactly(make_settings, simulator, t
 
 
 def test_eval_script_runs_and_reports_bad_lines(pg_dsn, simulator, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR")}
+    # PYTHONPATH is kept: it may name the checkout under test (a worktree).
+    kept = ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in kept}
     env.update(
         CONN_STR=pg_dsn,
         SIM_URL=simulator.base_url,
