@@ -319,7 +319,9 @@ async def completion(app_id: str, request: Request) -> Response:
         collected = await _collect(first, events)
         events = _replayed(collected, piece_chars=2)
         first = await anext(events)
-    return EventStream(_stream(first, events, reply), headers={"x-request-id": reply.request_id})
+    # Real DashScope sends x-dashscope-finished on streams; clients may look for it.
+    headers = {"x-request-id": reply.request_id, "x-dashscope-finished": "true"}
+    return EventStream(_stream(first, events, reply), headers=headers)
 
 
 def dashscope_error(code: str, message: str) -> Response:

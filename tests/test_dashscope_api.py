@@ -226,6 +226,26 @@ def test_raw_frame_format(server):
         assert set(data) == {"output", "usage", "request_id"}
 
 
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"X-DashScope-SSE": "enable"}, {"input": {"prompt": "你好"}}),
+        ({}, {"input": {"prompt": "你好"}}),
+        ({}, {"input": {"prompt": " "}}),
+    ],
+    ids=["stream", "non-stream", "error"],
+)
+def test_responses_carry_dashscope_s_headers(server, headers, body):
+    headers = {"Authorization": f"Bearer {TEST_KEY}", **headers}
+    response = httpx2.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
+    raw = response.text
+    data = json.loads(raw.rsplit("data:", 1)[-1]) if "event:" in raw else response.json()
+    assert response.headers["x-request-id"] == data["request_id"]
+    # Real DashScope marks its streams only.
+    streamed = "X-DashScope-SSE" in headers
+    assert response.headers.get("x-dashscope-finished") == ("true" if streamed else None)
+
+
 def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
     body = {"input": {"prompt": "你好"}, "parameters": {}}
     headers = {"Authorization": f"Bearer {TEST_KEY}"}
