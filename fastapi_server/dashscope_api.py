@@ -58,8 +58,9 @@ class DashInput(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session_key(cls, value: str | None) -> str | None:
-        # Empty is no session (the SDK drops it; hand-written clients may send it): a new one.
-        return thread_key(value) if value else None
+        # Empty or blank is no session (the SDK drops "", hand-written clients may send
+        # either): a new one, where a blank one was a 400 and an empty one was not.
+        return thread_key(value) if value and not value.isspace() else None
 
 
 class DashParameters(BaseModel):

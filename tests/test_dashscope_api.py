@@ -140,6 +140,23 @@ def test_a_call_without_a_session_opens_one_that_the_next_call_continues(base_ur
     assert other.output.session_id != first.output.session_id and "李雷" not in other.output.text
 
 
+@pytest.mark.parametrize("session_id", ["", "   ", "\t\n"])
+def test_an_empty_or_blank_session_id_opens_a_new_session(server, session_id):
+    def call(text: str, session: str) -> dict:
+        body = {"input": {"prompt": text, "session_id": session}}
+        headers = {"Authorization": f"Bearer {TEST_KEY}"}
+        response = httpx2.post(f"{server.url}/api/apps/x/completion", json=body, headers=headers)
+        assert response.status_code == 200
+        return response.json()["output"]
+
+    first = call("我叫韩梅梅", session_id)
+    assert first["session_id"].strip() and first["session_id"] != session_id
+    again = call("我叫什么名字", first["session_id"])
+    assert again["session_id"] == first["session_id"] and "韩梅梅" in again["text"]
+    other = call("我叫什么名字", session_id)
+    assert other["session_id"] != first["session_id"] and "韩梅梅" not in other["text"]
+
+
 def test_a_prompt_beside_messages_is_the_turn_after_them(server):
     body = {
         "input": {
