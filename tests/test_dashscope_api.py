@@ -10,6 +10,8 @@ import httpx2
 import psycopg
 import pytest
 from dashscope import Application
+from langgraph.checkpoint.postgres import PostgresSaver
+from psycopg.rows import dict_row
 
 from fastapi_server.serve import settings_from_flags
 from tests.conftest import TEST_KEY
@@ -125,6 +127,70 @@ def test_new_session_is_seeded_from_client_history(base_url):
     assert all(item.status_code == 200 for item in items)
     assert "小明" in spoken
     assert spoken.count("你叫") == 1
+
+
+def tool_round(call_id: str, name: str, arguments: dict, result: str) -> list[dict]:
+    function = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
+    call = {"id": call_id, "type": "function", "index": 0, "function": function}
+    return [
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": result},
+    ]
+
+
+# xiaozhi's few-shot examples in function_call mode, which AliBL sends ahead of the dialogue
+# on every call (dashscope_app_api.md §4.1; is_no_prompt drops the system prompt before them).
+XIAOZHI_FEW_SHOT = [
+    {"role": "user", "content": "给我讲个故事吧"},
+    *tool_round("call_fs1", "direct_answer", {"response": "好的，从前有座山。"}, "已直接回复"),
+    {"role": "user", "content": "拜拜"},
+    *tool_round("call_fs2", "handle_exit_intent", {"say_goodbye": "再见"}, "退出意图已处理"),
+    {"role": "assistant", "content": "再见，下次再聊~"},
+]
+FEW_SHOT_TEXTS = ["给我讲个故事吧", "已直接回复", "拜拜", "退出意图已处理", "再见，下次再聊~"]
+
+
+def test_xiaozhi_s_few_shot_guides_every_turn_and_memory_keeps_only_what_was_said(base_url, pg_dsn):
+    session = str(uuid.uuid4())
+    utterances = ["我叫小明", "今天天气怎么样", "我叫什么名字"]
+    dialogue: list[dict] = []
+    for text in utterances:
+        dialogue.append({"role": "user", "content": text})
+        spoken, items = alibl_call([*XIAOZHI_FEW_SHOT, *dialogue], session_id=session)
+        assert all(item.status_code == 200 for item in items)
+        dialogue.append({"role": "assistant", "content": spoken})
+    assert "小明" in spoken
+
+    with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": session}})
+    remembered = state.checkpoint["channel_values"]["messages"]
+    assert [m.content for m in remembered] == [m["content"] for m in dialogue]
+    # The conversation log says what was said, too: the examples are not the user's words.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+
+        def logged():
+            rows = conn.execute(
+                "SELECT content FROM messages WHERE thread_id = %s AND NOT is_filler"
+                " ORDER BY turn_started_at, turn_id, seq",
+                (session,),
+            ).fetchall()
+            return rows if len(rows) >= len(dialogue) else None
+
+        assert [row[0] for row in wait_until(logged)] == [m["content"] for m in dialogue]
+
+        def chat_calls():
+            rows = conn.execute(
+                "SELECT request_body FROM llm_calls WHERE thread_id = %s"
+                " AND node = 'chat_model_call' ORDER BY id",
+                (session,),
+            ).fetchall()
+            return rows if len(rows) == len(utterances) else None
+
+        # Each turn's chat model saw the examples once, ahead of the dialogue.
+        for (body,) in wait_until(chat_calls):
+            texts = [m.get("content") for m in body["messages"]]
+            assert [t for t in texts if t in FEW_SHOT_TEXTS] == FEW_SHOT_TEXTS
+            assert texts.index(FEW_SHOT_TEXTS[-1]) < texts.index(utterances[0])
 
 
 def test_a_call_without_a_session_opens_one_that_the_next_call_continues(base_url):

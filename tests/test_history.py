@@ -20,8 +20,8 @@ from lang_agent.agent.history import (
     client_dialogue,
     client_instructions,
     fit_window,
-    new_messages,
     remember,
+    split_turn,
 )
 from lang_agent.agent.nodes import router_view
 from lang_agent.errors import InvalidRequest
@@ -59,17 +59,26 @@ def test_dialogue_converts_tool_calls_and_drops_system():
     assert client_instructions(XIAOZHI_DIALOGUE) == "你是小智"
 
 
-def test_seed_on_new_thread_keeps_everything_but_existing_thread_takes_the_tail():
+def test_seed_on_new_thread_is_preamble_and_turn_but_existing_thread_takes_the_tail():
     dialogue = client_dialogue(XIAOZHI_DIALOGUE)
-    assert len(new_messages(dialogue, history="seed", thread_has_memory=False)) == 5
-    tail = new_messages(dialogue, history="seed", thread_has_memory=True)
-    assert [m.content for m in tail] == ["再大一点"]
-    assert len(new_messages(dialogue, history="append", thread_has_memory=True)) == 5
+    preamble, turn = split_turn(dialogue, history="seed", thread_has_memory=False)
+    assert preamble == dialogue[:4] and [m.content for m in turn] == ["再大一点"]
+    preamble, tail = split_turn(dialogue, history="seed", thread_has_memory=True)
+    assert preamble == [] and [m.content for m in tail] == ["再大一点"]
+    assert split_turn(dialogue, history="append", thread_has_memory=True) == ([], dialogue)
+
+
+def test_a_new_thread_s_turn_may_end_in_the_client_s_tool_round():
+    dialogue = client_dialogue(XIAOZHI_DIALOGUE)[:3]  # 现在几点, a tool call, its result
+    assert split_turn(dialogue, history="seed", thread_has_memory=False) == ([], dialogue)
+    with pytest.raises(InvalidRequest):  # memory has its user message: nothing is new
+        split_turn(dialogue, history="seed", thread_has_memory=True)
 
 
 def test_no_user_message_is_refused():
-    with pytest.raises(InvalidRequest):
-        new_messages([AIMessage("hi")], history="append", thread_has_memory=False)
+    for history in ("append", "seed"):
+        with pytest.raises(InvalidRequest):
+            split_turn([AIMessage("hi")], history=history, thread_has_memory=False)
 
 
 def test_bad_tool_call_arguments_become_empty():

@@ -99,8 +99,9 @@ class TurnRequest:
 
     `history` says how to read `messages` when `thread_id` names a thread:
     - "append": every message is new and is appended to the thread's memory (OpenAI clients).
-    - "seed": `messages` is the client's whole dialogue. It seeds a new thread; on an existing
-      thread only the trailing user turn(s) are new (DashScope / xiaozhi).
+    - "seed": `messages` is the client's whole dialogue (DashScope / xiaozhi). Only its last
+      user turn is new. On a new thread what comes before it (xiaozhi's few-shot examples)
+      becomes the thread's preamble: the models see it every turn, memory never holds it.
     Without `thread_id` the turn is stateless and `messages` is the whole context.
     """
 

@@ -68,20 +68,34 @@ def client_dialogue(messages: Sequence[InputMessage]) -> list[AnyMessage]:
     return [to_langchain(m) for m in messages if m.role != "system"]
 
 
-def new_messages(
+def split_turn(
     dialogue: Sequence[AnyMessage], *, history: str, thread_has_memory: bool
-) -> list[AnyMessage]:
-    """The messages this turn adds to memory."""
+) -> tuple[list[AnyMessage], list[AnyMessage]]:
+    """The client's preamble, and the messages this turn adds to memory.
+
+    With history "seed" the client sends its whole dialogue every turn (xiaozhi), and only its
+    last user turn is new. What comes before that on a thread's first turn is its preamble:
+    xiaozhi's few-shot examples, or a dialogue held elsewhere. The models see it on every turn
+    of the thread, but it is not memory, as nobody said it here; on later turns memory has the
+    rest already."""
     dialogue = list(dialogue)
-    if history == "seed" and thread_has_memory:
-        # The client resent its whole dialogue; our memory already holds all but the tail.
-        start = len(dialogue)
-        while start > 0 and isinstance(dialogue[start - 1], HumanMessage):
+    preamble: list[AnyMessage] = []
+    if history == "seed":
+        # The last user turn: its user message(s) and, on a thread new to us, a tool round
+        # of the client's after them (on a thread we know, memory has its user message).
+        end = len(dialogue)
+        if not thread_has_memory:
+            while end and not isinstance(dialogue[end - 1], HumanMessage):
+                end -= 1
+        start = end
+        while start and isinstance(dialogue[start - 1], HumanMessage):
             start -= 1
+        if not thread_has_memory:
+            preamble = dialogue[:start]
         dialogue = dialogue[start:]
     if not any(isinstance(m, HumanMessage) for m in dialogue):
         raise InvalidRequest("the request has no new user message", param="messages")
-    return dialogue
+    return preamble, dialogue
 
 
 def remember(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 from lang_agent.agent.calls import model_name, stream_reply, text_of
 from lang_agent.agent.chatty import FillerTask
 from lang_agent.agent.events import RouteChosen, ToolFinished, ToolStarted
-from lang_agent.agent.history import client_instructions, fit_window, new_messages, remember
+from lang_agent.agent.history import client_instructions, fit_window, remember, split_turn
 from lang_agent.agent.speculation import SpeculativeChat, cancel_call
 from lang_agent.agent.state import LogEntry, TurnContext, TurnState
 
@@ -84,11 +84,19 @@ class Routing:
     SPECULATIVE_CHAT the chat answer starts beside it. `router_call` takes the answer;
     `discard()` ends a call that no node took (a turn that failed or was cancelled first)."""
 
-    def __init__(self, ctx: TurnContext, memory: list[AnyMessage], turn_input: list[Any]) -> None:
+    def __init__(
+        self,
+        ctx: TurnContext,
+        memory: list[AnyMessage],
+        turn_input: list[Any],
+        *,
+        preamble: list[AnyMessage],
+    ) -> None:
         settings = ctx.deps.settings
-        self.new = new_messages(
+        seed, self.new = split_turn(
             turn_input, history=ctx.request.history, thread_has_memory=bool(memory)
         )
+        ctx.preamble = preamble if memory else seed
         ctx.log.extend(_client_entry(m) for m in self.new)
         system = ctx.deps.prompt("route_prompt", tools=_tool_catalogue(ctx.deps.tools.tools()))
         view = _fit(ctx, "chat", router_view([*memory, *self.new], settings.router_history), system)
@@ -96,7 +104,9 @@ class Routing:
         # not leave the other running with no one to take its answer.
         chat = None
         if settings.speculative_chat:
-            chat = _fit(ctx, "chat", [*memory, *self.new], _system(ctx, "chat_prompt"))
+            chat = _fit(
+                ctx, "chat", [*ctx.preamble, *memory, *self.new], _system(ctx, "chat_prompt")
+            )
         # Structured output by function calling, the route forced as the one tool call.
         call = stream_reply(
             ctx, "router", view, tools=[RouteDecision], tool_choice=RouteDecision.__name__,
@@ -148,17 +158,24 @@ async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
         speculation, ctx.speculation = ctx.speculation, None  # this node owns it now
         answer = await speculation.answer()
     else:
-        history = [*(state.get("messages") or []), *new]
+        history = [*ctx.preamble, *(state.get("messages") or []), *new]
         answer = await stream_reply(
             ctx, "chat", _fit(ctx, "chat", history, _system(ctx, "chat_prompt"))
         )
     ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, "chat")))
-    return {"messages": _remember(ctx, state, [*new, answer])}
+    return _remember(ctx, state, [*new, answer])
 
 
-def _remember(ctx: TurnContext, state: TurnState, turn: list[AnyMessage]) -> list[AnyMessage]:
+def _remember(ctx: TurnContext, state: TurnState, turn: list[AnyMessage]) -> dict[str, Any]:
+    """The answering node's update: the turn into memory and, on a thread's first turn, the
+    preamble it came with, in one step, so a failed turn writes neither."""
     memory = state.get("messages") or []
-    return remember(memory, turn, keep=ctx.deps.settings.memory_max_messages)
+    update: dict[str, Any] = {
+        "messages": remember(memory, turn, keep=ctx.deps.settings.memory_max_messages)
+    }
+    if ctx.preamble and not memory:
+        update["preamble"] = ctx.preamble
+    return update
 
 
 def _result_text(output: Any) -> str:
@@ -248,7 +265,7 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     try:
         for step in range(settings.max_tool_steps + 1):
             offer = tools if step < settings.max_tool_steps else None
-            messages = _fit(ctx, "tool", [*memory, *transcript], system)
+            messages = _fit(ctx, "tool", [*ctx.preamble, *memory, *transcript], system)
             reply = await stream_reply(
                 ctx, "tool", messages, tools=offer, before_speaking=finish_filler
             )
@@ -271,4 +288,4 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     ctx.log.append(
         LogEntry("assistant", text_of(transcript[-1].content), model=model_name(ctx, "tool"))
     )
-    return {"messages": _remember(ctx, state, transcript)}
+    return _remember(ctx, state, transcript)

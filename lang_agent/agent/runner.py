@@ -69,8 +69,8 @@ async def _gather(
     return AnswerDelta("".join(texts)), None
 
 
-def _messages(latest: CheckpointTuple | None) -> list[AnyMessage]:
-    return latest.checkpoint["channel_values"].get("messages", []) if latest else []
+def _stored(latest: CheckpointTuple | None, channel: str) -> list[AnyMessage]:
+    return latest.checkpoint["channel_values"].get(channel, []) if latest else []
 
 
 class Agent:
@@ -190,7 +190,7 @@ class Agent:
         try:
             if request.thread_id is None:
                 await self._invoke(
-                    ctx, self._stateless_graph, {}, start, memory=[], durability=None
+                    ctx, self._stateless_graph, {}, start, memory=[], preamble=[], durability=None
                 )
                 self._done(ctx)
             else:
@@ -209,7 +209,8 @@ class Agent:
                                 self._memory_graph,
                                 config,
                                 start,
-                                memory=_messages(latest),
+                                memory=_stored(latest, "messages"),
+                                preamble=_stored(latest, "preamble"),
                                 durability="exit",
                             )
                         # Done once memory is saved, before the lease round trip: the next
@@ -241,12 +242,13 @@ class Agent:
         start: Start,
         *,
         memory: list[AnyMessage],
+        preamble: list[AnyMessage],
         durability: str | None,
     ) -> None:
         turn_input = client_dialogue(ctx.request.messages)
         try:
             async with asyncio.timeout(self.deps.settings.turn_timeout_s):
-                ctx.routing = Routing(ctx, memory, turn_input)
+                ctx.routing = Routing(ctx, memory, turn_input, preamble=preamble)
                 # The model requests leave now. LangGraph starts up while the models think,
                 # once no other turn here is still on its way to its own requests.
                 await asyncio.sleep(0)

@@ -30,6 +30,9 @@ class TurnState(TypedDict, total=False):
     # once a step passes without a write, so the checkpoint saved at the end leaves it out.
     turn_input: Annotated[list[Any], EphemeralValue(list)]
     route: str
+    # What the client sent ahead of the thread's first turn (history.split_turn): written by
+    # that turn's answering node beside its memory, then only read.
+    preamble: list[AnyMessage]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class TurnContext:
     routing: Any = None  # the router's Routing, from the turn's start until router_call
     speculation: Any = None  # a SpeculativeChat while the router decides
     filler: Any = None  # a FillerTask from the router's "tool" until tool_model_call takes it
+    # The thread's preamble, or the one this turn seeds it with: the models see it first.
+    preamble: list[AnyMessage] = field(default_factory=list)
     # When the turn took its thread (wall clock): the log orders a thread's turns by it, so
     # turns that queued for the thread, in any process, are logged in the order they ran.
     began_at: datetime | None = None
