@@ -186,8 +186,8 @@ class Settings(BaseSettings):
     db_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="Longest wait for a Postgres connection, seconds; a turn that gets none "
-        "(the database is down or restarting) fails with a clean, retryable 503.",
+        description="Longest wait for a Postgres connection, seconds; a turn or a viewer request "
+        "that gets none (the database is down or restarting) fails with a clean, retryable 503.",
     )
     db_start_wait_s: float = Field(
         30.0,

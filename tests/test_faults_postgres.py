@@ -1,5 +1,6 @@
 """Postgres restarted under load: requests in the gap fail cleanly (or wait and succeed), the
 pool recovers by itself, later turns work, and no half-written turn is left in memory or the log.
+The viewer, through an outage, answers a clean 503 and says so on its health.
 
 The test owns its Postgres (an embedded server in a temp dir), so stopping it harms no other
 test; it restarts on the same socket directory, as a real server comes back on its address."""
@@ -22,8 +23,10 @@ import pytest
 from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
+from fastapi_server.viewer import create_viewer_app
+from lang_agent.settings import Settings
 from tests.conftest import TEST_KEY
-from tests.support import set_latency, wait_until
+from tests.support import LiveServer, set_latency, wait_until
 
 HEADERS = {"Authorization": f"Bearer {TEST_KEY}"}
 WORKERS = 6
@@ -307,3 +310,41 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
         )
         wait_until(lambda: client.get("/health").status_code == 200, within_s=4.0, every_s=0.2)
         assert client.get("/health").json()["database"] == {"ok": True, "error": None}
+
+
+def test_the_viewer_answers_503_while_postgres_is_down(own_pg, tmp_path):
+    """Every viewer API call was a 500 (an unhandled PoolTimeout) and its health said "ok"."""
+    settings = Settings(
+        _env_file=None, conn_str=own_pg.dsn, data_dir=tmp_path / "data", db_timeout_s=1.0
+    )
+    paths = (
+        "/api/viewer/threads",
+        "/api/viewer/thread?id=t-1",
+        "/api/viewer/thread/export?id=t-1",
+        f"/api/viewer/turns/{uuid.uuid4()}/calls",
+        f"/api/viewer/calls/{uuid.uuid4()}",
+        "/api/viewer/dashboard",
+    )
+    with (
+        LiveServer(create_viewer_app(settings)) as viewer,
+        httpx2.Client(base_url=viewer.url, timeout=REQUEST_BOUND_S) as client,
+    ):
+        assert client.get("/api/viewer/threads").status_code == 200
+        own_pg.stop()
+        try:
+            for path in paths:
+                answer = client.get(path)
+                assert answer.status_code == 503, (path, answer.text)
+                error = answer.json()["error"]
+                assert error["code"] == "store_unavailable", path
+                assert not any(leak in error["message"] for leak in LEAKS), error
+            health = wait_until(
+                lambda: (r := client.get("/api/viewer/health")).status_code == 503 and r.json()
+            )
+            assert health["status"] == "degraded"
+            assert health["database"]["ok"] is False and health["database"]["error"]
+        finally:
+            own_pg.start()
+        wait_until(lambda: client.get("/api/viewer/threads").status_code == 200, within_s=15)
+        wait_until(lambda: client.get("/api/viewer/health").status_code == 200)
+        assert client.get("/api/viewer/health").json()["database"] == {"ok": True, "error": None}

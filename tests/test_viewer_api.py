@@ -334,7 +334,7 @@ def test_events_deliver_a_notify_for_a_thread(client, db):
 async def test_viewer_pool_cannot_write(pg_dsn, db, tmp_path):
     access = await resolve_read_only(viewer_settings(pg_dsn, tmp_path))
     assert access.mode == "role"
-    viewer_db = read_only_db(access)
+    viewer_db = read_only_db(access, timeout_s=10)
     await viewer_db.open(apply_schema=False)
     try:
         async with viewer_db.connection() as conn:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from psycopg import AsyncConnection
 
 from fastapi_server.sse import EventStream
@@ -19,6 +19,7 @@ from fastapi_server.viewer.live import event_frames
 from lang_agent import conversation_queries as queries
 from lang_agent.capture.export import case_file_name, case_json
 from lang_agent.conversation_queries import Cursor
+from lang_agent.errors import store_errors
 
 router = APIRouter(prefix="/api/viewer", tags=["viewer"])
 
@@ -28,8 +29,10 @@ MAX_ID_CHARS = 512
 
 
 async def connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with request.app.state.pool.connection() as conn:
-        yield conn
+    # Around the yield: a query that loses the database mid-way is translated too.
+    with store_errors():
+        async with request.app.state.db.connection() as conn:
+            yield conn
 
 
 Conn = Annotated[AsyncConnection, Depends(connection)]
@@ -57,13 +60,17 @@ def _download(document: Any, *, filename: str) -> Response:
 
 
 @router.get("/health")
-async def health(request: Request) -> dict[str, Any]:
-    return {
-        "status": "ok",
+async def health(request: Request) -> JSONResponse:
+    """`status` is `degraded` (503) while the database does not answer, as on the agent's."""
+    database = await request.app.state.db.problem()
+    health = {
+        "status": "ok" if database is None else "degraded",
+        "database": {"ok": database is None, "error": database},
         "read_only": request.app.state.access.mode,
         "auth": bool(request.app.state.settings.viewer_auth_keys),
         "live": request.app.state.notifier.listening.is_set(),
     }
+    return JSONResponse(health, status_code=200 if database is None else 503)
 
 
 @router.get("/threads")

@@ -20,6 +20,7 @@ from fastapi_server.viewer import api
 from fastapi_server.viewer.auth import ViewerGuard, login_router
 from fastapi_server.viewer.live import Notifier
 from fastapi_server.viewer.readonly import read_only_db, resolve_read_only
+from lang_agent.errors import StoreUnavailable
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.settings import Settings
 
@@ -46,6 +47,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(part) for part in first.get("loc", ()))
         return _error(400, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store(_request: Request, exc: StoreUnavailable) -> Response:
+        # Postgres down or restarting (`store_errors`): retryable, as on the agent's API.
+        return _error(503, exc.code, exc.message)
+
     @app.exception_handler(psycopg.DataError)
     async def _data(_request: Request, _exc: psycopg.DataError) -> Response:
         # A parameter Postgres cannot take (a NUL in a search or an id): the client's error.
@@ -67,10 +73,10 @@ def create_viewer_app(settings: Settings) -> FastAPI:
         app.state.access = access
         app.state.catalog = ModelCatalog.load(settings.models_file)
         async with contextlib.AsyncExitStack() as stack:
-            db = read_only_db(access)
+            db = read_only_db(access, timeout_s=settings.db_timeout_s)
             await db.open(apply_schema=False)
             stack.push_async_callback(db.close)
-            app.state.pool = db.pool
+            app.state.db = db
             app.state.notifier = await stack.enter_async_context(Notifier(access.dsn))
             # Browser streams never end on their own: the server would wait its whole grace
             # period for them (the browser reconnects to whichever server is up).

@@ -127,6 +127,7 @@ async def resolve_read_only(settings: Settings) -> ReadOnlyAccess:
     return ReadOnlyAccess(dsn, "role")
 
 
-def read_only_db(access: ReadOnlyAccess) -> Database:
-    """A small pool over `access` (not yet open: `await db.open(apply_schema=False)`)."""
-    return Database(access.dsn, max_size=POOL_SIZE)
+def read_only_db(access: ReadOnlyAccess, *, timeout_s: float) -> Database:
+    """A small pool over `access` (not yet open: `await db.open(apply_schema=False)`); a request
+    that gets no connection within `timeout_s` is a 503."""
+    return Database(access.dsn, max_size=POOL_SIZE, timeout=timeout_s)
