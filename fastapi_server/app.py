@@ -96,7 +96,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dashscope_api.router)
     app.include_router(metrics_api.router)
 
-    @app.get("/health", tags=["ops"])
+    # HEAD too: load balancers and uptime checkers ask with it.
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["ops"])
     async def health(request: Request) -> JSONResponse:
         health = await request.app.state.service.health()
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)

@@ -299,6 +299,7 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
             # /health said "ok" through the outage: a load balancer kept sending turns.
             health = client.get("/health")
             assert health.status_code == 503 and health.json()["status"] == "degraded"
+            assert client.head("/health").status_code == 503
             assert health.json()["database"]["ok"] is False and health.json()["database"]["error"]
             time.sleep(max(0.0, lost_at + 7.5 - time.monotonic()))
         finally:
@@ -343,6 +344,7 @@ def test_the_viewer_answers_503_while_postgres_is_down(own_pg, tmp_path):
             )
             assert health["status"] == "degraded"
             assert health["database"]["ok"] is False and health["database"]["error"]
+            assert client.head("/api/viewer/health").status_code == 503
         finally:
             own_pg.start()
         wait_until(lambda: client.get("/api/viewer/threads").status_code == 200, within_s=15)

@@ -313,6 +313,15 @@ def test_health_lists_models_and_tools(server):
     assert any(source["name"] == "builtin" for source in health["tools"])
 
 
+def test_health_answers_head_like_get(server):
+    """Load balancers and uptime checkers ask with HEAD; it was a 405."""
+    with httpx2.Client(base_url=server.url, timeout=15) as client:
+        head = client.head("/health")
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-type"] == "application/json"
+        assert client.get("/health").json()["status"] == "ok"  # the connection goes on
+
+
 def test_two_servers_on_one_database_serialise_a_thread(live_server, pg_dsn, thread_id):
     """Two app instances stand in for two worker processes: only the Postgres lease is shared."""
     urls = [live_server().url, live_server().url]

@@ -275,6 +275,19 @@ def test_dashboard_api_shape(client, db):
     assert client.get("/api/viewer/dashboard", params={"hours": 0}).status_code == 400
 
 
+# ---- health ----------------------------------------------------------------------------------
+
+
+def test_health_answers_head_like_get(client):
+    """Uptime checkers ask with HEAD; it was a 405."""
+    got = client.get("/api/viewer/health")
+    assert got.status_code == 200 and got.json()["database"] == {"ok": True, "error": None}
+    head = client.head("/api/viewer/health")
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-type"] == "application/json"
+    assert client.get("/api/viewer/health").status_code == 200  # the connection goes on
+
+
 # ---- escaping --------------------------------------------------------------------------------
 
 

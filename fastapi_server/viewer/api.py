@@ -59,7 +59,7 @@ def _download(document: Any, *, filename: str) -> Response:
     )
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what uptime checkers send
 async def health(request: Request) -> JSONResponse:
     """`status` is `degraded` (503) while the database does not answer, as on the agent's."""
     database = await request.app.state.db.problem()
