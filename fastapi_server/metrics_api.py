@@ -14,7 +14,7 @@ router = APIRouter(tags=["ops"])
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     """Calls by model and status, latency and TTFT histograms, tokens, cost, dropped rows; turns
-    in flight and the event loop's lag."""
+    in flight, turns ended by front end and status, and the event loop's lag."""
     group = getattr(request.app.state, "group_metrics", None)
     body = group.collect() if group is not None else render(request.app)
     return PlainTextResponse(body, media_type=CONTENT_TYPE)

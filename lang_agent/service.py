@@ -73,8 +73,18 @@ class Service:
     def metrics_lines(self) -> list[str]:
         """The server's own families for /metrics, beside capture's."""
         running = {(): self.agent.turns_running}
+        finished = {
+            (("front_end", front_end), ("status", status)): count
+            for (front_end, status), count in self.agent.finished.items()
+        }
         return [
             *family_lines(f"{PREFIX}_turns_in_flight", "gauge", "Turns running now.", running),
+            *family_lines(
+                f"{PREFIX}_turns_total",
+                "counter",
+                "Ended turns by front end and status: ok, or the turn's error code.",
+                finished,
+            ),
             *self.loop_lag.lines(),
         ]
 

@@ -96,6 +96,17 @@ def latency(simulator, *roles: str, ttft_ms: float, tokens_per_s: float = 0) -> 
             set_latency(simulator, role, ttft_ms=0)
 
 
+def metric_series(text: str, family: str) -> dict[str, float]:
+    """One family's series in a Prometheus text, by their labels as written ('{a="b"}')."""
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        name, brace, rest = line.partition("{")
+        if name == family and brace:
+            labels, _, value = rest.rpartition(" ")
+            series["{" + labels] = float(value)
+    return series
+
+
 def http_chunk(data: bytes) -> bytes:
     """One chunk of a chunked HTTP/1.1 body."""
     return b"%x\r\n%b\r\n" % (len(data), data)

@@ -1,6 +1,6 @@
 """Upstream faults, injected by the simulator, seen through both front ends: retries with backoff,
 the fallback model, clean protocol errors before and after the first token, cut and endless
-streams, and a client that hangs up mid-stream."""
+streams, a client that hangs up mid-stream, and the turns each outcome adds on /metrics."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
 from tests.conftest import TEST_KEY
-from tests.support import set_latency, wait_until
+from tests.support import metric_series, set_latency, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -363,3 +363,41 @@ def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, si
     took = _cancelled_within(simulator, before)
     logger.warning("dashscope hang-up: upstream call cancelled after %.3f s", took)
     _thread_is_consistent(client, pg_dsn, thread_id)
+
+
+# ---- /metrics counts turns by outcome ---------------------------------------------------------
+
+
+def test_metrics_count_ended_turns_by_front_end_and_status(live_server, simulator):
+    """/metrics had no count of turns by outcome: a failure rate took a database query."""
+    server = live_server()
+    client = openai_client(server)
+    thread_id = f"count-{uuid.uuid4().hex[:10]}"
+    ask(client, "你好", thread_id)
+    simulator.inject("500", role="router")
+    with pytest.raises(openai.APIStatusError):
+        ask(client, "你好", thread_id)
+    alibl(server, "你好", f"ds-count-{uuid.uuid4().hex[:8]}")
+    set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
+    simulator.inject("loop", role="chat")
+    stream = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": "讲个故事"}],
+        stream=True,
+        extra_body={"thread_id": thread_id},
+    )
+    _hang_up_after(stream, 5)
+    stream.close()
+    expected = {
+        '{front_end="dashscope",status="ok"}': 1,
+        '{front_end="openai",status="client_closed"}': 1,
+        '{front_end="openai",status="ok"}': 1,
+        '{front_end="openai",status="upstream_status"}': 1,
+    }
+
+    def counted() -> dict[str, float]:
+        metrics = httpx2.get(f"{server.url}/metrics", timeout=10)
+        assert "# TYPE lang_agent_turns_total counter" in metrics.text
+        return metric_series(metrics.text, "lang_agent_turns_total")
+
+    wait_until(lambda: counted() == expected)  # the hung-up turn ends a moment after

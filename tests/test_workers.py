@@ -22,7 +22,7 @@ import pytest
 from fastapi_server.balance import SLACK
 from lang_agent.bench.stack import wait_listening
 from tests.conftest import TEST_KEY
-from tests.support import wait_until
+from tests.support import metric_series, wait_until
 from tests.test_faults_concurrency import (
     WorkerProcess,
     _assert_recorded_in_order,
@@ -179,6 +179,36 @@ def test_every_scrape_counts_the_calls_of_the_whole_group(group, pg_dsn, thread_
         scrapes = [httpx2.get(f"{group.url}/metrics", timeout=10) for _ in range(CONNECTIONS)]
         assert all(scrape.status_code == 200 for scrape in scrapes)
         return captured >= 10 and {_calls_total(s.text) for s in scrapes} == {captured}
+
+    wait_until(agreed, within_s=30)
+
+
+def test_every_scrape_counts_the_turns_of_the_whole_group(group, simulator):
+    def ask(thread_id: str) -> None:
+        # A client per turn, so a connection per turn: both workers serve some.
+        with openai.OpenAI(base_url=f"{group.url}/v1", api_key=TEST_KEY, max_retries=0) as client:
+            client.chat.completions.create(
+                model="lang-agent", messages=HELLO, extra_body={"thread_id": thread_id}
+            )
+
+    for number in range(6):
+        ask(f"group-count-{number}")
+    simulator.inject("500", role="router")
+    try:
+        with pytest.raises(openai.APIStatusError):
+            ask("group-count-failed")
+    finally:
+        simulator.clear_faults()
+    expected = {
+        '{front_end="openai",status="ok"}': 6,
+        '{front_end="openai",status="upstream_status"}': 1,
+    }
+
+    def agreed() -> bool:
+        scrapes = [httpx2.get(f"{group.url}/metrics", timeout=10) for _ in range(CONNECTIONS)]
+        return all(
+            metric_series(scrape.text, "lang_agent_turns_total") == expected for scrape in scrapes
+        )
 
     wait_until(agreed, within_s=30)
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -95,6 +96,8 @@ class Agent:
         self._running: set[asyncio.Task[None]] = set()
         self._starts = Starts()
         self._stopping = False
+        # Ended turns by (front end, outcome): "ok", or the error code the log records.
+        self.finished: Counter[tuple[str, str]] = Counter()
 
     async def close(self, *, timeout_s: float = 5.0) -> None:
         """At shutdown: cancel the turns still running and wait for their clean-up (thread
@@ -169,7 +172,9 @@ class Agent:
         finally:
 
             def record(_: object = None) -> None:
-                self.log.record(self._record(ctx, started_at, last, ended))
+                turn = self._record(ctx, started_at, last, ended)
+                self.finished[(turn.front_end, turn.error_code or turn.status)] += 1
+                self.log.record(turn)
 
             if task.done() or ended is not None:
                 # After the last event the task at most gives the lease back: neither the log
