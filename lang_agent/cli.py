@@ -13,6 +13,8 @@ from lang_agent.cli_common import (
     FAILURE,
     OK,
     PORT,
+    Checked,
+    positive_float,
     run_command,
     settings_from,
     start_failures,
@@ -78,7 +80,9 @@ def schema(apply: bool, conn_str: str | None) -> None:
     default="lang-agent-sim",
     help="Simulated board: lang-agent-sim, lang-agent-sim-nocam or lang-agent-sim-minimal.",
 )
-@click.option("--tool-delay-ms", type=int, default=0, help="Delay every tool call by this.")
+@click.option(
+    "--tool-delay-ms", type=click.IntRange(min=0), default=0, help="Delay every tool call by this."
+)
 @click.option("--hang-tool", default=None, help="A tool name that never answers (for tests).")
 @click.option(
     "--device-id-arg",
@@ -156,7 +160,12 @@ def sim(host: str, port: int, profile: str, key: str | None) -> None:
 
 
 @main.command()
-@click.option("--timeout", type=float, default=10.0, help="Seconds allowed to each check.")
+@click.option(
+    "--timeout",
+    type=Checked(positive_float),
+    default=10.0,
+    help="Seconds allowed to each check.",
+)
 @click.option("--verbose", is_flag=True, help="Also show the log lines the checks produce.")
 @CONN_STR_OPTION
 def doctor(timeout: float, verbose: bool, conn_str: str | None) -> None:

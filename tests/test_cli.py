@@ -27,6 +27,12 @@ def test_a_port_out_of_range_is_a_usage_error(argv):
     assert "is not in the range 0<=x<=65535" in result.output
 
 
+def test_a_negative_tool_delay_is_a_usage_error():
+    result = CliRunner().invoke(main, ["device-sim", "--tool-delay-ms", "-5"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--tool-delay-ms': -5 is not in the range x>=0" in result.output
+
+
 def test_device_sim_on_a_port_in_use_is_one_line():
     # uvicorn's sys.exit inside the server's task group was an exception group's traceback.
     with socket.socket() as taken:

@@ -393,6 +393,14 @@ def test_cli_exit_codes(healthy, migrated, make_settings, no_tracing):
     assert len(lines) == 1 and "database" in lines[0] and "→" in lines[0]
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf"])
+def test_a_timeout_no_check_can_keep_is_a_usage_error(timeout):
+    """No check can answer in 0 s or less, or in NaN s: refused before any check runs."""
+    result = CliRunner().invoke(main, ["doctor", "--timeout", timeout])
+    assert result.exit_code == 2
+    assert "Invalid value for '--timeout': must be a finite number above 0" in result.output
+
+
 async def test_turns_with_tracing_unset_stay_on_loopback(make_settings, no_tracing, monkeypatch):
     """LangSmith is off by default: a whole service and its turns reach only loopback."""
     from langchain_core.tracers.context import _tracing_v2_is_enabled
