@@ -311,28 +311,48 @@ def _bind(host: str, port: int) -> OSError | None:
     return None
 
 
-async def _is_lang_agent(host: str, port: int, *, health_path: str) -> bool:
-    """Whether what holds the port answers `health_path` like lang-agent (or asks to log in)."""
+# What only lang-agent answers on each port's health path: the keys of its health body, or,
+# from a viewer with keys, a 401 whose challenge names the viewer's realm. Any 401, or any JSON
+# with a `status`, was taken for lang-agent, so another program holding the port passed.
+API_HEALTH = ("/health", frozenset({"status", "database", "turns_in_flight"}))
+VIEWER_HEALTH = ("/api/viewer/health", frozenset({"status", "read_only", "live"}))
+
+
+async def _is_lang_agent(host: str, port: int, *, health: tuple[str, frozenset[str]]) -> bool:
+    """Whether what holds the port answers the health path as lang-agent does."""
+    from fastapi_server.viewer.auth import CHALLENGE
+
+    path, keys = health
     target = "127.0.0.1" if host in ("0.0.0.0", "") else host
     target = f"[{target}]" if ":" in target else target
     try:
         async with httpx2.AsyncClient(timeout=2.0, trust_env=False) as client:
-            response = await client.get(f"http://{target}:{port}{health_path}")
-            return response.status_code == 401 or "status" in response.json()
+            response = await client.get(f"http://{target}:{port}{path}")
+            if response.status_code == 401:
+                return response.headers.get("www-authenticate") == CHALLENGE
+            body = response.json()
     except (httpx2.HTTPError, ValueError):
         return False
+    return isinstance(body, dict) and keys <= body.keys()
 
 
-async def check_port(name: str, *, host: str, port: int, env: str, health_path: str) -> Check:
+async def check_port(
+    name: str, *, host: str, port: int, env: str, health: tuple[str, frozenset[str]]
+) -> Check:
     """The port is free to bind (or held by a running lang-agent)."""
     where = f"{host}:{port}"
     error = _bind(host, port)
     if error is None:
         return Check(name, True, f"{where} is free")
     if error.errno == errno.EADDRINUSE:
-        if await _is_lang_agent(host, port, health_path=health_path):
+        if await _is_lang_agent(host, port, health=health):
             return Check(name, True, f"{where} is in use by a running lang-agent")
-        return Check(name, False, f"{where} is in use by another program", f"stop it or set {env}")
+        return Check(
+            name,
+            False,
+            f"something else is listening on port {port} of {host}",
+            f"stop it or set {env}",
+        )
     if error.errno == errno.EADDRNOTAVAIL:
         return Check(name, False, f"{host} is not an address of this machine", "fix the host")
     return Check(name, False, f"cannot bind {where}: {_one_line(error)}", f"set {env}")
@@ -348,14 +368,14 @@ async def check_ports(settings: Settings) -> list[Check]:
             Check("ports", False, f"the API and the viewer both want {where}", "set VIEWER_PORT")
         ]
     api = await check_port(
-        "port", host=settings.host, port=settings.port, env="PORT", health_path="/health"
+        "port", host=settings.host, port=settings.port, env="PORT", health=API_HEALTH
     )
     viewer = await check_port(
         "viewer port",
         host=settings.viewer_host,
         port=settings.viewer_port,
         env="VIEWER_PORT",
-        health_path="/api/viewer/health",
+        health=VIEWER_HEALTH,
     )
     return [api, viewer]
 

@@ -327,15 +327,61 @@ async def test_schema_out_of_date(make_settings, pg_dsn, version, words):
     assert not check.ok and words in check.detail
 
 
+def answering_get(status: int, body: dict, headers: dict[str, str] | None = None) -> FastAPI:
+    """Another program on a port: every GET answered with `status` and JSON `body`."""
+    app = FastAPI()
+
+    @app.get("/{path:path}")
+    def answer(path: str) -> Response:
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    return app
+
+
+def port_of(server: LiveServer) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
 async def test_port_taken_by_another_program(make_settings):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         taken = sock.getsockname()[1]
         checks = await check_ports(make_settings(port=taken, viewer_port=closed_port()))
-    assert not checks[0].ok and "another program" in checks[0].detail
+    assert not checks[0].ok
+    assert checks[0].detail == f"something else is listening on port {taken} of 127.0.0.1"
     assert checks[0].fix == "stop it or set PORT"
     assert checks[1].ok
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers"),
+    [
+        (401, {"error": "unauthorized"}, None),
+        (401, {}, {"www-authenticate": 'Basic realm="router"'}),
+        (200, {"status": "ok"}, None),
+    ],
+)
+async def test_another_service_answering_health_is_not_lang_agent(
+    make_settings, status, body, headers
+):
+    """Any 401, or any JSON with a `status`, was taken for a running lang-agent."""
+    with LiveServer(answering_get(status, body, headers)) as other:
+        port = port_of(other)
+        checks = await check_ports(make_settings(port=closed_port(), viewer_port=port))
+    assert not checks[1].ok and "something else is listening" in checks[1].detail
+    assert checks[1].fix == "stop it or set VIEWER_PORT"
+
+
+def test_viewer_port_held_by_a_viewer_with_keys_is_fine(make_settings):
+    from fastapi_server.viewer import create_viewer_app
+
+    settings = make_settings(viewer_keys="viewer-key-0123456789")
+    with LiveServer(create_viewer_app(settings)) as viewer:
+        checks = asyncio.run(
+            check_ports(make_settings(port=closed_port(), viewer_port=port_of(viewer)))
+        )
+    assert checks[1].ok and "running lang-agent" in checks[1].detail
 
 
 async def test_the_api_and_the_viewer_on_one_port_fail(make_settings):
@@ -345,9 +391,9 @@ async def test_the_api_and_the_viewer_on_one_port_fail(make_settings):
 
 
 def test_port_held_by_lang_agent_is_fine(live_server, make_settings):
-    server = live_server()
-    port = int(server.url.rsplit(":", 1)[1])
-    checks = asyncio.run(check_ports(make_settings(port=port, viewer_port=closed_port())))
+    checks = asyncio.run(
+        check_ports(make_settings(port=port_of(live_server()), viewer_port=closed_port()))
+    )
     assert checks[0].ok and "running lang-agent" in checks[0].detail
 
 

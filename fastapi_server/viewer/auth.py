@@ -24,6 +24,9 @@ from lang_agent.settings import is_loopback
 COOKIE = "lang_agent_viewer"
 SESSION_S = 7 * 24 * 3600
 LOGIN_BODY_MAX = 4096
+# Sent with every 401 (as HTTP asks); its realm is also how `lang-agent doctor` tells a viewer
+# holding the port from another program that asks for a login.
+CHALLENGE = 'Bearer realm="lang-agent viewer"'
 PUBLIC_PATHS = frozenset({"/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SECURITY_HEADERS = [
@@ -120,7 +123,9 @@ class ViewerGuard:
         if key_matches(_bearer(headers), self.keys) or cookie_valid(_cookie(headers), self.keys):
             return None
         if path.startswith("/api/"):
-            return _error(401, "unauthorized", "log in or send Authorization: Bearer <key>")
+            denial = _error(401, "unauthorized", "log in or send Authorization: Bearer <key>")
+            denial.headers["www-authenticate"] = CHALLENGE
+            return denial
         return RedirectResponse("/login", status_code=303)
 
 
