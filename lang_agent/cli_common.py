@@ -10,14 +10,13 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, get_origin
-from urllib.parse import urlsplit
 
 import click
 from dotenv import dotenv_values
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import SettingsError
 
-from lang_agent.settings import Settings, settings_error
+from lang_agent.settings import NOT_AN_HTTP_URL, Settings, is_http_url, settings_error
 
 T = TypeVar("T")
 
@@ -93,15 +92,9 @@ def positive_float(text: str) -> float:
 
 
 def http_url(text: str) -> str:
-    """An http(s) URL with a host. The message does not repeat the text: a URL may hold a
-    password."""
-    try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # an unclosed [IPv6 bracket, a port out of range
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError("expected an http(s) URL, e.g. http://127.0.0.1:8599/v1")
+    """An http(s) URL with a host, as a base URL setting must be."""
+    if not is_http_url(text):
+        raise argparse.ArgumentTypeError(NOT_AN_HTTP_URL)
     return text
 
 

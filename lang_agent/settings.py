@@ -43,6 +43,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_http_url(text: str) -> bool:
+    """An http(s) URL with a host (and a port, if any, other than 0): a base URL to call."""
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed [IPv6 bracket, a port out of range
+        return False
+
+
+# Not the URL itself: it may hold a password.
+NOT_AN_HTTP_URL = "expected an http(s) URL with a host, e.g. http://127.0.0.1:8599/v1"
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SETTINGS_ERROR_FIELD = re.compile(r'field "(\w+)"')
 
@@ -80,8 +92,7 @@ class ProxyRoute(BaseModel):
     @field_validator("upstream")
     @classmethod
     def _upstream_is_a_url_or_provider(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if value in HOSTED_PROVIDERS or (parts.scheme in ("http", "https") and parts.netloc):
+        if value in HOSTED_PROVIDERS or is_http_url(value):
             return value
         raise ValueError(
             f"{value!r} is neither an http(s) base URL nor one of {', '.join(HOSTED_PROVIDERS)}"
@@ -436,6 +447,16 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"unknown level {value!r}: one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator(
+        "ali_base_url", "moonshot_base_url", "openai_base_url", "sim_url", "proxy_upstream"
+    )
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        # ftp://x or a bare host name failed only at the first model call, as a connect error.
+        if value is not None and not is_http_url(value):
+            raise ValueError(NOT_AN_HTTP_URL)
+        return value
 
     @field_validator("data_dir")
     @classmethod

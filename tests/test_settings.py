@@ -75,6 +75,12 @@ def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
         ("LOG_LEVEL", "LOUD"),
         ("DATA_DIR", __file__),
         ("PROXY_ROUTES", "[{"),  # not JSON: pydantic-settings' own error, a traceback
+        # Each failed only at the first call through it, as a connect error.
+        ("OPENAI_BASE_URL", "ftp://x"),
+        ("ALI_BASE_URL", "dashscope.aliyuncs.com/compatible-mode/v1"),
+        ("MOONSHOT_BASE_URL", "https://"),
+        ("SIM_URL", "http://127.0.0.1:0/v1"),
+        ("PROXY_UPSTREAM", "file:///etc/passwd"),
     ],
 )
 def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
@@ -82,6 +88,15 @@ def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
     with pytest.raises((ValidationError, SettingsError)) as caught:
         Settings(_env_file=None)
     assert settings_error(caught.value).startswith(f"{name}: ")
+
+
+def test_a_base_url_that_is_not_http_is_one_line_without_the_url(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "ftp://user:pw-secret@x/v1")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    assert settings_error(caught.value) == (
+        "OPENAI_BASE_URL: expected an http(s) URL with a host, e.g. http://127.0.0.1:8599/v1"
+    )
 
 
 def test_a_validator_s_own_message_is_shown_as_written(monkeypatch):
