@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -429,6 +429,17 @@ class Settings(BaseSettings):
 
     timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except UnicodeDecodeError:
+            # python-dotenv reads .env as UTF-8 and raised from deep inside it: a traceback
+            # at every command for a .env that Windows Notepad saved as UTF-16.
+            env_file = values.get("_env_file", type(self).model_config.get("env_file"))
+            raise SettingsError(
+                f"{Path(str(env_file)).absolute()}: not UTF-8 text; save it as UTF-8"
+            ) from None
 
     @field_validator("timezone")
     @classmethod

@@ -148,6 +148,25 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("command", "code", "prefix"),
+    [
+        (["-m", "lang_agent.cli", "doctor"], 1, "Error: "),
+        (["-m", "lang_agent.cli", "calls", "list"], 1, "Error: "),
+        (["fastapi_server/server_openai.py"], STARTUP_FAILURE, "error: "),
+    ],
+)
+def test_a_utf16_env_file_is_one_line_naming_it(tmp_path, command, code, prefix):
+    """Windows Notepad may save .env as UTF-16: every command ended in a UnicodeDecodeError."""
+    (tmp_path / ".env").write_text("LOG_LEVEL=INFO\n", encoding="utf-16")
+    argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
+    done = subprocess.run(
+        argv, cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == code
+    assert done.stderr == f"{prefix}{tmp_path / '.env'}: not UTF-8 text; save it as UTF-8\n"
+
+
+@pytest.mark.parametrize(
     ("name", "dsn", "shown"),
     [
         ("CONN_STR", "postgresql://u:pw-secret@[::1:5432/db", 'matching "]" in IPv6 host'),
