@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import click
 
+from fastapi_server.wire_types import thread_key
 from lang_agent.cli_capture import calls, proxy
 from lang_agent.cli_common import (
     CONN_STR_OPTION,
@@ -14,6 +15,7 @@ from lang_agent.cli_common import (
     OK,
     PORT,
     Checked,
+    confirmed,
     positive_float,
     run_command,
     settings_from,
@@ -214,7 +216,14 @@ def cleanup(
 
 
 @main.command()
-@click.argument("thread_ids", nargs=-1, required=True, metavar="THREAD_ID...")
+@click.argument(
+    "thread_ids",
+    nargs=-1,
+    required=True,
+    metavar="THREAD_ID...",
+    # As the API keys a thread (trimmed, not blank): `forget ""` was taken.
+    type=Checked(thread_key, name="thread id"),
+)
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @CONN_STR_OPTION
@@ -234,7 +243,7 @@ def _confirmer(yes: bool) -> Callable[[str], bool]:
 
     def confirm(plan: str) -> bool:
         click.echo(plan)
-        return yes or click.confirm("delete these rows?", default=False)
+        return confirmed("delete these rows?", yes=yes)
 
     return confirm
 

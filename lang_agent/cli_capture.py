@@ -13,6 +13,7 @@ from lang_agent.cli_common import (
     CONN_STR_OPTION,
     PORT,
     Checked,
+    confirmed,
     positive_float,
     positive_int,
     run_command,
@@ -179,7 +180,7 @@ def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str
     from lang_agent.capture.commands import cleanup_command
 
     def confirm(count: int) -> bool:
-        return yes or click.confirm(f"delete {count} calls?", default=False)
+        return confirmed(f"delete {count} calls?", yes=yes)
 
     settings = settings_from(conn_str=conn_str)
     deleted = run_command(

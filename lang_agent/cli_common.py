@@ -54,6 +54,20 @@ def run_command(command: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from exc
 
 
+def confirmed(question: str, *, yes: bool) -> bool:
+    """--yes, or the user's answer to `question`, which may be piped in. With none (stdin not
+    a terminal and empty, as under cron) click said only "Aborted!"."""
+    if yes:
+        return True
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        if sys.stdin.isatty():  # Ctrl-C or Ctrl-D at the prompt
+            raise
+        click.echo()  # ends the prompt's line, as click does before "Aborted!"
+        raise click.ClickException("no terminal to confirm on: pass --yes") from None
+
+
 @contextlib.contextmanager
 def start_failures(what: str) -> Iterator[None]:
     """Starting `what`: an OSError (a port in use, an address not ours) is one line, exit 3."""

@@ -74,7 +74,8 @@ def describe(counts: dict[str, int]) -> str:
 async def forget_command(
     settings: Settings, thread_ids: Sequence[str], *, dry_run: bool, confirm: Callable[[str], bool]
 ) -> str:
-    """Count, ask `confirm(plan)`, erase; returns the text to print."""
+    """Count, ask `confirm(plan)` (which shows the plan), erase; returns the text to print
+    after it."""
     async with command_connection(settings) as conn:
         planned = await erase(conn, thread_ids, dry_run=True)
         plan = describe(planned)
@@ -85,4 +86,4 @@ async def forget_command(
         if not confirm(plan):
             return "nothing deleted"
         deleted = await erase(conn, thread_ids)
-    return f"{describe(deleted)}\nforgot {len(thread_ids)} thread(s): {sum(deleted.values())} rows"
+    return f"forgot {len(thread_ids)} thread(s): {sum(deleted.values())} rows"

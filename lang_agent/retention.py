@@ -329,7 +329,8 @@ def _days_rule(days: float) -> str:
 async def cleanup_command(
     settings: Settings, *, dry_run: bool, confirm: Callable[[str], bool]
 ) -> str:
-    """`lang-agent cleanup`: count, ask `confirm(plan)`, prune; returns the text to print."""
+    """`lang-agent cleanup`: count, ask `confirm(plan)` (which shows the plan), prune; returns
+    the text to print after it."""
     async with command_connection(settings) as conn:
         planned = await prune_with_settings(conn, settings=settings, dry_run=True)
         plan = describe(planned, settings=settings)
@@ -340,4 +341,4 @@ async def cleanup_command(
         if not confirm(plan):
             return "nothing deleted"
         deleted = await prune_with_settings(conn, settings=settings)
-    return f"{describe(deleted, settings=settings)}\ndeleted {deleted.total} rows"
+    return f"deleted {deleted.total} rows"

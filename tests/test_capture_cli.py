@@ -172,6 +172,10 @@ def test_cleanup_asks_first(run):
     assert run("calls", "cleanup").exit_code == 1
     refused = run("calls", "cleanup", "--all", input="n\n")
     assert "delete 3 calls?" in refused.output and "deleted 0 calls" in refused.output
+    # No terminal and no answer piped in (cron): click said only "Aborted!".
+    unasked = run("calls", "cleanup", "--all")
+    assert unasked.exit_code == 1
+    assert unasked.stderr == "Error: no terminal to confirm on: pass --yes\n"
     assert "deleted 0 calls" in run("calls", "cleanup", "--before", "2000-01-01", "--yes").output
 
 

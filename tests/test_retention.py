@@ -5,6 +5,7 @@ thread everywhere."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -228,9 +229,15 @@ def test_cleanup_cli_dry_run_then_yes(retention_dsn, thread_id):
     assert "llm_calls" in dry.output and "dry run: nothing deleted" in dry.output
     refused = runner.invoke(main, ["cleanup", *flags], input="n\n")
     assert "nothing deleted" in refused.output
+    # No terminal and no answer piped in (cron): click said only "Aborted!".
+    unasked = runner.invoke(main, ["cleanup", *flags])
+    assert unasked.exit_code == 1
+    assert unasked.stderr == "Error: no terminal to confirm on: pass --yes\n"
     done = runner.invoke(main, ["cleanup", "--yes", *flags])
     assert done.exit_code == 0, done.output
-    assert "deleted" in done.output
+    # The table once: the plan, then what was deleted in one line (it was printed again).
+    assert done.output.count("llm_calls") == 1, done.output
+    assert re.search(r"\ndeleted [1-9]\d* rows\n$", done.output), done.output
     with psycopg.connect(retention_dsn, row_factory=dict_row) as conn:
         assert conn.execute(COUNT_CALLS_SQL, (thread_id,)).fetchone()["n"] == 0
 
@@ -285,8 +292,14 @@ async def test_forget_erases_a_thread_everywhere_and_nothing_else(
     await eventually(logged)
     before = await rows(kept)
     settings = make_settings(conn_str=retention_dsn)
-    report = await forget_command(settings, [gone], dry_run=False, confirm=lambda _plan: True)
-    assert report.startswith("checkpoint_writes") and "forgot 1 thread(s)" in report
+    plans: list[str] = []
+
+    def confirm(plan: str) -> bool:
+        plans.append(plan)
+        return True
+
+    report = await forget_command(settings, [gone], dry_run=False, confirm=confirm)
+    assert plans[0].startswith("checkpoint_writes") and report.startswith("forgot 1 thread(s)")
     assert set((await rows(gone)).values()) == {0}
     assert await rows(kept) == before
     config = {"configurable": {"thread_id": gone}}
@@ -321,11 +334,16 @@ def test_forget_cli_counts_asks_refuses_a_busy_thread_and_erases(retention_dsn, 
         ["llm_calls", "1"],
     ]
     assert forget(thread_id, answer="n\n").output.endswith("nothing deleted\n")
+    for blank in ("", "  "):  # was taken, and matched no thread
+        refused = forget(blank, "--yes")
+        assert refused.exit_code == 2
+        assert "Invalid value for 'THREAD_ID...': must be 1 to 200 characters" in refused.output
     refused = forget(thread_id, busy, "--yes")
     assert refused.exit_code == 1
     assert refused.output == f"Error: a turn is running on '{busy}': forget it once it has ended\n"
     done = forget(thread_id, "--yes")  # the refusal above deleted nothing: all or none
-    assert done.exit_code == 0 and "forgot 1 thread(s): 3 rows" in done.output, done.output
+    assert done.exit_code == 0 and done.output.endswith("\nforgot 1 thread(s): 3 rows\n")
+    assert done.output.count("llm_calls") == 1, done.output  # the table once, not twice
     assert forget(thread_id, "--yes").output.endswith("nothing to forget\n")
     with psycopg.connect(retention_dsn, row_factory=dict_row) as conn:
         assert conn.execute(LEASE_SQL, (thread_id,)).fetchone()["n"] == 0
