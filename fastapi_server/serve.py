@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import importlib
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
 import uvicorn
@@ -16,6 +15,7 @@ from pydantic_settings import SettingsError
 from starlette.types import ASGIApp
 
 from lang_agent import loop
+from lang_agent.cli_common import print_error
 from lang_agent.settings import Settings, settings_error
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def files_or_exit(settings: Settings) -> None:
         load_profiles(settings.profiles_file)
         Prompts.load(settings.prompts_dir)
     except (OSError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        print_error(str(exc))
         raise SystemExit(STARTUP_FAILURE) from exc
 
 
@@ -132,7 +132,7 @@ def database_or_exit(settings: Settings) -> None:
         if settings.conn_str is not None:
             loop.run(prepare_database(settings, wait_s=settings.db_start_wait_s))
     except CommandError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        print_error(str(exc))
         raise SystemExit(STARTUP_FAILURE) from None
 
 
@@ -242,5 +242,5 @@ def settings_or_exit(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except (ValidationError, SettingsError) as exc:
-        sys.stderr.write(f"error: {settings_error(exc)}\n")
+        print_error(settings_error(exc))
         raise SystemExit(STARTUP_FAILURE) from exc

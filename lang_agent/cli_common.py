@@ -33,6 +33,12 @@ CONN_STR_OPTION = click.option(
 )
 
 
+def print_error(message: str) -> None:
+    """A command's or a script's own error, on stderr in click's shape (`Error: …`), so every
+    command and script starts its error lines alike."""
+    click.ClickException(message).show()
+
+
 def settings_from(**flags: object) -> Settings:
     """Settings from env/.env with the flags that were given on top; a clear exit on bad values."""
     try:
@@ -74,7 +80,7 @@ def start_failures(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        click.echo(f"cannot start {what}: {exc}", err=True)
+        print_error(f"cannot start {what}: {exc}")
         sys.exit(STARTUP_FAILURE)
 
 

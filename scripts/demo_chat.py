@@ -29,6 +29,7 @@ import httpx2
 from fastapi_server.serve import settings_or_exit
 from fastapi_server.wire_types import thread_key
 from lang_agent.agent.events import Failed
+from lang_agent.cli_common import print_error
 from lang_agent.demo import EventPrinter, LocalChat, RemoteChat, history_text
 from lang_agent.settings import Settings
 
@@ -174,7 +175,7 @@ async def once(args: argparse.Namespace, *, settings: Settings | None) -> int:
             if isinstance(event, Failed):
                 failed = event
     if failed is not None:
-        sys.stderr.write(f"error: {failed.code}: {failed.message}\n")
+        print_error(f"{failed.code}: {failed.message}")
         return 1
     write(printer.answer + "\n")
     return 0

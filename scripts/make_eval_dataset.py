@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi_server.serve import settings_or_exit
+from lang_agent.cli_common import print_error
 from lang_agent.evaluation.dataset import DatasetError, EvalCase, load_cases
 from lang_agent.evaluation.evaluate import DEFAULT_DATASET
 from lang_agent.evaluation.langsmith_sync import DEFAULT_DATASET as LANGSMITH_DATASET
@@ -57,7 +58,7 @@ def upload(cases: Sequence[EvalCase], *, api_key: str, name: str) -> int:
     try:
         print(upload_dataset(cases, api_key=api_key, name=name))
     except LangSmithFailed as exc:
-        print(f"make_eval_dataset: upload to LangSmith failed: {exc}", file=sys.stderr)
+        print_error(f"upload to LangSmith failed: {exc}")
         return UPLOAD_FAILED
     return 0
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = write_dataset(args.out, prune=args.prune)
         cases = load_cases(args.out)
     except DatasetError as exc:
-        print(f"make_eval_dataset: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return DATASET_UNUSABLE
     print(f"{args.out}: {len(cases)} cases ({summary})")
     if key is None:

@@ -41,5 +41,6 @@ def test_device_sim_on_a_port_in_use_is_one_line():
         port = taken.getsockname()[1]
         result = CliRunner().invoke(main, ["device-sim", "--port", str(port)])
     assert result.exit_code == 3
-    assert result.stderr.startswith(f"cannot start the device simulator on 127.0.0.1:{port}: ")
+    where = f"127.0.0.1:{port}"
+    assert result.stderr.startswith(f"Error: cannot start the device simulator on {where}: ")
     assert len(result.stderr.splitlines()) == 1, result.stderr

@@ -197,7 +197,7 @@ def test_a_bad_setting_is_one_line(tmp_path: Path, setting: str, value: str):
     )
     assert result.returncode == 3
     assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith(f"error: {setting}: ")
+    assert result.stderr.startswith(f"Error: {setting}: ")
 
 
 async def remote_turn(answer: httpx2.Response) -> list[TurnEvent]:

@@ -37,7 +37,7 @@ def test_a_bad_setting_is_one_line(tmp_path: Path):
     )
     assert result.returncode == 3
     assert len(result.stderr.splitlines()) == 1
-    assert result.stderr.startswith("error: MCP_PING_S: ")
+    assert result.stderr.startswith("Error: MCP_PING_S: ")
     assert not (tmp_path / "ds.jsonl").exists()
 
 
@@ -49,8 +49,7 @@ def test_an_out_that_cannot_be_written_is_one_line_exit_2(tmp_path: Path):
     result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"make_eval_dataset: {out}: cannot write the dataset "
-        f"([Errno 17] File exists: '{tmp_path / 'afile'}')"
+        f"Error: {out}: cannot write the dataset ([Errno 17] File exists: '{tmp_path / 'afile'}')"
     ]
 
 
@@ -75,7 +74,7 @@ async def test_a_failed_upload_is_one_line_and_keeps_the_file(tmp_path: Path):
         stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
     assert process.returncode == 1
     assert stderr.decode().splitlines() == [
-        f"make_eval_dataset: upload to LangSmith failed: LangSmithAuthError from {endpoint}"
+        f"Error: upload to LangSmith failed: LangSmithAuthError from {endpoint}"
     ]
     assert KEY[:4] not in (stdout + stderr).decode()
     assert load_cases(out)

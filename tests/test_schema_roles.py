@@ -97,5 +97,5 @@ def test_a_server_whose_role_may_not_create_the_schema_stops_in_one_line(databas
         timeout=60,
     )
     assert done.returncode == STARTUP_FAILURE
-    assert done.stderr.startswith("error: the database has no schema, this code needs version")
+    assert done.stderr.startswith("Error: the database has no schema, this code needs version")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -126,7 +126,7 @@ def test_a_bad_mcp_config_stops_the_server_with_one_line_naming_it(
     argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == STARTUP_FAILURE
-    assert done.stderr.startswith(f"error: {config}: {problem}"), done.stderr
+    assert done.stderr.startswith(f"Error: {config}: {problem}"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
@@ -142,20 +142,20 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
     )
     assert done.returncode == STARTUP_FAILURE
     assert done.stderr.strip() == (
-        "error: MCP_PING_S: Input should be greater than 0; "
+        "Error: MCP_PING_S: Input should be greater than 0; "
         "REPEAT_THRESHOLD: Input should be less than or equal to 1"
     )
 
 
 @pytest.mark.parametrize(
-    ("command", "code", "prefix"),
+    ("command", "code"),
     [
-        (["-m", "lang_agent.cli", "doctor"], 1, "Error: "),
-        (["-m", "lang_agent.cli", "calls", "list"], 1, "Error: "),
-        (["fastapi_server/server_openai.py"], STARTUP_FAILURE, "error: "),
+        (["-m", "lang_agent.cli", "doctor"], 1),
+        (["-m", "lang_agent.cli", "calls", "list"], 1),
+        (["fastapi_server/server_openai.py"], STARTUP_FAILURE),
     ],
 )
-def test_a_utf16_env_file_is_one_line_naming_it(tmp_path, command, code, prefix):
+def test_a_utf16_env_file_is_one_line_naming_it(tmp_path, command, code):
     """Windows Notepad may save .env as UTF-16: every command ended in a UnicodeDecodeError."""
     (tmp_path / ".env").write_text("LOG_LEVEL=INFO\n", encoding="utf-16")
     argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
@@ -163,7 +163,7 @@ def test_a_utf16_env_file_is_one_line_naming_it(tmp_path, command, code, prefix)
         argv, cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == code
-    assert done.stderr == f"{prefix}{tmp_path / '.env'}: not UTF-8 text; save it as UTF-8\n"
+    assert done.stderr == f"Error: {tmp_path / '.env'}: not UTF-8 text; save it as UTF-8\n"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_a_malformed_dsn_stops_the_server_with_one_masked_line(tmp_path, command
     argv = [sys.executable, *(str(ROOT / c) if c.endswith(".py") else c for c in command)]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == STARTUP_FAILURE
-    assert done.stderr.startswith(f"error: {name} is not a valid Postgres DSN: "), done.stderr
+    assert done.stderr.startswith(f"Error: {name} is not a valid Postgres DSN: "), done.stderr
     assert shown in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "pw-secret" not in done.stderr + done.stdout
 
@@ -197,7 +197,7 @@ def test_a_database_out_of_reach_stops_the_server_after_db_start_wait_s(tmp_path
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == STARTUP_FAILURE
     *waits, last = done.stderr.strip().splitlines()
-    assert last.startswith("error: cannot connect to postgresql://u:***@127.0.0.1:"), done.stderr
+    assert last.startswith("Error: cannot connect to postgresql://u:***@127.0.0.1:"), done.stderr
     assert 1 <= len(waits) <= 3, done.stderr  # one try a second, for a second: not the default 30
     assert "pw-secret" not in done.stderr + done.stdout and "Traceback" not in done.stderr
 
