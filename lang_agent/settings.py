@@ -30,6 +30,7 @@ ROLES: tuple[Role, ...] = ("router", "chat", "tool", "chatty")
 MAX_RETENTION_DAYS = 36500
 # Hosted providers: each has a <NAME>_BASE_URL and a <NAME>_API_KEY setting.
 HOSTED_PROVIDERS = ("ali", "moonshot", "openai")
+PROVIDERS = ("sim", *HOSTED_PROVIDERS)
 # Paths the proxy answers itself or maps onto the default upstream: no route may take them.
 _RESERVED_PREFIXES = ("/v1", "/metrics")
 
@@ -50,6 +51,19 @@ def is_http_url(text: str) -> bool:
         return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
     except ValueError:  # an unclosed [IPv6 bracket, a port out of range
         return False
+
+
+def model_name(text: str) -> str:
+    """`[provider:]name` naming a known provider, if any. `qwne:qwen-max` was the model
+    `qwne:qwen-max` of the default provider: the simulator, without keys, answered it. A name
+    that holds `:` itself (llama3:8b) starts with its provider: openai:llama3:8b."""
+    provider, sep, _ = text.partition(":")
+    if sep and provider not in PROVIDERS:
+        raise ValueError(
+            f"unknown provider {provider!r} in {text!r} (known: {', '.join(PROVIDERS)}; a "
+            "model name holding ':' starts with its provider, e.g. openai:llama3:8b)"
+        )
+    return text
 
 
 # Not the URL itself: it may hold a password.
@@ -458,6 +472,13 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"unknown level {value!r}: one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator(
+        "router_model", "chat_model", "tool_model", "chatty_model", "fallback_model", "judge_model"
+    )
+    @classmethod
+    def _a_model_name(cls, value: str | None) -> str | None:
+        return value if value is None else model_name(value)
 
     @field_validator(
         "ali_base_url", "moonshot_base_url", "openai_base_url", "sim_url", "proxy_upstream"

@@ -22,6 +22,11 @@ def test_the_shipped_profiles_load():
         ({"filer": False}, "unknown filer"),
         ({"models": {"chta": "ali:qwen-max"}}, "unknown role chta"),
         ({"models": {"chat": 1}}, "models must map role to model name"),
+        # Ran on the default provider (the simulator without keys) as the model "qwne:…".
+        (
+            {"models": {"chat": "qwne:qwen-max"}},
+            r"chat: unknown provider 'qwne' in 'qwne:qwen-max' \(known: sim, ali, moonshot,",
+        ),
     ],
 )
 def test_a_mistake_in_a_profile_is_named(tmp_path, spec, words):

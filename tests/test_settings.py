@@ -81,6 +81,10 @@ def test_a_repeat_window_of_no_characters_is_refused(monkeypatch):
         ("MOONSHOT_BASE_URL", "https://"),
         ("SIM_URL", "http://127.0.0.1:0/v1"),
         ("PROXY_UPSTREAM", "file:///etc/passwd"),
+        # Each ran on the default provider as the model "moonshoot:…": the simulator, keyless.
+        ("CHAT_MODEL", "moonshoot:kimi-k2-0905-preview"),
+        ("FALLBACK_MODEL", "qwne:qwen-max"),
+        ("JUDGE_MODEL", "open-ai:gpt-4o"),
     ],
 )
 def test_out_of_range_values_are_refused_by_name(monkeypatch, name, value):
@@ -96,6 +100,21 @@ def test_a_base_url_that_is_not_http_is_one_line_without_the_url(monkeypatch):
         Settings(_env_file=None)
     assert settings_error(caught.value) == (
         "OPENAI_BASE_URL: expected an http(s) URL with a host, e.g. http://127.0.0.1:8599/v1"
+    )
+
+
+def test_a_model_name_holding_a_colon_takes_its_provider_first():
+    from lang_agent.llm.factory import resolve_specs
+
+    settings = Settings(_env_file=None, chat_model="openai:llama3:8b", tool_model="qwen-max")
+    specs = resolve_specs(settings, sim_url="http://127.0.0.1:1/v1")
+    assert (specs["chat"].provider, specs["chat"].model) == ("openai", "llama3:8b")
+    assert specs["tool"].model == "qwen-max"
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, chat_model="llama3:8b")
+    assert settings_error(caught.value) == (
+        "CHAT_MODEL: unknown provider 'llama3' in 'llama3:8b' (known: sim, ali, moonshot, "
+        "openai; a model name holding ':' starts with its provider, e.g. openai:llama3:8b)"
     )
 
 

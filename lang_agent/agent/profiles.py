@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lang_agent.agent.state import Profile
-from lang_agent.settings import ROLES
+from lang_agent.settings import ROLES, model_name
 
 PROFILE_KEYS = frozenset({"filler", "models"})
 
@@ -43,5 +43,10 @@ def load_profiles(path: Path) -> dict[str, Profile]:
             raise ValueError(
                 f"{where}: unknown role {', '.join(roles)} (roles: {', '.join(ROLES)})"
             )
+        for role, model in models.items():
+            try:
+                model_name(model)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {role}: {exc}") from None
         profiles[name] = Profile(name=name, filler=filler, models=models)
     return profiles

@@ -10,7 +10,7 @@ import httpx2
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from lang_agent.settings import HOSTED_PROVIDERS, ROLES, Role, Settings
+from lang_agent.settings import HOSTED_PROVIDERS, PROVIDERS, ROLES, Role, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ DEFAULT_MODELS: dict[str, dict[Role, str]] = {
         "chatty": "gpt-4o-mini",
     },
 }
-PROVIDERS = tuple(DEFAULT_MODELS)
 
 
 @dataclass(frozen=True)
