@@ -144,6 +144,7 @@ class ConversationLog:
     async def _write(self, batch: list[TurnRecord]) -> None:
         give_up_at = time.monotonic() + OUTAGE_WAIT_S
         attempt = 0
+        waiting = False
         while attempt < WRITE_ATTEMPTS:
             attempt += 1
             try:
@@ -167,7 +168,9 @@ class ConversationLog:
             except psycopg.OperationalError as exc:  # down or restarting: wait, do not drop
                 if time.monotonic() < give_up_at:
                     attempt -= 1
-                    logger.warning("conversation log waits for the database (%s)", exc)
+                    if not waiting:  # once, not at each try: the pool says when it is back
+                        waiting = True
+                        logger.warning("conversation log waits for the database (%s)", exc)
                     await asyncio.sleep(1.0)
                     continue
                 logger.exception("conversation log write failed: the database stayed away")

@@ -568,17 +568,52 @@ class _SteadyBackoff(AttemptWithBackoff):
         self.delay = min(self.delay, RECONNECT_MAX_DELAY_S)
 
 
+# psycopg_pool warns at each reconnection attempt ("error connecting in 'pool-1': …", libpq's
+# hint on a second line), each pool up to every RECONNECT_MAX_DELAY_S: an outage buried the
+# server's own lines. Pool reports an outage itself, once as it starts and once as it ends.
+_CONNECT_ERROR = "error connecting in %r: %s"
+
+
+class _ConnectErrorsReportedByPool(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _CONNECT_ERROR
+
+
 class Pool(AsyncConnectionPool):
     """AsyncConnectionPool whose reconnection attempts come at most RECONNECT_MAX_DELAY_S
-    apart; it still gives up after `reconnect_timeout`. (`_add_connection` is the pool's own
-    hook for each attempt; if a release renames it, the outage test in
-    test_faults_postgres.py fails.)"""
+    apart (it still gives up after `reconnect_timeout`), and that logs an outage in two lines.
+    (`_add_connection` and `_connect` are the pool's own hooks for each attempt; if a release
+    renames them, the outage test in test_faults_postgres.py fails.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._down_since: float | None = None
+        pool_logger = logging.getLogger("psycopg.pool")
+        if not any(isinstance(f, _ConnectErrorsReportedByPool) for f in pool_logger.filters):
+            pool_logger.addFilter(_ConnectErrorsReportedByPool())
 
     async def _add_connection(
         self, attempt: AttemptWithBackoff | None, growing: bool = False
     ) -> None:
         attempt = attempt or _SteadyBackoff(timeout=self.reconnect_timeout)
         await super()._add_connection(attempt, growing)
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[Any]:  # noqa: ASYNC109 (the pool's own signature)
+        try:
+            conn = await super()._connect(timeout)
+        except psycopg.Error as exc:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.warning(
+                    "pool %r cannot reach the database (%s); it keeps trying",
+                    self.name,
+                    mask_dsn(first_line(exc)),
+                )
+            raise
+        if self._down_since is not None:
+            down_s, self._down_since = time.monotonic() - self._down_since, None
+            logger.warning("pool %r reaches the database again, after %.0f s", self.name, down_s)
+        return conn
 
 
 # /health's look at the database: how long it waits for an answer, and how often it asks.

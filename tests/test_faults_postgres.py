@@ -8,6 +8,7 @@ test; it restarts on the same socket directory, as a real server comes back on i
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import shutil
 import tempfile
 import threading
@@ -277,11 +278,12 @@ def test_a_lease_lost_in_an_outage_does_not_wedge_its_thread(live_server, own_pg
         assert "小明" in again.json()["choices"][0]["message"]["content"]
 
 
-def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
+def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg, caplog):
     """psycopg_pool tries to replace a lost connection 1, 3, 7, 15… s after losing it. After an
     outage of eight seconds its next try came five to eight seconds after the database was
     back, and every turn on a thread failed until then. Its tries now come at most
-    RECONNECT_MAX_DELAY_S apart."""
+    RECONNECT_MAX_DELAY_S apart, and the outage is logged in a few lines, not one per try."""
+    caplog.set_level(logging.WARNING)
     server = live_server(conn_str=own_pg.dsn, db_timeout_s=1.0)
     thread_id = f"pgback-{uuid.uuid4().hex[:8]}"
     body = {"messages": [{"role": "user", "content": "你好"}], "thread_id": thread_id}
@@ -311,6 +313,7 @@ def test_the_pool_reconnects_soon_after_a_long_outage(live_server, own_pg):
         )
         wait_until(lambda: client.get("/health").status_code == 200, within_s=4.0, every_s=0.2)
         assert client.get("/health").json()["database"] == {"ok": True, "error": None}
+    _assert_outage_told_once(caplog.records)
 
 
 def test_the_viewer_answers_503_while_postgres_is_down(own_pg, tmp_path):
@@ -350,3 +353,19 @@ def test_the_viewer_answers_503_while_postgres_is_down(own_pg, tmp_path):
         wait_until(lambda: client.get("/api/viewer/threads").status_code == 200, within_s=15)
         wait_until(lambda: client.get("/api/viewer/health").status_code == 200)
         assert client.get("/api/viewer/health").json()["database"] == {"ok": True, "error": None}
+
+
+def _assert_outage_told_once(records: list[logging.LogRecord]) -> None:
+    """psycopg_pool warned at every reconnection attempt of every pool (80 warnings, two lines
+    each, in a 12-second outage). Now each pool says it once as the outage begins and once as
+    it ends, the background writers once each, and a failed turn once (per request)."""
+    told = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert not [line for line in told if "error connecting" in line], told
+    outage = [line for line in told if not line.startswith("turn ")]
+    assert len(outage) <= 6, outage  # 2 pools × 2, the conversation log, the capture writer
+    pools: dict[str, list[str]] = {}
+    for line in outage:
+        if line.startswith("pool "):
+            name, verb = line.split(" ")[1:3]
+            pools.setdefault(name, []).append(verb)
+    assert pools and all(verbs == ["cannot", "reaches"] for verbs in pools.values()), outage
