@@ -358,7 +358,8 @@ def test_the_viewer_answers_503_while_postgres_is_down(own_pg, tmp_path):
 def _assert_outage_told_once(records: list[logging.LogRecord]) -> None:
     """psycopg_pool warned at every reconnection attempt of every pool (80 warnings, two lines
     each, in a 12-second outage). Now each pool says it once as the outage begins and once as
-    it ends, the background writers once each, and a failed turn once (per request)."""
+    it ends (see below), the background writers once each, and a failed turn once (per
+    request)."""
     told = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     assert not [line for line in told if "error connecting" in line], told
     outage = [line for line in told if not line.startswith("turn ")]
@@ -368,4 +369,7 @@ def _assert_outage_told_once(records: list[logging.LogRecord]) -> None:
         if line.startswith("pool "):
             name, verb = line.split(" ")[1:3]
             pools.setdefault(name, []).append(verb)
-    assert pools and all(verbs == ["cannot", "reaches"] for verbs in pools.values()), outage
+    # A pool idle since the outage (the capture writer's, between its retries) says it is
+    # back only when it next connects, which may be after the test.
+    assert all(verbs in (["cannot"], ["cannot", "reaches"]) for verbs in pools.values()), outage
+    assert ["cannot", "reaches"] in pools.values(), outage  # the turns' pool, at least
