@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lang_agent.cli_common import env_file_settings, positive_int, share
+from lang_agent.cli_common import env_file_settings, positive_int, print_error, share
 from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import (
     DEFAULT_DATASET,
@@ -168,7 +168,7 @@ class ProgressBar:
 def refuse(message: str) -> int:
     """Report a bad dataset, filter or option on one line, exit 2: CI tells it from a run
     that went wrong (--fail-under's 1) and from a crash."""
-    print(f"eval: {message}", file=sys.stderr)
+    print_error(message)
     return EXIT_USAGE
 
 

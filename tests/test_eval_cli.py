@@ -62,9 +62,9 @@ def change_shown(out: str, label: str) -> str:
 
 
 def assert_refused(ran: Ran, message: str) -> None:
-    """Exit 2 and exactly one `eval:` line, naming the problem."""
+    """Exit 2 and exactly one `Error:` line, naming the problem."""
     assert ran.code == 2, ran
-    said = [line for line in ran.err.splitlines() if line.startswith("eval: ")]
+    said = [line for line in ran.err.splitlines() if line.startswith("Error: ")]
     assert len(said) == 1 and message in said[0], ran.err
     assert "Traceback" not in ran.err
 
