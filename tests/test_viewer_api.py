@@ -421,3 +421,25 @@ def test_without_keys_the_viewer_is_loopback_only(pg_dsn, db, tmp_path):
             assert local.get("/api/viewer/threads").status_code == 200
             rebound = local.get("/api/viewer/threads", headers={"Host": "evil.example:8590"})
             assert rebound.status_code == 403
+
+
+def test_an_unexpected_error_is_a_500_that_closes_its_connection(pg_dsn, db, tmp_path) -> None:
+    """Uvicorn drops the connection after an unhandled error; without `Connection: close` the
+    client's next request on it failed with a reset."""
+    app = create_viewer_app(viewer_settings(pg_dsn, tmp_path))
+
+    @app.get("/api/viewer/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    headers = {"Authorization": f"Bearer {VIEWER_KEY}"}
+    with (
+        LiveServer(app) as server,
+        httpx2.Client(base_url=server.url, headers=headers, timeout=15) as client,
+    ):
+        answer = client.get("/api/viewer/broken")
+        assert answer.status_code == 500
+        assert answer.headers["connection"] == "close"
+        error = answer.json()["error"]
+        assert error["code"] == "internal_error" and "a bug" not in error["message"]
+        assert client.get("/api/viewer/health").status_code == 200  # on a new connection

@@ -61,7 +61,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_request: Request, exc: Exception) -> Response:
         request_id = uuid.uuid4().hex
         logger.exception("viewer: unhandled error, request %s", request_id, exc_info=exc)
-        return _error(500, "internal_error", f"internal error (request {request_id})")
+        response = _error(500, "internal_error", f"internal error (request {request_id})")
+        # As on the agent's API: the server drops the connection after this answer, and a
+        # client told so opens a new one instead of failing on a dead one.
+        response.headers["connection"] = "close"
+        return response
 
 
 def create_viewer_app(settings: Settings) -> FastAPI:
