@@ -183,10 +183,11 @@ def calls_cleanup(before: str | None, everything: bool, yes: bool, conn_str: str
         return confirmed(f"delete {count} calls?", yes=yes)
 
     settings = settings_from(conn_str=conn_str)
-    deleted = run_command(
-        cleanup_command(settings, before=before, everything=everything, confirm=confirm)
+    click.echo(
+        run_command(
+            cleanup_command(settings, before=before, everything=everything, confirm=confirm)
+        )
     )
-    click.echo(f"deleted {deleted} calls")
 
 
 @calls.command("replay")

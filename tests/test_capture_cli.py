@@ -171,12 +171,12 @@ def test_export_files_labels_and_curl(run, tmp_path):
 def test_cleanup_asks_first(run):
     assert run("calls", "cleanup").exit_code == 1
     refused = run("calls", "cleanup", "--all", input="n\n")
-    assert "delete 3 calls?" in refused.output and "deleted 0 calls" in refused.output
+    assert "delete 3 calls?" in refused.output and "nothing deleted" in refused.output
     # No terminal and no answer piped in (cron): click said only "Aborted!".
     unasked = run("calls", "cleanup", "--all")
     assert unasked.exit_code == 1
     assert unasked.stderr == "Error: no terminal to confirm on: pass --yes\n"
-    assert "deleted 0 calls" in run("calls", "cleanup", "--before", "2000-01-01", "--yes").output
+    assert "nothing to delete" in run("calls", "cleanup", "--before", "2000-01-01", "--yes").output
 
 
 def test_since_and_before_take_durations_and_iso_times(run):

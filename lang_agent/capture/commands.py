@@ -133,16 +133,19 @@ async def cleanup_command(
     before: str | None,
     everything: bool = False,
     confirm: Callable[[int], bool],
-) -> int:
-    """Delete calls older than `before` (or all); `confirm(n)` is asked first. Returns n deleted."""
+) -> str:
+    """Delete calls older than `before` (or all); `confirm(n)` is asked first. Returns the
+    text to print: what was deleted, or why nothing was."""
     if (before is None) == (not everything):
         raise CallsError("give --before DATE or --all")
     filters = CallFilter(before=before)
     async with calls_connection(settings) as conn:
         count = await count_calls(conn, filters)
-        if count == 0 or not confirm(count):
-            return 0
-        return await delete_calls(conn, filters)
+        if count == 0:
+            return "nothing to delete"
+        if not confirm(count):
+            return "nothing deleted"
+        return f"deleted {await delete_calls(conn, filters)} calls"
 
 
 async def replay_command(
