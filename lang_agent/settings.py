@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,9 +28,10 @@ Role = Literal["router", "chat", "tool", "chatty"]
 ROLES: tuple[Role, ...] = ("router", "chat", "tool", "chatty")
 # A century: a longer retention (or an infinite one) is no date Python can compute; 0 is forever.
 MAX_RETENTION_DAYS = 36500
+Provider = Literal["sim", "ali", "moonshot", "openai"]
+PROVIDERS: tuple[str, ...] = get_args(Provider)
 # Hosted providers: each has a <NAME>_BASE_URL and a <NAME>_API_KEY setting.
-HOSTED_PROVIDERS = ("ali", "moonshot", "openai")
-PROVIDERS = ("sim", *HOSTED_PROVIDERS)
+HOSTED_PROVIDERS = tuple(name for name in PROVIDERS if name != "sim")
 # Paths the proxy answers itself or maps onto the default upstream: no route may take them.
 _RESERVED_PREFIXES = ("/v1", "/metrics")
 
@@ -223,7 +224,7 @@ class Settings(BaseSettings):
     )
 
     # --- model providers
-    llm_provider: Literal["auto", "sim", "ali", "moonshot", "openai"] = Field(
+    llm_provider: Literal["auto", Provider] = Field(
         "auto",
         description="Provider for model names without a `provider:` prefix. `auto`: ali if "
         "ALI_API_KEY, else moonshot if MOONSHOT_API_KEY, else openai if OPENAI_API_KEY, else sim.",
