@@ -218,6 +218,43 @@ async def test_a_loopback_server_is_reached_directly_whatever_the_proxy_variable
         await asyncio.wait_for(sim.wait(), 10)
 
 
+async def test_a_call_after_the_bridge_restarted_reaches_the_new_bridge():
+    # An HTTP bridge redeployed between two turns forgets our session and answers the next
+    # call 404 without running it; that call failed ("没有成功") though the device was there.
+    port = free_port()
+    command = [sys.executable, "-m", "lang_agent.tools.device_sim", "--port", str(port)]
+    servers = {"bridge": {"transport": "streamable_http", "url": f"http://127.0.0.1:{port}/mcp"}}
+
+    async def listening() -> None:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                return
+
+    sim = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+    try:
+        async with manager(servers, ping_s=600) as mcp:  # no ping finds the restart first
+            await until(lambda: mcp.health()["state"] == "up")
+            assert await volume(mcp) == 70
+            sim.kill()
+            await sim.wait()
+            sim = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
+            await listening()
+            message = await invoke(mcp, "self_audio_speaker_set_volume", volume=30)
+            assert (message.status, message.content) == ("success", "true")
+            assert await volume(mcp) == 30  # it ran on the new bridge
+            assert mcp.health()["state"] == "up"
+    finally:
+        if sim.returncode is None:
+            sim.terminate()
+        await asyncio.wait_for(sim.wait(), 10)
+
+
 async def test_a_hanging_tool_times_out_and_the_session_survives():
     servers = {"dev": stdio("--hang-tool", "self.lamp.turn_on", timeout_s=1)}
     async with manager(servers) as mcp:

@@ -39,10 +39,21 @@ _BROKEN = (
 )
 _MAX_PAGES = 100
 CALL_PING_S = 1.0  # while a call waits, the server is pinged this often to notice its death
+# What the mcp library answers a request when an HTTP server replies 404 to it: the server
+# no longer knows our session (it restarted), so it never ran the request.
+SESSION_TERMINATED = (32600, "Session terminated")
 
 
 class CallFailed(Exception):
     """A tool call that produced no result; the message is meant for the model."""
+
+
+class _SessionForgotten(Exception):
+    """The server answered a call with 404: it restarted and forgot the session, unrun."""
+
+    def __init__(self, session: ClientSession) -> None:
+        super().__init__("session forgotten")
+        self.session = session
 
 
 def describe(exc: BaseException) -> str:
@@ -97,6 +108,7 @@ class ServerLink:
         self.failures = 0  # consecutive failed or lost sessions
         self._session: ClientSession | None = None
         self._lost = asyncio.Event()  # the current session is broken
+        self._up = asyncio.Event()  # a session is open and its tools listed
         self._wake = asyncio.Event()  # wakes the watcher: close, loss, probe or list change
         self._relist = False
         self._closing = False
@@ -142,7 +154,32 @@ class ServerLink:
     # --- calls
 
     async def call(self, name: str, arguments: dict[str, Any], *, timeout_s: float) -> Any:
-        """`tools/call` on the live session; CallFailed (for the model) on any failure."""
+        """`tools/call` on the live session; CallFailed (for the model) on any failure.
+
+        A server that restarted since the last call (an HTTP bridge redeployed) forgot our
+        session and refuses the call unrun: the call waits for a new session and is sent once
+        more, within the same timeout, where it failed though the device was there."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            return await self._call_once(name, arguments, timeout_s=timeout_s)
+        except _SessionForgotten as forgotten:
+            self._forgotten(forgotten.session)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._up.wait()
+        try:
+            return await self._call_once(
+                name, arguments, timeout_s=max(0.0, deadline - time.monotonic())
+            )
+        except _SessionForgotten as forgotten:
+            self._forgotten(forgotten.session)
+            raise CallFailed(f"the connection to {self.name} was lost") from None
+
+    def _forgotten(self, session: ClientSession) -> None:
+        if session is self._session:  # not a newer session the watcher has opened since
+            self._broken("the server restarted and forgot the session")
+
+    async def _call_once(self, name: str, arguments: dict[str, Any], *, timeout_s: float) -> Any:
         session, lost = self._session, self._lost
         if session is None or self.state != "up":
             reason = f": {self.last_error}" if self.last_error else ""
@@ -162,6 +199,10 @@ class ServerLink:
             exc = call.exception()
             if exc is None:
                 return call.result()
+            if isinstance(exc, McpError) and (exc.error.code, exc.error.message) == (
+                SESSION_TERMINATED
+            ):
+                raise _SessionForgotten(session) from exc
             if isinstance(exc, McpError) and exc.error.code != types.CONNECTION_CLOSED:
                 raise CallFailed(exc.error.message or "the device refused the call")
             if isinstance(exc, (McpError, *_BROKEN)):
@@ -191,6 +232,7 @@ class ServerLink:
         if not self._lost.is_set():
             logger.warning("MCP server %s: session lost (%s)", self.name, reason)
             self.last_error = reason
+            self._up.clear()
             self._lost.set()
             self._wake.set()
             self._set_state("down")
@@ -206,6 +248,7 @@ class ServerLink:
                 reason = describe(exc)
             finally:
                 self._session = None
+                self._up.clear()
                 self._lost.set()  # wakes calls still waiting on the old session
                 self._settled.set()
             if self._closing:
@@ -243,6 +286,7 @@ class ServerLink:
             self.failures = 0
             self.last_error = None
             self._set_state("up")
+            self._up.set()
             self._settled.set()
             logger.info("MCP server %s is up with %d tools", self.name, len(tools))
             return await self._watch(session)
