@@ -71,6 +71,12 @@ def test_expression_from_speech(text, expected):
         ("音量是多少", [Intent("volume", "query")]),
         ("亮度调到一百", [Intent("brightness", "set", 100)]),
         ("亮度再大一点", [Intent("brightness", "relative", 10)]),
+        # 亮度's 亮 is not "brighter", and 多少 / 多大 ask: these turned the screen up.
+        ("把亮度调低一点", [Intent("brightness", "relative", -10)]),
+        ("屏幕亮度降低一点", [Intent("brightness", "relative", -10)]),
+        ("现在亮度是多少", [Intent("brightness", "query")]),
+        ("现在音量多大", [Intent("volume", "query")]),
+        ("how loud is the volume now", [Intent("volume", "query")]),
         ("换成深色主题", [Intent("theme", "set", "dark")]),
         ("switch to light mode", [Intent("theme", "set", "light")]),
         ("打开台灯", [Intent("lamp", "on")]),

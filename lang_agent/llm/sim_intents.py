@@ -71,6 +71,8 @@ _DOWN = re.compile(r"小|低|轻|暗|降|减|\bdown\b|quieter|softer|dimmer|decr
 _BY = re.compile(r"(?:增加|减少|提高|降低|调高|调低|调大|调小)(?!到)|\bby\b", re.I)
 _MAX = re.compile(r"最大|最高|最亮|\bmax(?:imum)?\b|\bfull\b", re.I)
 _MIN = re.compile(r"静音|最小|最低|最暗|\bmute\b|\bmin(?:imum)?\b", re.I)
+# "How loud is it": 音量多大 asks, where 大 alone would mean louder.
+_ASK = re.compile(r"多少|多大|多高|多亮|几档|\bhow (?:loud|bright|high)\b", re.I)
 _QUERY = re.compile(r"吗|？|\?|状态|是不是|有没有|\bis (?:the|it)\b|\bstate\b", re.I)
 _OFF = re.compile(r"关|熄|\boff\b", re.I)
 _ON = re.compile(r"开|点亮|\bon\b", re.I)
@@ -200,7 +202,10 @@ def _first(segment: str, *patterns: re.Pattern[str]) -> int | None:
 def _level(kind: str, segment: str) -> Intent:
     """volume / brightness: an absolute value, a relative step, or a question."""
     number = _number(segment)
-    direction = _first(segment, _UP, _DOWN)
+    if number is None and _ASK.search(segment):
+        return Intent(kind, "query")
+    # 亮度 is the noun, not "brighter": 把亮度调低 goes down.
+    direction = _first(segment.replace("亮度", ""), _UP, _DOWN)
     sign = -1 if direction == 1 else 1
     if number is not None and _BY.search(segment):
         return Intent(kind, "relative", sign * int(number))
