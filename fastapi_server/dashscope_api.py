@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from fastapi_server import dashscope_frames as frames
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
+from fastapi_server.hangup import unless_hung_up
 from fastapi_server.sse import EventStream
 from fastapi_server.wire_types import ToolCall, thread_key
 from lang_agent.agent.events import (
@@ -29,6 +30,7 @@ from lang_agent.agent.events import (
     TurnEvent,
     TurnRequest,
 )
+from lang_agent.agent.runner import Agent
 from lang_agent.errors import InvalidRequest
 
 # Failures the speaker should hear about instead of falling silent.
@@ -309,14 +311,19 @@ async def completion(app_id: str, request: Request) -> Response:
         incremental=incremental,
         fallback=settings.dashscope_fallback_text,
     )
-    events = request.app.state.service.agent.run_turn(turn)
+    answer = _answer(request.app.state.service.agent, turn, reply, settings.dashscope_fake_stream)
+    return await unless_hung_up(request, answer)
+
+
+async def _answer(agent: Agent, turn: TurnRequest, reply: Reply, fake_stream: bool) -> Response:
+    events = agent.run_turn(turn)
     first = await anext(events)
-    if isinstance(first, Failed) and not (stream and first.code in SPOKEN_FAILURES):
+    if isinstance(first, Failed) and not (turn.stream and first.code in SPOKEN_FAILURES):
         await events.aclose()
         return frames.error_response(first.code, first.message, request_id=reply.request_id)
-    if not stream:
+    if not turn.stream:
         return await _complete(first, events, reply)
-    if settings.dashscope_fake_stream:
+    if fake_stream:
         collected = await _collect(first, events)
         events = _replayed(collected, piece_chars=2)
         first = await anext(events)

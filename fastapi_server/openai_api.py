@@ -21,6 +21,7 @@ from pydantic import (
 
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
+from fastapi_server.hangup import unless_hung_up
 from fastapi_server.sse import EventStream, data_frame
 from fastapi_server.wire_types import ThreadKey, ToolCall, thread_key
 from lang_agent.agent.events import (
@@ -36,6 +37,7 @@ from lang_agent.agent.events import (
     TurnRequest,
     Usage,
 )
+from lang_agent.agent.runner import Agent
 from lang_agent.errors import InvalidRequest, NotFound
 
 # code → (HTTP status, OpenAI error type)
@@ -240,7 +242,11 @@ async def chat_completions(request: Request) -> Response:
         front_end="openai",
         metadata=dict(body.metadata or {}),
     )
-    events = request.app.state.service.agent.run_turn(turn)
+    return await unless_hung_up(request, _answer(request.app.state.service.agent, turn, body))
+
+
+async def _answer(agent: Agent, turn: TurnRequest, body: ChatRequest) -> Response:
+    events = agent.run_turn(turn)
     first = await anext(events)
     if isinstance(first, Failed):
         await events.aclose()

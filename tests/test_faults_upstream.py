@@ -365,6 +365,39 @@ def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, si
     _thread_is_consistent(client, pg_dsn, thread_id)
 
 
+def test_a_client_giving_up_on_an_answer_cancels_its_turn(live_server, simulator, pg_dsn):
+    """A non-streamed turn ran on after its client gave up (the SDK's timeout, which it then
+    retries): each try was answered into memory, the same words remembered up to three times."""
+    server = live_server()
+    thread_id = f"gave-up-{uuid.uuid4().hex[:10]}"
+    ask(openai_client(server), "我叫小明", thread_id)
+    impatient = openai.OpenAI(
+        base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0, timeout=0.5
+    )
+    set_latency(simulator, "chat", ttft_ms=3000)
+    before = simulator.snapshot()["cancelled"]
+    with pytest.raises(openai.APITimeoutError):
+        ask(impatient, "我叫小红", thread_id)
+    _cancelled_within(simulator, before)
+    set_latency(simulator, "chat", ttft_ms=0)
+    _thread_is_consistent(openai_client(server), pg_dsn, thread_id)
+
+
+def test_a_dashscope_client_giving_up_on_an_answer_cancels_its_turn(live_server, simulator, pg_dsn):
+    server = live_server()
+    thread_id = f"ds-gave-up-{uuid.uuid4().hex[:8]}"
+    ask(openai_client(server), "我叫小明", thread_id)
+    set_latency(simulator, "chat", ttft_ms=3000)
+    before = simulator.snapshot()["cancelled"]
+    body = {"input": {"prompt": "我叫小红", "session_id": thread_id}}
+    url = f"{server.url}/api/v1/apps/lang-agent/completion"
+    with pytest.raises(httpx2.TimeoutException):
+        httpx2.post(url, json=body, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=0.5)
+    _cancelled_within(simulator, before)
+    set_latency(simulator, "chat", ttft_ms=0)
+    _thread_is_consistent(openai_client(server), pg_dsn, thread_id)
+
+
 # ---- /metrics counts turns by outcome ---------------------------------------------------------
 
 
