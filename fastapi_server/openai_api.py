@@ -57,6 +57,15 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
 }
 
 
+# What the server has already retried (LLM_RETRIES), waited out (BUSY_WAIT_S, TURN_TIMEOUT_S)
+# or was told to refuse (BUSY_THREAD=reject): the openai SDK retries a 409 or a 5xx twice more
+# unless the answer says not to, which tripled the calls to a failing upstream and made a 25 s
+# turn timeout the client's 75 s.
+NOT_RETRIED = frozenset(
+    {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout", "thread_busy"}
+)
+
+
 def openai_error_body(code: str, message: str, *, param: str | None = None) -> dict[str, Any]:
     _, kind = OPENAI_ERRORS.get(code, OPENAI_ERRORS["internal_error"])
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
@@ -64,7 +73,9 @@ def openai_error_body(code: str, message: str, *, param: str | None = None) -> d
 
 def openai_error(code: str, message: str, *, param: str | None = None) -> JSONResponse:
     status, _ = OPENAI_ERRORS.get(code, OPENAI_ERRORS["internal_error"])
-    return JSONResponse(openai_error_body(code, message, param=param), status_code=status)
+    headers = {"x-should-retry": "false"} if code in NOT_RETRIED else None
+    body = openai_error_body(code, message, param=param)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class TextPart(BaseModel):

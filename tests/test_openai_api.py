@@ -168,6 +168,23 @@ def test_upstream_cut_after_first_token_ends_with_error_chunk(client, simulator,
     assert "小明" in ask(client, "我叫什么名字", thread_id=thread_id)
 
 
+def test_the_sdk_does_not_retry_what_the_server_already_retried(live_server, simulator):
+    """The SDK retried each 502 twice, each time with the server's own retries: a failing
+    upstream got three times LLM_RETRIES + 1 calls, a turn timeout kept the client three times."""
+    server = live_server(llm_retries=1)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY)  # 2 retries
+    simulator.inject("500", role="router", count=10)
+    before = simulator.snapshot()["calls"]["router"]
+    try:
+        with pytest.raises(openai.InternalServerError) as failure:
+            ask(client, "你好")
+    finally:
+        simulator.clear_faults()
+    assert failure.value.status_code == 502
+    assert failure.value.response.headers["x-should-retry"] == "false"
+    assert simulator.snapshot()["calls"]["router"] - before == 2  # the server's try and retry
+
+
 def test_upstream_timeout_is_504(live_server, simulator):
     server = live_server(llm_timeout_s=0.5)
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
@@ -286,7 +303,8 @@ def test_concurrent_turns_on_one_thread_never_interleave(client, pg_dsn, thread_
 
 def test_busy_thread_rejected_when_configured(live_server, simulator, thread_id):
     server = live_server(busy_thread="reject")
-    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    # The SDK's own retries: it retried the 409 until the thread was free, so none was refused.
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY)
     with latency(simulator, "chat", ttft_ms=800):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(ask, client, "慢一点", thread_id=thread_id)
