@@ -164,13 +164,15 @@ class ChunkBuilder:
 
 
 async def _stream(
-    first: TurnEvent, events: AsyncIterator[TurnEvent], body: ChatRequest
+    leading: list[TurnEvent], events: AsyncIterator[TurnEvent], body: ChatRequest
 ) -> AsyncIterator[str]:
+    """`leading`: the events already taken from `events`, sent first."""
     chunks = ChunkBuilder(body.model, body.thread_id)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    taken = iter(leading)
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
-        event: TurnEvent | None = first
+        event: TurnEvent | None = next(taken)
         while event is not None:
             match event:
                 case RouteChosen(route=route):
@@ -196,7 +198,9 @@ async def _stream(
                     yield data_frame(openai_error_body(code, message))
                 case _:
                     assert_never(event)
-            event = None if isinstance(event, Done | Failed) else await anext(events, None)
+            if isinstance(event, Done | Failed):
+                break
+            event = next(taken, None) or await anext(events, None)
         yield "data: [DONE]\n\n"
     finally:
         await events.aclose()
@@ -258,13 +262,18 @@ async def chat_completions(request: Request) -> Response:
 
 async def _answer(agent: Agent, turn: TurnRequest, body: ChatRequest) -> Response:
     events = agent.run_turn(turn)
-    first = await anext(events)
-    if isinstance(first, Failed):
+    leading = [await anext(events)]
+    # A stream's status goes out with its first chunk, and the route is no text: the answer's
+    # first event is awaited too, so a chat model that fails before its first word is a clean
+    # 502 (or 504) before any chunk, as a router that fails is.
+    if isinstance(leading[0], RouteChosen):
+        leading.append(await anext(events))
+    if isinstance(leading[-1], Failed):
         await events.aclose()
-        return openai_error(first.code, first.message)
+        return openai_error(leading[-1].code, leading[-1].message)
     if body.stream:
-        return EventStream(_stream(first, events, body))
-    return await _complete(first, events, body)
+        return EventStream(_stream(leading, events, body))
+    return await _complete(leading[-1], events, body)
 
 
 @router.get("/models")

@@ -200,11 +200,14 @@ def test_spent_retries_without_fallback_are_a_clean_openai_error(
         "code": code,
     }
     assert "Traceback" not in failure.value.body["message"]
-    # A stream fails the same way: the error comes before any chunk was sent.
-    simulator.inject(fault, role="router")
-    with pytest.raises(openai.APIStatusError) as failure:
-        stream_text(client, "你好", thread_id)
-    assert failure.value.status_code == status
+    # A stream fails the same way: the error comes before any chunk was sent. So it does when
+    # the chat model fails before its first word (it came as a 200 with a role chunk, then an
+    # error chunk: no status for the SDK's APIError, `except APIStatusError` missed it).
+    for role in ("router", "chat"):
+        simulator.inject(fault, role=role)
+        with pytest.raises(openai.APIStatusError) as failure:
+            stream_text(client, "你好", thread_id)
+        assert (failure.value.status_code, failure.value.body["code"]) == (status, code)
     assert ask(client, "你好", thread_id)  # the thread still works
 
 
