@@ -276,16 +276,26 @@ async def _answer(agent: Agent, turn: TurnRequest, body: ChatRequest) -> Respons
     return await _complete(leading[-1], events, body)
 
 
+def _model_names(request: Request) -> list[str]:
+    specs = request.app.state.service.agent.deps.models.specs
+    return sorted({"lang-agent", *(spec.model for spec in specs.values())})
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "lang-agent"}
+
+
 @router.get("/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    specs = request.app.state.service.agent.deps.models.specs
-    names = sorted({"lang-agent", *(spec.model for spec in specs.values())})
-    return {
-        "object": "list",
-        "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": "lang-agent"} for n in names
-        ],
-    }
+    return {"object": "list", "data": [_model(name) for name in _model_names(request)]}
+
+
+# `path`: a model's name may hold a slash (Qwen/Qwen3-8B), as OpenAI's route allows.
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, request: Request) -> dict[str, Any]:
+    if model not in _model_names(request):
+        raise NotFound(f"no model {model!r}: GET /v1/models lists them")
+    return _model(model)
 
 
 # `path`: a thread id may hold a slash, and the chat path accepts it.

@@ -324,6 +324,17 @@ def _ask_when_busy(client: openai.OpenAI, thread_id: str) -> int:
     return 200
 
 
+def test_the_sdk_lists_and_retrieves_models(client):
+    """models.retrieve was a bare 404: only the list had a route."""
+    names = [model.id for model in client.models.list()]
+    assert "lang-agent" in names and "sim-chat" in names
+    assert client.models.retrieve("lang-agent").id == "lang-agent"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-nothing")
+    assert missing.value.body["code"] == "not_found"
+    assert "gpt-nothing" in missing.value.body["message"]
+
+
 def test_health_lists_models_and_tools(server):
     health = httpx2.get(f"{server.url}/health").json()
     assert health["status"] == "ok"
