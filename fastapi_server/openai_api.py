@@ -18,6 +18,7 @@ from pydantic import (
     StrictStr,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
@@ -83,6 +84,11 @@ class TextPart(BaseModel):
     text: str
 
 
+def _unsupported(what: str, kind: object) -> PydanticCustomError:
+    return PydanticCustomError("unsupported", "lang-agent takes and gives text only, not {kind}",
+                               {"kind": f"{what} {kind!r}"})  # fmt: skip
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -91,6 +97,16 @@ class ChatMessage(BaseModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value: Any) -> Any:
+        # An image part was refused as "Input should be a valid string", naming no image.
+        for part in value if isinstance(value, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in (None, "text"):
+                raise _unsupported("a content part of type", kind)
+        return value
 
     def to_input(self) -> InputMessage:
         content = self.content
@@ -125,6 +141,8 @@ class ChatRequest(BaseModel):
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     n: Literal[1] | None = None  # one answer per turn: it is what memory keeps
+    # The answer is speech-ready prose: a client asking for JSON must not get prose instead.
+    response_format: dict[str, Any] | None = None
     # lang-agent extension: also stream tool events (chunks with empty choices).
     events: StrictBool = False
 
@@ -132,6 +150,13 @@ class ChatRequest(BaseModel):
     @classmethod
     def _thread_id_text(cls, value: str | int | None) -> str | None:
         return None if value is None else thread_key(str(value))
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_answers(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and value.get("type") != "text":
+            raise _unsupported("response_format", value.get("type"))
+        return value
 
 
 def _usage(usage: Usage) -> dict[str, int]:

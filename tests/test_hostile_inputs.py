@@ -500,6 +500,32 @@ def test_an_error_names_the_field_not_our_types(http, body, param):
 def test_sampling_fields_in_range_are_accepted(http):
     body = openai_body(temperature=0.3, top_p=0.9, max_tokens=64, n=1)
     assert http.post(OPENAI, json=body).status_code == 200
+    text = openai_body({"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                       response_format={"type": "text"})  # fmt: skip
+    assert http.post(OPENAI, json=text).status_code == 200
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "named"),
+    [  # JSON asked for was answered in prose; an image was "Input should be a valid string"
+        (openai_body(response_format={"type": "json_object"}), "response_format",
+         "response_format 'json_object'"),
+        (openai_body(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+         "response_format", "response_format 'json_schema'"),
+        (openai_body({"role": "user", "content": [{"type": "text", "text": "看"}, IMAGE]}),
+         "messages.0.content", "a content part of type 'image_url'"),
+    ],
+)  # fmt: skip
+def test_what_is_not_text_is_refused_by_name(http, body, param, named):
+    response = http.post(OPENAI, json=body)
+    assert_openai_shape(response)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["message"] == f"{param}: lang-agent takes and gives text only, not {named}"
 
 
 BAD_TOOL_CALLS = [[{"id": 1}], [{"function": "f"}], [{"function": {"name": 5}}], ["call"]]
