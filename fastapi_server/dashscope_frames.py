@@ -12,6 +12,7 @@ from lang_agent.jsonwire import dumps
 # code → (HTTP status, DashScope error code)
 DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "InvalidParameter"),
+    "context_length_exceeded": (400, "InvalidParameter"),
     "payload_too_large": (413, "InvalidParameter"),
     "invalid_api_key": (401, "InvalidApiKey"),
     "not_found": (404, "NotFound"),

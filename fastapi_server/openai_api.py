@@ -45,6 +45,7 @@ from lang_agent.errors import InvalidRequest, NotFound
 OPENAI_ERRORS: dict[str, tuple[int, str]] = {
     "invalid_request": (400, "invalid_request_error"),
     "payload_too_large": (413, "invalid_request_error"),
+    "context_length_exceeded": (400, "invalid_request_error"),
     "invalid_api_key": (401, "invalid_request_error"),
     "not_found": (404, "invalid_request_error"),
     "thread_busy": (409, "conflict_error"),

@@ -2,6 +2,7 @@
 
 LangAgentError
  ├── InvalidRequest      the client sent something we cannot serve (4xx)
+ │    └── ContextTooLong       its latest message alone exceeds the model's window (400)
  ├── AuthError           missing or wrong API key (401)
  ├── ThreadBusy          another turn holds the thread and the setting says refuse (409)
  ├── UpstreamError       a model call failed
@@ -44,6 +45,10 @@ class InvalidRequest(LangAgentError):
 
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"  # OpenAI's code for it
 
 
 class NotFound(LangAgentError):

@@ -17,7 +17,7 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 
 from lang_agent.agent.events import InputMessage
-from lang_agent.errors import InvalidRequest
+from lang_agent.errors import ContextTooLong, InvalidRequest
 from lang_agent.llm.tokens import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 
 
@@ -124,7 +124,7 @@ def fit_window(
     while kept and not isinstance(kept[0], HumanMessage):
         kept.pop(0)
     if not kept:
-        raise InvalidRequest("the latest message alone exceeds the model's context window")
+        raise ContextTooLong("the latest message alone exceeds the model's context window")
     return [SystemMessage(system), *kept]
 
 
