@@ -31,6 +31,9 @@ FROM llm_calls WHERE thread_id = %s ORDER BY id
 """
 TURNS_SQL = "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at"
 LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
+LOGGED_ANSWERS_SQL = """SELECT m.content FROM messages m JOIN turns t USING (turn_id)
+WHERE t.thread_id = %s AND t.status = %s AND m.role = 'assistant' AND NOT m.is_filler
+ORDER BY m.seq"""
 
 
 @pytest.fixture(autouse=True)
@@ -106,6 +109,13 @@ def turn_statuses(pg_dsn: str, thread_id: str, count: int) -> list[tuple]:
         return found if len(found) >= count else None
 
     return wait_until(rows)
+
+
+def logged_answers(pg_dsn: str, thread_id: str, *, status: str) -> list[str]:
+    """The answers the log holds for the thread's turns of `status`."""
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(LOGGED_ANSWERS_SQL, (thread_id, status)).fetchall()
+    return [content for (content,) in rows]
 
 
 def memory(pg_dsn: str, thread_id: str) -> list[str]:
@@ -304,10 +314,13 @@ def test_a_slow_endless_stream_is_ended_by_the_turn_budget(live_server, simulato
 # ---- the client hangs up -----------------------------------------------------------------------
 
 
-def _hang_up_after(chunks, count: int) -> None:
-    for number, _ in enumerate(chunks):
+def _hang_up_after(chunks, count: int) -> list:
+    taken = []
+    for number, chunk in enumerate(chunks):
         if number == count:
             break
+        taken.append(chunk)
+    return taken
 
 
 def _cancelled_within(simulator, before: int) -> float:
@@ -341,11 +354,14 @@ def test_an_openai_client_hanging_up_cancels_the_upstream_call(live_server, simu
         stream=True,
         extra_body={"thread_id": thread_id},
     )
-    _hang_up_after(stream, 5)
+    heard = "".join(c.choices[0].delta.content or "" for c in _hang_up_after(stream, 5))
     stream.close()
     took = _cancelled_within(simulator, before)
     logger.warning("openai hang-up: upstream call cancelled after %.3f s", took)
     _thread_is_consistent(client, pg_dsn, thread_id)
+    # The log keeps what went out before the hang-up: it held the user's words alone.
+    (said,) = logged_answers(pg_dsn, thread_id, status="cancelled")
+    assert heard and said.startswith(heard)
 
 
 def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, simulator, pg_dsn):

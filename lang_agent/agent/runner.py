@@ -20,7 +20,7 @@ from lang_agent.agent.graph import build_graph
 from lang_agent.agent.history import client_dialogue
 from lang_agent.agent.nodes import Routing
 from lang_agent.agent.starts import Start, Starts
-from lang_agent.agent.state import AgentDeps, Profile, TurnContext
+from lang_agent.agent.state import AgentDeps, LogEntry, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.checkpointer import PooledSaver
 from lang_agent.conversations import ConversationLog, TurnRecord
@@ -72,6 +72,19 @@ async def _gather(
 
 def _stored(latest: CheckpointTuple | None, channel: str) -> list[AnyMessage]:
     return latest.checkpoint["channel_values"].get(channel, []) if latest else []
+
+
+def _entries(ctx: TurnContext, *, answered: bool) -> list[LogEntry]:
+    """The turn's log entries; for a turn that ended first (a hang-up, a failure mid-answer),
+    also the part of its answer that went out, which the client saw (or the speaker said)."""
+    entries = list(ctx.log)
+    last = entries[-1] if entries else None
+    logged = (
+        last is not None and last.role == "assistant" and not (last.tool_calls or last.is_filler)
+    )
+    if not answered and ctx.said and not logged:
+        entries.append(LogEntry("assistant", "".join(ctx.said)))
+    return entries
 
 
 class Agent:
@@ -300,5 +313,5 @@ class Agent:
             completion_tokens=usage.completion_tokens,
             models=[asdict(m) for m in usage.models],
             metadata=dict(ctx.request.metadata),
-            entries=list(ctx.log),
+            entries=_entries(ctx, answered=status == "ok"),
         )

@@ -95,6 +95,8 @@ class TurnContext:
     # When the turn took its thread (wall clock): the log orders a thread's turns by it, so
     # turns that queued for the thread, in any process, are logged in the order they ran.
     began_at: datetime | None = None
+    # The answer's text as it went out, for the log of a turn that ends before its answer does.
+    said: list[str] = field(default_factory=list)
 
     def tool_budget_s(self) -> float:
         """How long a tool may take and still leave time to speak its answer in this turn."""
@@ -104,6 +106,8 @@ class TurnContext:
     def say(self, event: AnswerDelta | Filler) -> None:
         if self.first_text_at is None:
             self.first_text_at = time.perf_counter()
+        if isinstance(event, AnswerDelta):
+            self.said.append(event.text)
         self.emit(event)
 
     def add_usage(self, model: str, usage: dict[str, Any] | None) -> None:
