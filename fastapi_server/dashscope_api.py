@@ -31,7 +31,7 @@ from lang_agent.agent.events import (
     TurnRequest,
 )
 from lang_agent.agent.runner import Agent
-from lang_agent.errors import InvalidRequest
+from lang_agent.errors import InvalidRequest, Preempted
 
 # Failures the speaker should hear about instead of falling silent.
 SPOKEN_FAILURES = {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout",
@@ -228,8 +228,9 @@ async def _stream(
                 case Done(usage=usage, finish_reason=finish):
                     yield reply.frame(reply.spoken.final(), finish, usage)
                 case Failed(code=code, message=message):
-                    # Once the speaker has started, any failure ends in words, not silence.
-                    if code in SPOKEN_FAILURES or reply.spoken.text:
+                    # Once the speaker has started, any failure ends in words, not silence;
+                    # but a turn the user interrupted ends without another word.
+                    if code in SPOKEN_FAILURES or (reply.spoken.text and code != Preempted.code):
                         last = after_cut(reply.spoken.text, reply.fallback)
                         yield reply.frame(reply.spoken.final(last), "stop")
                     yield reply.error(code, message)
@@ -304,6 +305,7 @@ async def completion(app_id: str, request: Request) -> Response:
         history="seed",
         profile=app_id,
         front_end="dashscope",
+        busy=settings.dashscope_busy_session,
         metadata=metadata,
     )
     reply = Reply(

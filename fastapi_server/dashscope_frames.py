@@ -23,6 +23,7 @@ DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {
     "turn_timeout": (504, "RequestTimeOut"),
     "store_unavailable": (503, "InternalError"),
     "shutting_down": (503, "InternalError"),
+    "preempted": (409, "RequestCancelled"),
     "internal_error": (500, "InternalError"),
 }
 

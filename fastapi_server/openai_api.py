@@ -55,6 +55,7 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
     "turn_timeout": (504, "timeout_error"),
     "store_unavailable": (503, "server_error"),
     "shutting_down": (503, "server_error"),
+    "preempted": (409, "conflict_error"),
     "internal_error": (500, "server_error"),
 }
 

@@ -11,7 +11,8 @@ LangAgentError
  ├── ToolError           a tool failed or timed out (the model sees it as a tool result)
  ├── StoreUnavailable    Postgres (memory, thread leases) cannot be reached (503)
  ├── TurnTimeout         the turn ran out of its budget
- └── ShuttingDown        the server is stopping and its grace period is nearly over (503)
+ ├── ShuttingDown        the server is stopping and its grace period is nearly over (503)
+ └── Preempted           a newer request on the thread ended the turn (barge-in; 409)
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class TurnTimeout(LangAgentError):
 
 class ShuttingDown(LangAgentError):
     code = "shutting_down"
+
+
+class Preempted(LangAgentError):
+    code = "preempted"
 
 
 @contextlib.contextmanager

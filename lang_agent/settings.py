@@ -21,6 +21,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from lang_agent.agent.events import BusyPolicy
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
@@ -197,6 +199,12 @@ class Settings(BaseSettings):
         "抱歉，我这边出了点问题，请稍后再试。",
         description="Spoken on DashScope streams when the model fails, so the speaker is heard.",
     )
+    dashscope_busy_session: BusyPolicy = Field(
+        "preempt",
+        description="DashScope: what a request does on a busy session_id; as BUSY_THREAD. "
+        "`preempt` is xiaozhi's barge-in: the user spoke again, so the old answer stops "
+        "(no fallback is spoken) and the new one starts at once.",
+    )
     dashscope_fake_stream: bool = Field(
         False, description="DashScope: finish each turn first, then stream it in small pieces."
     )
@@ -311,8 +319,11 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long streams in flight may run on; a turn still running "
         "1 s before the end ends with a `shutting_down` error. New requests are refused at once.",
     )
-    busy_thread: Literal["wait", "reject"] = Field(
-        "wait", description="A second request on a busy thread waits, or is refused with 409."
+    busy_thread: BusyPolicy = Field(
+        "wait",
+        description="A second request on a busy thread waits, is refused with 409 (`reject`), "
+        "or ends the turn running there (`preempt`: it ends with `preempted`, 409) and runs "
+        "next. Across worker processes `preempt` waits.",
     )
     busy_wait_s: float = Field(30.0, ge=0, description="Longest wait for a busy thread, seconds.")
 

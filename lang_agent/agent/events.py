@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# What a request does when another turn holds its thread: wait in line, be refused with
+# ThreadBusy, or end that turn (and those waiting) and run next (barge-in).
+BusyPolicy = Literal["wait", "reject", "preempt"]
+
 
 @dataclass(frozen=True)
 class ModelUsage:
@@ -103,6 +107,7 @@ class TurnRequest:
       user turn is new. On a new thread what comes before it (xiaozhi's few-shot examples)
       becomes the thread's preamble: the models see it every turn, memory never holds it.
     Without `thread_id` the turn is stateless and `messages` is the whole context.
+    `busy` is what it does on a busy thread; None: BUSY_THREAD.
     """
 
     messages: tuple[InputMessage, ...]
@@ -111,4 +116,5 @@ class TurnRequest:
     history: Literal["append", "seed"] = "append"
     profile: str | None = None
     front_end: str = "openai"
+    busy: BusyPolicy | None = None
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,13 @@ from lang_agent.agent.state import AgentDeps, LogEntry, Profile, TurnContext
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.checkpointer import PooledSaver
 from lang_agent.conversations import ConversationLog, TurnRecord
-from lang_agent.errors import LangAgentError, ShuttingDown, TurnTimeout, store_errors
+from lang_agent.errors import (
+    LangAgentError,
+    Preempted,
+    ShuttingDown,
+    TurnTimeout,
+    store_errors,
+)
 from lang_agent.llm.context import calling
 
 logger = logging.getLogger(__name__)
@@ -216,7 +222,9 @@ class Agent:
                 # Memory is read in the lease's round trip: one fewer before the router.
                 read = saver.latest_query(thread_id)
                 with store_errors():  # the lease and the checkpoints live in Postgres
-                    async with self.locks.hold(thread_id, read=read) as row:
+                    async with self.locks.hold(
+                        thread_id, read=read, busy=request.busy, preemptible=True
+                    ) as row:
                         ctx.began_at = datetime.now(UTC)
                         config = {"configurable": {"thread_id": thread_id}}
                         latest = await saver.load_latest(thread_id, row)
@@ -293,6 +301,8 @@ class Agent:
         match last:
             case Done():
                 status, code, error = "ok", None, None
+            case Failed(code=Preempted.code, message=error):  # the user's barge-in, no fault
+                status, code = "cancelled", Preempted.code
             case Failed(code=code, message=error):
                 status = "failed"
             case _:

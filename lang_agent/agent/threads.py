@@ -1,4 +1,11 @@
-"""One turn per thread at a time: an in-process FIFO lock, then a Postgres lease for processes."""
+"""One turn per thread at a time: an in-process FIFO lock, then a Postgres lease for processes.
+
+What a request finds on a busy thread is its policy: "wait" (in line, up to BUSY_WAIT_S),
+"reject" (ThreadBusy at once), or "preempt" (barge-in: the turns holding or awaiting the
+thread in this process end with Preempted, then it waits in line for the thread as "wait"
+does, so the newest request runs next and never beside another). A turn held by another
+process cannot be reached from here: "preempt" waits for it as "wait" does.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from lang_agent.agent.events import BusyPolicy
 from lang_agent.db import Database
-from lang_agent.errors import ThreadBusy
+from lang_agent.errors import Preempted, ThreadBusy
 
 logger = logging.getLogger(__name__)
 
@@ -37,53 +46,87 @@ POLL_START_S = 0.02
 POLL_MAX_S = 0.25
 
 
+@dataclass
+class _Thread:
+    """One thread's in-process state, while requests hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    turns: set[asyncio.Task[Any]] = field(default_factory=set)  # preemptible: holding or waiting
+    preempted: set[asyncio.Task[Any]] = field(default_factory=set)  # cancelled by a newer one
+
+
 class ThreadLocks:
     """`async with locks.hold(thread_id):` runs the block as the thread's only turn."""
 
-    def __init__(self, db: Database, *, mode: str, wait_s: float, lease_ttl_s: float) -> None:
+    def __init__(
+        self, db: Database, *, mode: BusyPolicy, wait_s: float, lease_ttl_s: float
+    ) -> None:
         self.db = db
         self.mode = mode
         self.wait_s = wait_s
         self.lease_ttl_s = lease_ttl_s
-        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._local: dict[str, _Thread] = {}
         self._process = f"{uuid.uuid4().hex}:"  # prefixes the owner of every lease we take
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, thread_id: str, *, read: Query | None = None
+        self,
+        thread_id: str,
+        *,
+        read: Query | None = None,
+        busy: BusyPolicy | None = None,
+        preemptible: bool = False,
     ) -> AsyncIterator[DictRow | None]:
         """Yields the first row of `read` (None without one), a query run in the lease's own
         round trip, after the lease is taken: it sees whatever the previous holder saved
-        before giving the thread back."""
-        lock, users = self._local.get(thread_id, (asyncio.Lock(), 0))
-        self._local[thread_id] = (lock, users + 1)
+        before giving the thread back. `busy` overrides BUSY_THREAD for this request; a
+        `preemptible` holder (a turn, not a forget) is one a "preempt" request may end: its
+        task is cancelled, and the block raises Preempted instead of CancelledError."""
+        mode = busy or self.mode
+        thread = self._local.setdefault(thread_id, _Thread())
+        thread.users += 1
+        task = asyncio.current_task()
         try:
-            if self.mode == "reject" and lock.locked():
+            if mode == "reject" and thread.lock.locked():
                 raise ThreadBusy("another turn is running on this thread")
+            if mode == "preempt":
+                for turn in thread.turns - thread.preempted:
+                    thread.preempted.add(turn)
+                    turn.cancel()
+            if preemptible and task is not None:
+                thread.turns.add(task)
             deadline = time.monotonic() + self.wait_s
             try:
                 async with asyncio.timeout(self.wait_s):
-                    await lock.acquire()
+                    await thread.lock.acquire()
             except TimeoutError as exc:
                 raise ThreadBusy("the thread stayed busy for too long") from exc
             try:
-                owner, row = await self._acquire_lease(thread_id, deadline, read)
+                owner, row = await self._acquire_lease(thread_id, deadline, read, mode=mode)
                 try:
                     yield row
                 finally:
+                    thread.turns.discard(task)  # its work is over: only the lease goes back
                     # Shielded: a cancelled turn must still give the thread back.
                     await asyncio.shield(self._release_lease(thread_id, owner))
             finally:
-                lock.release()
+                thread.lock.release()
+        except asyncio.CancelledError as exc:
+            # Our cancel, and no one else's (a hang-up, the shutdown) besides: the turn was
+            # ended by a newer request, and its caller hears that, not a bare cancel.
+            if task is not None and task in thread.preempted and task.uncancel() == 0:
+                raise Preempted("a newer request on this thread ended this turn") from exc
+            raise
         finally:
-            lock, users = self._local[thread_id]
-            if users <= 1:
+            thread.turns.discard(task)
+            thread.preempted.discard(task)
+            thread.users -= 1
+            if thread.users == 0:
                 del self._local[thread_id]
-            else:
-                self._local[thread_id] = (lock, users - 1)
 
     async def _acquire_lease(
-        self, thread_id: str, deadline: float, read: Query | None
+        self, thread_id: str, deadline: float, read: Query | None, *, mode: BusyPolicy
     ) -> tuple[str, DictRow | None]:
         owner = self._process + uuid.uuid4().hex
         params = {
@@ -98,7 +141,7 @@ class ThreadLocks:
                 granted, row = await _lease_and_read(conn, params, read)
             if granted is not None:
                 return owner, row
-            if self.mode == "reject" or time.monotonic() + pause > deadline:
+            if mode == "reject" or time.monotonic() + pause > deadline:
                 raise ThreadBusy("another turn is running on this thread")
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MAX_S)

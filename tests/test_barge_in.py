@@ -1,0 +1,250 @@
+"""End to end: a newer request on a busy thread (xiaozhi's barge-in), per busy policy."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import sys
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dashscope
+import openai
+import psycopg
+import pytest
+from dashscope import Application
+from langgraph.checkpoint.postgres import PostgresSaver
+
+from lang_agent.agent.threads import ThreadLocks
+from lang_agent.db import Database, migrate
+from lang_agent.errors import Preempted, ThreadBusy
+from tests.conftest import TEST_KEY
+from tests.support import latency, wait_until
+
+LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
+TURNS_SQL = (
+    "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at, latency_ms"
+)
+SET_VOLUME = "self.audio_speaker.set_volume"
+
+
+def speak(text: str, session_id: str) -> list:
+    """Every item of a streamed call, consumed as AliBL consumes it (all of them)."""
+    responses = Application.call(
+        api_key=TEST_KEY,
+        app_id="lang-agent",
+        session_id=session_id,
+        messages=[{"role": "user", "content": text}],
+        stream=True,
+    )
+    return list(responses)
+
+
+def spoken(items: list) -> str:
+    """What xiaozhi says: the last cumulative text of the 200 items (others are skipped)."""
+    texts = [item.output.text for item in items if item.status_code == 200]
+    return texts[-1] if texts else ""
+
+
+def holds_lease(pg_dsn: str, thread_id: str) -> bool:
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(LEASE_SQL, (thread_id,)).fetchone()[0] == 1
+
+
+def logged_turns(pg_dsn: str, thread_id: str, count: int) -> list[tuple] | None:
+    with psycopg.connect(pg_dsn) as conn:
+        rows = conn.execute(TURNS_SQL, (thread_id,)).fetchall()
+    return rows if len(rows) == count else None
+
+
+def remembered(pg_dsn: str, thread_id: str) -> list[str]:
+    with psycopg.connect(pg_dsn) as conn:
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
+    return [m.content for m in state.checkpoint["channel_values"]["messages"]]
+
+
+@pytest.fixture
+def hanging_device(tmp_path: Path) -> Path:
+    """A device whose volume call never answers: the turn sits in its silent tool stretch."""
+    args = ["-m", "lang_agent.tools.device_sim", "--hang-tool", SET_VOLUME]
+    device = {"transport": "stdio", "command": sys.executable, "args": args, "timeout_s": 30}
+    path = tmp_path / "mcp_config.json"
+    path.write_text(json.dumps({"device": device}), encoding="utf-8")
+    return path
+
+
+def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
+    live_server, hanging_device, pg_dsn
+):
+    server = live_server(mcp_config=hanging_device)
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    session = uuid.uuid4().hex
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(speak, "把音量调到30", session)
+        wait_until(lambda: holds_lease(pg_dsn, session))
+        second = speak("你好", session)
+        # The first turn's tool never answers: only the second request ended it.
+        old = first.result()
+    assert all(item.status_code == 200 for item in second)
+    assert second[-1].output.finish_reason == "stop" and spoken(second)
+    # The interrupted turn ends with an error item AliBL skips, and no fallback is spoken.
+    assert (old[-1].status_code, old[-1].code) == (409, "RequestCancelled")
+    assert all(item.status_code == 200 for item in old[:-1])
+    assert "抱歉" not in spoken(old)
+    turns = wait_until(lambda: logged_turns(pg_dsn, session, 2))
+    assert turns == [("cancelled", "preempted"), ("ok", None)]
+    memory = remembered(pg_dsn, session)
+    assert memory == ["你好", spoken(second)]
+
+
+def test_the_openai_front_end_still_waits_by_default(live_server, simulator, pg_dsn, thread_id):
+    """DASHSCOPE_BUSY_SESSION=preempt is the DashScope front end's; BUSY_THREAD stays `wait`."""
+    server = live_server()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+
+    def ask(text: str) -> str:
+        reply = client.chat.completions.create(
+            model="lang-agent",
+            messages=[{"role": "user", "content": text}],
+            extra_body={"thread_id": thread_id},
+        )
+        return reply.choices[0].message.content
+
+    with latency(simulator, "chat", ttft_ms=800):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(ask, "慢一点")
+            wait_until(lambda: holds_lease(pg_dsn, thread_id))
+            second = ask("插一句")
+            assert first.result() and second
+    assert wait_until(lambda: logged_turns(pg_dsn, thread_id, 2)) == [("ok", None)] * 2
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("wait", []), ("reject", [(429, "Throttling")])])
+def test_dashscope_busy_session_wait_and_reject(live_server, simulator, pg_dsn, policy, refused):
+    server = live_server(dashscope_busy_session=policy)
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    session = uuid.uuid4().hex
+    with latency(simulator, "chat", ttft_ms=800):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(speak, "慢一点", session)
+            wait_until(lambda: holds_lease(pg_dsn, session))
+            second = speak("插一句", session)
+            old = first.result()
+    assert all(item.status_code == 200 for item in old)
+    assert [(i.status_code, i.code) for i in second if i.status_code != 200] == refused
+    assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * (
+        2 - len(refused)
+    ) + [("failed", "thread_busy")] * len(refused)
+
+
+@pytest.fixture
+async def locks(pg_dsn) -> AsyncIterator[ThreadLocks]:
+    db = Database(pg_dsn, max_size=4)
+    await db.open()
+    async with db.connection() as conn:
+        await migrate(conn)
+    yield ThreadLocks(db, mode="wait", wait_s=10, lease_ttl_s=60)
+    await db.close()
+
+
+class Order:
+    """What the turns did, in order; `reached` waits for an entry."""
+
+    def __init__(self) -> None:
+        self.entries: list[str] = []
+        self._seen: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def add(self, entry: str) -> None:
+        self.entries.append(entry)
+        self._seen[entry].set()
+
+    async def reached(self, entry: str) -> None:
+        await self._seen[entry].wait()
+
+
+async def _turn(locks: ThreadLocks, thread: str, order: Order, name: str, **policy) -> None:
+    """A turn that runs until it is ended; `order` records when it ran and how it ended."""
+    try:
+        async with locks.hold(thread, preemptible=True, **policy):
+            order.add(f"{name} runs")
+            await asyncio.Event().wait()
+    except Preempted:
+        order.add(f"{name} preempted")
+    except asyncio.CancelledError:
+        order.add(f"{name} cancelled")
+        raise
+
+
+async def test_preempt_ends_the_holder_and_then_takes_the_thread(locks, thread_id):
+    order = Order()
+    first = asyncio.create_task(_turn(locks, thread_id, order, "first"))
+    await order.reached("first runs")
+    second = asyncio.create_task(_turn(locks, thread_id, order, "second", busy="preempt"))
+    await order.reached("second runs")
+    assert order.entries == ["first runs", "first preempted", "second runs"]
+    assert first.done() and not first.cancelled()
+    second.cancel()  # a hang-up is still a cancel, not Preempted
+    await asyncio.wait([second])
+    assert second.cancelled() and order.entries[-1] == "second cancelled"
+
+
+async def test_preempt_ends_a_turn_waiting_in_line_and_waits_for_a_forget(locks, thread_id):
+    order = Order()
+    release = asyncio.Event()
+
+    async def forget() -> None:  # not preemptible: it deletes a thread
+        async with locks.hold(thread_id):
+            order.add("forget runs")
+            await release.wait()
+        order.add("forget done")
+
+    held = asyncio.create_task(forget())
+    await order.reached("forget runs")
+    queued = asyncio.create_task(_turn(locks, thread_id, order, "queued"))
+    await asyncio.sleep(0.05)  # it waits in line
+    newest = asyncio.create_task(_turn(locks, thread_id, order, "newest", busy="preempt"))
+    await order.reached("queued preempted")
+    assert not held.done()
+    release.set()
+    await order.reached("newest runs")
+    assert order.entries == ["forget runs", "queued preempted", "forget done", "newest runs"]
+    newest.cancel()
+    await asyncio.wait([held, queued, newest])
+
+
+async def test_reject_still_refuses_a_busy_thread(locks, thread_id):
+    order = Order()
+    first = asyncio.create_task(_turn(locks, thread_id, order, "first"))
+    await order.reached("first runs")
+    with pytest.raises(ThreadBusy):
+        async with locks.hold(thread_id, busy="reject"):
+            pass
+    first.cancel()
+    await asyncio.wait([first])
+    assert order.entries == ["first runs", "first cancelled"]
+
+
+async def test_preempt_waits_for_a_turn_another_process_holds(locks, thread_id):
+    """No signal crosses processes: the lease is waited for, as with `wait`."""
+    theirs = ThreadLocks(locks.db, mode="wait", wait_s=10, lease_ttl_s=60)
+    order = Order()
+    release = asyncio.Event()
+
+    async def their_turn() -> None:
+        async with theirs.hold(thread_id, preemptible=True):
+            order.add("theirs runs")
+            await release.wait()
+        order.add("theirs done")
+
+    held = asyncio.create_task(their_turn())
+    await order.reached("theirs runs")
+    ours = asyncio.create_task(_turn(locks, thread_id, order, "ours", busy="preempt"))
+    await asyncio.sleep(0.3)  # it polls the lease meanwhile
+    release.set()
+    await order.reached("ours runs")
+    assert order.entries == ["theirs runs", "theirs done", "ours runs"]
+    ours.cancel()
+    await asyncio.wait([held, ours])
