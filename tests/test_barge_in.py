@@ -76,18 +76,24 @@ def hanging_device(tmp_path: Path) -> Path:
     return path
 
 
+def overlapping(pg_dsn: str, session: str, first: str, second: str) -> tuple[list, list]:
+    """`first` said on the session, then `second` once the first turn holds the thread: the
+    items of both answers."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        earlier = pool.submit(speak, first, session)
+        wait_until(lambda: holds_lease(pg_dsn, session))
+        later = speak(second, session)
+        return earlier.result(), later
+
+
 def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
     live_server, hanging_device, pg_dsn
 ):
     server = live_server(mcp_config=hanging_device)
     dashscope.base_http_api_url = f"{server.url}/api/"
     session = uuid.uuid4().hex
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(speak, "把音量调到30", session)
-        wait_until(lambda: holds_lease(pg_dsn, session))
-        second = speak("你好", session)
-        # The first turn's tool never answers: only the second request ended it.
-        old = first.result()
+    # The first turn's tool never answers: only the second request can end it.
+    old, second = overlapping(pg_dsn, session, "把音量调到30", "你好")
     assert all(item.status_code == 200 for item in second)
     assert second[-1].output.finish_reason == "stop" and spoken(second)
     # The interrupted turn ends with an error item AliBL skips, and no fallback is spoken.
@@ -128,11 +134,7 @@ def test_dashscope_busy_session_wait_and_reject(live_server, simulator, pg_dsn, 
     dashscope.base_http_api_url = f"{server.url}/api/"
     session = uuid.uuid4().hex
     with latency(simulator, "chat", ttft_ms=800):
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            first = pool.submit(speak, "慢一点", session)
-            wait_until(lambda: holds_lease(pg_dsn, session))
-            second = speak("插一句", session)
-            old = first.result()
+        old, second = overlapping(pg_dsn, session, "慢一点", "插一句")
     assert all(item.status_code == 200 for item in old)
     assert [(i.status_code, i.code) for i in second if i.status_code != 200] == refused
     assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * (

@@ -4,7 +4,6 @@ bad settings, bad thread ids, Ctrl-C, servers that do not answer with the stream
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from lang_agent.demo import EventPrinter, RemoteChat, history_text
 from lang_agent.llm.sim import Simulator
 from lang_agent.settings import ROOT
 from tests.conftest import TEST_KEY
-from tests.support import set_latency
+from tests.support import bare_env, script_env, set_latency
 
 SCRIPT = ROOT / "scripts" / "demo_chat.py"
 # Chat mode against this URL only connects on a turn: tests that send none need no server.
@@ -37,25 +36,16 @@ NO_SERVER = "http://127.0.0.1:18599"
 PROMPT = "you › ".encode()
 
 
-def clean_env() -> dict[str, str]:
-    """The caller's environment without settings (the script runs in tmp, so no .env)."""
-    keep = ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
-    return {key: value for key, value in os.environ.items() if key in keep}
-
-
 @pytest.fixture
 def run_script(pg_dsn, simulator, empty_mcp_config, tmp_path):
     """Run the script in a clean directory (no .env) with settings for the test database."""
 
     def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        env = clean_env()
-        env.update(
-            CONN_STR=pg_dsn,
-            SIM_URL=simulator.base_url,
-            LLM_PROVIDER="sim",
-            MCP_CONFIG=str(empty_mcp_config),
-            DATA_DIR=str(tmp_path / "data"),
-            FAST_AUTH_KEYS=TEST_KEY,
+        env = script_env(
+            pg_dsn=pg_dsn,
+            sim_url=simulator.base_url,
+            mcp_config=empty_mcp_config,
+            data_dir=tmp_path / "data",
             LLM_RETRIES="0",
         )
         return subprocess.run(
@@ -167,7 +157,7 @@ def test_ctrl_c_while_waiting_on_piped_input_exits_130(tmp_path: Path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=tmp_path,
-        env=clean_env(),
+        env=bare_env(),
     )
     try:
         shown = b""
@@ -192,7 +182,7 @@ def test_a_bad_setting_is_one_line(tmp_path: Path, setting: str, value: str):
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={**clean_env(), setting: value},
+        env={**bare_env(), setting: value},
         timeout=60,
     )
     assert result.returncode == 3

@@ -4,7 +4,6 @@ exit 2 (1 is --fail-under's), and the diff compares metrics only with a run on t
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from lang_agent.settings import ROOT
 from tests.conftest import TEST_KEY
+from tests.support import script_env
 
 TWO_CASES = "id=calc-times-en,id=chat-hello-zh"
 
@@ -184,14 +184,11 @@ def test_ctrl_c_is_one_line_exit_130_and_keeps_no_empty_run(
     pg_dsn, simulator, empty_mcp_config, tmp_path
 ):
     # It was a 38-line traceback, and left an empty run folder behind.
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
-    env.update(
-        CONN_STR=pg_dsn,
-        SIM_URL=simulator.base_url,
-        LLM_PROVIDER="sim",
-        MCP_CONFIG=str(empty_mcp_config),
-        DATA_DIR=str(tmp_path / "data"),
-        FAST_AUTH_KEYS=TEST_KEY,
+    env = script_env(
+        pg_dsn=pg_dsn,
+        sim_url=simulator.base_url,
+        mcp_config=empty_mcp_config,
+        data_dir=tmp_path / "data",
     )
     argv = [sys.executable, str(ROOT / "scripts" / "eval.py"), "--out", str(tmp_path / "r")]
     # Every case, one at a time: the run is still going when the first progress line shows.

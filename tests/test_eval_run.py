@@ -4,7 +4,6 @@ a simulator scripted to make known mistakes (counted exactly), the report files,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import EvalOptions, evaluate, pick_cases
 from lang_agent.llm.sim_script import Script
 from lang_agent.settings import ROOT
-from tests.conftest import TEST_KEY
+from tests.support import script_env
 
 MCP_CONFIG = ROOT / "configs" / "mcp_config.json"
 SUBSET = "vol-set-50-zh,lamp-on-en,calc-times-en,chat-hello-zh,mem-louder-zh,missing-pizza-en"
@@ -121,16 +120,8 @@ async def test_scripted_mistakes_are_counted_exactly(make_settings, simulator, t
 
 
 def test_eval_script_runs_and_reports_bad_lines(pg_dsn, simulator, tmp_path):
-    # PYTHONPATH is kept: it may name the checkout under test (a worktree).
-    kept = ("PATH", "HOME", "LANG", "XDG_RUNTIME_DIR", "PYTHONPATH")
-    env = {k: v for k, v in os.environ.items() if k in kept}
-    env.update(
-        CONN_STR=pg_dsn,
-        SIM_URL=simulator.base_url,
-        LLM_PROVIDER="sim",
-        MCP_CONFIG=str(MCP_CONFIG),
-        DATA_DIR=str(tmp_path / "data"),
-        FAST_AUTH_KEYS=TEST_KEY,
+    env = script_env(
+        pg_dsn=pg_dsn, sim_url=simulator.base_url, mcp_config=MCP_CONFIG, data_dir=tmp_path / "data"
     )
     script = [sys.executable, str(ROOT / "scripts" / "eval.py"), "--out", str(tmp_path / "r")]
 

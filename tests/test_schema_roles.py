@@ -4,8 +4,6 @@ date (`lang-agent schema --apply`), and says in one line what to do when the sch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +16,8 @@ from psycopg.conninfo import make_conninfo
 
 from fastapi_server.serve import STARTUP_FAILURE
 from lang_agent.cli import main
-from lang_agent.settings import ROOT
 from tests.conftest import TEST_KEY
+from tests.support import failed_start
 
 GRANTS = """
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role};
@@ -88,14 +86,7 @@ def test_a_server_on_a_role_without_ddl_rights_serves_turns(database, live_serve
 
 def test_a_server_whose_role_may_not_create_the_schema_stops_in_one_line(database, tmp_path):
     env = {**os.environ, "CONN_STR": database.worker, "DB_START_WAIT_S": "1"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = failed_start(env, cwd=tmp_path)
     assert done.returncode == STARTUP_FAILURE
     assert done.stderr.startswith("Error: the database has no schema, this code needs version")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr

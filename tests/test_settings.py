@@ -13,6 +13,7 @@ from pydantic_settings import SettingsError
 from fastapi_server.serve import STARTUP_FAILURE, settings_from_flags
 from lang_agent.db import mask_dsn
 from lang_agent.settings import Settings, settings_error
+from tests.support import failed_start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,14 +152,7 @@ def test_a_bad_mcp_config_stops_the_server_with_one_line_naming_it(
 
 def test_a_bad_setting_stops_the_server_with_one_line_naming_it(tmp_path):
     env = {**os.environ, "MCP_PING_S": "0", "REPEAT_THRESHOLD": "2"}
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = failed_start(env, cwd=tmp_path)
     assert done.returncode == STARTUP_FAILURE
     assert done.stderr.strip() == (
         "Error: MCP_PING_S: Input should be greater than 0; "
@@ -212,8 +206,7 @@ def test_a_database_out_of_reach_stops_the_server_after_db_start_wait_s(tmp_path
         closed.bind(("127.0.0.1", 0))
         refused = f"postgresql://u:pw-secret@127.0.0.1:{closed.getsockname()[1]}/db"
     env = {**os.environ, "CONN_STR": refused, "DB_START_WAIT_S": "1", "DATA_DIR": str(tmp_path)}
-    argv = [sys.executable, str(ROOT / "fastapi_server" / "server_openai.py")]
-    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    done = failed_start(env, cwd=tmp_path)
     assert done.returncode == STARTUP_FAILURE
     *waits, last = done.stderr.strip().splitlines()
     assert last.startswith("Error: cannot connect to postgresql://u:***@127.0.0.1:"), done.stderr
