@@ -20,7 +20,9 @@ SELECT_BY_THREAD_SQL = "SELECT * FROM llm_calls WHERE thread_id = %s ORDER BY id
 SELECT_BY_CALL_SQL = "SELECT * FROM llm_calls WHERE call_id = %s"
 
 
-@pytest.fixture(scope="session")
+# Module scope: each module imports these and so has instances of its own (a database it may
+# empty); "session" kept every module's Postgres running until the whole run ended.
+@pytest.fixture(scope="module")
 def capture_pg() -> Iterator[Any]:
     """A throwaway embedded Postgres outside pytest's tmp tree (a concurrent pytest run re-chmods
     that tree to 0700, which would lock the server's own user out of its socket)."""
@@ -33,12 +35,12 @@ def capture_pg() -> Iterator[Any]:
     shutil.rmtree(parent, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def capture_dsn(capture_pg: Any) -> str:
     return capture_pg.get_uri()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def capture_db(capture_dsn: str) -> AsyncIterator[Database]:
     db = Database(capture_dsn, max_size=4)
     await db.open()
@@ -46,7 +48,7 @@ async def capture_db(capture_dsn: str) -> AsyncIterator[Database]:
     await db.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def capture_sim() -> AsyncIterator[Any]:
     from lang_agent.llm.sim import Simulator
 
