@@ -42,7 +42,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lang_agent.cli_common import env_file_settings, positive_int, print_error, share
+from lang_agent.cli_common import (
+    env_file_settings,
+    positive_int,
+    print_error,
+    setting_named,
+    share,
+)
 from lang_agent.evaluation.dataset import DatasetError
 from lang_agent.evaluation.evaluate import (
     DEFAULT_DATASET,
@@ -83,7 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override one setting, e.g. --set chat_model=moonshot:kimi-k2.5 (repeatable)",
+        help="override one setting, named as in .env in any case, e.g. --set "
+        "CHAT_MODEL=moonshot:kimi-k2.5 (repeatable)",
     )
     add("--profile", help="pipeline profile (configs/profiles.json) used for every turn")
     add("--judge-model", help="LLM judge, [provider:]name (default: JUDGE_MODEL, none)")
@@ -110,7 +117,13 @@ def json_config(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not a JSON config ({exc})") from exc
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a JSON config must be an object {{setting: value}}")
-    return values
+    return _by_field(values)
+
+
+def _by_field(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings named as the environment names them (any case, or an alias such as
+    DATABASE_URL), by field name; a name no setting has is kept as given, to be refused."""
+    return {setting_named(name) or name: value for name, value in values.items()}
 
 
 def build_settings(args: argparse.Namespace) -> Settings:
@@ -128,7 +141,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ValueError(f"--set wants NAME=VALUE, got {item!r}")
-        overrides[name.strip().lower()] = value
+        overrides.update(_by_field({name.strip(): value}))
     if args.judge_model:
         overrides["judge_model"] = args.judge_model
     unknown = sorted(set(overrides) - set(Settings.model_fields))

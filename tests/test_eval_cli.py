@@ -88,6 +88,11 @@ def assert_refused(ran: Ran, message: str) -> None:
         ),
         ({"latin1.env": b"CHAT_MODEL=caf\xe9\n"}, ["--config", "latin1.env"], "not UTF-8 text"),
         ({}, ["--set", "db_timeout_s=0"], "DB_TIMEOUT_S: Input should be greater than 0"),
+        # Named as in .env (any case, an alias): such names were "unknown" here alone.
+        ({}, ["--set", "DB_TIMEOUT_S=0"], "DB_TIMEOUT_S: Input should be greater than 0"),
+        ({"c.json": b'{"DB_TIMEOUT_S": 0}'}, ["--config", "c.json"], "DB_TIMEOUT_S: Input should"),
+        ({}, ["--set", "DATABASE_URL=nodsn"], "not a valid Postgres DSN"),
+        ({}, ["--set", "SPECULATVE_CHAT=1"], "unknown setting(s): SPECULATVE_CHAT"),
         (
             {"p.json": b'{"x": 1}'},
             ["--set", "profiles_file=p.json", "--profile", "x"],
