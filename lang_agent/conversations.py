@@ -14,8 +14,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from lang_agent.agent.state import LogEntry
-from lang_agent.db import OUTAGE_WAIT_S, Database, gather_batch, insert_rows_sql
+from lang_agent.db import OUTAGE_WAIT_S, gather_batch, insert_rows_sql
 from lang_agent.jsonwire import jsonb_dumps
+from lang_agent.pool import Database
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from lang_agent.capture.query import CallFilter, count_calls, delete_calls
-from lang_agent.db import Database, command_connection, existing_tables
+from lang_agent.db import command_connection, existing_tables
+from lang_agent.pool import Database
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -19,12 +19,13 @@ from lang_agent.capture import CapturingTransport, Recorder
 from lang_agent.capture.metrics import PREFIX, family_lines
 from lang_agent.checkpointer import PooledSaver, install_loop_executor
 from lang_agent.conversations import ConversationLog
-from lang_agent.db import Database, resolve_dsn
+from lang_agent.db import resolve_dsn
 from lang_agent.llm.factory import ModelFactory, uses_sim
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.proxies import ProxyRoutes
 from lang_agent.loop_lag import LoopLag
+from lang_agent.pool import Database
 from lang_agent.prompts import Prompts
 from lang_agent.retention import retention_job
 from lang_agent.settings import Settings

@@ -34,7 +34,7 @@ from lang_agent.bench.stack import Stack  # noqa: E402
 from lang_agent.bench.workload import CHAT_TEXT  # noqa: E402
 from lang_agent.checkpointer import PooledSaver, install_loop_executor  # noqa: E402
 from lang_agent.cli_common import positive_int  # noqa: E402
-from lang_agent.db import Database  # noqa: E402
+from lang_agent.pool import Database  # noqa: E402
 
 ANSWER = "好的，明天北京晴，最高气温十二度，最低零下三度，北风三级，出门记得多穿一件外套。"
 ROUNDS = 6

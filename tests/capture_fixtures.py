@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lang_agent.capture.recorder import Recorder
-from lang_agent.db import Database
+from lang_agent.pool import Database
 
 SELECT_BY_THREAD_SQL = "SELECT * FROM llm_calls WHERE thread_id = %s ORDER BY id"
 SELECT_BY_CALL_SQL = "SELECT * FROM llm_calls WHERE call_id = %s"

@@ -19,8 +19,9 @@ from dashscope import Application
 from langgraph.checkpoint.postgres import PostgresSaver
 
 from lang_agent.agent.threads import ThreadLocks
-from lang_agent.db import Database, migrate
+from lang_agent.db import migrate
 from lang_agent.errors import Preempted, ThreadBusy
+from lang_agent.pool import Database
 from tests.conftest import TEST_KEY
 from tests.support import latency, wait_until
 

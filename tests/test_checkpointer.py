@@ -32,7 +32,7 @@ from lang_agent.checkpointer import (
     inline,
     install_loop_executor,
 )
-from lang_agent.db import Database
+from lang_agent.pool import Database
 
 
 def test_the_executor_runs_inline_only_when_asked():

@@ -12,7 +12,7 @@ import pytest
 
 from lang_agent.agent.state import LogEntry
 from lang_agent.conversations import ConversationLog, TurnRecord, read_thread
-from lang_agent.db import Database
+from lang_agent.pool import Database
 
 
 def _turn(thread_id: str, text: str, **fields) -> TurnRecord:

@@ -6,7 +6,7 @@ import asyncio
 
 import psycopg
 
-from lang_agent.db import CheckoutCheck, Database
+from lang_agent.pool import CheckoutCheck, Database
 
 
 class CountingCheck(CheckoutCheck):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from psycopg.conninfo import make_conninfo
 
 from lang_agent.cli import main
-from lang_agent.db import MIGRATIONS, Database
+from lang_agent.db import MIGRATIONS
 from lang_agent.doctor import (
     Check,
     check_auth,
@@ -32,6 +32,7 @@ from lang_agent.doctor import (
     report,
 )
 from lang_agent.llm.sim import Simulator
+from lang_agent.pool import Database
 from lang_agent.settings import ROLES
 from tests.conftest import TEST_KEY
 from tests.support import LiveServer

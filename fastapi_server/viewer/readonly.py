@@ -17,7 +17,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from lang_agent.db import CONNECTION_KWARGS, Database, mask_dsn, migrate, resolve_dsn
+from lang_agent.db import CONNECTION_KWARGS, mask_dsn, migrate, resolve_dsn
+from lang_agent.pool import Database
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
 from lang_agent.agent.events import BusyPolicy
-from lang_agent.db import Database
 from lang_agent.errors import Preempted, ThreadBusy
+from lang_agent.pool import Database
 
 logger = logging.getLogger(__name__)
 

@@ -32,14 +32,13 @@ from lang_agent.capture.record import COLUMNS, CallRecord
 from lang_agent.db import (
     CONNECTION_KWARGS,
     OUTAGE_WAIT_S,
-    CheckoutCheck,
-    Pool,
     gather_batch,
     insert_rows_sql,
     mask_dsn,
     migrate,
 )
 from lang_agent.jsonwire import jsonb_dumps
+from lang_agent.pool import CheckoutCheck, Pool
 from lang_agent.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -180,7 +179,7 @@ class Recorder:
 
     async def _open_pool(self) -> None:
         """A pool that starts connecting in the background (never waits for the DB); through
-        an outage it keeps trying at a steady pace (`db.Pool`)."""
+        an outage it keeps trying at a steady pace (`pool.Pool`)."""
         checkout = CheckoutCheck()
         self._pool = Pool(
             self.dsn or "",
