@@ -243,7 +243,9 @@ class Agent:
                         # turn on this thread waits for the lease, not the client for it.
                         self._done(ctx)
         except LangAgentError as exc:
-            logger.warning("turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
+            # A barge-in (Preempted) is the user speaking again, not a fault to warn of.
+            level = logging.INFO if isinstance(exc, Preempted) else logging.WARNING
+            logger.log(level, "turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
             ctx.emit(Failed(exc.code, exc.message))
         except Exception:  # the edge of the engine: anything unexpected becomes Failed
             logger.exception("turn %s failed unexpectedly", ctx.turn_id)
