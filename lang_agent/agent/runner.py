@@ -132,12 +132,8 @@ class Agent:
         Failed("shutting_down"), which its client reads (an error frame; the spoken fallback
         on DashScope), where the server's cancel would cut its stream without an end and the
         log would blame the client. Memory stays as it was, as for any failed turn."""
-        self._stopping = True
-        running = list(self._running)
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running, timeout=timeout_s)
+        self._stopping = True  # read by `_drive` as its turn is cancelled
+        await self.close(timeout_s=timeout_s)
 
     @property
     def turns_running(self) -> int:
