@@ -81,9 +81,8 @@ async def serve(servers: Sequence[uvicorn.Server]) -> None:
 async def on_stop(server: uvicorn.Server, app: FastAPI) -> None:
     """Once `server` is told to stop (SIGTERM, Ctrl-C), run the app's `state.on_stop`, if its
     lifespan set one: uvicorn tells an app nothing before its grace period is over."""
-    while True:  # a flag uvicorn's signal handler sets: nothing to wait on but time
-        if server.should_exit:
-            break
+    # A flag uvicorn's signal handler sets, with no event to await: polled.
+    while not server.should_exit:  # noqa: ASYNC110
         await asyncio.sleep(STOP_POLL_S)
     hook = getattr(app.state, "on_stop", None)
     if hook is not None:
