@@ -179,6 +179,13 @@ class Database:
     async def close(self) -> None:
         await self.pool.close()
 
+    async def health(self) -> dict[str, Any]:
+        """The part of a /health answer that is the database's: `status` is `degraded` while
+        it does not answer (`problem`), with why."""
+        problem = await self.problem()
+        status = "ok" if problem is None else "degraded"
+        return {"status": status, "database": {"ok": problem is None, "error": problem}}
+
     async def problem(self) -> str | None:
         """None when a pooled connection answers within PROBE_TIMEOUT_S, else why not (one
         line, masked). One probe a second at most, whoever asks: /health asks unauthenticated."""

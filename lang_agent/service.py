@@ -55,10 +55,8 @@ class Service:
         """`status` is `degraded` while the database does not answer: turns on a thread fail
         then, with 503 (turns without one still work)."""
         specs = self.agent.deps.models.specs
-        database = await self.db.problem()
         return {
-            "status": "ok" if database is None else "degraded",
-            "database": {"ok": database is None, "error": database},
+            **await self.db.health(),
             "turns_in_flight": self.agent.turns_running,
             "models": {role: str(spec) for role, spec in specs.items()},
             "tools": self.tools.health(),

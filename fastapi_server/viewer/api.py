@@ -62,15 +62,13 @@ def _download(document: Any, *, filename: str) -> Response:
 @router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what uptime checkers send
 async def health(request: Request) -> JSONResponse:
     """`status` is `degraded` (503) while the database does not answer, as on the agent's."""
-    database = await request.app.state.db.problem()
     health = {
-        "status": "ok" if database is None else "degraded",
-        "database": {"ok": database is None, "error": database},
+        **await request.app.state.db.health(),
         "read_only": request.app.state.access.mode,
         "auth": bool(request.app.state.settings.viewer_auth_keys),
         "live": request.app.state.notifier.listening.is_set(),
     }
-    return JSONResponse(health, status_code=200 if database is None else 503)
+    return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
 
 @router.get("/threads")
