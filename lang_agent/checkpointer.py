@@ -41,9 +41,9 @@ from lang_agent.db import (
     DDL_REFUSED,
     SchemaNotWritable,
     command_connection,
-    existing_tables,
     first_line,
     reach,
+    schema_version,
 )
 from lang_agent.settings import Settings
 
@@ -88,7 +88,6 @@ def inline() -> Iterator[None]:
 SETUP_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('lang_agent_checkpoint_setup')) AS locked"
 SETUP_WAIT_S = 120.0
 SETUP_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtext('lang_agent_checkpoint_setup'))"
-CHECKPOINT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM checkpoint_migrations"
 
 
 async def setup_checkpoints(conn: AsyncConnection) -> None:
@@ -100,9 +99,8 @@ async def setup_checkpoints(conn: AsyncConnection) -> None:
     advisory lock; the others poll for it rather than wait in a statement, since a waiting
     statement is a transaction that the setup's CREATE INDEX CONCURRENTLY would wait for."""
     latest = len(AsyncPostgresSaver.MIGRATIONS) - 1
-    if await existing_tables(conn, ["checkpoint_migrations"]):
-        if (await (await conn.execute(CHECKPOINT_VERSION_SQL)).fetchone())["v"] >= latest:
-            return
+    if await schema_version(conn, "checkpoint_migrations") >= latest:
+        return
     async with asyncio.timeout(SETUP_WAIT_S):
         while True:
             if (await (await conn.execute(SETUP_LOCK_SQL)).fetchone())["locked"]:

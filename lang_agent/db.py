@@ -158,7 +158,8 @@ CREATE_MIGRATIONS_SQL = """CREATE TABLE IF NOT EXISTS lang_agent_migrations (
     v integer PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
-SELECT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM lang_agent_migrations"
+# Ours and LangGraph's (checkpoint_migrations) alike: one row per version applied, in `v`.
+SELECT_VERSION_SQL = "SELECT coalesce(max(v), -1) AS v FROM {table}"
 INSERT_VERSION_SQL = "INSERT INTO lang_agent_migrations (v) VALUES (%s) ON CONFLICT DO NOTHING"
 # Serialises concurrent start-ups (several workers) so each migration runs once.
 MIGRATION_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('lang_agent_migrations'))"
@@ -225,11 +226,13 @@ async def existing_tables(conn: AsyncConnection, names: Iterable[str]) -> set[st
     return {row["t"] for row in await cursor.fetchall()}
 
 
-async def schema_version(conn: AsyncConnection) -> int:
-    """The version of our schema in this database; -1 for none."""
-    if not await existing_tables(conn, ["lang_agent_migrations"]):
+async def schema_version(conn: AsyncConnection, table: str = "lang_agent_migrations") -> int:
+    """The version of a schema in this database, as its migrations `table` records it (ours
+    by default); -1 for none."""
+    if not await existing_tables(conn, [table]):
         return -1
-    row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
+    query = sql.SQL(SELECT_VERSION_SQL).format(table=sql.Identifier(table))
+    row = await (await conn.execute(query)).fetchone()
     return row["v"] if isinstance(row, dict) else row[0]
 
 
@@ -256,9 +259,8 @@ async def migrate(conn: AsyncConnection) -> int:
         async with conn.transaction():
             await conn.execute(MIGRATION_LOCK_SQL)
             await conn.execute(CREATE_MIGRATIONS_SQL)
-            row = await (await conn.execute(SELECT_VERSION_SQL)).fetchone()
-            current = row["v"] if isinstance(row, dict) else row[0]
-            for version in range(current + 1, len(MIGRATIONS)):
+            # Again, under the lock: another process may have migrated meanwhile.
+            for version in range(await schema_version(conn) + 1, len(MIGRATIONS)):
                 await conn.execute(MIGRATIONS[version])
                 await conn.execute(INSERT_VERSION_SQL, (version,))
     except DDL_REFUSED as exc:
