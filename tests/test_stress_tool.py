@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lang_agent.bench import report
+from lang_agent.bench import report, scenarios
 from lang_agent.bench.cli import ROOT
 from lang_agent.bench.load import (
     CellResult,
@@ -26,7 +26,7 @@ from lang_agent.bench.load import (
     make_client,
 )
 from lang_agent.bench.load import run_cell as run_one
-from lang_agent.bench.runner import Mode, Target, cell_line, run_matrix
+from lang_agent.bench.runner import Mode, Target, cell_line, run_cell, run_matrix
 from lang_agent.bench.scenarios import voice_markdown, voice_row
 from lang_agent.bench.stack import Meter, Stack
 from lang_agent.bench.stats import add_efficiency, failures, percentile, summarise
@@ -467,3 +467,27 @@ def test_every_process_the_stack_starts_runs_this_checkouts_code(tmp_path, monke
         proc, log = stack._spawn("probe", [sys.executable, "-c", code])
         assert proc.wait(30) == 0
     assert log.read_text().split() == [f"{ROOT}{os.pathsep}/elsewhere"]
+
+
+async def test_the_floor_server_makes_a_turns_two_calls_and_answers_both_ways(tmp_path, simulator):
+    # The floor scenario sets the floor's overhead beside ours: it must make the router's
+    # call and the chat call of every turn, as the engine does, and answer as the SDK expects.
+    sim_root = simulator.base_url.removesuffix("/v1")
+    with Stack(tmp_path / "stack") as stack:
+        target = Target(stack.floor(sim_url=simulator.base_url).url, sim_root)
+        for stream in (False, True):
+            row, cell = await run_cell(target, Mode("openai", stream), 2, duration_s=60,
+                                       counter=Counter(), run_id="floor", max_turns=2,
+                                       quiet=True)  # fmt: skip
+            assert row["ok"] == row["requests"] == 4, row["errors"]
+            assert row["overhead_matched"] == 4
+            roles = sorted(call["role"] for call in cell.calls)
+            assert roles == ["chat"] * 4 + ["router"] * 4
+
+
+def test_the_servers_cpu_per_turn_is_its_cpu_time_over_the_cells_requests() -> None:
+    # Half a core for 10 s over 100 requests: 50 ms each.
+    row = {"cpu_pct": {"server": 50.0}, "metered_s": 10.0, "requests": 100}
+    assert scenarios._cpu_per_turn(row) == 50.0
+    assert scenarios._cpu_per_turn(row | {"requests": 0}) is None
+    assert scenarios._cpu_per_turn({"requests": 5}) is None  # a target this tool did not start

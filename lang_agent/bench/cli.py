@@ -33,7 +33,7 @@ from lang_agent.cli_common import (
 from lang_agent.db import mask_dsn
 
 BENCH_KEY = "bench-key-0123456789"  # the self-started servers' key (FAST_AUTH_KEYS)
-SCENARIOS = ("matrix", "voice", "proxy", "scale")
+SCENARIOS = ("matrix", "voice", "proxy", "scale", "floor")
 SIM_PROFILES = ("fast", "original")  # SimProfile.named
 HEALTH_TIMEOUT_S = 5.0
 # Settings the tool gives the servers it starts, which --server-env must not change.
@@ -374,6 +374,8 @@ def _server_processes(args: argparse.Namespace, *, wanted: list[str]) -> int:
     processes = workers(args) if "matrix" in wanted else 1
     if "scale" in wanted:
         processes += sum(scenarios.SCALE_WORKERS)
+    if "floor" in wanted:
+        processes += 1
     return processes
 
 
@@ -382,5 +384,6 @@ SCENARIO_RUNNERS = {
     "voice": scenarios.voice,
     "proxy": scenarios.proxy,
     "scale": scenarios.scale,
+    "floor": scenarios.floor,
 }
 __all__ = ["ROOT", "add_arguments", "check_arguments", "main", "modes", "recorded_argv"]

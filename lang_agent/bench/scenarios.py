@@ -6,6 +6,8 @@ proxy  – the simulator direct, behind `lang-agent proxy`, and behind LiteLLM's
          call's time minus the simulator's own time for it, at concurrency 1/10/50.
 scale  – throughput at concurrency 200 with one and two worker processes, and a per-thread
          ordering check: concurrent turns on one thread across workers, none lost or mixed.
+floor  – the server beside the floor server (bench/floor.py), one process each, their cells
+         alternating: how much of the overhead is the engine's and how much the machine's.
 """
 
 from __future__ import annotations
@@ -362,9 +364,73 @@ async def scale(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "ordering": checks, "markdown": "\n".join(lines)}
 
 
+async def floor(args, stack: Stack, env: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI front end against the floor server at each level, lockstep unless --ramp.
+    Cells alternate, the order flipped at each level, as in `scale`."""
+    duration = args.duration or (5.0 if args.quick else 15.0)
+    levels = args.levels or ([1, 10] if args.quick else [1, 50])
+    streams = {"both": (False, True), "stream": (True,), "plain": (False,)}[args.streams]
+    floor_server = await asyncio.to_thread(stack.floor, sim_url=env["sim_url"])
+    server = await asyncio.to_thread(stack.server, env=env["server_env"], front="openai")
+    targets = {}
+    for name, service, key, dsn in (("floor", floor_server, None, None),
+                                    ("lang-agent", server, env["key"], env["dsn"])):  # fmt: skip
+        meter = Meter({"server": service.pid, "sim": env.get("sim_pid"),
+                       "postgres": stack.postgres_pid()})  # fmt: skip
+        targets[name] = Target(service.url, env["sim_root"], meter, key, dsn)
+    rows = []
+    for index, concurrency in enumerate(levels):
+        names = list(targets) if index % 2 == 0 else list(targets)[::-1]
+        for stream in streams:
+            mode = Mode("openai", stream)
+            for name in names:
+                log(f"▶ floor: {name}, {mode.label}, c={concurrency}")
+                row, _ = await run_cell(
+                    targets[name], mode, concurrency, duration_s=duration,
+                    counter=env["counter"], run_id=env["run_id"] + f"f{index}", ramp_s=args.ramp,
+                )  # fmt: skip
+                rows.append(row | {"server": name, "cpu_ms_per_turn": _cpu_per_turn(row)})
+    for service in (floor_server, server):
+        await asyncio.to_thread(stack.stop, service)
+    return {"rows": rows, "markdown": _floor_markdown(rows, ramp_s=args.ramp)}
+
+
+def _cpu_per_turn(row: dict[str, Any]) -> float | None:
+    """The server's CPU time per request of the cell, in ms."""
+    share = (row.get("cpu_pct") or {}).get("server")
+    if share is None or not row["requests"]:
+        return None
+    return round(share / 100 * row["metered_s"] / row["requests"] * 1000, 2)
+
+
+def _floor_markdown(rows: list[dict[str, Any]], *, ramp_s: float) -> str:
+    arrivals = f"users started over {ramp_s:g} s" if ramp_s else "lockstep"
+    lines = [
+        f"## The floor: lang-agent beside a server that only calls the models ({arrivals})", "",
+        "| Server | Mode | c | Requests | Throughput (req/s) | Overhead p50 / p99 (ms) "
+        "| Before / after the model calls, p99 (ms) | Server CPU per turn (ms) "
+        "| CPU % server / sim / pg / load / other |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in rows:
+        mode = Mode(r["front"], r["stream"]).label
+        lines.append(
+            f"| {r['server']} | {mode} | {r['concurrency']} | {r['requests']} "
+            f"| {r['throughput_rps']:.1f} | {r['overhead_p50_ms']} / {r['overhead_p99_ms']} "
+            f"| {r['before_model_p99_ms']} / {r['after_model_p99_ms']} "
+            f"| {r['cpu_ms_per_turn']} | {report.cpu_cell(r)} |"
+        )
+    lines += ["", *report.failure_lines(rows, label=_floor_label), ""]
+    return "\n".join(lines)
+
+
+def _floor_label(row: dict[str, Any]) -> str:
+    return f"{row['server']}, {Mode(row['front'], row['stream']).label}, c={row['concurrency']}"
+
+
 def _scale_label(row: dict[str, Any]) -> str:
     mode = Mode(row["front"], row["stream"])
     return f"round {row['round']}, {row['workers']} worker(s), {mode.label}"
 
 
-__all__ = ["proxy", "scale", "voice", "voice_markdown", "voice_row"]
+__all__ = ["floor", "proxy", "scale", "voice", "voice_markdown", "voice_row"]

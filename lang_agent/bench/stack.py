@@ -178,6 +178,16 @@ class Stack:
         wait_listening(proc.pid, port, count=workers)
         return self._add(Service("server", url, proc, proc.pid, log))
 
+    def floor(self, *, sim_url: str) -> Service:
+        """The floor server (bench/floor.py): a turn's upstream calls and nothing else."""
+        port = free_port()
+        argv = [sys.executable, "-m", "lang_agent.bench.floor", "--port", str(port),
+                "--sim-url", sim_url]  # fmt: skip
+        proc, log = self._spawn("floor", argv)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", proc=proc)
+        return self._add(Service("floor", url, proc, proc.pid, log))
+
     def capture_proxy(self, *, upstream: str, dsn: str) -> Service:
         port = free_port()
         argv = [sys.executable, "-m", "lang_agent.cli", "proxy", "start", "--port", str(port),
@@ -330,6 +340,7 @@ class Meter:
         ours = sum(v for k, v in cpu.items() if k != "machine")
         cpu["other"] = round(max(cpu["machine"] - ours, 0.0), 1)
         return {
+            "metered_s": round(elapsed, 3),
             "cpu_pct": cpu,
             "worker_cpu_pct": [share for share in shares if share >= WORKER_BUSY_PCT],
             "peak_rss_mb": {k: round(v, 1) for k, v in self.peak_rss.items()},
