@@ -108,7 +108,7 @@ class ServerLink:
         self.failures = 0  # consecutive failed or lost sessions
         self._session: ClientSession | None = None
         self._lost = asyncio.Event()  # the current session is broken
-        self._up = asyncio.Event()  # a session is open and its tools listed
+        self._up = asyncio.Event()  # state is "up": a session is open and its tools listed
         self._wake = asyncio.Event()  # wakes the watcher: close, loss, probe or list change
         self._relist = False
         self._closing = False
@@ -232,7 +232,6 @@ class ServerLink:
         if not self._lost.is_set():
             logger.warning("MCP server %s: session lost (%s)", self.name, reason)
             self.last_error = reason
-            self._up.clear()
             self._lost.set()
             self._wake.set()
             self._set_state("down")
@@ -248,7 +247,7 @@ class ServerLink:
                 reason = describe(exc)
             finally:
                 self._session = None
-                self._up.clear()
+                self._set_state("down")
                 self._lost.set()  # wakes calls still waiting on the old session
                 self._settled.set()
             if self._closing:
@@ -286,7 +285,6 @@ class ServerLink:
             self.failures = 0
             self.last_error = None
             self._set_state("up")
-            self._up.set()
             self._settled.set()
             logger.info("MCP server %s is up with %d tools", self.name, len(tools))
             return await self._watch(session)
@@ -339,3 +337,7 @@ class ServerLink:
         if state != self.state:
             self.state = state
             self.since = time.time()
+        if state == "up":
+            self._up.set()
+        else:
+            self._up.clear()
