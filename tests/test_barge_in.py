@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dashscope
+import httpx2
 import openai
 import psycopg
 import pytest
@@ -31,6 +32,8 @@ TURNS_SQL = (
     "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at, latency_ms"
 )
 SET_VOLUME = "self.audio_speaker.set_volume"
+WAITING_SQL = "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
+SAVED_SQL = "SELECT count(*) FROM checkpoints WHERE thread_id = %s"
 
 
 def speak(text: str, session_id: str) -> list:
@@ -109,6 +112,49 @@ def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
     # The user speaking again is no fault: said at INFO, not among the warnings.
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not [line for line in warned if "preempted" in line], warned
+
+
+def waits_for(pg_dsn: str, table: str) -> bool:
+    """Some statement waits for a lock on `table`."""
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(WAITING_SQL, (table,)).fetchone()[0] > 0
+
+
+def saved(pg_dsn: str, thread_id: str) -> bool:
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(SAVED_SQL, (thread_id,)).fetchone()[0] > 0
+
+
+def test_a_newer_request_while_the_old_answer_is_being_saved_waits_for_it(live_server, pg_dsn):
+    """Memory and the old client agree: a turn whose answer is whole and being written to
+    memory is no longer ended (the write would land all the same); the newer request waits."""
+    server = live_server()
+    dashscope.base_http_api_url = f"{server.url}/api/"
+    session = uuid.uuid4().hex
+
+    def in_flight() -> int:
+        return httpx2.get(f"{server.url}/health", timeout=5).json()["turns_in_flight"]
+
+    # The test's own transactions hold the old turn's memory write (its checkpoint row), and
+    # then the newer turn's read of memory until that write is in: as when the write is on
+    # the wire as the newer request comes. (The pool outside: a failure lets the locks go
+    # before it waits for the calls.)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        with psycopg.connect(pg_dsn) as writes, psycopg.connect(pg_dsn) as reads:
+            writes.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+            earlier = pool.submit(speak, "第一句", session)
+            wait_until(lambda: waits_for(pg_dsn, "checkpoints"))  # its answer is whole
+            reads.execute("LOCK TABLE checkpoint_writes IN ACCESS EXCLUSIVE MODE")
+            later = pool.submit(speak, "第二句", session)
+            wait_until(lambda: earlier.done() or in_flight() == 2)  # the newer one is in
+            writes.commit()
+            wait_until(lambda: saved(pg_dsn, session))
+            reads.commit()
+        old, second = earlier.result(), later.result()
+    assert all(item.status_code == 200 for item in old + second)
+    assert old[-1].output.finish_reason == "stop" and spoken(old)
+    assert remembered(pg_dsn, session) == ["第一句", spoken(old), "第二句", spoken(second)]
+    assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * 2
 
 
 def test_the_openai_front_end_still_waits_by_default(live_server, simulator, pg_dsn, thread_id):

@@ -168,7 +168,9 @@ async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
 
 def _remember(ctx: TurnContext, state: TurnState, turn: list[AnyMessage]) -> dict[str, Any]:
     """The answering node's update: the turn into memory and, on a thread's first turn, the
-    preamble it came with, in one step, so a failed turn writes neither."""
+    preamble it came with, in one step, so a failed turn writes neither. The answer is whole
+    now, and the write that follows is not undone by a cancel: the turn settles first."""
+    ctx.settle()
     memory = state.get("messages") or []
     update: dict[str, Any] = {
         "messages": remember(memory, turn, keep=ctx.deps.settings.memory_max_messages)

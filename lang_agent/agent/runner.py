@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -222,6 +223,9 @@ class Agent:
                         thread_id, read=read, busy=request.busy, preemptible=True
                     ) as row:
                         ctx.began_at = datetime.now(UTC)
+                        ctx.settle = functools.partial(
+                            self.locks.settle, thread_id, turn=asyncio.current_task()
+                        )
                         config = {"configurable": {"thread_id": thread_id}}
                         latest = await saver.load_latest(thread_id, row)
                         # Saved once at the end: a failed turn never reaches memory.

@@ -81,6 +81,9 @@ class TurnContext:
     profile: Profile
     turn_id: str
     emit: Callable[[TurnEvent], None] = lambda event: None
+    # Called by the answering node once its answer is whole, just before memory is written:
+    # from then on a newer request on the thread waits for this turn instead of ending it.
+    settle: Callable[[], None] = lambda: None
     started: float = field(default_factory=time.perf_counter)
     first_text_at: float | None = None
     route: str | None = None

@@ -4,7 +4,8 @@ What a request finds on a busy thread is its policy: "wait" (in line, up to BUSY
 "reject" (ThreadBusy at once), or "preempt" (barge-in: the turns holding or awaiting the
 thread in this process end with Preempted, then it waits in line for the thread as "wait"
 does, so the newest request runs next and never beside another). A turn held by another
-process cannot be reached from here: "preempt" waits for it as "wait" does.
+process cannot be reached from here, nor one whose answer is whole (`settle`): "preempt"
+waits for those as "wait" does.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class _Thread:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
-    turns: set[asyncio.Task[Any]] = field(default_factory=set)  # preemptible: holding or waiting
+    # Preemptible: holding or waiting, until the answer is whole (`settle`).
+    turns: set[asyncio.Task[Any]] = field(default_factory=set)
     preempted: set[asyncio.Task[Any]] = field(default_factory=set)  # cancelled by a newer one
 
 
@@ -124,6 +126,15 @@ class ThreadLocks:
             thread.users -= 1
             if thread.users == 0:
                 del self._local[thread_id]
+
+    def settle(self, thread_id: str, *, turn: asyncio.Task[Any] | None) -> None:
+        """`turn`, holding the thread, has its whole answer and writes its memory next: from
+        here on a newer request waits for it, as for a turn that is done, and does not end it.
+        A cancel cannot take back a write on its way to Postgres, so a turn ended then would
+        be told it was preempted while its memory kept it."""
+        thread = self._local.get(thread_id)
+        if thread is not None:
+            thread.turns.discard(turn)
 
     async def _acquire_lease(
         self, thread_id: str, deadline: float, read: Query | None, *, mode: BusyPolicy
