@@ -23,6 +23,7 @@ from pydantic_core import PydanticCustomError
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
 from fastapi_server.hangup import unless_hung_up
+from fastapi_server.openai_fields import refuse_unhonoured
 from fastapi_server.sse import EventStream, data_frame
 from fastapi_server.wire_types import ThreadKey, ToolCall, thread_key
 from lang_agent.agent.events import (
@@ -142,7 +143,6 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    n: Literal[1] | None = None  # one answer per turn: it is what memory keeps
     # The answer is speech-ready prose: a client asking for JSON must not get prose instead.
     response_format: dict[str, Any] | None = None
     # lang-agent extension: also stream tool events (chunks with empty choices).
@@ -274,6 +274,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 async def chat_completions(request: Request) -> Response:
     settings = request.app.state.settings
     body = await parse_json(request, ChatRequest, limit=settings.max_body_bytes)
+    refuse_unhonoured(body.model_extra or {})
     if len(body.messages) > settings.max_messages:
         raise InvalidRequest(f"at most {settings.max_messages} messages", param="messages")
     turn = TurnRequest(

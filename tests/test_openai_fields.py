@@ -1,0 +1,98 @@
+"""End to end, through the real openai SDK: which chat.completions fields the OpenAI front end
+honours, which it refuses by name, and which it ignores by design (README, "Talk to it")."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.conftest import TEST_KEY
+
+FUNCTION = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+MADE = "lang-agent's answer is made by several model calls (router, chat or tool model, filler)"
+TOOLS = "lang-agent uses its own tools (MCP) and hands no tool call back to the client"
+
+
+@pytest.fixture
+def client(live_server) -> openai.OpenAI:
+    server = live_server()
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+
+
+def create(client: openai.OpenAI, **fields):
+    messages = [{"role": "user", "content": "你好。再见。"}]
+    return client.chat.completions.create(model="lang-agent", messages=messages, **fields)
+
+
+# Each was accepted and silently not done: the answer ran past the stop sequence, came without
+# log probabilities, never called the client's function, had no audio.
+@pytest.mark.parametrize(
+    ("fields", "param", "why"),
+    [
+        ({"n": 2}, "n", "lang-agent gives one answer per turn, the one its memory keeps"),
+        ({"stop": ["。"]}, "stop", f"{MADE}: stop sequences are not applied"),
+        ({"stop": "。"}, "stop", f"{MADE}: stop sequences are not applied"),
+        ({"seed": 0}, "seed", f"{MADE}: a repeatable answer is not offered"),
+        ({"logit_bias": {"100": -100}}, "logit_bias", f"{MADE}: token biases are not applied"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs",
+         f"{MADE}: there are no log probabilities to give"),
+        ({"top_logprobs": 2}, "top_logprobs", f"{MADE}: there are no log probabilities to give"),
+        ({"tools": [FUNCTION], "tool_choice": "required"}, "tools", TOOLS),
+        ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+         "tool_choice", TOOLS),
+        ({"functions": [FUNCTION["function"]]}, "functions", TOOLS),
+        ({"function_call": {"name": "get_weather"}}, "function_call", TOOLS),
+        ({"web_search_options": {}}, "web_search_options",
+         "lang-agent looks things up only with its own tools (MCP)"),
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}},
+         "modalities", "lang-agent takes and gives text only"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio",
+         "lang-agent takes and gives text only"),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "moderation",
+         "lang-agent does not moderate input or output"),
+    ],
+)  # fmt: skip
+def test_a_field_asking_what_the_agent_cannot_give_is_refused_by_name(client, fields, param, why):
+    with pytest.raises(openai.BadRequestError) as refused:
+        create(client, **fields)
+    error = refused.value.body
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+    assert error["param"] == param
+    assert error["message"] == f"{param}: {why}"
+
+
+# Bookkeeping, model tuning left to each role's configuration, a speed-up, and the refused
+# fields' values that ask for nothing: the answer is what it would be without them.
+IGNORED = {
+    "user": "u-1",
+    "safety_identifier": "s-1",
+    "prompt_cache_key": "k-1",
+    "prompt_cache_retention": "24h",
+    "service_tier": "flex",
+    "store": True,
+    "metadata": {"app": "test"},
+    "temperature": 0.2,
+    "top_p": 0.5,
+    "presence_penalty": 1.5,
+    "frequency_penalty": -1,
+    "reasoning_effort": "high",
+    "verbosity": "low",
+    "prediction": {"type": "content", "content": "你好"},
+    "parallel_tool_calls": False,
+    "n": 1,
+    "stop": [],
+    "logprobs": False,
+    "top_logprobs": 0,
+    "logit_bias": {},
+    "tools": [],
+    "tool_choice": "auto",
+    "modalities": ["text"],
+    "response_format": {"type": "text"},
+}
+
+
+def test_fields_ignored_by_design_leave_the_answer_as_it_is(client):
+    plain = create(client).choices[0]
+    tuned = create(client, **IGNORED).choices[0]
+    assert tuned.message.content == plain.message.content
+    assert tuned.finish_reason == "stop" and tuned.logprobs is None
