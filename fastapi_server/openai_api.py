@@ -141,6 +141,7 @@ class ChatRequest(BaseModel):
     # Checked, then left to the profile's model settings: a wrong value is still an error.
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    # The answer's cap (max_tokens is OpenAI's older name of max_completion_tokens).
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     # The answer is speech-ready prose: a client asking for JSON must not get prose instead.
@@ -284,6 +285,7 @@ async def chat_completions(request: Request) -> Response:
         history="append",
         front_end="openai",
         metadata=dict(body.metadata or {}),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
     )
     return await unless_hung_up(request, _answer(request.app.state.service.agent, turn, body))
 

@@ -80,6 +80,7 @@ async def stream_reply(
     (a `speak` that returns None holds the piece back). With FALLBACK_MODEL set, a call that
     fails before its first piece is answered by the fallback model instead."""
     models, settings = ctx.deps.models, ctx.deps.settings
+    max_tokens = ctx.max_tokens(role)
     spec = models.spec(role, model=ctx.profile.models.get(role))
     candidates = [spec]
     fallback = models.fallback_spec(role)
@@ -89,7 +90,7 @@ async def stream_reply(
     for attempt, candidate in enumerate(candidates):
         reply = Reply()
         body = request_body(
-            candidate, messages, max_tokens=settings.max_tokens, tools=schemas,
+            candidate, messages, max_tokens=max_tokens, tools=schemas,
             tool_choice=tool_choice,
         )  # fmt: skip
         spoken = False
@@ -121,6 +122,4 @@ async def stream_reply(
     if not (reply.text or reply.calls or reply.finish_reason or reply.usage):
         raise UpstreamError("the model returned an empty stream")
     ctx.add_usage(candidate.model, reply.message(model=candidate.model).usage_metadata)
-    if reply.finish_reason == "length" and role != "chatty":
-        ctx.finish_reason = "length"
     return reply.message(model=candidate.model)

@@ -108,6 +108,8 @@ class TurnRequest:
       becomes the thread's preamble: the models see it every turn, memory never holds it.
     Without `thread_id` the turn is stateless and `messages` is the whole context.
     `busy` is what it does on a busy thread; None: BUSY_THREAD.
+    `max_tokens` is the client's cap on the answer (OpenAI's max_tokens): the chat and tool
+    models' calls take it where it is below MAX_TOKENS.
     """
 
     messages: tuple[InputMessage, ...]
@@ -118,3 +120,4 @@ class TurnRequest:
     front_end: str = "openai"
     busy: BusyPolicy | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None

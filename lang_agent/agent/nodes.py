@@ -38,9 +38,7 @@ def _system(ctx: TurnContext, name: str, **values: str) -> str:
 
 def _fit(ctx: TurnContext, role: Literal["chat", "tool"], messages: list[AnyMessage], system: str):
     window = ctx.deps.window(model_name(ctx, role))
-    return fit_window(
-        messages, system=system, window=window, max_tokens=ctx.deps.settings.max_tokens
-    )
+    return fit_window(messages, system=system, window=window, max_tokens=ctx.max_tokens(role))
 
 
 def _tool_catalogue(tools: list[BaseTool]) -> str:
@@ -162,8 +160,15 @@ async def chat_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
         answer = await stream_reply(
             ctx, "chat", _fit(ctx, "chat", history, _system(ctx, "chat_prompt"))
         )
-    ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, "chat")))
+    _take_answer(ctx, "chat", answer)
     return _remember(ctx, state, [*new, answer])
+
+
+def _take_answer(ctx: TurnContext, role: Literal["chat", "tool"], answer: AnyMessage) -> None:
+    """Log the answer. Its call's finish_reason is the turn's: a router's or a dropped
+    speculation's call that ran out of tokens did not cut the answer."""
+    ctx.log.append(LogEntry("assistant", text_of(answer.content), model=model_name(ctx, role)))
+    ctx.finish_reason = answer.response_metadata.get("finish_reason") or "stop"
 
 
 def _remember(ctx: TurnContext, state: TurnState, turn: list[AnyMessage]) -> dict[str, Any]:
@@ -287,7 +292,5 @@ async def tool_model_call(state: TurnState, runtime: Runtime[TurnContext]) -> di
     finally:
         if filler is not None:
             await filler.finish()
-    ctx.log.append(
-        LogEntry("assistant", text_of(transcript[-1].content), model=model_name(ctx, "tool"))
-    )
+    _take_answer(ctx, "tool", transcript[-1])
     return _remember(ctx, state, transcript)

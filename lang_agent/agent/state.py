@@ -15,7 +15,7 @@ from langgraph.graph.message import add_messages
 from lang_agent.agent.events import AnswerDelta, Filler, ModelUsage, TurnEvent, TurnRequest, Usage
 from lang_agent.llm.factory import ModelFactory
 from lang_agent.prompts import Prompts
-from lang_agent.settings import Settings
+from lang_agent.settings import Role, Settings
 from lang_agent.tools.registry import ToolRegistry
 
 # A tool gets the turn's remaining budget minus this, so the model can still say it failed.
@@ -105,6 +105,14 @@ class TurnContext:
         """How long a tool may take and still leave time to speak its answer in this turn."""
         left = self.deps.settings.turn_timeout_s - (time.perf_counter() - self.started)
         return max(MIN_TOOL_BUDGET_S, left - ANSWER_RESERVE_S)
+
+    def max_tokens(self, role: Role) -> int:
+        """A call's completion budget: MAX_TOKENS, or the client's cap on the answer for the
+        models that write it (not the router's route nor the filler's phrases)."""
+        cap = self.deps.settings.max_tokens
+        if role in ("chat", "tool") and self.request.max_tokens is not None:
+            return min(cap, self.request.max_tokens)
+        return cap
 
     def say(self, event: AnswerDelta | Filler) -> None:
         if self.first_text_at is None:
