@@ -25,8 +25,8 @@ REFUSED: dict[str, str] = {
     "logit_bias": f"{_MADE}: token biases are not applied",
     "logprobs": f"{_MADE}: there are no log probabilities to give",
     "top_logprobs": f"{_MADE}: there are no log probabilities to give",
-    "tools": _TOOLS,
-    "functions": _TOOLS,
+    # A client's own `tools` are taken and never called: under tool_choice "auto" a plain
+    # answer is one a model may give. Requiring a call asks for what never comes.
     "tool_choice": _TOOLS,
     "function_call": _TOOLS,
     "web_search_options": "lang-agent looks things up only with its own tools (MCP)",
@@ -55,8 +55,8 @@ def _asks(name: str, value: Any) -> bool:
 
 
 def refuse_unhonoured(fields: Mapping[str, Any]) -> None:
-    """InvalidRequest naming a field that asks for what lang-agent cannot give (the first in
-    REFUSED's order, so `tools` is named before the `tool_choice` that goes with it)."""
+    """InvalidRequest naming the first field, in REFUSED's order, that asks for what
+    lang-agent cannot give."""
     for name, why in REFUSED.items():
         if name in fields and _asks(name, fields[name]):
             raise InvalidRequest(f"{name}: {why}", param=name)
