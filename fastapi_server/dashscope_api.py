@@ -31,11 +31,7 @@ from lang_agent.agent.events import (
     TurnRequest,
 )
 from lang_agent.agent.runner import Agent
-from lang_agent.errors import InvalidRequest, Preempted
-
-# Failures the speaker should hear about instead of falling silent.
-SPOKEN_FAILURES = {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout",
-                   "store_unavailable", "shutting_down", "internal_error"}  # fmt: skip
+from lang_agent.errors import InvalidRequest
 
 
 class DashMessage(BaseModel):
@@ -189,10 +185,9 @@ def after_cut(spoken: str, fallback: str) -> str:
 class Reply:
     """One response's identifiers and text, turned into frames."""
 
-    def __init__(self, *, session_id: str, incremental: bool, fallback: str) -> None:
+    def __init__(self, *, session_id: str, incremental: bool) -> None:
         self.request_id = str(uuid.uuid4())
         self.session_id = session_id
-        self.fallback = fallback
         self.spoken = SpokenText(incremental=incremental)
         self.event_id = 0
 
@@ -227,12 +222,12 @@ async def _stream(
                     pass
                 case Done(usage=usage, finish_reason=finish):
                     yield reply.frame(reply.spoken.final(), finish, usage)
-                case Failed(code=code, message=message):
-                    # Once the speaker has started, any failure ends in words, not silence;
-                    # but a turn the user interrupted ends without another word.
-                    if code in SPOKEN_FAILURES or (reply.spoken.text and code != Preempted.code):
-                        last = after_cut(reply.spoken.text, reply.fallback)
-                        yield reply.frame(reply.spoken.final(last), "stop")
+                case Failed(code=code, message=message, usage=usage, fallback=fallback):
+                    # The engine decided the failure is to be said (and logged it as said):
+                    # the speaker ends in words, then the error is reported.
+                    if fallback is not None:
+                        last = after_cut(reply.spoken.text, fallback)
+                        yield reply.frame(reply.spoken.final(last), "stop", usage)
                     yield reply.error(code, message)
                 case _:
                     assert_never(event)
@@ -306,13 +301,11 @@ async def completion(app_id: str, request: Request) -> Response:
         profile=app_id,
         front_end="dashscope",
         busy=settings.dashscope_busy_session,
+        # Only a stream is spoken; a whole answer's failure is an error response.
+        fallback=settings.dashscope_fallback_text if stream else None,
         metadata=metadata,
     )
-    reply = Reply(
-        session_id=session_id,
-        incremental=incremental,
-        fallback=settings.dashscope_fallback_text,
-    )
+    reply = Reply(session_id=session_id, incremental=incremental)
     answer = _answer(request.app.state.service.agent, turn, reply, settings.dashscope_fake_stream)
     return await unless_hung_up(request, answer)
 
@@ -320,7 +313,7 @@ async def completion(app_id: str, request: Request) -> Response:
 async def _answer(agent: Agent, turn: TurnRequest, reply: Reply, fake_stream: bool) -> Response:
     events = agent.run_turn(turn)
     first = await anext(events)
-    if isinstance(first, Failed) and not (turn.stream and first.code in SPOKEN_FAILURES):
+    if isinstance(first, Failed) and first.fallback is None:
         await events.aclose()
         return frames.error_response(first.code, first.message, request_id=reply.request_id)
     if not turn.stream:

@@ -93,8 +93,8 @@ TURNS_WHERE = "t.thread_id = %(thread_id)s"
 TURNS_KEYSET = "(t.started_at, t.turn_id) < (%(before_at)s, %(before_key)s::uuid)"
 TURNS_LIMIT = "LIMIT %(limit)s"
 MESSAGES_SQL = """
-SELECT id, turn_id, seq, role, content, tool_calls, tool_call_id, tool_name, is_filler, model,
-       turn_started_at, created_at
+SELECT id, turn_id, seq, role, content, tool_calls, tool_call_id, tool_name, is_filler,
+       is_fallback, model, turn_started_at, created_at
 FROM messages WHERE turn_id = ANY(%s)
 ORDER BY turn_started_at, turn_id, seq
 """

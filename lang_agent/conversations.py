@@ -26,7 +26,7 @@ TURN_COLUMNS = (
 ).split()
 MESSAGE_COLUMNS = (
     "thread_id turn_id seq role content tool_calls tool_call_id tool_name is_filler model "
-    "turn_started_at"
+    "turn_started_at is_fallback"
 ).split()
 INSERT_TURNS_SQL = insert_rows_sql("turns", TURN_COLUMNS, then="ON CONFLICT (turn_id) DO NOTHING")
 INSERT_MESSAGES_SQL = insert_rows_sql(
@@ -39,7 +39,7 @@ NOTIFY_SQL = (
 )
 SELECT_THREAD_SQL = """
 SELECT m.turn_id, m.seq, m.role, m.content, m.tool_calls, m.tool_call_id, m.tool_name,
-       m.is_filler, m.model, m.turn_started_at, t.route, t.status
+       m.is_filler, m.is_fallback, m.model, m.turn_started_at, t.route, t.status
 FROM messages m JOIN turns t USING (turn_id)
 WHERE m.thread_id = %s
 ORDER BY m.turn_started_at, m.turn_id, m.seq
@@ -90,6 +90,7 @@ class TurnRecord:
                 "is_filler": entry.is_filler,
                 "model": entry.model,
                 "turn_started_at": self.started_at,
+                "is_fallback": entry.is_fallback,
             }
             for seq, entry in enumerate(self.entries)
         ]

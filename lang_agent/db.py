@@ -152,6 +152,9 @@ MIGRATIONS: list[str] = [
     "ALTER TABLE llm_calls ADD COLUMN IF NOT EXISTS conversation_key text",
     "CREATE INDEX IF NOT EXISTS llm_calls_conversation ON llm_calls (conversation_key, created_at)"
     " WHERE conversation_key IS NOT NULL",
+    # A failed turn's spoken fallback (DASHSCOPE_FALLBACK_TEXT) is logged as said, marked as
+    # not the model's words. A constant default adds the column without rewriting the table.
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS is_fallback boolean NOT NULL DEFAULT false",
 ]
 
 CREATE_MIGRATIONS_SQL = """CREATE TABLE IF NOT EXISTS lang_agent_migrations (

@@ -197,7 +197,8 @@ class Settings(BaseSettings):
 
     dashscope_fallback_text: str = Field(
         "抱歉，我这边出了点问题，请稍后再试。",
-        description="Spoken on DashScope streams when the model fails, so the speaker is heard.",
+        description="Spoken on DashScope streams when the model fails, so the speaker is heard; "
+        "the conversation log keeps it as the failed turn's last message, marked is_fallback.",
     )
     dashscope_busy_session: BusyPolicy = Field(
         "preempt",

@@ -154,4 +154,7 @@ INSERT INTO lang_agent_migrations (v) VALUES (17) ON CONFLICT DO NOTHING;
 -- version 18
 CREATE INDEX IF NOT EXISTS llm_calls_conversation ON llm_calls (conversation_key, created_at) WHERE conversation_key IS NOT NULL;
 INSERT INTO lang_agent_migrations (v) VALUES (18) ON CONFLICT DO NOTHING;
+-- version 19
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS is_fallback boolean NOT NULL DEFAULT false;
+INSERT INTO lang_agent_migrations (v) VALUES (19) ON CONFLICT DO NOTHING;
 COMMIT;

@@ -31,6 +31,7 @@ LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
 TURNS_SQL = (
     "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at, latency_ms"
 )
+FALLBACKS_SQL = "SELECT count(*) FROM messages WHERE thread_id = %s AND is_fallback"
 SET_VOLUME = "self.audio_speaker.set_volume"
 WAITING_SQL = "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted"
 SAVED_SQL = "SELECT count(*) FROM checkpoints WHERE thread_id = %s"
@@ -63,6 +64,11 @@ def logged_turns(pg_dsn: str, thread_id: str, count: int) -> list[tuple] | None:
     with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute(TURNS_SQL, (thread_id,)).fetchall()
     return rows if len(rows) == count else None
+
+
+def fallbacks_logged(pg_dsn: str, thread_id: str) -> int:
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(FALLBACKS_SQL, (thread_id,)).fetchone()[0]
 
 
 def remembered(pg_dsn: str, thread_id: str) -> list[str]:
@@ -107,6 +113,7 @@ def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
     assert "抱歉" not in spoken(old)
     turns = wait_until(lambda: logged_turns(pg_dsn, session, 2))
     assert turns == [("cancelled", "preempted"), ("ok", None)]
+    assert fallbacks_logged(pg_dsn, session) == 0  # none was said, so the log has none
     memory = remembered(pg_dsn, session)
     assert memory == ["你好", spoken(second)]
     # The user speaking again is no fault: said at INFO, not among the warnings.
@@ -191,6 +198,7 @@ def test_dashscope_busy_session_wait_and_reject(live_server, simulator, pg_dsn, 
     assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * (
         2 - len(refused)
     ) + [("failed", "thread_busy")] * len(refused)
+    assert fallbacks_logged(pg_dsn, session) == 0  # a refusal is reported, not said
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from tests.support import wait_until
 from tests.test_mcp_e2e import DeviceServer
 
 TOOL_TIMEOUT_S = 20.0  # far above how long the failures below may take
+SPEECH_SQL = """SELECT content, is_filler, is_fallback FROM messages
+WHERE thread_id = %s AND role = 'assistant' AND tool_calls IS NULL ORDER BY seq"""
 
 
 @pytest.fixture
@@ -135,6 +137,12 @@ mcp.run("stdio")
 """
 
 
+def _logged_speech(pg_dsn: str, thread_id: str) -> list[tuple[str, bool, bool]] | None:
+    """What the log says the assistant said on the thread: (content, is_filler, is_fallback)."""
+    with psycopg.connect(pg_dsn) as conn:
+        return conn.execute(SPEECH_SQL, (thread_id,)).fetchall() or None
+
+
 def _huge_result_config(tmp_path: Path) -> Path:
     """An MCP config with one real stdio server whose device status is 5 MB long."""
     script = tmp_path / "huge_mcp.py"
@@ -163,17 +171,18 @@ def test_a_huge_tool_result_is_cut_to_fit_and_answered(live_server, tmp_path, pg
     assert wait_until(tool_logged)[0] < 2200  # the log keeps what the model saw, not 5 MB
 
 
-def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path):
+def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path, pg_dsn):
     """A tool result that cannot fit beside a MAX_TOKENS this large fails the turn after the
     filler was spoken: the speaker must end on the fallback sentence, not stop mid-way."""
     config = _huge_result_config(tmp_path)
     server = live_server(mcp_config=config, max_tokens=31000)
     dashscope.base_http_api_url = f"{server.url}/api/"
+    session = f"mcp-huge-{uuid.uuid4().hex[:8]}"
     items = list(
         Application.call(
             api_key=TEST_KEY,
             app_id="lang-agent",
-            session_id=f"mcp-huge-{uuid.uuid4().hex[:8]}",
+            session_id=session,
             messages=[{"role": "user", "content": "设备状态怎么样"}],
             stream=True,
         )
@@ -182,3 +191,7 @@ def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path
     assert len(spoken) >= 2 and spoken[0] != spoken[-1]  # the filler, then more
     assert spoken[-1].endswith("抱歉，我这边出了点问题，请稍后再试。")
     assert items[-1].status_code == 400
+    # Logged as said: the filler, then the fallback (the turn failed on a code that is not
+    # said by itself; it is said because the speaker had started).
+    said = wait_until(lambda: _logged_speech(pg_dsn, session))
+    assert said[0][1] is True and said[-1] == ("抱歉，我这边出了点问题，请稍后再试。", False, True)

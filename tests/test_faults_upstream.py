@@ -31,6 +31,9 @@ FROM llm_calls WHERE thread_id = %s ORDER BY id
 """
 TURNS_SQL = "SELECT status, error_code FROM turns WHERE thread_id = %s ORDER BY started_at"
 LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
+FAILED_TURN_SQL = """SELECT m.role, m.content, m.is_fallback
+FROM messages m JOIN turns t USING (turn_id)
+WHERE t.thread_id = %s AND t.status = 'failed' ORDER BY m.seq"""
 LOGGED_ANSWERS_SQL = """SELECT m.content FROM messages m JOIN turns t USING (turn_id)
 WHERE t.thread_id = %s AND t.status = %s AND m.role = 'assistant' AND NOT m.is_filler
 ORDER BY m.seq"""
@@ -118,12 +121,33 @@ def logged_answers(pg_dsn: str, thread_id: str, *, status: str) -> list[str]:
     return [content for (content,) in rows]
 
 
+def failed_turn_log(pg_dsn: str, thread_id: str) -> list[tuple[str, str, bool]]:
+    """The messages logged for the thread's failed turn: (role, content, is_fallback)."""
+
+    def rows():
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(FAILED_TURN_SQL, (thread_id,)).fetchall() or None
+
+    return wait_until(rows)
+
+
+def well_formed_usage(item) -> list[str]:
+    """The models a result frame's usage names, once checked to be DashScope's shape: a list of
+    {model_id, input_tokens, output_tokens}, as the SDK's ApplicationUsage reads it."""
+    models = item.usage.models
+    assert isinstance(models, list)
+    for model in models:
+        assert isinstance(model.model_id, str)
+        assert isinstance(model.input_tokens, int) and isinstance(model.output_tokens, int)
+    return [model.model_id for model in models]
+
+
 def memory(pg_dsn: str, thread_id: str) -> list[str]:
     with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
         state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread_id}})
     if state is None:
         return []
-    return [str(m.content) for m in state.checkpoint["channel_values"]["messages"]]
+    return [str(m.content) for m in state.checkpoint["channel_values"].get("messages", [])]
 
 
 # ---- before the first token: retries, fallback, clean errors ----------------------------------
@@ -233,7 +257,36 @@ def test_spent_retries_are_spoken_then_reported_on_dashscope(
     spoken, items = alibl(server, "你好", f"ds-err-{uuid.uuid4().hex[:8]}")
     assert spoken == SPOKEN_FALLBACK
     assert items[-2].output.finish_reason == "stop"
+    # The frame that ends the speech carries the turn's usage, as a finished turn's does: the
+    # router answered before the chat model failed (it was `{}`, so `usage.models` was None).
+    assert "sim-router" in well_formed_usage(items[-2])
     assert items[-1].status_code == status and items[-1].code == (code or "InternalError")
+
+
+def test_the_fallback_is_logged_when_it_was_spoken(live_server, simulator, pg_dsn):
+    """An operator reading a failed turn sees what the speaker said, marked as the fallback;
+    a whole answer (no stream) is an error response, nothing said, so nothing is logged."""
+    server = live_server(llm_retries=0)
+    session = f"ds-said-{uuid.uuid4().hex[:8]}"
+    simulator.inject("429", role="chat")
+    spoken, _ = alibl(server, "你好", session)
+    assert spoken == SPOKEN_FALLBACK
+    assert failed_turn_log(pg_dsn, session) == [
+        ("user", "你好", False),
+        ("assistant", SPOKEN_FALLBACK, True),
+    ]
+    assert memory(pg_dsn, session) == []  # a failed turn is not remembered, nor its fallback
+
+    session = f"ds-whole-{uuid.uuid4().hex[:8]}"
+    simulator.inject("429", role="chat")
+    reply = Application.call(
+        api_key=TEST_KEY,
+        app_id="lang-agent",
+        session_id=session,
+        messages=[{"role": "user", "content": "你好"}],
+    )
+    assert reply.status_code == 502
+    assert failed_turn_log(pg_dsn, session) == [("user", "你好", False)]
 
 
 # ---- after the first token: error frames, never a hang, never a second answer --------------
@@ -263,16 +316,31 @@ def test_a_cut_after_the_first_token_ends_the_openai_stream_with_an_error(
     assert "小明" in ask(client, "我叫什么名字", thread_id)
 
 
-def test_a_cut_after_the_first_token_is_spoken_then_reported_on_dashscope(live_server, simulator):
+def test_a_cut_after_the_first_token_is_spoken_then_reported_on_dashscope(
+    live_server, simulator, pg_dsn
+):
     server = live_server(fallback_model=FALLBACK)
+    session = f"ds-cut-{uuid.uuid4().hex[:8]}"
+    alibl(server, "我叫小明", session)
+    remembered = memory(pg_dsn, session)
     simulator.inject("cut", role="chat")
-    spoken, items = alibl(server, "hello there my friend", f"ds-cut-{uuid.uuid4().hex[:8]}")
+    spoken, items = alibl(server, "hello there my friend", session)
     assert spoken.endswith(SPOKEN_FALLBACK) and len(spoken) > len(SPOKEN_FALLBACK)
     # A sentence of its own: a segmenting TTS cuts the cut answer off before it.
-    assert spoken[: -len(SPOKEN_FALLBACK)].endswith("。")
+    cut = spoken[: -len(SPOKEN_FALLBACK)]
+    assert cut.endswith("。")
     assert items[-1].status_code == 502 and items[-1].code == "InternalError"
     texts = [i.output.text for i in items if i.status_code == 200]
     assert all(b.startswith(a) for a, b in itertools.pairwise(texts))  # cumulative, never retracted
+    assert "sim-router" in well_formed_usage(items[-2])
+    # The log holds what the speaker said: the cut answer, then the fallback, marked as such
+    # (it held the cut answer alone); memory holds neither.
+    assert failed_turn_log(pg_dsn, session) == [
+        ("user", "hello there my friend", False),
+        ("assistant", cut.removesuffix("。"), False),
+        ("assistant", SPOKEN_FALLBACK, True),
+    ]
+    assert memory(pg_dsn, session) == remembered and len(remembered) == 2
 
 
 # ---- endless repetition -----------------------------------------------------------------------

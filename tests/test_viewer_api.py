@@ -21,7 +21,16 @@ from lang_agent import conversation_queries as queries
 from lang_agent.db import CONNECTION_KWARGS
 from lang_agent.settings import Settings
 from tests.support import LiveServer
-from tests.viewer_seed import XSS, Call, Msg, apply_schema, seed_turn, weather_thread
+from tests.viewer_seed import (
+    FALLBACK_SPOKEN,
+    XSS,
+    Call,
+    Msg,
+    apply_schema,
+    failed_turn,
+    seed_turn,
+    weather_thread,
+)
 
 VIEWER_KEY = "viewer-key-0123456789"
 
@@ -216,7 +225,9 @@ def test_turn_calls_and_call_detail_and_bad_case_export(client, db):
 
 def test_thread_export_is_a_json_download(client, db):
     thread_id = fresh()
-    weather_thread(db, thread_id, at=datetime.now(UTC))
+    now = datetime.now(UTC)
+    weather_thread(db, thread_id, at=now)
+    failed_turn(db, thread_id, at=now + timedelta(minutes=1))
     response = client.get("/api/viewer/thread/export", params={"id": thread_id})
     assert response.status_code == 200
     assert (
@@ -224,8 +235,15 @@ def test_thread_export_is_a_json_download(client, db):
     )
     document = response.json()
     assert document["thread_id"] == thread_id and "exported_at" in document
-    assert [len(t["messages"]) for t in document["turns"]] == [2, 5]
-    assert [len(t["llm_calls"]) for t in document["turns"]] == [2, 3]
+    assert [len(t["messages"]) for t in document["turns"]] == [2, 5, 3]
+    assert [len(t["llm_calls"]) for t in document["turns"]] == [2, 3, 0]
+    # What the speaker was told when the turn failed, told apart from the model's words.
+    failed = document["turns"][2]
+    assert failed["status"] == "failed"
+    assert [(m["content"], m["is_fallback"]) for m in failed["messages"][1:]] == [
+        ("从前有座山，", False),
+        (FALLBACK_SPOKEN, True),
+    ]
 
 
 # ---- dashboard ---------------------------------------------------------------------------------

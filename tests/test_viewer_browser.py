@@ -15,7 +15,15 @@ import pytest
 from fastapi_server.viewer import create_viewer_app
 from lang_agent.settings import ROOT, Settings
 from tests.support import LiveServer
-from tests.viewer_seed import XSS, Msg, apply_schema, seed_turn, weather_thread
+from tests.viewer_seed import (
+    FALLBACK_SPOKEN,
+    XSS,
+    Msg,
+    apply_schema,
+    failed_turn,
+    seed_turn,
+    weather_thread,
+)
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -54,6 +62,7 @@ def seeded(pg_dsn: str) -> dict[str, str]:
     at = datetime.now(UTC) + timedelta(days=73000)  # newest of all, so on the first page
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         weather_thread(conn, ids["weather"], at=at)
+        failed_turn(conn, ids["weather"], at=at + timedelta(seconds=45))
         weather_thread(conn, f"dashboard-{suffix}", at=datetime.now(UTC) - timedelta(minutes=10))
         seed_turn(
             conn,
@@ -164,6 +173,14 @@ def test_conversation_bubbles_sides_colours_and_tool(page, seeded):
     filler = page.locator(".bubble.filler")
     assert filler.locator(".filler-badge").text_content() == "filler"
     assert "稍等" in filler.text_content()
+
+    # A failed turn shows what the speaker was told: the cut answer, then the fallback.
+    fallback = page.locator(".bubble.fallback")
+    assert fallback.locator(".fallback-badge").text_content() == "fallback"
+    assert FALLBACK_SPOKEN in fallback.text_content()
+    failed = page.locator(".turn", has=fallback)
+    assert failed.locator(".badge.status-failed").first.text_content() == "failed"
+    assert failed.locator(".bubble.ai", has_text="从前有座山").count() == 1
 
     head = page.locator(".turn", has=tool).locator(".turn-head")
     assert head.locator(".badge.route").text_content() == "tool"

@@ -15,6 +15,7 @@ from lang_agent.agent.state import LogEntry as Msg  # a logged message, as the a
 from lang_agent.db import CONNECTION_KWARGS, migrate
 
 XSS = "<img src=x onerror=window.__xss=1>"
+FALLBACK_SPOKEN = "抱歉，我这边出了点问题，请稍后再试。"
 
 INSERT_TURN = """
 INSERT INTO turns (turn_id, thread_id, front_end, profile, route, status, error_code, error,
@@ -23,8 +24,8 @@ VALUES (%s, %s, 'openai', 'default', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 INSERT_MESSAGE = """
 INSERT INTO messages (thread_id, turn_id, seq, role, content, tool_calls, tool_call_id, tool_name,
-                      is_filler, model, turn_started_at, created_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                      is_filler, is_fallback, model, turn_started_at, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 INSERT_CALL = """
 INSERT INTO llm_calls (call_id, thread_id, turn_id, node, method, url, model, stream, status,
@@ -82,7 +83,8 @@ def seed_turn(
             INSERT_MESSAGE,
             (thread_id, turn_id, seq, m.role, m.content,
              Jsonb(m.tool_calls) if m.tool_calls else None, m.tool_call_id, m.tool_name,
-             m.is_filler, m.model, at, at + timedelta(milliseconds=100 * (seq + 1))),
+             m.is_filler, m.is_fallback, m.model, at,
+             at + timedelta(milliseconds=100 * (seq + 1))),
         )  # fmt: skip
     for i, c in enumerate(calls):
         created = at + timedelta(milliseconds=10 * i)
@@ -135,3 +137,19 @@ def weather_thread(conn: psycopg.Connection, thread_id: str, *, at: datetime) ->
         ],
     )
     return [first, second]
+
+
+def failed_turn(conn: psycopg.Connection, thread_id: str, *, at: datetime) -> uuid.UUID:
+    """A DashScope turn the model cut mid-answer: the cut answer, then the spoken fallback."""
+    return seed_turn(
+        conn,
+        thread_id,
+        at=at,
+        status="failed",
+        error_code="upstream_error",
+        messages=[
+            Msg("user", "讲个故事"),
+            Msg("assistant", "从前有座山，", model="sim-chat"),
+            Msg("assistant", FALLBACK_SPOKEN, is_fallback=True),
+        ],
+    )

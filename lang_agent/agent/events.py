@@ -77,10 +77,17 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    """The turn ended in an error; memory is left as it was before the turn."""
+    """The turn ended in an error; memory is left as it was before the turn.
+
+    `usage` is what the models used before it. `fallback` is the request's fallback when the
+    failure is to be told in words (TurnRequest.fallback), else None: the log records it as
+    said, so a front end that gets it must say it.
+    """
 
     code: str
     message: str
+    usage: Usage = Usage()
+    fallback: str | None = None
 
 
 TurnEvent = RouteChosen | Filler | ToolStarted | ToolFinished | AnswerDelta | Done | Failed
@@ -110,6 +117,8 @@ class TurnRequest:
     `busy` is what it does on a busy thread; None: BUSY_THREAD.
     `max_tokens` is the client's cap on the answer (OpenAI's max_tokens): the chat and tool
     models' calls take it where it is below MAX_TOKENS.
+    `fallback` is what a voice client says when the turn fails, so the speaker is not silent
+    (DashScope streams: DASHSCOPE_FALLBACK_TEXT); None: a failure is only reported.
     """
 
     messages: tuple[InputMessage, ...]
@@ -119,5 +128,6 @@ class TurnRequest:
     profile: str | None = None
     front_end: str = "openai"
     busy: BusyPolicy | None = None
+    fallback: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     max_tokens: int | None = None

@@ -81,9 +81,10 @@ def _stored(latest: CheckpointTuple | None, channel: str) -> list[AnyMessage]:
     return latest.checkpoint["channel_values"].get(channel, []) if latest else []
 
 
-def _entries(ctx: TurnContext, *, answered: bool) -> list[LogEntry]:
+def _entries(ctx: TurnContext, *, answered: bool, fallback: str | None) -> list[LogEntry]:
     """The turn's log entries; for a turn that ended first (a hang-up, a failure mid-answer),
-    also the part of its answer that went out, which the client saw (or the speaker said)."""
+    also the part of its answer that went out, which the client saw (or the speaker said),
+    and the fallback said after it."""
     entries = list(ctx.log)
     last = entries[-1] if entries else None
     logged = (
@@ -91,7 +92,27 @@ def _entries(ctx: TurnContext, *, answered: bool) -> list[LogEntry]:
     )
     if not answered and ctx.said and not logged:
         entries.append(LogEntry("assistant", "".join(ctx.said)))
+    if fallback:
+        entries.append(LogEntry("assistant", fallback, is_fallback=True))
     return entries
+
+
+# Failures told in words even before the turn said anything: the model or the store let it
+# down. A refused request (bad input, a busy thread) is only reported.
+SPOKEN_FAILURES = frozenset({"upstream_error", "upstream_status", "upstream_timeout",
+                             "turn_timeout", "store_unavailable", "shutting_down",
+                             "internal_error"})  # fmt: skip
+
+
+def _failed(ctx: TurnContext, code: str, message: str) -> Failed:
+    """The turn's Failed event, with the request's fallback if this failure is to be said:
+    once the client has started speaking, any failure ends in words, not silence; but a turn
+    the user interrupted (a barge-in) ends without another word."""
+    fallback = ctx.request.fallback
+    said = ctx.first_text_at is not None
+    if code == Preempted.code or not (code in SPOKEN_FAILURES or said):
+        fallback = None
+    return Failed(code, message, ctx.total_usage(), fallback)
 
 
 class Agent:
@@ -246,14 +267,14 @@ class Agent:
             # A barge-in (Preempted) is the user speaking again, not a fault to warn of.
             level = logging.INFO if isinstance(exc, Preempted) else logging.WARNING
             logger.log(level, "turn %s failed: %s (%s)", ctx.turn_id, exc.code, exc.message)
-            ctx.emit(Failed(exc.code, exc.message))
+            ctx.emit(_failed(ctx, exc.code, exc.message))
         except Exception:  # the edge of the engine: anything unexpected becomes Failed
             logger.exception("turn %s failed unexpectedly", ctx.turn_id)
-            ctx.emit(Failed("internal_error", "the turn failed unexpectedly"))
+            ctx.emit(_failed(ctx, "internal_error", "the turn failed unexpectedly"))
         except asyncio.CancelledError:
             if self._stopping:  # the server's, not a client's hang-up: the client is told
                 logger.warning("turn %s ended: the server is shutting down", ctx.turn_id)
-                ctx.emit(Failed(ShuttingDown.code, "the server is shutting down; try again"))
+                ctx.emit(_failed(ctx, ShuttingDown.code, "the server is shutting down; try again"))
             raise
         finally:
             start.done()
@@ -300,6 +321,7 @@ class Agent:
         self, ctx: TurnContext, started_at: datetime, last: TurnEvent | None, ended: float | None
     ) -> TurnRecord:
         usage = ctx.total_usage()
+        fallback = last.fallback if isinstance(last, Failed) else None
         match last:
             case Done():
                 status, code, error = "ok", None, None
@@ -325,5 +347,5 @@ class Agent:
             completion_tokens=usage.completion_tokens,
             models=[asdict(m) for m in usage.models],
             metadata=dict(ctx.request.metadata),
-            entries=_entries(ctx, answered=status == "ok"),
+            entries=_entries(ctx, answered=status == "ok", fallback=fallback),
         )

@@ -69,6 +69,8 @@ class LogEntry:
     tool_name: str | None = None
     is_filler: bool = False
     model: str | None = None
+    # The words said in place of an answer a failure cut (TurnRequest.fallback): not the model's.
+    is_fallback: bool = False
 
 
 @dataclass

@@ -213,13 +213,16 @@
     const calls = (message.tool_calls || []).map((call) =>
       el("div", { class: "tool-call", text: `→ ${call.name}(${JSON.stringify(call.args ?? {})})` }),
     );
+    // Filler keeps the speaker talking while a tool runs; a fallback is what the speaker was
+    // told when the turn failed (the server's words, not the model's).
+    const kind = message.is_filler ? "filler" : message.is_fallback ? "fallback" : null;
     return el(
       "div",
       { class: "row ai" },
       el(
         "div",
-        { class: message.is_filler ? "bubble ai filler" : "bubble ai" },
-        message.is_filler ? badge("filler", "filler-badge") : null,
+        { class: kind ? "bubble ai " + kind : "bubble ai" },
+        kind ? badge(kind, kind + "-badge") : null,
         message.content ? el("div", { class: "text", text: message.content }) : null,
         calls,
         el("div", { class: "bubble-foot" }, message.model ? el("span", { class: "model", text: message.model }) : null, stamp(message.created_at)),
