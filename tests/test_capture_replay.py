@@ -16,6 +16,7 @@ import pytest
 
 from lang_agent.capture.faults import Fault
 from lang_agent.capture.replay import ReplayCase, ReplayServer
+from lang_agent.capture.stream import CANCELLED, CLIENT_CLOSED, CLIENT_LEFT, NO_DONE
 
 RECORDED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
 
@@ -184,6 +185,20 @@ async def test_no_done_ends_the_stream_cleanly_without_it():
         assert response.status_code == 200 and "[DONE]" not in response.text
         assert response.text.count("data: ") == 6  # every other event
         assert await ask(url, stream=True) == "一二三四"
+
+
+async def test_a_stream_its_caller_left_or_that_ended_without_done_replays_to_its_end():
+    """Only a body the upstream broke off breaks off on replay: a caller that stopped reading
+    (a hang-up, a discarded call) or an upstream that ended the body cleanly did not break it."""
+    sse = b"".join(event for _, event in streamed().events[:3]).decode()
+    row = {"status": "incomplete", "status_code": 200, "response_sse": sse}
+    for error in (CLIENT_CLOSED, CLIENT_LEFT, CANCELLED, NO_DONE):
+        async with replaying(ReplayCase.from_row(row | {"error": error})) as (_, url):
+            assert await ask(url, stream=True) == "一二", error
+    broken = ReplayCase.from_row(row | {"error": "ReadError: connection reset"})
+    async with replaying(broken) as (_, url):
+        with pytest.raises(openai.APIConnectionError):
+            await ask(url, stream=True)
 
 
 async def test_a_stall_holds_the_stream_after_its_first_event_then_goes_on():

@@ -15,6 +15,7 @@ import pytest
 
 from lang_agent.capture.record import CallRecord
 from lang_agent.capture.recorder import Recorder
+from lang_agent.capture.replay import ReplayCase, ReplayServer
 from lang_agent.capture.stream import TAIL_BYTES, CapturingStream, summary_of_cut_body
 from lang_agent.capture.transport import BODY_EXTENSION, CapturingTransport
 from lang_agent.llm.context import calling
@@ -118,6 +119,33 @@ async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_s
     assert row["status"] == "incomplete" and row["status_code"] == 200
     assert "RemoteProtocolError" in row["error"]
     assert "[DONE]" not in row["response_sse"]
+
+
+async def test_a_cut_stream_s_replay_breaks_off_where_it_did(
+    client, capture_db, capture_sim, thread
+):
+    """A bad case replayed must fail as it did: it answered a clean end, which a client (the
+    agent too) took for a whole, short answer."""
+    capture_sim.inject("cut", role="chat")
+    with calling(thread_id=thread), pytest.raises(httpx2.RemoteProtocolError):
+        async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
+            async for _ in r.aiter_raw():
+                pass
+    row = await one_row(capture_db, thread)
+    server = ReplayServer(ReplayCase.from_row(row))
+    url = await server.start()
+    try:
+        sdk = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0)
+        got = []
+        with pytest.raises(openai.APIConnectionError):
+            stream = await sdk.chat.completions.create(stream=True, **HELLO)
+            async for part in stream:
+                got.append(part.choices[0].delta.content or "" if part.choices else "")
+        assert "".join(got)  # what came before the break comes again
+        with pytest.raises(openai.APIConnectionError):
+            await sdk.chat.completions.create(**HELLO)
+    finally:
+        await server.stop()
 
 
 async def test_connection_refused_and_timeout_are_errors(recorder, capture_db, capture_sim, thread):

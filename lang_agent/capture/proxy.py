@@ -35,7 +35,7 @@ from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
 from lang_agent.capture.record import CallRecord, redact_url
 from lang_agent.capture.recorder import Recorder
 from lang_agent.capture.routes import Routes
-from lang_agent.capture.stream import DECODABLE_ENCODINGS
+from lang_agent.capture.stream import CLIENT_LEFT, DECODABLE_ENCODINGS
 from lang_agent.capture.transport import FLAGS_EXTENSION, CapturingTransport
 from lang_agent.db import resolve_dsn
 from lang_agent.llm.http1 import Http1Transport
@@ -67,8 +67,6 @@ HOP_BY_HOP = frozenset(
 RESPONSE_HOP_BY_HOP = HOP_BY_HOP - {"content-length"}
 CONNECT_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 30.0
-# The error recorded for a call whose client disconnected, whenever it did.
-CLIENT_LEFT = "the client closed the connection"
 # Config-file keys that are flag names of `proxy start` rather than setting names.
 CONFIG_KEYS = {
     "port": "proxy_port",

@@ -1,9 +1,11 @@
 """Replay a captured call offline: a small OpenAI-compatible server that answers with the recording.
 
 Every request gets the recorded response. A recorded stream is re-sent event by event at its
-original offsets (scaled by `speed`); a cut stream ends where the recording ends, without
-`[DONE]`; a client asking for a non-stream answer of a recorded stream gets the merged
-completion. A call that failed before any response answers 502 with the recorded error. A
+original offsets (scaled by `speed`); a stream that ended without `[DONE]` ends where the
+recording ends, without it; a client asking for a non-stream answer of a recorded stream gets
+the merged completion. A body the upstream broke off mid-way (the connection dropped) breaks off
+where the recording does, the connection dropped, so the client meets the failure its original
+met. A call that failed before any response answers 502 with the recorded error. A
 `Fault` changes the answer for the first requests (or all): a cut connection, no `[DONE]`, a
 stall, or the provider's own 429 or 500. This lives beside the simulator
 (lang_agent/llm/sim.py), on asyncio streams as it is, so a cut really drops the connection.
@@ -23,6 +25,7 @@ from typing import Any
 
 from lang_agent.capture.faults import Fault, provider_error
 from lang_agent.capture.merge import event_data, parse_chunk, split_events, usage_only
+from lang_agent.capture.stream import broken_off
 from lang_agent.llm.sim_wire import HttpError, Peer, Request, dumps, error_body, frame, read_request
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class ReplayCase:
     latency_ms: float = 0.0
     error: str | None = None
     url: str | None = None  # where the call went: a fault's error takes that provider's shape
+    broken: bool = False  # the upstream broke the body off: so does the replay, where it did
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ReplayCase:
@@ -87,6 +91,7 @@ class ReplayCase:
             latency_ms=float(row.get("latency_ms") or 0.0),
             error=row.get("error"),
             url=row.get("url"),
+            broken=broken_off(row.get("status"), row.get("error")),
         )
 
 
@@ -275,6 +280,11 @@ class ReplayServer:
             headers["content-type"] = "application/json"
         if fault is not None and fault.kind == "stall" and await peer.wait(fault.amount):
             return False
+        if case.broken:  # the recorded body broke off: the client sees it end too soon
+            head = _head(case.status_code, headers, length=None, keep=False)
+            writer.write(head + (frame(body) if body else b""))  # an empty chunk would end it
+            await writer.drain()
+            return False
         head = _head(case.status_code, headers, length=len(body), keep=keep)
         if fault is not None and fault.kind == "cut":
             writer.write(head + body[: int(fault.amount)])
@@ -324,7 +334,7 @@ class ReplayServer:
                 if await peer.wait(amount):
                     return False
                 start += amount  # the rest keeps its pace after the stall
-        if kind == "cut":  # no terminating chunk: the client sees the body end too soon
+        if kind == "cut" or self.case.broken:  # no terminating chunk: the body ends too soon
             return False
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -37,13 +37,28 @@ from lang_agent.jsonwire import loads
 
 logger = logging.getLogger(__name__)
 
+# Why a call's body ended early, as its `error` says. The first three are its caller leaving
+# (the proxy's client hanging up is its task's cancel message); NO_DONE is a body the upstream
+# ended cleanly; any other reason is the upstream's connection breaking off mid-body. CLIENT_LEFT
+# is recorded for a proxy's client that disconnected, whenever it did.
 CLIENT_CLOSED = "the client closed the stream before the end"
+CLIENT_LEFT = "the client closed the connection"
+BODY_UNREAD = "the client closed before the body was read"
+CANCELLED = "cancelled"
+NO_DONE = "the stream ended without [DONE] or finish_reason"
+_CALLER_LEFT = frozenset({CLIENT_CLOSED, CLIENT_LEFT, BODY_UNREAD, CANCELLED})
+
+
+def broken_off(status: str | None, error: str | None) -> bool:
+    """Whether a captured call's body was broken off by the upstream mid-way (a dropped
+    connection, a read error), rather than left by its caller or ended without [DONE]."""
+    return status == "incomplete" and error not in _CALLER_LEFT and error != NO_DONE
 
 
 def describe_error(exc: BaseException) -> str:
     """A short, key-free description of why a call or stream failed."""
     if isinstance(exc, asyncio.CancelledError):  # a canceller may say why (task.cancel(msg))
-        return str(exc.args[0]) if exc.args and exc.args[0] else "cancelled"
+        return str(exc.args[0]) if exc.args and exc.args[0] else CANCELLED
     if isinstance(exc, GeneratorExit):
         return CLIENT_CLOSED
     text = str(exc)
@@ -348,16 +363,12 @@ class CapturingStream(httpx2.AsyncByteStream):
         elif not self._sse:
             ok = self._exhausted
             record.status = "ok" if ok else "incomplete"
-            record.error = None if ok else "the client closed before the body was read"
+            record.error = None if ok else BODY_UNREAD
         elif finished:
             record.status = "ok"
         else:
             record.status = "incomplete"
-            record.error = (
-                "the stream ended without [DONE] or finish_reason"
-                if self._exhausted
-                else CLIENT_CLOSED
-            )
+            record.error = NO_DONE if self._exhausted else CLIENT_CLOSED
         if self._sse and self._merger.error is not None and record.status in ("ok", "incomplete"):
             record.status = "error"
             record.error = "upstream error in stream: " + json.dumps(
