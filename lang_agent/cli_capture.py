@@ -69,6 +69,12 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @_PREDICATE
 @click.option("--thread", default=None, help="Only this thread's calls.")
 @click.option(
+    "--turn",
+    default=None,
+    metavar="ID",
+    help="Only this turn's calls: the turn id the viewer shows above a turn's model calls.",
+)
+@click.option(
     "--conversation",
     type=int,
     default=None,
@@ -83,17 +89,19 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 def calls_list(
     predicates: tuple[str, ...],
     thread: str | None,
+    turn: str | None,
     conversation: int | None,
     since: str | None,
     limit: int,
     as_json: bool,
     conn_str: str | None,
 ) -> None:
-    """List calls, newest first: ids, status, model, latency, TTFT, tokens, cost."""
+    """List calls, newest first: ids, status, node, model, latency, TTFT, tokens, cost."""
     from lang_agent.capture.commands import list_command
     from lang_agent.capture.query import CallFilter
 
-    filters = CallFilter(predicates=predicates, thread_id=thread, since=since)
+    turn = turn.strip() if turn is not None else None
+    filters = CallFilter(predicates=predicates, thread_id=thread, turn_id=turn, since=since)
     settings = settings_from(conn_str=conn_str)
     command = list_command(
         settings, filters=filters, limit=limit, as_json=as_json, conversation_of=conversation

@@ -34,6 +34,7 @@ __all__ = ["capture_pg"]
 
 SECRET = "sk-cli-secret-4242"
 THREAD = "cli-thread"
+TURN = "0b5e0c1e-2f6a-4d38-9a51-7c1d2e3f4a5b"
 DB_PASSWORD = "pg-pass-9137"
 CALLS_COMMANDS = [
     ["list"],
@@ -69,7 +70,7 @@ async def seed(dsn: str) -> None:
     transport = CapturingTransport(httpx2.MockTransport(upstream), recorder=recorder)
     headers = {"authorization": f"Bearer {SECRET}"}
     async with httpx2.AsyncClient(transport=transport, headers=headers) as http:
-        with calling(thread_id=THREAD, node="chat"):
+        with calling(thread_id=THREAD, turn_id=TURN, node="chat"):
             for content in ("one", "two", "fail"):
                 body = {"model": "qwen-plus", "messages": [{"role": "user", "content": content}]}
                 await http.post("http://up/v1/chat/completions", json=body)
@@ -109,6 +110,19 @@ def test_list_table_json_and_predicates(run):
     assert [r["status"] for r in rows] == ["http_error"]
     newest = json.loads(run("calls", "list", "--json", "-n", "1", "--since", "1h").output)
     assert len(newest) == 1
+
+
+def test_list_takes_the_viewer_s_turn_id_and_names_each_call_s_node(run):
+    """From a turn in the viewer to its calls: `--turn` with the id the viewer shows, and the
+    node column tells the router's, the chat model's, the tool model's and the filler's apart."""
+    table = run("calls", "list", "--turn", f" {TURN} ")
+    assert table.exit_code == 0, table.output
+    header, *lines = table.output.splitlines()
+    assert header.split()[:3] == ["id", "status", "node"]
+    assert len(lines) == 3 and all(line.split()[3] == "chat" for line in lines if "200" in line)
+    assert "chat" in lines[0].split()  # the 429 too
+    other = run("calls", "list", "--turn", "0b5e0c1e")  # a turn id is matched whole
+    assert other.exit_code == 0 and len(other.output.splitlines()) == 1
 
 
 def test_bad_predicate_is_a_clean_error(run):

@@ -190,13 +190,22 @@ def test_conversation_bubbles_sides_colours_and_tool(page, seeded):
     assert href.startswith("/api/viewer/thread/export?id=kitchen-speaker-")
 
 
-def test_turn_calls_expand_with_bad_case_link(page, seeded):
+def test_turn_calls_expand_with_their_ids_and_bad_case_link(page, seeded, pg_dsn):
     open_thread(page, seeded["weather"])
     turn = page.locator(".turn", has=page.locator(".bubble.tool"))
     turn.locator(".calls-toggle").click()
     rows = turn.locator(".call-row")
     rows.first.wait_for()
     assert rows.count() == 3
+    # The ids `lang-agent calls …` take: the turn's for `calls list --turn`, each call's `--id`.
+    turn_id = turn.locator(".calls-head .turn-id").text_content()
+    with psycopg.connect(pg_dsn) as conn:
+        ids = conn.execute(
+            "SELECT id FROM llm_calls WHERE turn_id = %s ORDER BY created_at, id", (turn_id,)
+        ).fetchall()
+    assert [row.locator(".call-id").text_content() for row in rows.all()] == [
+        f"#{i}" for (i,) in ids
+    ]
     assert "truncated" in rows.nth(1).text_content()
     link = rows.nth(1).locator("a.export-case")
     assert link.get_attribute("href").endswith("/export?category=badcase")

@@ -99,6 +99,7 @@ def calls_table(rows: Sequence[dict[str, Any]]) -> str:
     header = (
         "id",
         "status",
+        "node",
         "chatcmpl",
         "request_id",
         "model",
@@ -119,6 +120,7 @@ def calls_table(rows: Sequence[dict[str, Any]]) -> str:
             (
                 _text(row["id"]),
                 f"{row['status']}{code}",
+                _text(row.get("node")),
                 _text(row.get("chatcmpl_id")),
                 _text(row.get("upstream_request_id")),
                 _text(row.get("model")),

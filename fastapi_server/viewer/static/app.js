@@ -257,6 +257,10 @@
       box.append(el("div", { class: "muted", text: "No captured calls for this turn (capture off?)." }));
       return;
     }
+    // The ids the command line takes: `lang-agent calls list --turn ID`, `calls … --id N`.
+    box.append(
+      el("div", { class: "calls-head muted" }, "turn ", el("code", { class: "turn-id", text: turnId }), " · lang-agent calls list --turn ID"),
+    );
     for (const call of data.calls) box.append(renderCall(call));
   }
 
@@ -266,6 +270,7 @@
     const row = el(
       "div",
       { class: "call-row" },
+      el("span", { class: "call-id", title: `lang-agent calls inspect / export / replay / diff --id ${call.id}`, text: "#" + call.id }),
       badge(call.node || "call", "route"),
       el("span", { class: "model", text: call.model || "?" }),
       badge(call.status + (call.status_code ? " " + call.status_code : ""), call.status === "ok" ? "status-ok" : "status-failed"),
