@@ -48,8 +48,8 @@ def _selectors(func):  # type: ignore[no-untyped-def]
 
 
 _TIME_HELP = (
-    "30m, 2h, 7d or 1w ago (units s m h d w), or an ISO date/time such as 2026-01-31 or "
-    "2026-01-31T08:00+08:00 (local time without an offset)."
+    "30m, 2h, 7d or 1w ago (units s m h d w), or an ISO date/time such as 2026-01-31, "
+    "'2026-01-31 15:00' (in TIMEZONE, as the times shown) or 2026-01-31T15:00+08:00."
 )
 
 
@@ -83,6 +83,9 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
     "(through the proxy), the calls linked to it by their messages.",
 )
 @click.option("--since", default=None, callback=_check_time, help=f"Only calls since {_TIME_HELP}")
+@click.option(
+    "--before", default=None, callback=_check_time, help="Only calls before this time (as --since)."
+)
 @click.option("-n", "--limit", type=int, default=20, help="Most calls shown; 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @CONN_STR_OPTION
@@ -92,6 +95,7 @@ def calls_list(
     turn: str | None,
     conversation: int | None,
     since: str | None,
+    before: str | None,
     limit: int,
     as_json: bool,
     conn_str: str | None,
@@ -101,7 +105,9 @@ def calls_list(
     from lang_agent.capture.query import CallFilter
 
     turn = turn.strip() if turn is not None else None
-    filters = CallFilter(predicates=predicates, thread_id=thread, turn_id=turn, since=since)
+    filters = CallFilter(
+        predicates=predicates, thread_id=thread, turn_id=turn, since=since, before=before
+    )
     settings = settings_from(conn_str=conn_str)
     command = list_command(
         settings, filters=filters, limit=limit, as_json=as_json, conversation_of=conversation

@@ -454,7 +454,11 @@ class Settings(BaseSettings):
         None, description="LangSmith key: eval datasets and experiments are uploaded with it."
     )
 
-    timezone: str = Field("Asia/Shanghai", description="Time zone of prompts and the clock tool.")
+    timezone: str = Field(
+        "Asia/Shanghai",
+        description="Time zone of prompts, the clock tool and the dashboard's days; "
+        "`lang-agent calls` shows times in it and reads a time without an offset in it.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     def __init__(self, **values: Any) -> None:

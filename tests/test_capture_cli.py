@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx2
@@ -198,6 +199,28 @@ def test_since_and_before_take_durations_and_iso_times(run):
         result = run("calls", "list", "--json", "--thread", THREAD, "--since", since)
         assert result.exit_code == 0, (since, result.output)
         assert len(json.loads(result.output)) == 3, since
+
+
+def test_a_time_window_without_offsets_is_read_in_timezone_by_flags_and_predicates(cli_dsn):
+    """ "Yesterday around 15:00" is the speaker's time (TIMEZONE), whatever the host's zone;
+    --since/--before took it as the host's, a predicate as the database's."""
+    zone = "Asia/Kathmandu"  # +05:45: no host's zone, so a time read in the wrong one misses
+
+    def listed(*args: str) -> list[dict]:
+        env = {"CONN_STR": cli_dsn, "TIMEZONE": zone}
+        result = CliRunner().invoke(main, ["calls", "list", "--json", *args], env=env)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    calls = listed("--thread", THREAD)
+    assert all(call["created_at"].endswith("+05:45") for call in calls)  # shown in TIMEZONE
+    first = min(datetime.fromisoformat(call["created_at"]) for call in calls)
+    start = (first - timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
+    end = (first + timedelta(minutes=10)).strftime("%Y-%m-%d %H:%M:%S")
+    assert len(listed("--thread", THREAD, "--since", start, "--before", end)) == 3
+    assert listed("--thread", THREAD, "--before", start) == []
+    window = f"created_at >= '{start}' && created_at < '{end}'"
+    assert len(listed("--thread", THREAD, "-p", window)) == 3
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from lang_agent.capture.export import (
 from lang_agent.capture.faults import Fault
 from lang_agent.capture.linking import conversation_calls, linked_ids
 from lang_agent.capture.query import (
+    SESSION_TIME_ZONE_SQL,
     STATEMENT_TIMEOUT_SQL,
     CallFilter,
     count_calls,
@@ -44,9 +45,12 @@ class CallsError(CommandError):
 
 @contextlib.asynccontextmanager
 async def calls_connection(settings: Settings) -> AsyncIterator[AsyncConnection]:
-    """A command's connection (one-line errors), with a statement timeout for the queries."""
+    """A command's connection (one-line errors), with a statement timeout for the queries, in
+    TIMEZONE: the speakers' time, which a user's "yesterday at 15:00" means. Times are shown
+    in it, and a time without an offset, in a flag or a predicate, is read in it."""
     async with command_connection(settings) as conn:
         await conn.execute(STATEMENT_TIMEOUT_SQL)
+        await conn.execute(SESSION_TIME_ZONE_SQL, (settings.timezone,))
         yield conn
 
 

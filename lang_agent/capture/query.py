@@ -39,6 +39,8 @@ DELETE FROM llm_calls WHERE id IN (
 """
 UPDATE_LABELS_SQL = "UPDATE llm_calls SET category = %s, tags = %s WHERE id = %s"
 STATEMENT_TIMEOUT_SQL = "SET statement_timeout = 30000"
+# SET takes no parameters; set_config does. For the session: times shown and times read.
+SESSION_TIME_ZONE_SQL = "SELECT set_config('TimeZone', %s, false)"
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _TIME_FORMS = "30m, 2h, 7d or 1w ago, or an ISO date/time (2026-01-31, 2026-01-31T08:00+08:00)"
@@ -90,7 +92,9 @@ class CallFilter:
 
 
 def parse_time(value: str) -> datetime:
-    """`30m`/`2h`/`7d`/`1w` ago, or an ISO date/time (local time without an offset).
+    """`30m`/`2h`/`7d`/`1w` ago, or an ISO date/time. One without an offset stays naive: it
+    goes to Postgres as a `timestamp`, read in the session's time zone as a time a predicate
+    compares with (`created_at >= '2026-01-31 15:00'`) is, so the two never disagree.
 
     Checked here, not left to Postgres: its parser takes words such as `today` and fails on
     typos with a raw DataError only once the query runs. ValueError names the accepted forms."""
@@ -98,8 +102,7 @@ def parse_time(value: str) -> datetime:
         if match := _RELATIVE.match(value):
             seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
             return datetime.now(UTC) - timedelta(seconds=seconds)
-        moment = datetime.fromisoformat(value.strip())
-        return moment if moment.tzinfo else moment.astimezone()
+        return datetime.fromisoformat(value.strip())
     except (ValueError, OverflowError):  # OverflowError: so long ago it is before year 1
         raise ValueError(f"{value!r} is not a time: give {_TIME_FORMS}") from None
 
