@@ -57,8 +57,10 @@ SELECT p.thread_id, p.last_at,
         ORDER BY m.turn_started_at DESC, m.seq DESC LIMIT 1) AS match
 FROM (
     SELECT h.thread_id, l.started_at AS last_at
-    FROM (SELECT DISTINCT m.thread_id FROM messages m
-          WHERE m.thread_id IS NOT NULL AND m.content ILIKE %(pattern)s) h
+    FROM (SELECT m.thread_id FROM messages m
+          WHERE m.thread_id IS NOT NULL AND m.content ILIKE %(pattern)s
+          UNION
+          SELECT t.thread_id FROM turns t WHERE t.thread_id ILIKE %(pattern)s) h
     CROSS JOIN LATERAL (
         SELECT t.started_at FROM turns t WHERE t.thread_id = h.thread_id
         ORDER BY t.started_at DESC LIMIT 1) l
@@ -216,7 +218,8 @@ def threads_statement(
 async def list_threads(
     conn: AsyncConnection, *, query: str = "", cursor: Cursor | None = None, limit: int = 50
 ) -> dict[str, Any]:
-    """A page of threads, newest activity first; with `query`, those with a matching message."""
+    """A page of threads, newest activity first; with `query`, those with a matching message
+    or whose id contains it (a device's session id, a thread id the user gave support)."""
     limit = max(1, min(limit, PAGE_MAX))
     statement, params = threads_statement(query=query, cursor=cursor, limit=limit)
     rows = await (await conn.execute(statement, params)).fetchall()

@@ -115,6 +115,17 @@ def test_search_finds_message_text_case_insensitively_with_literal_wildcards(cli
     assert nothing == {"threads": [], "next_cursor": None}
 
 
+def test_search_finds_a_thread_by_part_of_its_id(client, db):
+    """Support is told "device X" or "thread Y", not the words said: the search box found
+    only message text, so a thread id typed into it found nothing."""
+    device = uuid.uuid4().hex[:10]
+    thread_id = f"xiaozhi-{device}-session"
+    seed_turn(db, thread_id, at=datetime.now(UTC), messages=[Msg("user", "把音量调到30")])
+    found = client.get("/api/viewer/threads", params={"q": device.upper()}).json()
+    assert [t["thread_id"] for t in found["threads"]] == [thread_id]
+    assert found["threads"][0]["message_count"] == 1
+
+
 def test_bad_cursor_and_limits_are_client_errors(client):
     assert client.get("/api/viewer/threads", params={"cursor": "not-a-cursor"}).status_code == 400
     assert client.get("/api/viewer/threads", params={"limit": 0}).status_code == 400

@@ -78,7 +78,8 @@ async def threads(
     cursor: str | None = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
-    """Threads newest first; `q` keeps those with a message containing it (case-insensitive)."""
+    """Threads newest first; `q` keeps those with a message or an id containing it
+    (case-insensitive)."""
     return await queries.list_threads(conn, query=q.strip(), cursor=_cursor(cursor), limit=limit)
 
 
