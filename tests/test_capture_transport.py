@@ -107,6 +107,7 @@ async def test_429_is_recorded_with_its_body(client, capture_db, capture_sim, th
     row = await one_row(capture_db, thread)
     assert (row["status"], row["status_code"]) == ("http_error", 429)
     assert row["response_body"]["error"]["code"] == "Throttling.RateQuota"
+    assert row["cost"] == 0  # a refused call bills nothing
 
 
 async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_sim, thread):
@@ -119,6 +120,8 @@ async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_s
     assert row["status"] == "incomplete" and row["status_code"] == 200
     assert "RemoteProtocolError" in row["error"]
     assert "[DONE]" not in row["response_sse"]
+    # Billed for what the model read and wrote, but no usage said how much: unknown, not free.
+    assert row["prompt_tokens"] is None and row["cost"] is None
 
 
 async def test_a_cut_stream_s_replay_breaks_off_where_it_did(

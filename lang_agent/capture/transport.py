@@ -433,9 +433,10 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
         if served and record.model and served != record.model:
             record.flags["served_model"] = served
         model = served if self.catalog.known(served) else record.model
-        record.cost = self.catalog.cost(
-            model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
-        )
+        if _unbilled_or_counted(record):
+            record.cost = self.catalog.cost(
+                model, record.prompt_tokens, record.completion_tokens, record.cached_tokens
+            )
         if record.ttft_ms is not None and (record.completion_tokens or 0) > 1:
             record.tpot_ms = round(
                 ((record.latency_ms or 0) - record.ttft_ms) / (record.completion_tokens - 1), 3
@@ -478,6 +479,14 @@ class CapturingTransport(httpx2.AsyncBaseTransport):
             saved = max(0, budget - produced)
             repeat["tokens_saved"] = saved
             repeat["cost_saved"] = self.catalog.cost(model, 0, saved)
+
+
+def _unbilled_or_counted(record: CallRecord) -> bool:
+    """Whether the call's cost is known: its usage came back, or the upstream refused it (a
+    4xx/5xx bills nothing). A call cut or cancelled before its usage came was billed for what
+    the model read and wrote: its cost is unknown, not 0."""
+    refused = record.status_code is not None and record.status_code >= 400
+    return refused or record.prompt_tokens is not None or record.completion_tokens is not None
 
 
 def _read_usage(record: CallRecord, usage: dict[str, Any]) -> None:
