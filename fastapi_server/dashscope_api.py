@@ -10,11 +10,12 @@ from typing import Any, Literal, assert_never
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fastapi_server import dashscope_frames as frames
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
+from fastapi_server.dashscope_fields import INPUT_REFUSALS, PARAMETER_REFUSALS
 from fastapi_server.hangup import unless_hung_up
 from fastapi_server.sse import EventStream
 from fastapi_server.wire_types import ToolCall, thread_key
@@ -66,6 +67,10 @@ class DashParameters(BaseModel):
 
     incremental_output: bool | None = None
     stream: bool | None = None
+    # Checked, then left to the profile's model settings: a wrong value is still an error.
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=0)
 
 
 class DashRequest(BaseModel):
@@ -281,6 +286,8 @@ router = APIRouter(tags=["dashscope"], dependencies=[Depends(require_api_key)])
 async def completion(app_id: str, request: Request) -> Response:
     settings = request.app.state.settings
     body = await parse_json(request, DashRequest, limit=settings.max_body_bytes)
+    INPUT_REFUSALS.check(body.input.model_extra or {})
+    PARAMETER_REFUSALS.check((body.parameters and body.parameters.model_extra) or {})
     messages, speaker = to_inputs(body.input)
     messages = newest(messages, settings.max_messages)
     if len(messages) > settings.max_messages:

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
 from fastapi_server.hangup import unless_hung_up
-from fastapi_server.openai_fields import refuse_unhonoured
+from fastapi_server.openai_fields import REFUSALS
 from fastapi_server.sse import EventStream, data_frame
 from fastapi_server.wire_types import ThreadKey, ToolCall, thread_key
 from lang_agent.agent.events import (
@@ -275,7 +275,7 @@ router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_
 async def chat_completions(request: Request) -> Response:
     settings = request.app.state.settings
     body = await parse_json(request, ChatRequest, limit=settings.max_body_bytes)
-    refuse_unhonoured(body.model_extra or {})
+    REFUSALS.check(body.model_extra or {})
     if len(body.messages) > settings.max_messages:
         raise InvalidRequest(f"at most {settings.max_messages} messages", param="messages")
     turn = TurnRequest(
