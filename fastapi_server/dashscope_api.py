@@ -46,12 +46,13 @@ class DashMessage(BaseModel):
 
 
 class DashInput(BaseModel):
+    # Fields not declared are taken as they come: `memory_id` is whatever xiaozhi's
+    # `ali_memory_id` holds (an id, "", true, a number), and a 400 would silence the speaker.
     model_config = ConfigDict(extra="allow")
 
     messages: list[DashMessage] | None = None
     prompt: str | None = None
     session_id: str | None = None
-    memory_id: str | None = None
     biz_params: dict[str, Any] | None = None
 
     @field_validator("session_id")

@@ -239,6 +239,19 @@ def test_a_prompt_beside_messages_is_the_turn_after_them(server):
     assert "hello there" in response.json()["output"]["text"]
 
 
+# AliBL sends `memory_id` as its `ali_memory_id` holds it, and the last user turn again as
+# `prompt`: true or a number was a 400, and the speaker fell silent.
+@pytest.mark.parametrize("memory_id", ["", "mem-1", True, 12345])
+def test_xiaozhi_s_memory_id_of_any_value_is_taken_and_the_turn_answered_once(base_url, memory_id):
+    dialogue = [{"role": "user", "content": "你好"}]
+    plain, _ = alibl_call(dialogue, session_id=uuid.uuid4().hex)
+    spoken, items = alibl_call(
+        dialogue, session_id=uuid.uuid4().hex, memory_id=memory_id, prompt="你好"
+    )
+    assert all(item.status_code == 200 for item in items)
+    assert spoken == plain and items[-1].output.finish_reason == "stop"
+
+
 def test_non_stream(base_url):
     response = Application.call(
         api_key=TEST_KEY, app_id="any-app", messages=[{"role": "user", "content": "hello"}]
