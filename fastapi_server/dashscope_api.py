@@ -45,12 +45,20 @@ class DashMessage(BaseModel):
     name: str | None = None
 
 
+class HistoryTurn(BaseModel):
+    """A turn of the deprecated `input.history`, which the SDK sends for `history=`."""
+
+    user: str = ""
+    bot: str = ""
+
+
 class DashInput(BaseModel):
     # Fields not declared are taken as they come: `memory_id` is whatever xiaozhi's
     # `ali_memory_id` holds (an id, "", true, a number), and a 400 would silence the speaker.
     model_config = ConfigDict(extra="allow")
 
     messages: list[DashMessage] | None = None
+    history: list[HistoryTurn] | None = None
     prompt: str | None = None
     session_id: str | None = None
     biz_params: dict[str, Any] | None = None
@@ -105,9 +113,19 @@ def unwrap_voiceprint(content: str) -> tuple[str, str | None]:
     return content, None
 
 
+def from_history(turns: list[HistoryTurn]) -> list[DashMessage]:
+    """The deprecated `history` pairs as the messages they stand for."""
+    messages = []
+    for turn in turns:
+        messages.append(DashMessage(role="user", content=turn.user))
+        messages.append(DashMessage(role="assistant", content=turn.bot))
+    return [message for message in messages if message.content]
+
+
 def to_inputs(body: DashInput) -> tuple[tuple[InputMessage, ...], str | None]:
     """The dialogue as InputMessages, plus the speaker if a voiceprint named one."""
-    raw = list(body.messages or [])
+    # `history` is the older form of `messages`; the SDK sends one or the other.
+    raw = list(body.messages or from_history(body.history or []))
     if body.prompt and not body.prompt.isspace():  # after `messages`, as the SDK sends it
         raw.append(DashMessage(role="user", content=body.prompt))
     # The SDK appends `prompt` to `messages` when memory_id/prompt is set: answer it once.

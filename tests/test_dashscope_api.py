@@ -239,6 +239,17 @@ def test_a_prompt_beside_messages_is_the_turn_after_them(server):
     assert "hello there" in response.json()["output"]["text"]
 
 
+def test_the_sdk_s_deprecated_history_is_the_dialogue_before_the_prompt(base_url):
+    # It was dropped: the answer knew nothing of the turns the client sent.
+    history = [{"user": "我叫小明", "bot": "好的，小明。"}]
+    for session_id in (None, uuid.uuid4().hex):  # stateless, and a new session it seeds
+        answer = Application.call(
+            api_key=TEST_KEY, app_id="x", prompt="我叫什么名字", history=history,
+            session_id=session_id,
+        )  # fmt: skip
+        assert answer.status_code == 200 and "小明" in answer.output.text
+
+
 # AliBL sends `memory_id` as its `ali_memory_id` holds it, and the last user turn again as
 # `prompt`: true or a number was a 400, and the speaker fell silent.
 @pytest.mark.parametrize("memory_id", ["", "mem-1", True, 12345])
