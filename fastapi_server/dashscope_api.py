@@ -10,7 +10,7 @@ from typing import Any, Literal, assert_never
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from fastapi_server import dashscope_frames as frames
 from fastapi_server.auth import require_api_key
@@ -80,6 +80,9 @@ class DashParameters(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=0)
+    # The answer's cap: not in the Application API's documentation, but the name DashScope's
+    # generation API gives it, and the SDK passes it on.
+    max_tokens: StrictInt | None = Field(None, ge=1)
 
 
 class DashRequest(BaseModel):
@@ -330,6 +333,7 @@ async def completion(app_id: str, request: Request) -> Response:
         # Only a stream is spoken; a whole answer's failure is an error response.
         fallback=settings.dashscope_fallback_text if stream else None,
         metadata=metadata,
+        max_tokens=body.parameters.max_tokens if body.parameters else None,
     )
     reply = Reply(session_id=session_id, incremental=incremental)
     answer = _answer(request.app.state.service.agent, turn, reply, settings.dashscope_fake_stream)

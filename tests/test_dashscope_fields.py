@@ -84,9 +84,31 @@ def test_fields_ignored_by_design_leave_the_answer_as_it_is(call):
 
 @pytest.mark.parametrize(
     ("fields", "param"),
-    [({"temperature": "hot"}, "temperature"), ({"top_p": 2}, "top_p"), ({"top_k": -1}, "top_k")],
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 2}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "3"}, "max_tokens"),
+    ],
 )
-def test_tuning_of_the_wrong_type_or_range_is_a_400_naming_it(call, fields, param):
+def test_a_value_of_the_wrong_type_or_range_is_a_400_naming_it(call, fields, param):
     refused = call(**fields)
     assert (refused.status_code, refused.code) == (400, "InvalidParameter")
     assert refused.message.startswith(f"parameters.{param}: ")
+
+
+# Not in the Application API's documentation, but the SDK passes it on: it was ignored, and
+# max_tokens=3 got the whole answer.
+def test_max_tokens_cuts_the_answer(call):
+    plain = call().output.text
+    cut = call(max_tokens=3)
+    assert cut.status_code == 200 and cut.output.finish_reason == "length"
+    assert plain.startswith(cut.output.text) and len(cut.output.text) < len(plain)
+    streamed = list(call(stream=True, max_tokens=3))
+    assert (streamed[-1].output.text, streamed[-1].output.finish_reason) == (
+        cut.output.text,
+        "length",
+    )
+    whole = call(max_tokens=100_000)  # above MAX_TOKENS: the server's cap
+    assert (whole.output.text, whole.output.finish_reason) == (plain, "stop")
