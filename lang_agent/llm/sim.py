@@ -426,6 +426,7 @@ def run(
     async def serve() -> None:
         simulator = Simulator(profile=SimProfile.named(profile), api_key=api_key)
         url = await simulator.start(host=host, port=port)
+        loop.freeze_start_up()  # a full collection would hold every stream's next chunk
         if on_ready is not None:
             on_ready(url)
         try:
