@@ -20,7 +20,7 @@ from lang_agent.capture.metrics import PREFIX, family_lines
 from lang_agent.checkpointer import PooledSaver, install_loop_executor
 from lang_agent.conversations import ConversationLog
 from lang_agent.db import resolve_dsn
-from lang_agent.llm.factory import ModelFactory, uses_sim
+from lang_agent.llm.factory import ModelFactory, simulated_notice, uses_sim
 from lang_agent.llm.http1 import Http1Transport
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.proxies import ProxyRoutes
@@ -89,17 +89,13 @@ class Service:
         ]
 
 
-async def _start_simulator(stack: contextlib.AsyncExitStack) -> str:
+async def _start_simulator(stack: contextlib.AsyncExitStack, *, settings: Settings) -> str:
     from lang_agent.llm.sim import Simulator
 
     simulator = Simulator()
     base_url = await simulator.start(host="127.0.0.1", port=0)
     stack.push_async_callback(simulator.stop)
-    logger.warning(
-        "no provider API key set: answers are SIMULATED by the built-in simulator at %s "
-        "(set ALI_API_KEY, MOONSHOT_API_KEY or OPENAI_API_KEY for real models)",
-        base_url,
-    )
+    logger.warning("%s", simulated_notice(settings, where=f"the built-in simulator at {base_url}"))
     return base_url
 
 
@@ -119,7 +115,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
 
         sim_url = settings.sim_url
         if sim_url is None and uses_sim(settings):
-            sim_url = await _start_simulator(stack)
+            sim_url = await _start_simulator(stack, settings=settings)
 
         catalog = ModelCatalog.load(settings.models_file)
         recorder = await stack.enter_async_context(Recorder.open(settings, dsn=dsn))

@@ -35,7 +35,7 @@ from lang_agent.evaluation.report import (
 )
 from lang_agent.evaluation.results import CaseResult
 from lang_agent.evaluation.runner import run_cases
-from lang_agent.llm.factory import uses_sim
+from lang_agent.llm.factory import simulated_notice, uses_sim
 from lang_agent.llm.models_catalog import ModelCatalog
 from lang_agent.llm.sim_script import Script
 from lang_agent.service import Service, open_service
@@ -146,7 +146,7 @@ async def simulated(settings: Settings, *, script: Script | None) -> AsyncIterat
 
         simulator = Simulator(script=script)
         url = await simulator.start(host="127.0.0.1", port=0)
-        logger.warning("answers are SIMULATED by the built-in simulator at %s", url)
+        logger.warning("%s", simulated_notice(settings, where=f"the built-in simulator at {url}"))
         try:
             yield settings.model_copy(update={"sim_url": url})
         finally:

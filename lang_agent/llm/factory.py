@@ -101,9 +101,33 @@ def resolve_specs(
     return specs
 
 
-def uses_sim(settings: Settings) -> bool:
+def simulated_roles(settings: Settings) -> list[Role]:
+    """The roles whose model is the simulator's."""
     specs = resolve_specs(settings, sim_url=None)
-    return any(spec.provider == "sim" for spec in specs.values())
+    return [role for role, spec in specs.items() if spec.provider == "sim"]
+
+
+def uses_sim(settings: Settings) -> bool:
+    return bool(simulated_roles(settings))
+
+
+def simulated_notice(settings: Settings, *, where: str) -> str:
+    """The start-up warning naming whose answers the simulator at `where` makes up, for
+    settings where some role uses it. A key beside a `sim:` role is no keyless start, so the
+    line names the simulated roles rather than blaming a missing key."""
+    simulated = simulated_roles(settings)
+    if len(simulated) < len(ROLES):
+        real = [role for role in ROLES if role not in simulated]
+        names = ", ".join(simulated)
+        subject = f"role {names} is" if len(simulated) == 1 else f"roles {names} are"
+        uses = "uses a real model" if len(real) == 1 else "use real models"
+        return f"{subject} SIMULATED by {where}; {', '.join(real)} {uses}"
+    if any(settings.provider_endpoint(name)[1] for name in HOSTED_PROVIDERS):
+        return f"answers are SIMULATED by {where}: every role's model is sim"
+    return (
+        f"no provider API key set: answers are SIMULATED by {where} "
+        "(set ALI_API_KEY, MOONSHOT_API_KEY or OPENAI_API_KEY for real models)"
+    )
 
 
 class ModelFactory:
