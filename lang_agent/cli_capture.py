@@ -86,6 +86,12 @@ def _check_time(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.option(
     "--before", default=None, callback=_check_time, help="Only calls before this time (as --since)."
 )
+@click.option(
+    "--failed",
+    is_flag=True,
+    help="Only failed calls: refused, unreachable, broken off, unfinished or looping; not "
+    "those their caller left (a discarded speculative chat, a stopped filler, a hang-up).",
+)
 @click.option("-n", "--limit", type=int, default=20, help="Most calls shown; 0 = all.")
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
 @CONN_STR_OPTION
@@ -96,6 +102,7 @@ def calls_list(
     conversation: int | None,
     since: str | None,
     before: str | None,
+    failed: bool,
     limit: int,
     as_json: bool,
     conn_str: str | None,
@@ -106,7 +113,12 @@ def calls_list(
 
     turn = turn.strip() if turn is not None else None
     filters = CallFilter(
-        predicates=predicates, thread_id=thread, turn_id=turn, since=since, before=before
+        predicates=predicates,
+        thread_id=thread,
+        turn_id=turn,
+        since=since,
+        before=before,
+        failed=failed,
     )
     settings = settings_from(conn_str=conn_str)
     command = list_command(

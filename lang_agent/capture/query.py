@@ -10,6 +10,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from lang_agent.capture.predicate import PredicateError, compile_predicate
+from lang_agent.capture.stream import CALLER_LEFT
 
 # PredicateError is re-exported: callers catch it from here.
 __all__ = [
@@ -38,6 +39,14 @@ DELETE FROM llm_calls WHERE id IN (
 )
 """
 UPDATE_LABELS_SQL = "UPDATE llm_calls SET category = %s, tags = %s WHERE id = %s"
+# A call that failed: the upstream refused it or was not reached, broke its body off or ended
+# it unfinished, or the model looped until the repeat detector cut it. Not one its caller left
+# (`incomplete`, error `cancelled` or "the client closed …"): a speculative chat the engine
+# discarded on the tool route, a filler stopped when the tool answered, a turn ended by a
+# hang-up, a barge-in or its timeout, a proxy client that went; whatever failed is the turn's.
+FAILED_SQL = """
+status NOT IN ('ok', 'pending') AND NOT (status = 'incomplete' AND coalesce(error, '') = ANY(%s))
+"""
 STATEMENT_TIMEOUT_SQL = "SET statement_timeout = 30000"
 # SET takes no parameters; set_config does. For the session: times shown and times read.
 SESSION_TIME_ZONE_SQL = "SELECT set_config('TimeZone', %s, false)"
@@ -60,6 +69,7 @@ class CallFilter:
     since: str | None = None
     before: str | None = None
     ids: tuple[int, ...] | None = None  # any of these calls
+    failed: bool = False  # only calls that failed (FAILED_SQL)
 
     def where(self) -> tuple[sql.Composable, list[Any]]:
         parts: list[sql.Composable] = []
@@ -82,6 +92,9 @@ class CallFilter:
             if value is not None:
                 parts.append(sql.SQL("created_at {} %s").format(sql.SQL(operator)))
                 params.append(parse_time(value))
+        if self.failed:
+            parts.append(sql.SQL(FAILED_SQL))
+            params.append(sorted(CALLER_LEFT))
         for text in self.predicates:
             condition, values = compile_predicate(text)
             parts.append(sql.SQL("({})").format(condition))

@@ -46,13 +46,13 @@ CLIENT_LEFT = "the client closed the connection"
 BODY_UNREAD = "the client closed before the body was read"
 CANCELLED = "cancelled"
 NO_DONE = "the stream ended without [DONE] or finish_reason"
-_CALLER_LEFT = frozenset({CLIENT_CLOSED, CLIENT_LEFT, BODY_UNREAD, CANCELLED})
+CALLER_LEFT = frozenset({CLIENT_CLOSED, CLIENT_LEFT, BODY_UNREAD, CANCELLED})
 
 
 def broken_off(status: str | None, error: str | None) -> bool:
     """Whether a captured call's body was broken off by the upstream mid-way (a dropped
     connection, a read error), rather than left by its caller or ended without [DONE]."""
-    return status == "incomplete" and error not in _CALLER_LEFT and error != NO_DONE
+    return status == "incomplete" and error not in CALLER_LEFT and error != NO_DONE
 
 
 def describe_error(exc: BaseException) -> str:
