@@ -1,4 +1,5 @@
-"""End to end: a newer request on a busy thread (xiaozhi's barge-in), per busy policy."""
+"""End to end: a newer request on a busy thread (xiaozhi's barge-in), per busy policy; a turn
+whose answer is whole and being saved, which nothing ends any more."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import socket
 import sys
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dashscope
 import httpx2
@@ -162,6 +166,76 @@ def test_a_newer_request_while_the_old_answer_is_being_saved_waits_for_it(live_s
     assert old[-1].output.finish_reason == "stop" and spoken(old)
     assert remembered(pg_dsn, session) == ["第一句", spoken(old), "第二句", spoken(second)]
     assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * 2
+
+
+def _openai_request(server_url: str, thread_id: str, text: str) -> bytes:
+    """A non-streamed OpenAI request as its bytes, for a client that hangs up mid-way."""
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": text}], "thread_id": thread_id}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {urlsplit(server_url).netloc}\r\n"
+        f"Authorization: Bearer {TEST_KEY}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def test_a_client_hanging_up_while_its_answer_is_being_saved_is_logged_answered(
+    live_server, pg_dsn, thread_id, caplog
+):
+    """The hang-up cancelled the turn, logged `cancelled` / `client_closed`, but LangGraph's
+    memory write was already on its way (in a task of its own) and landed: memory kept a turn
+    the log said was not answered. A settled turn is no longer cancelled, and is logged `ok`."""
+    caplog.set_level(logging.INFO, logger="lang_agent.agent.runner")
+    server = live_server()
+    url = urlsplit(server.url)
+
+    def client_left() -> bool:
+        return any("the client left" in r.getMessage() for r in caplog.records)
+
+    # The test's own transaction holds the memory write, as when it is on the wire.
+    with psycopg.connect(pg_dsn) as writes:
+        writes.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+        with socket.create_connection((url.hostname, url.port)) as client:
+            client.sendall(_openai_request(server.url, thread_id, "记住我叫小明"))
+            wait_until(lambda: waits_for(pg_dsn, "checkpoints"))  # its answer is whole
+        # Hung up: the server has heard it once the turn says so, or (unsettled) is logged.
+        wait_until(lambda: client_left() or logged_turns(pg_dsn, thread_id, 1))
+        writes.commit()
+    wait_until(lambda: saved(pg_dsn, thread_id))
+    assert remembered(pg_dsn, thread_id)[0] == "记住我叫小明"
+    assert wait_until(lambda: logged_turns(pg_dsn, thread_id, 1)) == [("ok", None)]
+    wait_until(lambda: not holds_lease(pg_dsn, thread_id))  # the thread is given back
+
+
+def test_a_turn_out_of_time_while_its_answer_is_being_saved_is_answered(
+    live_server, pg_dsn, thread_id
+):
+    """TURN_TIMEOUT_S ran out during the memory write: the client got 504 `turn_timeout` and
+    the log said so, while the write landed. A settled turn's budget no longer runs out."""
+    budget_s = 3.0
+    server = live_server(turn_timeout_s=budget_s)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+
+    def ask() -> str:
+        reply = client.chat.completions.create(
+            model="lang-agent",
+            messages=[{"role": "user", "content": "记住我叫小红"}],
+            extra_body={"thread_id": thread_id},
+        )
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with psycopg.connect(pg_dsn) as writes:
+            writes.execute("LOCK TABLE checkpoints IN EXCLUSIVE MODE")
+            answer = pool.submit(ask)
+            wait_until(lambda: waits_for(pg_dsn, "checkpoints"))  # its answer is whole
+            time.sleep(budget_s)  # the turn's budget, counted from before this, runs out
+            writes.commit()
+        said = answer.result()
+    assert remembered(pg_dsn, thread_id) == ["记住我叫小红", said]
+    assert wait_until(lambda: logged_turns(pg_dsn, thread_id, 1)) == [("ok", None)]
 
 
 def test_the_openai_front_end_still_waits_by_default(live_server, simulator, pg_dsn, thread_id):

@@ -77,6 +77,15 @@ async def _gather(
     return AnswerDelta("".join(texts)), None
 
 
+def _unread_end(events: asyncio.Queue[TurnEvent], after: TurnEvent | None) -> Done | Failed | None:
+    """The Done or Failed that ended a turn its client no longer read: held back as `after`
+    by `_gather`, or still queued."""
+    unread = [after] if after is not None else []
+    while not events.empty():
+        unread.append(events.get_nowait())
+    return next((e for e in reversed(unread) if isinstance(e, Done | Failed)), None)
+
+
 def _stored(latest: CheckpointTuple | None, channel: str) -> list[AnyMessage]:
     return latest.checkpoint["channel_values"].get(channel, []) if latest else []
 
@@ -209,7 +218,9 @@ class Agent:
         finally:
 
             def record(_: object = None) -> None:
-                turn = self._record(ctx, started_at, last, ended)
+                # A settled turn its client left ends as it would have: by its own last event.
+                unread = _unread_end(events, after) if ended is None and ctx.settled else None
+                turn = self._record(ctx, started_at, unread or last, ended)
                 self.finished[(turn.front_end, turn.error_code or turn.status)] += 1
                 self.log.record(turn)
 
@@ -221,7 +232,10 @@ class Agent:
                 # Logged when the turn task ends, not after our wait: a hang-up's cancel scope
                 # (anyio, level-triggered) interrupts every await here, and the turn was lost.
                 task.add_done_callback(record)
-                task.cancel()
+                if ctx.settled:  # its memory write lands anyway (TurnContext.settle)
+                    logger.info("turn %s: the client left once the answer was whole", ctx.turn_id)
+                else:
+                    task.cancel()
                 # asyncio.wait, not `await task`: our own cancellation (a client hang-up)
                 # must not cancel the turn's clean-up a second time.
                 await asyncio.wait([task])
@@ -244,7 +258,7 @@ class Agent:
                         thread_id, read=read, busy=request.busy, preemptible=True
                     ) as row:
                         ctx.began_at = datetime.now(UTC)
-                        ctx.settle = functools.partial(
+                        ctx.on_settle = functools.partial(
                             self.locks.settle, thread_id, turn=asyncio.current_task()
                         )
                         config = {"configurable": {"thread_id": thread_id}}
@@ -296,7 +310,7 @@ class Agent:
     ) -> None:
         turn_input = client_dialogue(ctx.request.messages)
         try:
-            async with asyncio.timeout(self.deps.settings.turn_timeout_s):
+            async with asyncio.timeout(self.deps.settings.turn_timeout_s) as ctx.budget:
                 ctx.routing = Routing(ctx, memory, turn_input, preamble=preamble)
                 # The model requests leave now. LangGraph starts up while the models think,
                 # once no other turn here is still on its way to its own requests.

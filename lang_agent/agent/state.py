@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,9 +84,11 @@ class TurnContext:
     profile: Profile
     turn_id: str
     emit: Callable[[TurnEvent], None] = lambda event: None
-    # Called by the answering node once its answer is whole, just before memory is written:
-    # from then on a newer request on the thread waits for this turn instead of ending it.
-    settle: Callable[[], None] = lambda: None
+    # What settling does for the thread: a newer request on it waits for this turn instead
+    # of ending it (ThreadLocks.settle).
+    on_settle: Callable[[], None] = lambda: None
+    budget: asyncio.Timeout | None = None  # TURN_TIMEOUT_S, while the graph runs
+    settled: bool = False
     started: float = field(default_factory=time.perf_counter)
     first_text_at: float | None = None
     route: str | None = None
@@ -102,6 +105,16 @@ class TurnContext:
     began_at: datetime | None = None
     # The answer's text as it went out, for the log of a turn that ends before its answer does.
     said: list[str] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Called by the answering node once its answer is whole, just before memory is
+        written. LangGraph saves in a task of its own, which a cancel does not reach: the
+        write lands all the same. So from here nothing ends the turn, neither a newer request
+        nor its time budget nor its client hanging up, and the log records what memory keeps."""
+        self.settled = True
+        self.on_settle()
+        if self.budget is not None and not self.budget.expired():
+            self.budget.reschedule(None)
 
     def tool_budget_s(self) -> float:
         """How long a tool may take and still leave time to speak its answer in this turn."""
