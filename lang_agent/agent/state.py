@@ -22,6 +22,9 @@ from lang_agent.tools.registry import ToolRegistry
 # A tool gets the turn's remaining budget minus this, so the model can still say it failed.
 ANSWER_RESERVE_S = 5.0
 MIN_TOOL_BUDGET_S = 1.0
+# A settled turn's memory write may run this long past the moment it settled, whatever is left
+# of TURN_TIMEOUT_S: a write that lands after the turn timed out was a turn logged unanswered.
+SETTLED_WRITE_S = 10.0
 
 
 class TurnState(TypedDict, total=False):
@@ -109,12 +112,15 @@ class TurnContext:
     def settle(self) -> None:
         """Called by the answering node once its answer is whole, just before memory is
         written. LangGraph saves in a task of its own, which a cancel does not reach: the
-        write lands all the same. So from here nothing ends the turn, neither a newer request
-        nor its time budget nor its client hanging up, and the log records what memory keeps."""
+        write lands all the same. So from here neither a newer request nor its client hanging
+        up ends the turn, and its time budget leaves the write SETTLED_WRITE_S at least, so
+        the log records what memory keeps."""
         self.settled = True
         self.on_settle()
         if self.budget is not None and not self.budget.expired():
-            self.budget.reschedule(None)
+            # Bounded all the same: a database that never answers still ends the turn.
+            grace = asyncio.get_running_loop().time() + SETTLED_WRITE_S
+            self.budget.reschedule(max(self.budget.when() or grace, grace))
 
     def tool_budget_s(self) -> float:
         """How long a tool may take and still leave time to speak its answer in this turn."""
