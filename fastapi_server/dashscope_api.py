@@ -18,7 +18,7 @@ from fastapi_server.bodies import parse_json
 from fastapi_server.dashscope_fields import INPUT_REFUSALS, PARAMETER_REFUSALS
 from fastapi_server.hangup import unless_hung_up
 from fastapi_server.sse import EventStream
-from fastapi_server.wire_types import ToolCall, thread_key
+from fastapi_server.wire_types import ToolCall, session_thread, thread_key
 from lang_agent.agent.events import (
     AnswerDelta,
     Done,
@@ -322,9 +322,13 @@ async def completion(app_id: str, request: Request) -> Response:
     # Without a session_id the turn opens a new session, as DashScope's do: the id it answers
     # with continues it (Alibaba's multi-turn sample passes `output.session_id` back).
     session_id = body.input.session_id or uuid.uuid4().hex
+    try:
+        thread_id = session_thread(app_id, session_id)
+    except ValueError as exc:
+        raise InvalidRequest(f"app_id/input.session_id (the session's thread) {exc}") from None
     turn = TurnRequest(
         messages=messages,
-        thread_id=session_id,
+        thread_id=thread_id,
         stream=stream,
         history="seed",
         profile=app_id,

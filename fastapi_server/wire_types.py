@@ -23,6 +23,14 @@ def thread_key(value: str) -> str:
 ThreadKey = Annotated[str, AfterValidator(thread_key)]
 
 
+def session_thread(app_id: str, session_id: str) -> str:
+    """The thread of a DashScope app's session, `APP_ID/SESSION_ID`. A session belongs to its
+    app, as on DashScope: two products on one server (two app ids) that send one session_id
+    (a user's or a device's own id) keep apart memories, and one's barge-in never ends the
+    other's turn. A slash cannot be part of an app id in the URL path, so the split is plain."""
+    return thread_key(f"{app_id}/{session_id}")
+
+
 class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -17,11 +17,17 @@ import httpx2
 import uvicorn
 from fastapi import FastAPI
 
+from fastapi_server.wire_types import session_thread
 from lang_agent.settings import ROOT
 
 T = TypeVar("T")
 
 TEST_KEY = "test-key-0123456789"
+
+
+def ds_thread(session_id: str, app_id: str = "lang-agent") -> str:
+    """The thread a DashScope session is kept (and logged) under."""
+    return session_thread(app_id, session_id)
 
 
 class BackgroundLoop:

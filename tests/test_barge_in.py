@@ -29,7 +29,7 @@ from lang_agent.db import migrate
 from lang_agent.errors import Preempted, ThreadBusy
 from lang_agent.pool import Database
 from tests.conftest import TEST_KEY
-from tests.support import latency, wait_until
+from tests.support import ds_thread, latency, wait_until
 
 LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
 TURNS_SQL = (
@@ -96,7 +96,7 @@ def overlapping(pg_dsn: str, session: str, first: str, second: str) -> tuple[lis
     items of both answers."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         earlier = pool.submit(speak, first, session)
-        wait_until(lambda: holds_lease(pg_dsn, session))
+        wait_until(lambda: holds_lease(pg_dsn, ds_thread(session)))
         later = speak(second, session)
         return earlier.result(), later
 
@@ -107,6 +107,7 @@ def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
     server = live_server(mcp_config=hanging_device)
     dashscope.base_http_api_url = f"{server.url}/api/"
     session = uuid.uuid4().hex
+    thread = ds_thread(session)
     # The first turn's tool never answers: only the second request can end it.
     old, second = overlapping(pg_dsn, session, "把音量调到30", "你好")
     assert all(item.status_code == 200 for item in second)
@@ -115,10 +116,10 @@ def test_a_newer_dashscope_request_ends_the_turn_in_its_tool_and_answers(
     assert (old[-1].status_code, old[-1].code) == (409, "RequestCancelled")
     assert all(item.status_code == 200 for item in old[:-1])
     assert "抱歉" not in spoken(old)
-    turns = wait_until(lambda: logged_turns(pg_dsn, session, 2))
+    turns = wait_until(lambda: logged_turns(pg_dsn, thread, 2))
     assert turns == [("cancelled", "preempted"), ("ok", None)]
-    assert fallbacks_logged(pg_dsn, session) == 0  # none was said, so the log has none
-    memory = remembered(pg_dsn, session)
+    assert fallbacks_logged(pg_dsn, thread) == 0  # none was said, so the log has none
+    memory = remembered(pg_dsn, thread)
     assert memory == ["你好", spoken(second)]
     # The user speaking again is no fault: said at INFO, not among the warnings.
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -142,6 +143,7 @@ def test_a_newer_request_while_the_old_answer_is_being_saved_waits_for_it(live_s
     server = live_server()
     dashscope.base_http_api_url = f"{server.url}/api/"
     session = uuid.uuid4().hex
+    thread = ds_thread(session)
 
     def in_flight() -> int:
         return httpx2.get(f"{server.url}/health", timeout=5).json()["turns_in_flight"]
@@ -159,13 +161,13 @@ def test_a_newer_request_while_the_old_answer_is_being_saved_waits_for_it(live_s
             later = pool.submit(speak, "第二句", session)
             wait_until(lambda: earlier.done() or in_flight() == 2)  # the newer one is in
             writes.commit()
-            wait_until(lambda: saved(pg_dsn, session))
+            wait_until(lambda: saved(pg_dsn, thread))
             reads.commit()
         old, second = earlier.result(), later.result()
     assert all(item.status_code == 200 for item in old + second)
     assert old[-1].output.finish_reason == "stop" and spoken(old)
-    assert remembered(pg_dsn, session) == ["第一句", spoken(old), "第二句", spoken(second)]
-    assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * 2
+    assert remembered(pg_dsn, thread) == ["第一句", spoken(old), "第二句", spoken(second)]
+    assert wait_until(lambda: logged_turns(pg_dsn, thread, 2)) == [("ok", None)] * 2
 
 
 def _openai_request(server_url: str, thread_id: str, text: str) -> bytes:
@@ -265,14 +267,15 @@ def test_dashscope_busy_session_wait_and_reject(live_server, simulator, pg_dsn, 
     server = live_server(dashscope_busy_session=policy)
     dashscope.base_http_api_url = f"{server.url}/api/"
     session = uuid.uuid4().hex
+    thread = ds_thread(session)
     with latency(simulator, "chat", ttft_ms=800):
         old, second = overlapping(pg_dsn, session, "慢一点", "插一句")
     assert all(item.status_code == 200 for item in old)
     assert [(i.status_code, i.code) for i in second if i.status_code != 200] == refused
-    assert wait_until(lambda: logged_turns(pg_dsn, session, 2)) == [("ok", None)] * (
+    assert wait_until(lambda: logged_turns(pg_dsn, thread, 2)) == [("ok", None)] * (
         2 - len(refused)
     ) + [("failed", "thread_busy")] * len(refused)
-    assert fallbacks_logged(pg_dsn, session) == 0  # a refusal is reported, not said
+    assert fallbacks_logged(pg_dsn, thread) == 0  # a refusal is reported, not said
 
 
 @pytest.fixture

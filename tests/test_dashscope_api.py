@@ -14,6 +14,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
 from fastapi_server.serve import settings_from_flags
+from fastapi_server.wire_types import session_thread
 from tests.conftest import TEST_KEY
 from tests.support import latency, set_latency, wait_until
 
@@ -152,6 +153,7 @@ FEW_SHOT_TEXTS = ["给我讲个故事吧", "已直接回复", "拜拜", "退出�
 
 def test_xiaozhi_s_few_shot_guides_every_turn_and_memory_keeps_only_what_was_said(base_url, pg_dsn):
     session = str(uuid.uuid4())
+    thread = session_thread("lang-agent", session)
     utterances = ["我叫小明", "今天天气怎么样", "我叫什么名字"]
     dialogue: list[dict] = []
     for text in utterances:
@@ -162,7 +164,7 @@ def test_xiaozhi_s_few_shot_guides_every_turn_and_memory_keeps_only_what_was_sai
     assert "小明" in spoken
 
     with psycopg.connect(pg_dsn, autocommit=True, row_factory=dict_row) as conn:
-        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": session}})
+        state = PostgresSaver(conn).get_tuple({"configurable": {"thread_id": thread}})
     remembered = state.checkpoint["channel_values"]["messages"]
     assert [m.content for m in remembered] == [m["content"] for m in dialogue]
     # The conversation log says what was said, too: the examples are not the user's words.
@@ -172,7 +174,7 @@ def test_xiaozhi_s_few_shot_guides_every_turn_and_memory_keeps_only_what_was_sai
             rows = conn.execute(
                 "SELECT content FROM messages WHERE thread_id = %s AND NOT is_filler"
                 " ORDER BY turn_started_at, turn_id, seq",
-                (session,),
+                (thread,),
             ).fetchall()
             return rows if len(rows) >= len(dialogue) else None
 
@@ -182,7 +184,7 @@ def test_xiaozhi_s_few_shot_guides_every_turn_and_memory_keeps_only_what_was_sai
             rows = conn.execute(
                 "SELECT request_body FROM llm_calls WHERE thread_id = %s"
                 " AND node = 'chat_model_call' ORDER BY id",
-                (session,),
+                (thread,),
             ).fetchall()
             return rows if len(rows) == len(utterances) else None
 
@@ -369,6 +371,8 @@ def test_body_stream_flag_alone_does_not_matter_without_sse_header(server):
         b'{"input": {"prompt": "  "}}',
         b'{"input": {"messages": [{"role": "robot"}]}}',
         b'{"nope": 1}',
+        # The session's thread, app id and session id (x/sss…), is over 200 characters.
+        b'{"input": {"prompt": "hi", "session_id": "' + b"s" * 199 + b'"}}',
     ],
 )
 def test_bad_input_is_a_flat_400(server, body):
@@ -408,18 +412,47 @@ def test_app_id_selects_a_profile_and_unknown_ones_use_the_default(base_url, sim
     finally:
         set_latency(simulator, "tool", ttft_ms=0)
 
-    def fillers(session: str):
+    def fillers(app_id: str):
+        thread = session_thread(app_id, sessions[app_id])
         with psycopg.connect(pg_dsn) as conn:
             rows = conn.execute(
                 "SELECT t.profile, count(m.*) FILTER (WHERE m.is_filler) FROM turns t"
                 " JOIN messages m USING (turn_id) WHERE t.thread_id = %s GROUP BY t.profile",
-                (session,),
+                (thread,),
             ).fetchall()
         return rows or None
 
-    assert wait_until(lambda: fillers(sessions["tool_node"])) == [("tool_node", 0)]
-    default = wait_until(lambda: fillers(sessions["no-such-app"]))
+    assert wait_until(lambda: fillers("tool_node")) == [("tool_node", 0)]
+    default = wait_until(lambda: fillers("no-such-app"))
     assert default[0][0] == "default" and default[0][1] == 1
+
+
+def test_two_apps_sending_one_session_id_keep_apart_memories(base_url, pg_dsn):
+    # Two products on one server (a kids' speaker, a kitchen one) whose clients name sessions
+    # by their user: the kitchen speaker knew the name told to the kids' one.
+    session = f"user-{uuid.uuid4().hex[:8]}"
+
+    def say(app_id: str, text: str) -> str:
+        reply = Application.call(api_key=TEST_KEY, app_id=app_id, prompt=text, session_id=session)
+        assert reply.status_code == 200 and reply.output.session_id == session
+        return reply.output.text
+
+    say("kids-speaker", "我叫小明")
+    assert "小明" not in say("kitchen-speaker", "我叫什么名字")
+    assert "小明" in say("kids-speaker", "我叫什么名字")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+
+        def logged():
+            rows = conn.execute(
+                "SELECT thread_id FROM turns WHERE thread_id LIKE %s ORDER BY started_at",
+                (f"%/{session}",),
+            ).fetchall()
+            return rows if len(rows) == 3 else None
+
+        threads = [row[0] for row in wait_until(logged)]
+    # The log, the viewer and `calls list --thread` name each app's session apart.
+    kids, kitchen = f"kids-speaker/{session}", f"kitchen-speaker/{session}"
+    assert threads == [kids, kitchen, kids]
 
 
 def test_route_flag_sets_the_default_profile():

@@ -18,7 +18,7 @@ import pytest
 from dashscope import Application
 
 from tests.conftest import TEST_KEY
-from tests.support import wait_until
+from tests.support import ds_thread, wait_until
 from tests.test_mcp_e2e import DeviceServer
 
 TOOL_TIMEOUT_S = 20.0  # far above how long the failures below may take
@@ -193,5 +193,5 @@ def test_a_failure_after_the_filler_is_spoken_on_dashscope(live_server, tmp_path
     assert items[-1].status_code == 400
     # Logged as said: the filler, then the fallback (the turn failed on a code that is not
     # said by itself; it is said because the speaker had started).
-    said = wait_until(lambda: _logged_speech(pg_dsn, session))
+    said = wait_until(lambda: _logged_speech(pg_dsn, ds_thread(session)))
     assert said[0][1] is True and said[-1] == ("抱歉，我这边出了点问题，请稍后再试。", False, True)

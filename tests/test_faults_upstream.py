@@ -19,7 +19,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
 from tests.conftest import TEST_KEY
-from tests.support import metric_series, set_latency, wait_until
+from tests.support import ds_thread, metric_series, set_latency, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def test_the_fallback_model_also_serves_dashscope(live_server, simulator, pg_dsn
     spoken, items = alibl(server, "你好", session)
     assert all(item.status_code == 200 for item in items)
     assert spoken.startswith("好的，") and SPOKEN_FALLBACK not in spoken
-    models = [r["model"] for r in captured(pg_dsn, session, at_least=3)]
+    models = [r["model"] for r in captured(pg_dsn, ds_thread(session), at_least=3)]
     assert "sim-fallback" in models
 
 
@@ -271,11 +271,12 @@ def test_the_fallback_is_logged_when_it_was_spoken(live_server, simulator, pg_ds
     simulator.inject("429", role="chat")
     spoken, _ = alibl(server, "你好", session)
     assert spoken == SPOKEN_FALLBACK
-    assert failed_turn_log(pg_dsn, session) == [
+    assert failed_turn_log(pg_dsn, ds_thread(session)) == [
         ("user", "你好", False),
         ("assistant", SPOKEN_FALLBACK, True),
     ]
-    assert memory(pg_dsn, session) == []  # a failed turn is not remembered, nor its fallback
+    # A failed turn is not remembered, nor its fallback.
+    assert memory(pg_dsn, ds_thread(session)) == []
 
     session = f"ds-whole-{uuid.uuid4().hex[:8]}"
     simulator.inject("429", role="chat")
@@ -286,7 +287,7 @@ def test_the_fallback_is_logged_when_it_was_spoken(live_server, simulator, pg_ds
         messages=[{"role": "user", "content": "你好"}],
     )
     assert reply.status_code == 502
-    assert failed_turn_log(pg_dsn, session) == [("user", "你好", False)]
+    assert failed_turn_log(pg_dsn, ds_thread(session)) == [("user", "你好", False)]
 
 
 # ---- after the first token: error frames, never a hang, never a second answer --------------
@@ -322,7 +323,7 @@ def test_a_cut_after_the_first_token_is_spoken_then_reported_on_dashscope(
     server = live_server(fallback_model=FALLBACK)
     session = f"ds-cut-{uuid.uuid4().hex[:8]}"
     alibl(server, "我叫小明", session)
-    remembered = memory(pg_dsn, session)
+    remembered = memory(pg_dsn, ds_thread(session))
     simulator.inject("cut", role="chat")
     spoken, items = alibl(server, "hello there my friend", session)
     assert spoken.endswith(SPOKEN_FALLBACK) and len(spoken) > len(SPOKEN_FALLBACK)
@@ -335,12 +336,12 @@ def test_a_cut_after_the_first_token_is_spoken_then_reported_on_dashscope(
     assert "sim-router" in well_formed_usage(items[-2])
     # The log holds what the speaker said: the cut answer, then the fallback, marked as such
     # (it held the cut answer alone); memory holds neither.
-    assert failed_turn_log(pg_dsn, session) == [
+    assert failed_turn_log(pg_dsn, ds_thread(session)) == [
         ("user", "hello there my friend", False),
         ("assistant", cut.removesuffix("。"), False),
         ("assistant", SPOKEN_FALLBACK, True),
     ]
-    assert memory(pg_dsn, session) == remembered and len(remembered) == 2
+    assert memory(pg_dsn, ds_thread(session)) == remembered and len(remembered) == 2
 
 
 # ---- endless repetition -----------------------------------------------------------------------
@@ -435,14 +436,13 @@ def test_an_openai_client_hanging_up_cancels_the_upstream_call(live_server, simu
 def test_a_dashscope_client_hanging_up_cancels_the_upstream_call(live_server, simulator, pg_dsn):
     server = live_server()
     client = openai_client(server)
-    thread_id = f"ds-hangup-{uuid.uuid4().hex[:8]}"
+    session = f"ds-hangup-{uuid.uuid4().hex[:8]}"
+    thread_id = ds_thread(session)  # the session's thread, which OpenAI's side can name too
     ask(client, "我叫小明", thread_id)
     set_latency(simulator, "chat", ttft_ms=0, tokens_per_s=50)
     simulator.inject("loop", role="chat")
     before = simulator.snapshot()["cancelled"]
-    body = {
-        "input": {"messages": [{"role": "user", "content": "讲个故事"}], "session_id": thread_id}
-    }
+    body = {"input": {"messages": [{"role": "user", "content": "讲个故事"}], "session_id": session}}
     headers = {"Authorization": f"Bearer {TEST_KEY}", "X-DashScope-SSE": "enable"}
     url = f"{server.url}/api/v1/apps/lang-agent/completion"
     with httpx2.stream("POST", url, json=body, headers=headers, timeout=10) as response:
@@ -472,11 +472,12 @@ def test_a_client_giving_up_on_an_answer_cancels_its_turn(live_server, simulator
 
 def test_a_dashscope_client_giving_up_on_an_answer_cancels_its_turn(live_server, simulator, pg_dsn):
     server = live_server()
-    thread_id = f"ds-gave-up-{uuid.uuid4().hex[:8]}"
+    session = f"ds-gave-up-{uuid.uuid4().hex[:8]}"
+    thread_id = ds_thread(session)
     ask(openai_client(server), "我叫小明", thread_id)
     set_latency(simulator, "chat", ttft_ms=3000)
     before = simulator.snapshot()["cancelled"]
-    body = {"input": {"prompt": "我叫小红", "session_id": thread_id}}
+    body = {"input": {"prompt": "我叫小红", "session_id": session}}
     url = f"{server.url}/api/v1/apps/lang-agent/completion"
     with pytest.raises(httpx2.TimeoutException):
         httpx2.post(url, json=body, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=0.5)

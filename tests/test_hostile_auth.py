@@ -22,7 +22,7 @@ from lang_agent.capture.commands import export_command, inspect_command
 from lang_agent.capture.export import SECTIONS
 from lang_agent.capture.query import CallFilter
 from lang_agent.llm.sim import Simulator
-from tests.support import LiveServer, wait_until
+from tests.support import LiveServer, ds_thread, wait_until
 
 OPENAI = "/v1/chat/completions"
 DASHSCOPE = "/api/v1/apps/lang-agent/completion"
@@ -285,7 +285,8 @@ def test_no_key_in_logs_captures_exports_or_answers(
     server = live_server(**overrides)
     settings = make_settings(**overrides)
     headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
-    threads = [f"secret-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    session = f"secret-{uuid.uuid4().hex[:8]}"  # the last thread is a DashScope session's
+    threads = [*(f"secret-{uuid.uuid4().hex[:8]}" for _ in range(3)), ds_thread(session)]
     answers: list[str] = []
     with httpx2.Client(base_url=server.url, headers=headers, timeout=30) as client:
         for thread_id, text, stream in (
@@ -312,7 +313,7 @@ def test_no_key_in_logs_captures_exports_or_answers(
         Application.call(
             api_key=CLIENT_KEY,
             app_id="lang-agent",
-            session_id=threads[3],
+            session_id=session,
             messages=[{"role": "user", "content": "你好"}],
             stream=True,
         )

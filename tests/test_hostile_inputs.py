@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from fastapi_server.app import create_app
 from lang_agent.settings import Settings
 from tests.conftest import TEST_KEY
-from tests.support import LiveServer, wait_until
+from tests.support import LiveServer, ds_thread, wait_until
 
 AUTH = {"Authorization": f"Bearer {TEST_KEY}"}
 OPENAI = "/v1/chat/completions"
@@ -420,10 +420,12 @@ def test_a_nul_byte_is_answered_logged_and_does_not_sink_other_turns(
     good = f"nul-neighbour-{uuid.uuid4().hex[:10]}"
     assert http.post(path, json=body(user("好消息"), **{key: good})).status_code == 200
 
+    threads = [thread_id, good] if path == OPENAI else [ds_thread(thread_id), ds_thread(good)]
+
     def logged() -> bool:
         with psycopg.connect(pg_dsn) as conn:
             rows = conn.execute(
-                "SELECT thread_id FROM turns WHERE thread_id = ANY(%s)", ([thread_id, good],)
+                "SELECT thread_id FROM turns WHERE thread_id = ANY(%s)", (threads,)
             ).fetchall()
         return len(rows) == 2
 

@@ -152,7 +152,9 @@ async def run_cell(
             kind = "tool" if tool_every and number % tool_every == 0 else "chat"
             thread = f"{tag}-u{index}-t{count // turns_per_thread}"
             job = Job(front, stream, thread, make_text(number, kind=kind), kind)
-            sample = Sample(kind, job.text, thread, count % turns_per_thread, time.monotonic())
+            sample = Sample(
+                kind, job.text, job.server_thread, count % turns_per_thread, time.monotonic()
+            )
             await send(connection, job, sample, key=key)
             samples.append(sample)
             if on_done is not None:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fastapi_server.wire_types import session_thread
 from lang_agent.jsonwire import loads
 
 Front = Literal["openai", "dashscope"]
@@ -50,6 +51,13 @@ class Job:
     thread_id: str
     text: str
     kind: Literal["chat", "tool"]
+
+    @property
+    def server_thread(self) -> str:
+        """The thread the server keys the turn by (and logs it under)."""
+        if self.front == "openai":
+            return self.thread_id
+        return session_thread(DASHSCOPE_APP_ID, self.thread_id)
 
 
 def turn_text(number: int, *, kind: str) -> str:
