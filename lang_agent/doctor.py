@@ -23,6 +23,8 @@ import psycopg
 from langchain_core.messages import HumanMessage
 from psycopg import AsyncConnection
 
+from lang_agent.agent.profiles import load_profiles, profile_models
+from lang_agent.agent.state import Profile
 from lang_agent.capture.record import redact_url
 from lang_agent.db import (
     CONNECTION_KWARGS,
@@ -79,10 +81,10 @@ def _one_line(exc: BaseException) -> str:
 # --- models
 
 
-def _not_found(spec: ModelSpec, exc: openai.NotFoundError) -> tuple[str, str]:
+def _not_found(spec: ModelSpec, exc: openai.NotFoundError, *, setting: str) -> tuple[str, str]:
     """A 404 blames the model only when the provider's error says so; a 404 page that is not an
     API error, or one naming the path asked for, means the base URL is wrong."""
-    model_fix = f"set {spec.role.upper()}_MODEL to a model you can use"
+    model_fix = f"set {setting} to a model you can use"
     url_fix = f"set {BASE_URL_ENV[spec.provider]} to the API's base URL (usually ending in /v1)"
     # The SDK unwraps an OpenAI-style {"error": {...}} body to the inner object.
     body = exc.body if isinstance(exc.body, dict) else {}
@@ -95,7 +97,9 @@ def _not_found(spec: ModelSpec, exc: openai.NotFoundError) -> tuple[str, str]:
     return f"model {spec.model!r} or the base URL is wrong (404)", f"{model_fix}, or {url_fix}"
 
 
-def _model_fault(spec: ModelSpec, exc: BaseException, *, timeout_s: float) -> tuple[str, str]:
+def _model_fault(
+    spec: ModelSpec, exc: BaseException, *, timeout_s: float, setting: str
+) -> tuple[str, str]:
     """(what went wrong, how to fix it) for a failed one-token call."""
     url_env = BASE_URL_ENV[spec.provider]
     key_env = KEY_ENV.get(spec.provider, "the key")
@@ -106,7 +110,7 @@ def _model_fault(spec: ModelSpec, exc: BaseException, *, timeout_s: float) -> tu
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return f"the key was refused ({exc.status_code})", f"set a valid {key_env}"
     if isinstance(exc, openai.NotFoundError):
-        return _not_found(spec, exc)
+        return _not_found(spec, exc, setting=setting)
     if isinstance(exc, openai.RateLimitError):
         return "rate limited or out of quota (429)", "check the account's quota and billing"
     if isinstance(exc, openai.APIStatusError):
@@ -114,18 +118,51 @@ def _model_fault(spec: ModelSpec, exc: BaseException, *, timeout_s: float) -> tu
     return _one_line(exc), "see the error above; `lang-agent calls` shows captured calls"
 
 
-async def _probe(factory: ModelFactory, spec: ModelSpec, *, timeout_s: float) -> None:
+@dataclass(frozen=True)
+class ModelLine:
+    """A role's model to check: the setting's, or one a profile gives the role."""
+
+    name: str
+    setting: str  # what to fix when the model is wrong
+    spec: ModelSpec
+    model: str | None = None  # a profile's model name; None: the setting's
+
+
+def _model_lines(factory: ModelFactory, profiles: dict[str, Profile]) -> list[ModelLine]:
+    lines = [
+        ModelLine(f"model {role}", f"{role.upper()}_MODEL", spec)
+        for role, spec in factory.specs.items()
+    ]
+    for name, profile in profiles.items():
+        for role, model in profile.models.items():
+            setting = f"profile {name!r}'s {role} model in PROFILES_FILE"
+            spec = factory.spec(role, model=model)
+            lines.append(ModelLine(f"model {name}/{role}", setting, spec, model))
+    return lines
+
+
+def _loaded_profiles(settings: Settings) -> dict[str, Profile]:
+    """The profiles, or none when the file is broken: `check_files` reports that."""
+    try:
+        return load_profiles(settings.profiles_file)
+    except ValueError:
+        return {}
+
+
+async def _probe(factory: ModelFactory, line: ModelLine, *, timeout_s: float) -> None:
     """The one-token call; it raises what the call raised."""
-    model = factory.model(spec.role)
+    model = factory.model(line.spec.role, model=line.model)
     async with asyncio.timeout(timeout_s):
         await model.ainvoke([HumanMessage(PROBE_TEXT)])
 
 
 async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[Check]:
-    """One line per role: provider, model, endpoint, and whether a one-token call answers."""
+    """One line per role, and per role a profile gives a model of its own: provider, model,
+    endpoint, and whether a one-token call answers."""
+    profiles = _loaded_profiles(settings)
     async with contextlib.AsyncExitStack() as stack:
         sim_url = settings.sim_url
-        if sim_url is None and uses_sim(settings):
+        if sim_url is None and uses_sim(settings, models=profile_models(profiles)):
             from lang_agent.llm.sim import Simulator
 
             simulator = Simulator()
@@ -136,16 +173,18 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
         )
         factory = ModelFactory(quick, transport=httpx2.AsyncHTTPTransport(), sim_url=sim_url)
         stack.push_async_callback(factory.aclose)
+        lines = _model_lines(factory, profiles)
         # Roles that share an endpoint and model share one call.
         calls: dict[str, asyncio.Task[None]] = {}
-        for spec in factory.specs.values():
-            if str(spec) not in calls and (spec.provider == "sim" or spec.api_key is not None):
-                calls[str(spec)] = asyncio.create_task(_probe(factory, spec, timeout_s=timeout_s))
+        for line in lines:
+            if str(line.spec) not in calls and not line.spec.lacks_key:
+                probe = _probe(factory, line, timeout_s=timeout_s)
+                calls[str(line.spec)] = asyncio.create_task(probe)
         if calls:
             await asyncio.wait(calls.values())
         checks = []
-        for role, spec in factory.specs.items():
-            name = f"model {role}"
+        for line in lines:
+            name, spec = line.name, line.spec
             shown = f"{spec.provider}:{spec.model} @ {redact_url(spec.base_url)}"
             if spec.provider == "sim":
                 where = "the built-in simulator (answers are SIMULATED)"
@@ -158,7 +197,9 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
                 key_env = KEY_ENV[spec.provider]
                 checks.append(Check(name, False, f"{shown}: no {key_env}", f"set {key_env}"))
             elif task.exception() is not None:
-                fault, fix = _model_fault(spec, task.exception(), timeout_s=timeout_s)
+                fault, fix = _model_fault(
+                    spec, task.exception(), timeout_s=timeout_s, setting=line.setting
+                )
                 checks.append(Check(name, False, f"{shown}: {fault}", fix))
             else:
                 checks.append(Check(name, True, f"{shown}: a one-token call answered", hint))
@@ -382,7 +423,6 @@ async def check_ports(settings: Settings) -> list[Check]:
 
 def check_files(settings: Settings) -> list[Check]:
     """Prompts, the model catalog, the profiles and the device map load."""
-    from lang_agent.agent.profiles import load_profiles
     from lang_agent.llm.models_catalog import ModelCatalog
     from lang_agent.prompts import Prompts
     from lang_agent.tools.mcp_config import load_device_map

@@ -11,9 +11,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lang_agent.agent.profiles import load_profiles
+from lang_agent.agent.profiles import load_profiles, profile_models
 from lang_agent.agent.runner import Agent
-from lang_agent.agent.state import AgentDeps
+from lang_agent.agent.state import AgentDeps, Profile
 from lang_agent.agent.threads import ThreadLocks
 from lang_agent.capture import CapturingTransport, Recorder
 from lang_agent.capture.metrics import PREFIX, family_lines
@@ -99,6 +99,21 @@ async def _start_simulator(stack: contextlib.AsyncExitStack, *, settings: Settin
     return base_url
 
 
+def _log_models(models: ModelFactory, profiles: dict[str, Profile]) -> None:
+    """Where each role's calls go, and each profile's own: a profile's model without its
+    provider's key would otherwise be found by its app's first turn failing."""
+    for role, spec in models.specs.items():
+        logger.info("role %s → %s", role, spec)
+    for name, profile in profiles.items():
+        for role, model in profile.models.items():
+            spec = models.spec(role, model=model)
+            logger.info("profile %s: role %s → %s", name, role, spec)
+            if spec.lacks_key:
+                logger.warning(
+                    "profile %s: role %s uses %s but no API key is set", name, role, spec
+                )
+
+
 @contextlib.asynccontextmanager
 async def open_service(settings: Settings) -> AsyncIterator[Service]:
     async with contextlib.AsyncExitStack() as stack:
@@ -113,8 +128,9 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         await checkpointer.setup()
         await stack.enter_async_context(retention_job(settings, db=db))
 
+        profiles = load_profiles(settings.profiles_file)
         sim_url = settings.sim_url
-        if sim_url is None and uses_sim(settings):
+        if sim_url is None and uses_sim(settings, models=profile_models(profiles)):
             sim_url = await _start_simulator(stack, settings=settings)
 
         catalog = ModelCatalog.load(settings.models_file)
@@ -153,11 +169,10 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
             checkpointer=checkpointer,
             locks=locks,
             log=log,
-            profiles=load_profiles(settings.profiles_file),
+            profiles=profiles,
         )
         stack.push_async_callback(agent.close)  # first at shutdown: turns end before the log
-        for role, spec in deps.models.specs.items():
-            logger.info("role %s → %s", role, spec)
+        _log_models(models, profiles)
         # Some 200,000 objects (the graph, pools too): a full collection over them paused every
         # turn for 120-180 ms, and now takes about 2 ms.
         freeze_start_up()

@@ -50,3 +50,8 @@ def load_profiles(path: Path) -> dict[str, Profile]:
                 raise ValueError(f"{where}: {role}: {exc}") from None
         profiles[name] = Profile(name=name, filler=filler, models=models)
     return profiles
+
+
+def profile_models(profiles: dict[str, Profile]) -> list[str]:
+    """Every model a profile names, for what must be ready for them (the simulator)."""
+    return [model for profile in profiles.values() for model in profile.models.values()]

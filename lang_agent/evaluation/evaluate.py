@@ -132,11 +132,13 @@ def removed_unless_finished(out: Path) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def simulated(settings: Settings, *, script: Script | None) -> AsyncIterator[Settings]:
+async def simulated(
+    settings: Settings, *, script: Script | None, models: list[str]
+) -> AsyncIterator[Settings]:
     """Settings whose simulator answers with `script`: an in-process simulator when the roles
-    use the sim and none is running; a running one (`sim_url`) gets the script posted and
-    cleared afterwards."""
-    if not uses_sim(settings):
+    or the profile's `models` use the sim and none is running; a running one (`sim_url`) gets
+    the script posted and cleared afterwards."""
+    if not uses_sim(settings, models=models):
         if script is not None:
             logger.warning("--sim-script ignored: no role uses the simulator")
         yield settings
@@ -220,6 +222,7 @@ async def evaluate(
     """Run the selected cases and write `options.out_root/<timestamp>/`; see the module doc."""
     if options.langsmith and settings.langsmith_api_key is None:
         raise EvalError("recording in LangSmith needs LANGSMITH_API_KEY")
+    profile_models: list[str] = []
     if options.profile:
         try:
             known = load_profiles(settings.profiles_file)
@@ -227,6 +230,7 @@ async def evaluate(
             raise EvalError(str(exc)) from exc
         if options.profile not in known:
             raise EvalError(f"unknown profile {options.profile!r} (see {settings.profiles_file})")
+        profile_models = list(known[options.profile].models.values())
     cases = pick_cases(options)
     concurrency = options.concurrency or settings.eval_concurrency
     started = datetime.now().astimezone()
@@ -238,7 +242,7 @@ async def evaluate(
     run_key = f"{run_id}-{uuid.uuid4().hex[:6]}"
     with removed_unless_finished(out):
         async with (
-            simulated(settings, script=options.sim_script) as settings,
+            simulated(settings, script=options.sim_script, models=profile_models) as settings,
             started_service(settings) as service,
         ):
             agent = service.agent

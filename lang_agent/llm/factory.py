@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,10 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.model} @ {self.base_url}"
+
+    @property
+    def lacks_key(self) -> bool:
+        return self.provider != "sim" and self.api_key is None
 
 
 def reasoning_off(spec: ModelSpec) -> dict[str, Any]:
@@ -107,15 +112,22 @@ def simulated_roles(settings: Settings) -> list[Role]:
     return [role for role, spec in specs.items() if spec.provider == "sim"]
 
 
-def uses_sim(settings: Settings) -> bool:
-    return bool(simulated_roles(settings))
+def uses_sim(settings: Settings, *, models: Iterable[str] = ()) -> bool:
+    """Whether a role, the fallback model or one of `models` (the profiles') needs the sim."""
+    fallback = default_provider(settings)
+    named = [*models, settings.fallback_model] if settings.fallback_model else list(models)
+    return bool(simulated_roles(settings)) or any(
+        parse_model(model, default=fallback)[0] == "sim" for model in named
+    )
 
 
 def simulated_notice(settings: Settings, *, where: str) -> str:
     """The start-up warning naming whose answers the simulator at `where` makes up, for
-    settings where some role uses it. A key beside a `sim:` role is no keyless start, so the
+    settings where something uses it. A key beside a `sim:` role is no keyless start, so the
     line names the simulated roles rather than blaming a missing key."""
     simulated = simulated_roles(settings)
+    if not simulated:
+        return f"the `sim:` models of profiles or FALLBACK_MODEL are SIMULATED by {where}"
     if len(simulated) < len(ROLES):
         real = [role for role in ROLES if role not in simulated]
         names = ", ".join(simulated)
@@ -145,7 +157,7 @@ class ModelFactory:
         self.specs = resolve_specs(settings, sim_url=sim_url)
         self._cache: dict[tuple[Role, str], ChatOpenAI] = {}
         for spec in self.specs.values():
-            if spec.provider != "sim" and spec.api_key is None:
+            if spec.lacks_key:
                 logger.warning("role %s uses %s but no API key is set", spec.role, spec)
 
     async def aclose(self) -> None:
