@@ -283,6 +283,8 @@ async def chat_completions(request: Request) -> Response:
         thread_id=body.thread_id,
         stream=body.stream,
         history="append",
+        # As a DashScope app id does: another name gets DEFAULT_PROFILE.
+        profile=body.model,
         front_end="openai",
         metadata=dict(body.metadata or {}),
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -307,8 +309,11 @@ async def _answer(agent: Agent, turn: TurnRequest, body: ChatRequest) -> Respons
 
 
 def _model_names(request: Request) -> list[str]:
-    specs = request.app.state.service.agent.deps.models.specs
-    return sorted({"lang-agent", *(spec.model for spec in specs.values())})
+    """What `model` can name: lang-agent, each profile (it picks that profile), and each
+    role's own model (echoed, answered by the default profile)."""
+    agent = request.app.state.service.agent
+    specs = agent.deps.models.specs.values()
+    return sorted({"lang-agent", *agent.profiles, *(spec.model for spec in specs)})
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import threading
+import uuid
 
 import httpx2
 import openai
@@ -333,6 +335,39 @@ def test_the_sdk_lists_and_retrieves_models(client):
         client.models.retrieve("gpt-nothing")
     assert missing.value.body["code"] == "not_found"
     assert "gpt-nothing" in missing.value.body["message"]
+
+
+def test_model_names_a_profile_as_a_dashscope_app_id_does(live_server, tmp_path, pg_dsn):
+    # The kitchen product could not be tried over the OpenAI API: `model` was only echoed,
+    # and models.retrieve("kitchen-speaker") was a 404 while a chat with it was answered.
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps({"kitchen-speaker": {"models": {"chat": "sim:kimi-k2.5"}}}))
+    server = live_server(profiles_file=path)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
+    assert "kitchen-speaker" in [model.id for model in client.models.list()]
+    assert client.models.retrieve("kitchen-speaker").id == "kitchen-speaker"
+    threads = {name: f"model-{uuid.uuid4().hex[:8]}" for name in ("kitchen-speaker", "gpt-4o")}
+    for name, thread_id in threads.items():
+        reply = client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "你好"}],
+            extra_body={"thread_id": thread_id},
+        )
+        assert reply.model == name
+
+    def answered_by(thread_id: str):
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute(
+                "SELECT t.profile, m.model FROM turns t JOIN messages m USING (turn_id)"
+                " WHERE t.thread_id = %s AND m.role = 'assistant'",
+                (thread_id,),
+            ).fetchone()
+
+    assert wait_until(lambda: answered_by(threads["kitchen-speaker"])) == (
+        "kitchen-speaker",
+        "kimi-k2.5",
+    )
+    assert wait_until(lambda: answered_by(threads["gpt-4o"])) == ("default", "sim-chat")
 
 
 def test_health_lists_models_and_tools(server):
