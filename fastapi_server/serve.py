@@ -109,7 +109,7 @@ def files_or_exit(settings: Settings) -> None:
     try:
         load_mcp_config(settings.mcp_config, default_timeout_s=settings.tool_timeout_s)
         load_device_map(settings.device_map)
-        load_profiles(settings.profiles_file)
+        load_profiles(settings.profiles_file, default=settings.default_profile)
         Prompts.load(settings.prompts_dir)
     except (OSError, ValueError) as exc:
         print_error(str(exc))

@@ -15,6 +15,7 @@ import importlib.util
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -144,7 +145,7 @@ def _model_lines(factory: ModelFactory, profiles: dict[str, Profile]) -> list[Mo
 def _loaded_profiles(settings: Settings) -> dict[str, Profile]:
     """The profiles, or none when the file is broken: `check_files` reports that."""
     try:
-        return load_profiles(settings.profiles_file)
+        return load_profiles(settings.profiles_file, default=settings.default_profile)
     except ValueError:
         return {}
 
@@ -427,10 +428,13 @@ def check_files(settings: Settings) -> list[Check]:
     from lang_agent.prompts import Prompts
     from lang_agent.tools.mcp_config import load_device_map
 
+    def profiles_of(path: Path) -> object:
+        return load_profiles(path, default=settings.default_profile)
+
     loaders = [
         ("prompts", "PROMPTS_DIR", settings.prompts_dir, Prompts.load),
         ("models file", "MODELS_FILE", settings.models_file, ModelCatalog.read),
-        ("profiles", "PROFILES_FILE", settings.profiles_file, load_profiles),
+        ("profiles", "PROFILES_FILE or DEFAULT_PROFILE", settings.profiles_file, profiles_of),
     ]
     if settings.device_map is not None:
         loaders.append(("device map", "DEVICE_MAP", settings.device_map, load_device_map))

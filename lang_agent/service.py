@@ -128,7 +128,7 @@ async def open_service(settings: Settings) -> AsyncIterator[Service]:
         await checkpointer.setup()
         await stack.enter_async_context(retention_job(settings, db=db))
 
-        profiles = load_profiles(settings.profiles_file)
+        profiles = load_profiles(settings.profiles_file, default=settings.default_profile)
         sim_url = settings.sim_url
         if sim_url is None and uses_sim(settings, models=profile_models(profiles)):
             sim_url = await _start_simulator(stack, settings=settings)

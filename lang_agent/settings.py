@@ -348,7 +348,11 @@ class Settings(BaseSettings):
     profiles_file: Path = Field(
         CONFIGS / "profiles.json", description="Named pipeline profiles (DashScope app_id)."
     )
-    default_profile: str = Field("default", description="Profile used for unknown app ids.")
+    default_profile: str = Field(
+        "default",
+        description="Profile for an app id (or OpenAI `model`) that names none: `default` (the "
+        "settings as they are) or a profile of PROFILES_FILE.",
+    )
 
     # --- capture (every model call recorded in llm_calls) and the standalone proxy
     capture: bool = Field(True, description="Record every model call in the llm_calls table.")

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import dashscope
 import pytest
 from dashscope import Application
 
+from fastapi_server.serve import files_or_exit
 from lang_agent.agent.profiles import load_profiles
-from lang_agent.doctor import check_models
+from lang_agent.doctor import check_files, check_models
 from lang_agent.settings import ROLES, ROOT
 from tests.conftest import TEST_KEY
 
@@ -92,3 +94,18 @@ async def test_doctor_checks_the_models_a_profile_gives_its_roles(make_settings,
     chat = checks["model kitchen/chat"]
     assert not chat.ok and "no MOONSHOT_API_KEY" in chat.detail
     assert checks["model kitchen/router"].ok and checks["model chat"].ok
+
+
+def test_a_default_profile_that_is_not_one_stops_start_up_and_fails_doctor(make_settings, tmp_path):
+    # DEFAULT_PROFILE=kid (for kids-speaker) passed doctor, and unknown app ids got the
+    # built-in default instead of the product named.
+    path = profiles_file(tmp_path, {"kids-speaker": {"filler": False}})
+    settings = make_settings(profiles_file=path, default_profile="kid")
+    words = f"DEFAULT_PROFILE 'kid' is not a profile of {path} (profiles: default, kids-speaker)"
+    with pytest.raises(SystemExit):
+        files_or_exit(settings)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_profiles(path, default="kid")
+    (bad,) = [c for c in check_files(settings) if not c.ok]
+    assert bad.name == "profiles" and words in bad.detail and "DEFAULT_PROFILE" in bad.fix
+    assert all(c.ok for c in check_files(make_settings(default_profile="tool_node")))

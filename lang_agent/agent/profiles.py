@@ -11,8 +11,20 @@ from lang_agent.settings import ROLES, model_name
 PROFILE_KEYS = frozenset({"filler", "models"})
 
 
-def load_profiles(path: Path) -> dict[str, Profile]:
-    """Profiles by name; a missing file gives just the default profile."""
+def load_profiles(path: Path, *, default: str = "default") -> dict[str, Profile]:
+    """Profiles by name; a missing file gives just the default profile. `default`
+    (DEFAULT_PROFILE, what unknown app ids get) must be one of them."""
+    profiles = _read(path)
+    if default not in profiles:
+        # Unknown app ids got the built-in default, not the product the operator named.
+        raise ValueError(
+            f"DEFAULT_PROFILE {default!r} is not a profile of {path}"
+            f" (profiles: {', '.join(sorted(profiles))})"
+        )
+    return profiles
+
+
+def _read(path: Path) -> dict[str, Profile]:
     profiles = {"default": Profile()}
     if not path.is_file():
         return profiles

@@ -225,7 +225,7 @@ async def evaluate(
     profile_models: list[str] = []
     if options.profile:
         try:
-            known = load_profiles(settings.profiles_file)
+            known = load_profiles(settings.profiles_file, default=settings.default_profile)
         except ValueError as exc:  # the file is broken, not the request
             raise EvalError(str(exc)) from exc
         if options.profile not in known:
