@@ -72,6 +72,7 @@ def seeded(pg_dsn: str) -> dict[str, str]:
                 Msg("user", f"记住暗号 zebra-{suffix}"),
                 Msg("assistant", "好的，记住了。", model="sim-chat"),
             ],
+            profile="kitchen-speaker",
         )
         seed_turn(
             conn,
@@ -184,6 +185,10 @@ def test_conversation_bubbles_sides_colours_and_tool(page, seeded):
 
     head = page.locator(".turn", has=tool).locator(".turn-head")
     assert head.locator(".badge.route").text_content() == "tool"
+    # Which product answered a turn: a profile's name; the default profile's turns say none.
+    assert head.locator(".badge.profile").count() == 0
+    kitchen = page.locator(".turn", has_text="zebra-").locator(".badge.profile")
+    assert kitchen.text_content() == "kitchen-speaker"
     assert "900 ms" in head.text_content() and "TTFT 250 ms" in head.text_content()
     assert "truncated" in head.text_content()
     href = page.locator("#export").get_attribute("href")

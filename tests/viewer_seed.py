@@ -20,7 +20,7 @@ FALLBACK_SPOKEN = "抱歉，我这边出了点问题，请稍后再试。"
 INSERT_TURN = """
 INSERT INTO turns (turn_id, thread_id, front_end, profile, route, status, error_code, error,
                    started_at, ttft_ms, latency_ms, prompt_tokens, completion_tokens, models)
-VALUES (%s, %s, 'openai', 'default', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, 'openai', %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 INSERT_MESSAGE = """
 INSERT INTO messages (thread_id, turn_id, seq, role, content, tool_calls, tool_call_id, tool_name,
@@ -69,14 +69,15 @@ def seed_turn(
     latency_ms: float = 900.0,
     ttft_ms: float = 250.0,
     calls: list[Call] = (),
+    profile: str = "default",
 ) -> uuid.UUID:
     """One turn with its messages and captured calls; returns the turn id."""
     turn_id = uuid.uuid4()
     models = [{"model": "qwen-plus", "input_tokens": 50, "output_tokens": 10, "cached_tokens": 0}]
     conn.execute(
         INSERT_TURN,
-        (turn_id, thread_id, route, status, error_code, None, at, ttft_ms, latency_ms, 50, 10,
-         Jsonb(models)),
+        (turn_id, thread_id, profile, route, status, error_code, None, at, ttft_ms, latency_ms,
+         50, 10, Jsonb(models)),
     )  # fmt: skip
     for seq, m in enumerate(messages):
         conn.execute(

@@ -158,6 +158,8 @@
       { class: "turn-head" },
       el("time", { datetime: turn.started_at, text: V.time(turn.started_at) }),
       badge(turn.route || "no route", "route"),
+      // Which product answered (its DashScope app id or OpenAI model): the default goes unsaid.
+      turn.profile && turn.profile !== "default" ? badge(turn.profile, "profile") : null,
       badge(turn.status, "status-" + turn.status),
       turn.error_code ? badge(turn.error_code, "status-failed") : null,
       el("span", { class: "metric", title: "latency", text: "latency " + V.ms(turn.latency_ms) }),
