@@ -186,7 +186,7 @@ async def check_models(settings: Settings, *, timeout_s: float = 10.0) -> list[C
         checks = []
         for line in lines:
             name, spec = line.name, line.spec
-            shown = f"{spec.provider}:{spec.model} @ {redact_url(spec.base_url)}"
+            shown = str(spec)
             if spec.provider == "sim":
                 where = "the built-in simulator (answers are SIMULATED)"
                 hint = "set ALI_API_KEY, MOONSHOT_API_KEY or OPENAI_API_KEY for real models"

@@ -374,3 +374,25 @@ def test_no_key_in_logs_captures_exports_or_answers(
     log_text = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
     assert "answered HTTP 500" in log_text  # the failure was logged, just not the key
     _scan("the log", log_text + caplog.text)
+
+
+def test_a_base_url_s_credentials_stay_out_of_health_and_the_log(live_server, caplog):
+    """A gateway's credentials in a provider's base URL (user:password@, a token as the user
+    name, ?key=) were shown by /health, which answers without a key, and in the start-up log."""
+    caplog.set_level(logging.DEBUG)
+    secrets = ("URL-SECRET-pw", "URL-SECRET-token", "URL-SECRET-query")
+    for base_url, provider in (
+        ("http://gw-user:URL-SECRET-pw@127.0.0.1:9/v1?api-key=URL-SECRET-query", "openai"),
+        ("https://URL-SECRET-token@127.0.0.1:9/compatible-mode/v1", "ali"),
+    ):
+        server = live_server(
+            llm_provider=provider,
+            **{f"{provider}_base_url": base_url, f"{provider}_api_key": PROVIDER_KEY},
+        )
+        health = httpx2.get(server.url + "/health", timeout=10)
+        assert health.status_code == 200
+        models = health.json()["models"]
+        assert all("@ http" in shown and "127.0.0.1:9" in shown for shown in models.values())
+        for secret in (*secrets, PROVIDER_KEY):
+            assert secret not in health.text
+            assert secret not in caplog.text

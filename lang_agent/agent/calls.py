@@ -84,7 +84,7 @@ async def stream_reply(
     spec = models.spec(role, model=ctx.profile.models.get(role))
     candidates = [spec]
     fallback = models.fallback_spec(role)
-    if fallback is not None and str(fallback) != str(spec):
+    if fallback is not None and fallback != spec:
         candidates.append(fallback)
     schemas = [tool_schema(t) for t in tools] if tools else None
     for attempt, candidate in enumerate(candidates):

@@ -11,6 +11,7 @@ import httpx2
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
+from lang_agent.capture.record import redact_url
 from lang_agent.settings import HOSTED_PROVIDERS, PROVIDERS, ROLES, Role, Settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ class ModelSpec:
     api_key: SecretStr | None
 
     def __str__(self) -> str:
-        return f"{self.provider}:{self.model} @ {self.base_url}"
+        # Shown in /health (open without a key), the start-up log and doctor: a base URL may
+        # carry a gateway's credentials (https://user:pw@host, ?key=…), which stay out.
+        return f"{self.provider}:{self.model} @ {redact_url(self.base_url)}"
 
     @property
     def lacks_key(self) -> bool:
@@ -155,7 +158,7 @@ class ModelFactory:
         self.http_client = httpx2.AsyncClient(transport=transport, timeout=self.timeouts)
         self.sim_url = sim_url
         self.specs = resolve_specs(settings, sim_url=sim_url)
-        self._cache: dict[tuple[Role, str], ChatOpenAI] = {}
+        self._cache: dict[tuple[Role, ModelSpec], ChatOpenAI] = {}
         for spec in self.specs.values():
             if spec.lacks_key:
                 logger.warning("role %s uses %s but no API key is set", spec.role, spec)
@@ -177,7 +180,7 @@ class ModelFactory:
 
     def model(self, role: Role, *, model: str | None = None) -> ChatOpenAI:
         spec = self.spec(role, model=model)
-        key = (role, str(spec))
+        key = (role, spec)
         if key not in self._cache:
             self._cache[key] = self._build(spec)
         return self._cache[key]
