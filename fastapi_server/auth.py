@@ -1,4 +1,5 @@
-"""API-key check for the agent APIs: Bearer keys from FAST_AUTH_KEYS, compared in constant time."""
+"""API-key check for the agent APIs: Bearer keys from FAST_AUTH_KEYS, compared in constant time;
+without keys, only programs on this host are answered (lang_agent/local_requests.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import hmac
 
 from fastapi import Request
 
-from lang_agent.errors import AuthError
+from lang_agent import local_requests
+from lang_agent.errors import AuthError, Forbidden
 
 
 def key_matches(presented: str, keys: list[str]) -> bool:
@@ -26,9 +28,16 @@ def presented_key(request: Request) -> str:
 
 
 async def require_api_key(request: Request) -> None:
-    """FastAPI dependency. With no keys configured the server is loopback-only and open."""
+    """FastAPI dependency. With no keys configured the server is loopback-only and open to
+    this host's programs, not to the web pages its browser shows."""
     keys = request.app.state.settings.auth_keys
     if not keys:
+        why = local_requests.refusal(request.scope)
+        if why is not None:
+            raise Forbidden(
+                "FAST_AUTH_KEYS is empty, so the API answers only programs on this host; "
+                f"this request came {why}"
+            )
         return
     if not key_matches(presented_key(request), keys):
         raise AuthError("Invalid API-key provided.")

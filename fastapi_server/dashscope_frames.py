@@ -15,6 +15,7 @@ DASHSCOPE_ERRORS: dict[str, tuple[int, str]] = {
     "context_length_exceeded": (400, "InvalidParameter"),
     "payload_too_large": (413, "InvalidParameter"),
     "invalid_api_key": (401, "InvalidApiKey"),
+    "forbidden": (403, "AccessDenied"),
     "not_found": (404, "NotFound"),
     "thread_busy": (429, "Throttling"),
     "upstream_error": (502, "InternalError"),

@@ -48,6 +48,7 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
     "payload_too_large": (413, "invalid_request_error"),
     "context_length_exceeded": (400, "invalid_request_error"),
     "invalid_api_key": (401, "invalid_request_error"),
+    "forbidden": (403, "permission_error"),
     "not_found": (404, "invalid_request_error"),
     "thread_busy": (409, "conflict_error"),
     "upstream_error": (502, "upstream_error"),

@@ -4,6 +4,7 @@ LangAgentError
  ├── InvalidRequest      the client sent something we cannot serve (4xx)
  │    └── ContextTooLong       its latest message alone exceeds the model's window (400)
  ├── AuthError           missing or wrong API key (401)
+ ├── Forbidden           a keyless API asked by something other than a program on this host (403)
  ├── ThreadBusy          another turn holds the thread and the setting says refuse (409)
  ├── UpstreamError       a model call failed
  │    ├── UpstreamTimeout      no byte within the idle timeout
@@ -58,6 +59,10 @@ class NotFound(LangAgentError):
 
 class AuthError(LangAgentError):
     code = "invalid_api_key"
+
+
+class Forbidden(LangAgentError):
+    code = "forbidden"
 
 
 class ThreadBusy(LangAgentError):

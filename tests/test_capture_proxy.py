@@ -268,6 +268,44 @@ async def test_key_override_is_flagged_and_never_stored(capture_dsn, capture_db)
     assert "upstream-only-key" not in dumped and "client-wrong-key" not in dumped
 
 
+async def test_a_web_page_cannot_use_the_proxy_or_its_key(capture_dsn, capture_db):
+    """Any page the browser on this host shows could POST to the proxy (text/plain needs no
+    preflight; a preflight was forwarded upstream too), and a DNS-rebinding page read the
+    answers: with --key, anyone's page spent the key. Such requests name a foreign Origin or
+    Host and are refused before anything goes upstream; programs on this host get through."""
+    guarded = Simulator(api_key="upstream-only-key")
+    url = await guarded.start(host="127.0.0.1", port=0)
+    tag = marker()
+    body = json.dumps({"model": "sim-chat", "messages": [{"role": "user", "content": tag}]})
+    try:
+        settings = proxy_settings(url, capture_dsn, proxy_key="upstream-only-key")
+        async with (
+            running_proxy(settings, dsn=capture_dsn, port=0) as p,
+            httpx2.AsyncClient(base_url=p.base_url, timeout=30) as client,
+        ):
+            for headers in (
+                {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+                {"Origin": "null"},
+                {"Host": "rebound.evil.example:9988"},
+            ):
+                refused = await client.post("/chat/completions", content=body, headers=headers)
+                assert refused.status_code == 403, refused.text
+                assert refused.json()["error"]["code"] == "forbidden"
+            preflight = await client.options(
+                "/chat/completions",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.status_code == 403
+            assert (await client.get("/metrics", headers={"Origin": "https://x.example"})).is_error
+            local_page = {"Origin": "http://localhost:3000", "Content-Type": "application/json"}
+            answered = await client.post("/chat/completions", content=body, headers=local_page)
+            assert answered.status_code == 200, answered.text
+    finally:
+        await guarded.stop()
+    rows = await rows_matching(capture_db, f"request_body.messages.0.content == '{tag}'")
+    assert len(rows) == 1  # only the local page's call went upstream
+
+
 async def test_routes_send_calls_to_their_own_upstream_with_their_own_key(
     capture_sim, capture_dsn, capture_db
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from dashscope import Application
 from fastapi_server import auth
 from fastapi_server.viewer import auth as viewer_auth
 from fastapi_server.viewer import create_viewer_app
+from lang_agent import local_requests
 from lang_agent.capture.commands import export_command, inspect_command
 from lang_agent.capture.export import SECTIONS
 from lang_agent.capture.query import CallFilter
@@ -251,6 +253,76 @@ def test_the_viewer_refuses_the_agent_key_and_no_key(viewer, path):
     ):
         response = httpx2.get(viewer.url + path, headers=headers, timeout=5)
         assert response.status_code == 401
+
+
+@pytest.fixture(scope="module")
+def keyless(pg_dsn, simulator, empty_mcp_config, tmp_path_factory) -> Iterator[LiveServer]:
+    from fastapi_server.app import create_app
+    from lang_agent.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        conn_str=pg_dsn,
+        sim_url=simulator.base_url,
+        llm_provider="sim",
+        fast_auth_keys="",
+        data_dir=tmp_path_factory.mktemp("keyless") / "data",
+        mcp_config=empty_mcp_config,
+        llm_retries=0,
+    )
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+WEB_PAGES = [
+    {"Origin": "https://evil.example", "Content-Type": "text/plain"},  # no preflight needed
+    {"Origin": "null", "Content-Type": "text/plain"},  # a sandboxed frame, a file:// page
+    {"Host": "rebound.evil.example:8588"},  # DNS rebinding: the page's own name, now 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("headers", WEB_PAGES, ids=["origin", "null-origin", "host"])
+@pytest.mark.parametrize(("method", "path", "body"), GUARDED)
+def test_without_keys_a_web_page_is_refused(keyless, method, path, body, headers):
+    """Without FAST_AUTH_KEYS the API answers this host's programs. Any web page the browser
+    on this host showed could drive it (a text/plain POST needs no CORS preflight: the test
+    turn set a device's volume), and a DNS-rebinding page read the answers and memory too."""
+    content = None if body is None else json.dumps(body)
+    response = httpx2.request(
+        method, keyless.url + path, content=content, headers=headers, timeout=10
+    )
+    assert response.status_code == 403, response.text
+    answer = response.json()
+    code = answer["error"]["code"] if "error" in answer else answer["code"]
+    assert code in ("forbidden", "AccessDenied")
+    assert "FAST_AUTH_KEYS" in response.text
+
+
+def test_without_keys_this_host_s_programs_get_in(keyless, keyed):
+    local_page = {"Origin": "http://127.0.0.1:8590"}
+    for headers in ({}, {"Host": "localhost"}, local_page):
+        response = httpx2.post(keyless.url + OPENAI, json=BODY, headers=headers, timeout=30)
+        assert response.status_code == 200, response.text
+    # With keys, the key is the guard: a page cannot send it without a preflight.
+    with_key = {"Authorization": f"Bearer {CLIENT_KEY}", "Origin": "https://app.example"}
+    assert httpx2.post(keyed.url + OPENAI, json=BODY, headers=with_key, timeout=30).is_success
+
+
+@pytest.mark.parametrize(
+    ("client", "headers", "refused"),
+    [
+        (("127.0.0.1", 5), [(b"host", b"127.0.0.1:8588")], False),
+        (("::1", 5), [(b"host", b"[::1]:8588")], False),
+        (None, [], False),  # a Unix socket
+        (("192.168.1.20", 5), [(b"host", b"127.0.0.1:8588")], True),  # uvicorn --host 0.0.0.0
+        (("127.0.0.1", 5), [(b"host", b"lan-box:8588")], True),
+        (("127.0.0.1", 5), [(b"origin", b"http://[::1]:3000")], False),
+        (("127.0.0.1", 5), [(b"origin", b"http://[bad")], True),
+    ],
+)
+def test_who_counts_as_a_program_on_this_host(client, headers, refused):
+    scope = {"type": "http", "client": client, "headers": headers}
+    assert (local_requests.refusal(scope) is not None) is refused
 
 
 # ---- no key in logs, captures, exports or answers ----------------------------------------------

@@ -450,6 +450,8 @@ def test_without_keys_the_viewer_is_loopback_only(pg_dsn, db, tmp_path):
             assert local.get("/api/viewer/threads").status_code == 200
             rebound = local.get("/api/viewer/threads", headers={"Host": "evil.example:8590"})
             assert rebound.status_code == 403
+            other_site = local.get("/api/viewer/threads", headers={"Origin": "https://x.example"})
+            assert other_site.status_code == 403
 
 
 def test_an_unexpected_error_is_a_500_that_closes_its_connection(pg_dsn, db, tmp_path) -> None:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_server.auth import key_matches
-from lang_agent.settings import is_loopback
+from lang_agent import local_requests
 
 COOKIE = "lang_agent_viewer"
 SESSION_S = 7 * 24 * 3600
@@ -79,12 +79,6 @@ def _bearer(headers: dict[bytes, bytes]) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def _host_name(host_header: str) -> str:
-    if host_header.startswith("["):
-        return host_header[1:].partition("]")[0]
-    return host_header.rpartition(":")[0] if host_header.count(":") == 1 else host_header
-
-
 class ViewerGuard:
     """ASGI middleware: who may see what, plus security headers on every response."""
 
@@ -112,12 +106,10 @@ class ViewerGuard:
         headers = dict(scope["headers"])
         path: str = scope["path"]
         if not self.keys:
-            # Open on loopback only; the Host check also stops DNS-rebinding pages.
-            client = (scope.get("client") or ("", 0))[0]
-            host = _host_name(headers.get(b"host", b"").decode("latin-1"))
-            if is_loopback(client) and is_loopback(host):
+            why = local_requests.refusal(scope)
+            if why is None:
                 return None
-            return _error(403, "forbidden", "the viewer has no keys: loopback only")
+            return _error(403, "forbidden", f"the viewer has no keys: loopback only; it came {why}")
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return None
         if key_matches(_bearer(headers), self.keys) or cookie_valid(_cookie(headers), self.keys):

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from lang_agent import local_requests
 from lang_agent.capture.metrics import CONTENT_TYPE, Metrics
 from lang_agent.capture.record import CallRecord, redact_url
 from lang_agent.capture.recorder import Recorder
@@ -209,6 +210,12 @@ class CaptureProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        why = local_requests.refusal(scope)
+        if why is not None:
+            # It holds the upstream's key (--key, a route's) for whoever asks: not a web page.
+            message = f"the proxy answers only programs on this host; this request came {why}"
+            await _error_response(403, "forbidden", message)(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"] == "/metrics":
             extra = self.loop_lag.lines() if self.loop_lag is not None else ()
