@@ -13,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from fastapi_server import dashscope_api, metrics_api, openai_api
+from fastapi_server.hangup import gone_while_sending
 from lang_agent.errors import InvalidRequest, LangAgentError
 from lang_agent.service import Service, open_service
 from lang_agent.settings import Settings
@@ -39,6 +41,8 @@ def error_response(
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, gone_while_sending)
+
     @app.exception_handler(LangAgentError)
     async def _ours(request: Request, exc: LangAgentError) -> Response:
         return error_response(request, exc.code, exc.message, param=getattr(exc, "param", None))

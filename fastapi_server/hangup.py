@@ -13,6 +13,12 @@ from fastapi.responses import Response
 CLIENT_CLOSED = 499
 
 
+async def gone_while_sending(_request: Request, _exc: Exception) -> Response:
+    """Exception handler: the client left (or was cut off, fastapi_server/read_deadline.py)
+    before its body was whole. Nobody reads the answer; it is no server error to log."""
+    return Response(status_code=CLIENT_CLOSED)
+
+
 async def _cancel_on_hang_up(request: Request, scope: anyio.CancelScope) -> None:
     # The body is read by now, so the next message is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":

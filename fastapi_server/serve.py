@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from starlette.types import ASGIApp
 
+from fastapi_server.read_deadline import read_deadline_protocol
 from lang_agent import loop
 from lang_agent.cli_common import print_error
 from lang_agent.settings import Settings, settings_error
@@ -50,13 +51,17 @@ def configure_logging(settings: Settings) -> None:
 STOP_POLL_S = 0.1
 
 
-def uvicorn_config(app: ASGIApp, *, host: str, port: int, grace_s: float) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp, *, host: str, port: int, grace_s: float, read_timeout_s: float
+) -> uvicorn.Config:
     """On SIGTERM uvicorn stops listening at once and lets requests in flight (streams too) run
-    on for `grace_s` seconds, then cancels them and runs the lifespan's shutdown."""
+    on for `grace_s` seconds, then cancels them and runs the lifespan's shutdown. A request not
+    read whole within `read_timeout_s` is a 408 (fastapi_server/read_deadline.py)."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=read_deadline_protocol(read_timeout_s),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=grace_s,
@@ -154,7 +159,11 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
         return run_workers(factory, settings=settings, host=host, port=port)
     server = uvicorn.Server(
         uvicorn_config(
-            load_factory(factory)(settings), host=host, port=port, grace_s=settings.shutdown_grace_s
+            load_factory(factory)(settings),
+            host=host,
+            port=port,
+            grace_s=settings.shutdown_grace_s,
+            read_timeout_s=settings.request_read_timeout_s,
         )
     )
     serve_until_stopped([server])
@@ -186,6 +195,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
                 host=settings.host,
                 port=settings.port,
                 grace_s=settings.shutdown_grace_s,
+                read_timeout_s=settings.request_read_timeout_s,
             )
         ),
         uvicorn.Server(
@@ -194,6 +204,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
                 host=settings.viewer_host,
                 port=settings.viewer_port,
                 grace_s=settings.shutdown_grace_s,
+                read_timeout_s=settings.request_read_timeout_s,
             )
         ),
     ]

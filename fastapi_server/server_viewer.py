@@ -28,6 +28,7 @@ if __name__ == "__main__":
         host=settings.viewer_host,
         port=settings.viewer_port,
         grace_s=settings.shutdown_grace_s,
+        read_timeout_s=settings.request_read_timeout_s,
     )
     server = uvicorn.Server(config)
     serve_until_stopped([server])

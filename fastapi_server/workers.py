@@ -75,7 +75,13 @@ def _worker(
     app.state.group_metrics = group
     share = ConnectionShare(connections, index)
     balanced = ConnectionBalancer(app, share)
-    config = uvicorn_config(balanced, host=host, port=port, grace_s=settings.shutdown_grace_s)
+    config = uvicorn_config(
+        balanced,
+        host=host,
+        port=port,
+        grace_s=settings.shutdown_grace_s,
+        read_timeout_s=settings.request_read_timeout_s,
+    )
     server = uvicorn.Server(config)
     loop.run(_serve(server, app, sock, group, share))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)

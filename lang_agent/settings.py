@@ -194,6 +194,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Most messages accepted in one request (DashScope keeps the newest instead).",
     )
+    request_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a client may take to send one request, head and body, seconds, from "
+        "its first byte (a new connection: from its opening); a slower one gets 408 and its "
+        "connection is closed, so slow clients cannot hold connections (slowloris). The agent "
+        "API and the viewer.",
+    )
 
     dashscope_fallback_text: str = Field(
         "抱歉，我这边出了点问题，请稍后再试。",

@@ -15,7 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
+from fastapi_server.hangup import gone_while_sending
 from fastapi_server.viewer import api
 from fastapi_server.viewer.auth import ViewerGuard, login_router
 from fastapi_server.viewer.live import Notifier
@@ -36,6 +38,8 @@ def _error(status: int, code: str, message: str) -> Response:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, gone_while_sending)
+
     @app.exception_handler(HTTPException)
     async def _http(_request: Request, exc: HTTPException) -> Response:
         code = CODES.get(exc.status_code, "error")

@@ -125,7 +125,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sim-url", required=True, help="the simulator's base URL (…/v1)")
     args = parser.parse_args()
-    config = uvicorn_config(create_app(args.sim_url), host="127.0.0.1", port=args.port, grace_s=1)
+    config = uvicorn_config(
+        create_app(args.sim_url), host="127.0.0.1", port=args.port, grace_s=1, read_timeout_s=30
+    )
     # As the service does: a full collection over the modules it imports paused every turn in
     # flight for about 110 ms, once or twice a cell.
     loop.freeze_start_up()
