@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -146,7 +147,11 @@ def database_or_exit(settings: Settings) -> None:
 
 def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
     """Serve until Ctrl-C or SIGTERM, either way with the embedded Postgres stopped after."""
-    loop.run_until_stopped(serve(servers))
+    # Each uvicorn server hands a Ctrl-C back once it has shut down; with two (`lang-agent
+    # serve`) the last one ends the loop as a KeyboardInterrupt, which click would report as
+    # "Aborted!" and exit 1 after a clean stop.
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run_until_stopped(serve(servers))
 
 
 def run(factory: str, *, settings: Settings, host: str, port: int) -> int:

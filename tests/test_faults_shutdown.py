@@ -225,3 +225,37 @@ def test_an_open_viewer_stream_does_not_hold_the_shutdown(pg_dsn, simulator, tmp
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+def test_ctrl_c_stops_lang_agent_serve_cleanly(pg_dsn, simulator, tmp_path):
+    # The README's first command runs until Ctrl-C. Its two servers (agent API and viewer)
+    # each hand the signal back once shut down, and the second one reached click as a
+    # KeyboardInterrupt: "Aborted!" and exit status 1 after a clean stop.
+    port, viewer_port = free_port(), free_port()
+    env = worker_env(pg_dsn, simulator.base_url, tmp_path, PORT=str(port),
+                     VIEWER_PORT=str(viewer_port))  # fmt: skip
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lang_agent.cli", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()
+            return not any(_refused(f"http://127.0.0.1:{p}") for p in (port, viewer_port))
+
+        wait_until(up, within_s=60, every_s=0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0, log.read_text()
+        text = log.read_text()
+        assert text.count("Application shutdown complete") == 2, text
+        assert "Aborted" not in text and "Traceback" not in text, text
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
