@@ -1,4 +1,5 @@
-"""Run the DashScope Application API for xiaozhi's AliBL provider on port 8588.
+"""Run the agent API for xiaozhi's AliBL provider on port 8588: the DashScope Application API
+paths, and the OpenAI ones too, without the viewer.
 
 Binds 0.0.0.0 once FAST_AUTH_KEYS is set, loopback until then. `route PROFILE` picks the
 default pipeline profile, e.g. `python fastapi_server/server_dashscope.py route chatty_tool_node`.

@@ -1,4 +1,5 @@
-"""Run the OpenAI-compatible agent API on 127.0.0.1:8589 (`--host`, `--port` to change)."""
+"""Run the agent API, its OpenAI and DashScope paths, without the viewer on 127.0.0.1:8589
+(`--host`, `--port` to change)."""
 
 from fastapi_server.serve import AGENT_APP, run, settings_from_flags
 
