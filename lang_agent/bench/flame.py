@@ -14,7 +14,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lang_agent.settings import ROOT
+
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
+# What a frame's file is named from, the first found: an installed package (a venv may sit
+# inside the project), the standard library of any Python 3, the project wherever it is.
+_ROOTS = (
+    re.compile(r"site-packages/"),
+    re.compile(r"lib/python3\.\d+/"),
+    re.compile(re.escape(f"{ROOT}/")),
+)
 # The event loop's own frames sit under everything: left out of the inclusive list.
 _PLUMBING = ("asyncio/", "selectors.py", "threading.py", "concurrent/", "contextlib.py",
              "fastapi_server/server_", "fastapi_server/serve.py")  # fmt: skip
@@ -25,9 +34,10 @@ def _short(frame: str) -> str:
     if not match:
         return frame.strip()
     path = match["file"]
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
+    for root in _ROOTS:
+        found = root.search(path)
+        if found:
+            path = path[found.end() :]
             break
     return f"{match['func']} ({path})"
 
