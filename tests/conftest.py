@@ -70,41 +70,65 @@ def empty_mcp_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def server_settings(
+    pg_dsn: str, simulator, mcp_config: Path, data_dir: Path, **overrides: object
+) -> Settings:
+    """Settings for a server on the test Postgres and simulator, with the test key."""
+    values: dict[str, object] = {
+        "conn_str": pg_dsn,
+        "sim_url": simulator.base_url,
+        "llm_provider": "sim",
+        "fast_auth_keys": TEST_KEY,
+        "data_dir": data_dir,
+        "mcp_config": mcp_config,
+        "llm_retries": 0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
 @pytest.fixture
 def make_settings(
     pg_dsn: str, simulator, empty_mcp_config: Path, tmp_path: Path
 ) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
-        values: dict[str, object] = {
-            "conn_str": pg_dsn,
-            "sim_url": simulator.base_url,
-            "llm_provider": "sim",
-            "fast_auth_keys": TEST_KEY,
-            "data_dir": tmp_path / "data",
-            "mcp_config": empty_mcp_config,
-            "llm_retries": 0,
-        }
-        values.update(overrides)
-        return Settings(_env_file=None, **values)
+        return server_settings(pg_dsn, simulator, empty_mcp_config, tmp_path / "data", **overrides)
 
     return make
 
 
-@pytest.fixture
-def live_server(make_settings) -> Callable[..., LiveServer]:
-    """Start the agent app with the given settings overrides; stopped at test end."""
+def _serving(make: Callable[..., Settings]) -> Iterator[Callable[..., LiveServer]]:
     from fastapi_server.app import create_app
 
     started: list[LiveServer] = []
 
     def start(**overrides: object) -> LiveServer:
-        server = LiveServer(create_app(make_settings(**overrides))).start()
+        server = LiveServer(create_app(make(**overrides))).start()
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def live_server(make_settings) -> Iterator[Callable[..., LiveServer]]:
+    """Start the agent app with the given settings overrides; stopped at test end."""
+    yield from _serving(make_settings)
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    pg_dsn, simulator, empty_mcp_config, tmp_path_factory
+) -> Iterator[Callable[..., LiveServer]]:
+    """`live_server` for the tests of a module that share one server; stopped at its end."""
+
+    def make(**overrides: object) -> Settings:
+        data_dir = tmp_path_factory.mktemp("module") / "data"
+        return server_settings(pg_dsn, simulator, empty_mcp_config, data_dir, **overrides)
+
+    yield from _serving(make)
 
 
 @pytest.fixture

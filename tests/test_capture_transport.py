@@ -110,13 +110,18 @@ async def test_429_is_recorded_with_its_body(client, capture_db, capture_sim, th
     assert row["cost"] == 0  # a refused call bills nothing
 
 
-async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_sim, thread):
+async def cut_stream_row(client, capture_db, capture_sim, thread) -> dict:
+    """The captured row of a stream the upstream broke off."""
     capture_sim.inject("cut", role="chat")
     with calling(thread_id=thread), pytest.raises(httpx2.RemoteProtocolError):
         async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
             async for _ in r.aiter_raw():
                 pass
-    row = await one_row(capture_db, thread)
+    return await one_row(capture_db, thread)
+
+
+async def test_cut_stream_is_incomplete_not_200_ok(client, capture_db, capture_sim, thread):
+    row = await cut_stream_row(client, capture_db, capture_sim, thread)
     assert row["status"] == "incomplete" and row["status_code"] == 200
     assert "RemoteProtocolError" in row["error"]
     assert "[DONE]" not in row["response_sse"]
@@ -129,12 +134,7 @@ async def test_a_cut_stream_s_replay_breaks_off_where_it_did(
 ):
     """A bad case replayed must fail as it did: it answered a clean end, which a client (the
     agent too) took for a whole, short answer."""
-    capture_sim.inject("cut", role="chat")
-    with calling(thread_id=thread), pytest.raises(httpx2.RemoteProtocolError):
-        async with client.stream("POST", "/chat/completions", json=HELLO | {"stream": True}) as r:
-            async for _ in r.aiter_raw():
-                pass
-    row = await one_row(capture_db, thread)
+    row = await cut_stream_row(client, capture_db, capture_sim, thread)
     server = ReplayServer(ReplayCase.from_row(row))
     url = await server.start()
     try:

@@ -42,22 +42,9 @@ SECRETS = (CLIENT_KEY, OTHER_KEY, PROVIDER_KEY, VIEWER_KEY, WRONG_KEY)
 
 
 @pytest.fixture(scope="module")
-def keyed(pg_dsn, simulator, empty_mcp_config, tmp_path_factory) -> Iterator[LiveServer]:
-    from fastapi_server.app import create_app
-    from lang_agent.settings import Settings
-
-    settings = Settings(
-        _env_file=None,
-        conn_str=pg_dsn,
-        sim_url=simulator.base_url,
-        llm_provider="sim",
-        fast_auth_keys=f" {CLIENT_KEY} , {OTHER_KEY},",  # spaces and an empty entry in config
-        data_dir=tmp_path_factory.mktemp("auth") / "data",
-        mcp_config=empty_mcp_config,
-        llm_retries=0,
-    )
-    with LiveServer(create_app(settings)) as live:
-        yield live
+def keyed(module_server) -> LiveServer:
+    # Spaces and an empty entry, as a hand-written config has them.
+    return module_server(fast_auth_keys=f" {CLIENT_KEY} , {OTHER_KEY},")
 
 
 REFUSED = [
@@ -256,22 +243,8 @@ def test_the_viewer_refuses_the_agent_key_and_no_key(viewer, path):
 
 
 @pytest.fixture(scope="module")
-def keyless(pg_dsn, simulator, empty_mcp_config, tmp_path_factory) -> Iterator[LiveServer]:
-    from fastapi_server.app import create_app
-    from lang_agent.settings import Settings
-
-    settings = Settings(
-        _env_file=None,
-        conn_str=pg_dsn,
-        sim_url=simulator.base_url,
-        llm_provider="sim",
-        fast_auth_keys="",
-        data_dir=tmp_path_factory.mktemp("keyless") / "data",
-        mcp_config=empty_mcp_config,
-        llm_retries=0,
-    )
-    with LiveServer(create_app(settings)) as live:
-        yield live
+def keyless(module_server) -> LiveServer:
+    return module_server(fast_auth_keys="")
 
 
 WEB_PAGES = [

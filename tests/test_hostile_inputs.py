@@ -15,8 +15,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fastapi_server.app import create_app
-from lang_agent.settings import Settings
 from tests.conftest import TEST_KEY
 from tests.support import LiveServer, ds_thread, wait_until
 
@@ -33,19 +31,8 @@ FUZZ = settings(
 
 
 @pytest.fixture(scope="module")
-def server(pg_dsn, simulator, empty_mcp_config, tmp_path_factory) -> Iterator[LiveServer]:
-    settings_ = Settings(
-        _env_file=None,
-        conn_str=pg_dsn,
-        sim_url=simulator.base_url,
-        llm_provider="sim",
-        fast_auth_keys=TEST_KEY,
-        data_dir=tmp_path_factory.mktemp("hostile") / "data",
-        mcp_config=empty_mcp_config,
-        llm_retries=0,
-    )
-    with LiveServer(create_app(settings_)) as live:
-        yield live
+def server(module_server) -> LiveServer:
+    return module_server()
 
 
 @pytest.fixture(scope="module")
