@@ -1,4 +1,5 @@
-"""A client hanging up before the answer starts: the work for it is cancelled, not finished."""
+"""A client hanging up before the answer starts: the work for it is cancelled, not finished
+(but for a turn whose answer is whole, which finishes its memory write: TurnContext.settle)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ async def _cancel_on_hang_up(request: Request, scope: anyio.CancelScope) -> None
 async def unless_hung_up(request: Request, answer: Awaitable[Response]) -> Response:
     """`answer`, awaited while watching the connection (call it once the body is read). A
     client that hangs up first (an SDK's timeout, which it then retries) cancels it, so a turn
-    nobody waits for ends as `cancelled` instead of running on into the thread's memory; a
-    stream's own hang-up watch (`EventStream`) takes over once it is returned."""
+    nobody waits for ends as `cancelled` instead of running on into the thread's memory (one
+    already writing its whole answer there finishes and is logged `ok`); a stream's own
+    hang-up watch (`EventStream`) takes over once it is returned."""
     with anyio.CancelScope() as scope:
         watcher = asyncio.create_task(_cancel_on_hang_up(request, scope))
         try:

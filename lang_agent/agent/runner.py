@@ -186,7 +186,9 @@ class Agent:
 
     async def run_turn(self, request: TurnRequest) -> AsyncIterator[TurnEvent]:
         """Yield the turn's events; the last one is always Done or Failed. Closing the
-        iterator early (a client hung up) cancels the turn and leaves memory untouched."""
+        iterator early (a client hung up) cancels the turn and leaves memory untouched, unless
+        the turn has settled (its answer whole, its memory being written): that one finishes
+        its write and is logged as it ends."""
         ctx = TurnContext(
             deps=self.deps,
             request=request,
