@@ -37,10 +37,10 @@ from lang_agent.jsonwire import loads
 
 logger = logging.getLogger(__name__)
 
-# Why a call's body ended early, as its `error` says. The first three are its caller leaving
-# (the proxy's client hanging up is its task's cancel message); NO_DONE is a body the upstream
-# ended cleanly; any other reason is the upstream's connection breaking off mid-body. CLIENT_LEFT
-# is recorded for a proxy's client that disconnected, whenever it did.
+# Why a call's body ended early, as its `error` says. The first four (CALLER_LEFT) are its
+# caller leaving; CLIENT_LEFT is a proxy's client that disconnected, whenever it did (its task's
+# cancel message). NO_DONE is a body the upstream ended cleanly; any other reason is the
+# upstream's connection breaking off mid-body.
 CLIENT_CLOSED = "the client closed the stream before the end"
 CLIENT_LEFT = "the client closed the connection"
 BODY_UNREAD = "the client closed before the body was read"
