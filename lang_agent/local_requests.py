@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from lang_agent.settings import is_loopback
 
 
-def host_name(host_header: str) -> str:
+def _host_name(host_header: str) -> str:
     """The name in a Host header, without its port (`[::1]:8590` → `::1`)."""
     if host_header.startswith("["):
         return host_header[1:].partition("]")[0]
@@ -32,7 +32,7 @@ def refusal(scope: Mapping[str, Any]) -> str | None:
         return "from another host"
     headers = dict(scope["headers"])
     host = headers.get(b"host", b"").decode("latin-1")
-    if host and not is_loopback(host_name(host)):
+    if host and not is_loopback(_host_name(host)):
         return "for a host name that is not loopback (a DNS-rebinding web page)"
     origin = headers.get(b"origin")
     if origin is not None:
