@@ -24,6 +24,7 @@ from fastapi_server.auth import require_api_key
 from fastapi_server.bodies import parse_json
 from fastapi_server.hangup import unless_hung_up
 from fastapi_server.openai_fields import REFUSALS
+from fastapi_server.refusals import TEXT
 from fastapi_server.sse import EventStream, data_frame
 from fastapi_server.wire_types import ThreadKey, ToolCall, thread_key
 from lang_agent.agent.events import (
@@ -89,8 +90,7 @@ class TextPart(BaseModel):
 
 
 def _unsupported(what: str, kind: object) -> PydanticCustomError:
-    return PydanticCustomError("unsupported", "lang-agent takes and gives text only, not {kind}",
-                               {"kind": f"{what} {kind!r}"})  # fmt: skip
+    return PydanticCustomError("unsupported", TEXT + ", not {kind}", {"kind": f"{what} {kind!r}"})
 
 
 class ChatMessage(BaseModel):
