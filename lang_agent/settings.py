@@ -205,14 +205,17 @@ class Settings(BaseSettings):
 
     dashscope_fallback_text: str = Field(
         "抱歉，我这边出了点问题，请稍后再试。",
-        description="Spoken on DashScope streams when the model fails, so the speaker is heard; "
-        "the conversation log keeps it as the failed turn's last message, marked is_fallback.",
+        description="Spoken on DashScope streams when a turn fails (the model, the database, a "
+        "timeout; once the speaker has started, any failure but a barge-in), so the speaker is "
+        "not silent; the conversation log keeps it as the failed turn's last message, marked "
+        "is_fallback.",
     )
     dashscope_busy_session: BusyPolicy = Field(
         "preempt",
         description="DashScope: what a request does on a busy session_id; as BUSY_THREAD. "
         "`preempt` is xiaozhi's barge-in: the user spoke again, so the old answer stops "
-        "(no fallback is spoken) and the new one starts at once.",
+        "(no fallback is spoken) and the new one starts at once, unless the old answer is "
+        "whole and being saved to memory: that is waited for.",
     )
     dashscope_fake_stream: bool = Field(
         False, description="DashScope: finish each turn first, then stream it in small pieces."
@@ -332,7 +335,8 @@ class Settings(BaseSettings):
         "wait",
         description="A second request on a busy thread waits, is refused with 409 (`reject`), "
         "or ends the turn running there (`preempt`: it ends with `preempted`, 409) and runs "
-        "next. Across worker processes `preempt` waits.",
+        "next. Across worker processes, and for a turn whose answer is whole and being saved, "
+        "`preempt` waits.",
     )
     busy_wait_s: float = Field(30.0, ge=0, description="Longest wait for a busy thread, seconds.")
 
@@ -354,7 +358,8 @@ class Settings(BaseSettings):
         "a thread's tool calls go to when the turn names none.",
     )
     profiles_file: Path = Field(
-        CONFIGS / "profiles.json", description="Named pipeline profiles (DashScope app_id)."
+        CONFIGS / "profiles.json",
+        description="Named pipeline profiles, picked by a DashScope app_id or an OpenAI `model`.",
     )
     default_profile: str = Field(
         "default",
