@@ -71,9 +71,10 @@ def empty_mcp_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def server_settings(
-    pg_dsn: str, simulator, mcp_config: Path, data_dir: Path, **overrides: object
+    pg_dsn: str, simulator, mcp_config: Path, data_dir: Path, /, **overrides: object
 ) -> Settings:
-    """Settings for a server on the test Postgres and simulator, with the test key."""
+    """Settings for a server on the test Postgres and simulator, with the test key. Positional
+    only: an override may name `mcp_config` or `data_dir` too."""
     values: dict[str, object] = {
         "conn_str": pg_dsn,
         "sim_url": simulator.base_url,
