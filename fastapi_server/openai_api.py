@@ -64,11 +64,19 @@ OPENAI_ERRORS: dict[str, tuple[int, str]] = {
 
 
 # What the server has already retried (LLM_RETRIES), waited out (BUSY_WAIT_S, TURN_TIMEOUT_S)
-# or was told to refuse (BUSY_THREAD=reject): the openai SDK retries a 409 or a 5xx twice more
-# unless the answer says not to, which tripled the calls to a failing upstream and made a 25 s
-# turn timeout the client's 75 s.
+# or was told to refuse (BUSY_THREAD=reject), and a turn a newer one ended (BUSY_THREAD=preempt):
+# the openai SDK retries a 409 or a 5xx twice more unless the answer says not to, which tripled
+# the calls to a failing upstream, made a 25 s turn timeout the client's 75 s, and sent an ended
+# request again to end the newer one in its turn.
 NOT_RETRIED = frozenset(
-    {"upstream_error", "upstream_status", "upstream_timeout", "turn_timeout", "thread_busy"}
+    {
+        "upstream_error",
+        "upstream_status",
+        "upstream_timeout",
+        "turn_timeout",
+        "thread_busy",
+        "preempted",
+    }
 )
 
 

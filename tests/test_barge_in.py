@@ -262,6 +262,34 @@ def test_the_openai_front_end_still_waits_by_default(live_server, simulator, pg_
     assert wait_until(lambda: logged_turns(pg_dsn, thread_id, 2)) == [("ok", None)] * 2
 
 
+def test_an_openai_turn_preempted_is_not_retried_by_the_sdk(
+    live_server, simulator, pg_dsn, thread_id
+):
+    """BUSY_THREAD=preempt on the OpenAI side: the SDK retries a 409 unless told not to, and
+    its retry of the ended request ended the newer one in turn (the user's latest words)."""
+    server = live_server(busy_thread="preempt")
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY)  # 2 retries
+
+    def ask(text: str) -> str:
+        reply = client.chat.completions.create(
+            model="lang-agent",
+            messages=[{"role": "user", "content": text}],
+            extra_body={"thread_id": thread_id},
+        )
+        return reply.choices[0].message.content
+
+    with latency(simulator, "chat", ttft_ms=1500):
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(ask, "慢一点")
+            wait_until(lambda: holds_lease(pg_dsn, thread_id))
+            assert ask("插一句")
+            with pytest.raises(openai.ConflictError) as ended:
+                first.result()
+    assert ended.value.response.headers["x-should-retry"] == "false"
+    turns = wait_until(lambda: logged_turns(pg_dsn, thread_id, 2))
+    assert sorted(turns, key=str) == sorted([("cancelled", "preempted"), ("ok", None)], key=str)
+
+
 @pytest.mark.parametrize(("policy", "refused"), [("wait", []), ("reject", [(429, "Throttling")])])
 def test_dashscope_busy_session_wait_and_reject(live_server, simulator, pg_dsn, policy, refused):
     server = live_server(dashscope_busy_session=policy)
