@@ -109,3 +109,16 @@ def test_a_default_profile_that_is_not_one_stops_start_up_and_fails_doctor(make_
     (bad,) = [c for c in check_files(settings) if not c.ok]
     assert bad.name == "profiles" and words in bad.detail and "DEFAULT_PROFILE" in bad.fix
     assert all(c.ok for c in check_files(make_settings(default_profile="tool_node")))
+
+
+def test_a_profiles_path_that_cannot_be_read_stops_start_up_and_fails_doctor(
+    make_settings, tmp_path
+):
+    # A directory (or a file without read permission) "loaded" as the default profile alone.
+    settings = make_settings(profiles_file=tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: cannot be read (Is a directory)")):
+        load_profiles(tmp_path)
+    with pytest.raises(SystemExit):
+        files_or_exit(settings)
+    (bad,) = [c for c in check_files(settings) if not c.ok]
+    assert bad.name == "profiles" and "cannot be read" in bad.detail

@@ -26,12 +26,14 @@ def load_profiles(path: Path, *, default: str = "default") -> dict[str, Profile]
 
 def _read(path: Path) -> dict[str, Profile]:
     profiles = {"default": Profile()}
-    if not path.is_file():
+    if not path.exists():
         return profiles
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+    except OSError as exc:  # a directory, no permission: not a missing file, not the default
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: profiles must be an object of name: profile")
     for name, spec in raw.items():
