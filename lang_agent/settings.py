@@ -176,6 +176,16 @@ class Settings(BaseSettings):
         description="Comma-separated viewer login keys. Empty: FAST_AUTH_KEYS; both empty: "
         "loopback only.",
     )
+    viewer_login_failures: int = Field(
+        10,
+        ge=1,
+        description="Wrong viewer keys (at the login page or as a Bearer key) one client address "
+        "may send within VIEWER_LOGIN_WINDOW_S; past them its logins and keys get 429 with "
+        "Retry-After until that window has passed (a session cookie still works).",
+    )
+    viewer_login_window_s: float = Field(
+        300.0, gt=0, description="The window of VIEWER_LOGIN_FAILURES, seconds from the first."
+    )
     viewer_conn_str: SecretStr | None = Field(
         None,
         description="Postgres DSN of a read-only role for the viewer. Empty: the viewer makes "

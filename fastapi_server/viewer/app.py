@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from fastapi_server.hangup import gone_while_sending
 from fastapi_server.viewer import api
 from fastapi_server.viewer.auth import ViewerGuard, login_router
+from fastapi_server.viewer.guess_limit import GuessLimit
 from fastapi_server.viewer.live import Notifier
 from fastapi_server.viewer.readonly import read_only_db, resolve_read_only
 from lang_agent.errors import StoreUnavailable
@@ -92,6 +93,9 @@ def create_viewer_app(settings: Settings) -> FastAPI:
             yield
 
     keys = settings.viewer_auth_keys
+    guesses = GuessLimit(
+        failures=settings.viewer_login_failures, window_s=settings.viewer_login_window_s
+    )
     app = FastAPI(
         title="lang-agent viewer",
         version="0.1.0",
@@ -105,7 +109,9 @@ def create_viewer_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     _install_error_handlers(app)
     app.include_router(api.router)
-    app.include_router(login_router(keys=keys, login_page=str(STATIC / "login.html")))
+    app.include_router(
+        login_router(keys=keys, guesses=guesses, login_page=str(STATIC / "login.html"))
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -116,5 +122,5 @@ def create_viewer_app(settings: Settings) -> FastAPI:
     async def dashboard() -> FileResponse:
         return FileResponse(STATIC / "dashboard.html")
 
-    app.add_middleware(ViewerGuard, keys=keys)
+    app.add_middleware(ViewerGuard, keys=keys, guesses=guesses)
     return app

@@ -3,7 +3,8 @@
 The cookie never holds a key: it is `<expiry>.<HMAC-SHA256 keyed by the key over the expiry>`,
 checked against every configured key in constant time, so removing a key ends its sessions.
 A plain ASGI middleware guards every path except the login page and static files (fail closed),
-and adds the security headers (a strict CSP among them) to every response.
+and adds the security headers (a strict CSP among them) to every response. Wrong keys, at the
+login page or as a Bearer key, are counted per client address (guess_limit.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fastapi_server.auth import key_matches
+from fastapi_server.viewer.guess_limit import GuessLimit
 from lang_agent import local_requests
 
 COOKIE = "lang_agent_viewer"
@@ -79,12 +81,28 @@ def _bearer(headers: dict[bytes, bytes]) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
+def too_many_guesses(retry_after: int) -> Response:
+    denial = _error(
+        429,
+        "too_many_attempts",
+        f"too many wrong keys from this address; try again in {retry_after} s",
+    )
+    denial.headers["retry-after"] = str(retry_after)
+    return denial
+
+
 class ViewerGuard:
     """ASGI middleware: who may see what, plus security headers on every response."""
 
-    def __init__(self, app: ASGIApp, *, keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, *, keys: list[str], guesses: GuessLimit) -> None:
         self.app = app
         self.keys = keys
+        self.guesses = guesses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,8 +130,19 @@ class ViewerGuard:
             return _error(403, "forbidden", f"the viewer has no keys: loopback only; it came {why}")
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return None
-        if key_matches(_bearer(headers), self.keys) or cookie_valid(_cookie(headers), self.keys):
+        if cookie_valid(_cookie(headers), self.keys):
             return None
+        bearer = _bearer(headers)
+        if bearer:
+            # A key is a guess like a login's; a session cookie is not worth guessing.
+            address = client_address(scope)
+            retry_after = self.guesses.retry_after(address)
+            if retry_after is not None:
+                return too_many_guesses(retry_after)
+            if key_matches(bearer, self.keys):
+                self.guesses.succeeded(address)
+                return None
+            self.guesses.failed(address)
         if path.startswith("/api/"):
             denial = _error(401, "unauthorized", "log in or send Authorization: Bearer <key>")
             denial.headers["www-authenticate"] = CHALLENGE
@@ -126,7 +155,7 @@ def _error(status: int, code: str, message: str) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def login_router(*, keys: list[str], login_page: str) -> APIRouter:
+def login_router(*, keys: list[str], guesses: GuessLimit, login_page: str) -> APIRouter:
     router = APIRouter(tags=["viewer-auth"])
 
     @router.get("/login", include_in_schema=False)
@@ -137,6 +166,11 @@ def login_router(*, keys: list[str], login_page: str) -> APIRouter:
 
     @router.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
+        address = client_address(request.scope)
+        # Refused unread, the right key too: else a guesser would just ignore the 429s.
+        retry_after = guesses.retry_after(address)
+        if retry_after is not None:
+            return too_many_guesses(retry_after)
         body = b""
         async for chunk in request.stream():
             body += chunk
@@ -148,7 +182,9 @@ def login_router(*, keys: list[str], login_page: str) -> APIRouter:
             if hmac.compare_digest(key.encode(), candidate.encode()):
                 matched = candidate
         if not key or matched is None:
+            guesses.failed(address)
             return RedirectResponse("/login?failed=1", status_code=303)
+        guesses.succeeded(address)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE,
