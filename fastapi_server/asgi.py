@@ -13,11 +13,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from fastapi_server.app import create_app
-from fastapi_server.serve import configure_logging
+from fastapi_server.serve import configure_logging, warn_of_short_keys
 from lang_agent.settings import Settings
 
 
 def app_factory() -> FastAPI:
     settings = Settings()
     configure_logging(settings)
+    warn_of_short_keys(settings)
     return create_app(settings)

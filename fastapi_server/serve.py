@@ -19,6 +19,7 @@ from fastapi_server.read_deadline import read_deadline_protocol
 from lang_agent import loop
 from lang_agent.cli_common import print_error
 from lang_agent.settings import Settings, settings_error
+from lang_agent.short_keys import short_keys_lines
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ def configure_logging(settings: Settings) -> None:
     # their token in the query string.
     level = logging.getLogger().getEffectiveLevel()
     logging.getLogger("mcp.client").setLevel(max(logging.INFO, level))
+
+
+def warn_of_short_keys(settings: Settings) -> None:
+    for line in short_keys_lines(settings):
+        logger.warning("%s", line)
 
 
 STOP_POLL_S = 0.1
@@ -162,6 +168,7 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
     database_or_exit(settings)
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only", host)
+    warn_of_short_keys(settings)
     if settings.workers > 1:
         from fastapi_server.workers import run_workers
 
@@ -197,6 +204,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
     if not settings.auth_keys:
         logger.warning("FAST_AUTH_KEYS is empty: the API is open, so it listens on %s only",
                        settings.host)  # fmt: skip
+    warn_of_short_keys(settings)
     servers = [
         uvicorn.Server(
             uvicorn_config(

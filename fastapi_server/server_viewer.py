@@ -11,6 +11,7 @@ from fastapi_server.serve import (
     serve_until_stopped,
     settings_or_exit,
     uvicorn_config,
+    warn_of_short_keys,
 )
 from fastapi_server.viewer import create_viewer_app
 
@@ -22,6 +23,7 @@ if __name__ == "__main__":
     flags = {"viewer_host": args.host, "viewer_port": args.port}
     settings = settings_or_exit(**{k: v for k, v in flags.items() if v is not None})
     configure_logging(settings)
+    warn_of_short_keys(settings)
     database_or_exit(settings)
     config = uvicorn_config(
         create_viewer_app(settings),

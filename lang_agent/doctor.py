@@ -36,10 +36,10 @@ from lang_agent.db import (
     schema_version,
 )
 from lang_agent.llm.factory import ModelFactory, ModelSpec, uses_sim
-from lang_agent.settings import Settings
+from lang_agent.settings import Settings, split_keys
+from lang_agent.short_keys import short_keys_line
 
 PROBE_TEXT = "ping"
-MIN_KEY_LENGTH = 16
 SERVER_VERSION_SQL = "SHOW server_version"
 KEY_ENV = {"ali": "ALI_API_KEY", "moonshot": "MOONSHOT_API_KEY", "openai": "OPENAI_API_KEY"}
 BASE_URL_ENV = {
@@ -54,7 +54,6 @@ DSN_FIX = (
 )
 # Error messages quote the URL they failed on (httpx: "for url 'http://user:pw@host/…'").
 _URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.I)
-NEW_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 
 @dataclass(frozen=True)
@@ -320,10 +319,8 @@ def check_auth(settings: Settings) -> list[Check]:
     """API keys set, or the server stays on loopback; the same for the viewer."""
     keys = settings.auth_keys
     if keys:
-        short = sum(1 for k in keys if len(k) < MIN_KEY_LENGTH)
         detail = f"{len(keys)} key(s) in FAST_AUTH_KEYS guard the agent API on {settings.host}"
-        hint = f"{short} key(s) under {MIN_KEY_LENGTH} characters; make one: {NEW_KEY_HINT}"
-        api = Check("auth", True, detail, hint if short else "")
+        api = Check("auth", True, detail, short_keys_line("FAST_AUTH_KEYS", keys) or "")
     else:
         api = Check(
             "auth",
@@ -332,7 +329,10 @@ def check_auth(settings: Settings) -> list[Check]:
             "set FAST_AUTH_KEYS before a device on another machine connects",
         )
     if settings.viewer_auth_keys:
-        viewer = Check("viewer auth", True, f"viewer login required, on {settings.viewer_host}")
+        short = short_keys_line("VIEWER_KEYS", split_keys(settings.viewer_keys))
+        viewer = Check(
+            "viewer auth", True, f"viewer login required, on {settings.viewer_host}", short or ""
+        )
     else:
         viewer = Check(
             "viewer auth",

@@ -584,11 +584,13 @@ class Settings(BaseSettings):
     @property
     def viewer_auth_keys(self) -> list[str]:
         """The viewer's login keys: VIEWER_KEYS, else FAST_AUTH_KEYS."""
-        raw = self.viewer_keys.get_secret_value()
-        keys = [k.strip() for k in raw.split(",") if k.strip()]
-        return keys or self.auth_keys
+        return split_keys(self.viewer_keys) or self.auth_keys
 
     @property
     def auth_keys(self) -> list[str]:
-        raw = self.fast_auth_keys.get_secret_value()
-        return [k.strip() for k in raw.split(",") if k.strip()]
+        return split_keys(self.fast_auth_keys)
+
+
+def split_keys(keys: SecretStr) -> list[str]:
+    """A comma-separated key list, each key stripped, empty entries dropped."""
+    return [k.strip() for k in keys.get_secret_value().split(",") if k.strip()]

@@ -401,10 +401,12 @@ def test_port_held_by_lang_agent_is_fine(live_server, make_settings):
 def test_auth_lines(make_settings):
     open_api, _ = check_auth(make_settings(fast_auth_keys=""))
     assert open_api.ok and "127.0.0.1 only" in open_api.detail and "FAST_AUTH_KEYS" in open_api.fix
-    short, _ = check_auth(make_settings(fast_auth_keys="abc"))
-    assert short.ok and "under 16 characters" in short.fix
-    guarded, _ = check_auth(make_settings())
+    short, viewer = check_auth(make_settings(fast_auth_keys="abc"))
+    assert short.ok and "FAST_AUTH_KEYS: key 1 of 1 is shorter than 16 characters" in short.fix
+    assert "abc" not in short.detail + short.fix and viewer.fix == ""  # the viewer's are FAST's
+    guarded, viewer = check_auth(make_settings(viewer_keys=f"{TEST_KEY},v"))
     assert guarded.ok and guarded.fix == "" and TEST_KEY not in guarded.detail
+    assert viewer.ok and "VIEWER_KEYS: key 2 of 2 is shorter than 16 characters" in viewer.fix
 
 
 def test_tracing_off_unless_turned_on(monkeypatch, no_tracing):

@@ -1,0 +1,68 @@
+"""What a real `lang-agent serve` says as it starts: client keys too short to be safe, named
+by their place and never shown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lang_agent.short_keys import short_keys_line
+from tests.conftest import TEST_KEY
+from tests.support import wait_until
+from tests.test_faults_concurrency import free_port, worker_env
+from tests.test_faults_shutdown import _refused
+
+SHORT_KEY = "k3y"
+SHORT_VIEWER_KEY = "viewer-k3y"
+
+
+@pytest.fixture(scope="module")
+def serve_log(pg_dsn, simulator, tmp_path_factory) -> str:
+    """The log of `lang-agent serve` from its start until it has shut down after SIGTERM."""
+    tmp_path: Path = tmp_path_factory.mktemp("serve")
+    port, viewer_port = free_port(), free_port()
+    env = worker_env(pg_dsn, simulator.base_url, tmp_path, PORT=str(port),
+                     VIEWER_PORT=str(viewer_port))  # fmt: skip
+    env.update(FAST_AUTH_KEYS=f"{TEST_KEY},{SHORT_KEY}", VIEWER_KEYS=SHORT_VIEWER_KEY)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lang_agent.cli", "serve"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, log.read_text()
+            return not any(_refused(f"http://127.0.0.1:{p}") for p in (port, viewer_port))
+
+        wait_until(up, within_s=60, every_s=0.1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+    return log.read_text()
+
+
+def test_short_keys_are_named_by_place_never_shown(serve_log):
+    lines = [line for line in serve_log.splitlines() if "shorter than 16 characters" in line]
+    assert len(lines) == 2, serve_log
+    assert "WARNING" in lines[0] and "FAST_AUTH_KEYS: key 2 of 2 is shorter" in lines[0]
+    assert "VIEWER_KEYS: key 1 of 1 is shorter" in lines[1]
+    assert SHORT_KEY not in serve_log and SHORT_VIEWER_KEY not in serve_log
+
+
+def test_the_short_keys_line():
+    assert short_keys_line("FAST_AUTH_KEYS", [TEST_KEY, "x" * 16]) is None
+    line = short_keys_line("VIEWER_KEYS", ["a", "x" * 16, "x" * 15])
+    assert line is not None and line.startswith("VIEWER_KEYS: keys 1, 3 of 3 are shorter than 16")
+    assert "secrets.token_urlsafe" in line
