@@ -452,6 +452,8 @@ def test_without_keys_the_viewer_is_loopback_only(pg_dsn, db, tmp_path):
             assert rebound.status_code == 403
             other_site = local.get("/api/viewer/threads", headers={"Origin": "https://x.example"})
             assert other_site.status_code == 403
+            # From this host, but for a web page: "loopback only" did not say why.
+            assert "answers only programs on this host" in other_site.text
 
 
 def test_an_unexpected_error_is_a_500_that_closes_its_connection(pg_dsn, db, tmp_path) -> None:

@@ -127,7 +127,8 @@ class ViewerGuard:
             why = local_requests.refusal(scope)
             if why is None:
                 return None
-            return _error(403, "forbidden", f"the viewer has no keys: loopback only; it came {why}")
+            message = "the viewer has no keys, so it answers only programs on this host"
+            return _error(403, "forbidden", f"{message}; this request came {why}")
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return None
         if cookie_valid(_cookie(headers), self.keys):

@@ -77,7 +77,8 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    """The turn ended in an error; memory is left as it was before the turn.
+    """The turn ended in an error; memory is left as it was before the turn (a turn whose
+    answer was whole is not ended, bar a memory write outliving its budget: TurnContext.settle).
 
     `usage` is what the models used before it. `fallback` is the request's fallback when the
     failure is to be told in words (TurnRequest.fallback), else None: the log records it as
