@@ -227,13 +227,9 @@ def test_an_open_viewer_stream_does_not_hold_the_shutdown(pg_dsn, simulator, tmp
             process.wait(5)
 
 
-def test_ctrl_c_stops_lang_agent_serve_cleanly(pg_dsn, simulator, tmp_path):
-    # The README's first command runs until Ctrl-C. Its two servers (agent API and viewer)
-    # each hand the signal back once shut down, and the second one reached click as a
-    # KeyboardInterrupt: "Aborted!" and exit status 1 after a clean stop.
-    port, viewer_port = free_port(), free_port()
-    env = worker_env(pg_dsn, simulator.base_url, tmp_path, PORT=str(port),
-                     VIEWER_PORT=str(viewer_port))  # fmt: skip
+def serve_until(stop: signal.Signals, env: dict[str, str], tmp_path, *ports: int) -> str:
+    """Run `lang-agent serve` until its apps answer on `ports`, send it `stop`, and return its
+    log once it has exited 0."""
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -247,15 +243,25 @@ def test_ctrl_c_stops_lang_agent_serve_cleanly(pg_dsn, simulator, tmp_path):
 
         def up() -> bool:
             assert process.poll() is None, log.read_text()
-            return not any(_refused(f"http://127.0.0.1:{p}") for p in (port, viewer_port))
+            return not any(_refused(f"http://127.0.0.1:{port}") for port in ports)
 
         wait_until(up, within_s=60, every_s=0.1)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         assert process.wait(30) == 0, log.read_text()
-        text = log.read_text()
-        assert text.count("Application shutdown complete") == 2, text
-        assert "Aborted" not in text and "Traceback" not in text, text
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(5)
+    return log.read_text()
+
+
+def test_ctrl_c_stops_lang_agent_serve_cleanly(pg_dsn, simulator, tmp_path):
+    # The README's first command runs until Ctrl-C. Its two servers (agent API and viewer)
+    # each hand the signal back once shut down, and the second one reached click as a
+    # KeyboardInterrupt: "Aborted!" and exit status 1 after a clean stop.
+    port, viewer_port = free_port(), free_port()
+    env = worker_env(pg_dsn, simulator.base_url, tmp_path, PORT=str(port),
+                     VIEWER_PORT=str(viewer_port))  # fmt: skip
+    text = serve_until(signal.SIGINT, env, tmp_path, port, viewer_port)
+    assert text.count("Application shutdown complete") == 2, text
+    assert "Aborted" not in text and "Traceback" not in text, text

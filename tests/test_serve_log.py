@@ -4,17 +4,14 @@ lines is about, and client keys too short to be safe, named by their place and n
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lang_agent.short_keys import short_keys_line
 from tests.conftest import TEST_KEY
-from tests.support import wait_until
 from tests.test_faults_concurrency import free_port, worker_env
-from tests.test_faults_shutdown import _refused
+from tests.test_faults_shutdown import serve_until
 
 SHORT_KEY = "k3y"
 SHORT_VIEWER_KEY = "viewer-k3y"
@@ -29,30 +26,9 @@ def serve_log(pg_dsn, simulator, tmp_path_factory) -> dict[str, str]:
     env = worker_env(pg_dsn, simulator.base_url, tmp_path, PORT=str(port),
                      VIEWER_PORT=str(viewer_port))  # fmt: skip
     env.update(FAST_AUTH_KEYS=f"{TEST_KEY},{SHORT_KEY}", VIEWER_KEYS=SHORT_VIEWER_KEY)
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lang_agent.cli", "serve"],
-            env=env,
-            cwd=tmp_path,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def up() -> bool:
-            assert process.poll() is None, log.read_text()
-            return not any(_refused(f"http://127.0.0.1:{p}") for p in (port, viewer_port))
-
-        wait_until(up, within_s=60, every_s=0.1)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+    text = serve_until(signal.SIGTERM, env, tmp_path, port, viewer_port)
     urls = {"agent API": f"http://127.0.0.1:{port}", "viewer": f"http://127.0.0.1:{viewer_port}"}
-    return {"text": log.read_text(), **urls}
+    return {"text": text, **urls}
 
 
 def test_each_of_uvicorn_s_lines_names_its_app(serve_log):
