@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 import uvicorn
@@ -19,6 +19,9 @@ from fastapi import FastAPI
 
 from fastapi_server.wire_types import session_thread
 from lang_agent.settings import ROOT
+
+if TYPE_CHECKING:
+    import openai
 
 T = TypeVar("T")
 
@@ -245,3 +248,13 @@ def script_env(
         **extra,
     )
     return env
+
+
+def ask(client: openai.OpenAI, text: str, thread_id: str) -> str:
+    """One non-streamed OpenAI turn on `thread_id`; its answer's text."""
+    reply = client.chat.completions.create(
+        model="lang-agent",
+        messages=[{"role": "user", "content": text}],
+        extra_body={"thread_id": thread_id},
+    )
+    return reply.choices[0].message.content

@@ -30,6 +30,7 @@ from lang_agent.db import migrate
 from lang_agent.errors import Preempted, ThreadBusy
 from lang_agent.pool import Database
 from tests.conftest import TEST_KEY
+from tests.support import ask as ask_on
 from tests.support import ds_thread, latency, wait_until
 
 LEASE_SQL = "SELECT count(*) FROM thread_leases WHERE thread_id = %s"
@@ -241,20 +242,11 @@ def test_a_turn_out_of_time_while_its_answer_is_being_saved_is_answered(
     assert wait_until(lambda: logged_turns(pg_dsn, thread_id, 1)) == [("ok", None)]
 
 
-def ask_on_thread(client: openai.OpenAI, thread_id: str, text: str) -> str:
-    reply = client.chat.completions.create(
-        model="lang-agent",
-        messages=[{"role": "user", "content": text}],
-        extra_body={"thread_id": thread_id},
-    )
-    return reply.choices[0].message.content
-
-
 def test_the_openai_front_end_still_waits_by_default(live_server, simulator, pg_dsn, thread_id):
     """DASHSCOPE_BUSY_SESSION=preempt is the DashScope front end's; BUSY_THREAD stays `wait`."""
     server = live_server()
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0)
-    ask = functools.partial(ask_on_thread, client, thread_id)
+    ask = functools.partial(ask_on, client, thread_id=thread_id)
 
     with latency(simulator, "chat", ttft_ms=800):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -272,7 +264,7 @@ def test_an_openai_turn_preempted_is_not_retried_by_the_sdk(
     its retry of the ended request ended the newer one in turn (the user's latest words)."""
     server = live_server(busy_thread="preempt")
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY)  # 2 retries
-    ask = functools.partial(ask_on_thread, client, thread_id)
+    ask = functools.partial(ask_on, client, thread_id=thread_id)
 
     with latency(simulator, "chat", ttft_ms=1500):
         with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -19,7 +19,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
 from tests.conftest import TEST_KEY
-from tests.support import ds_thread, metric_series, set_latency, wait_until
+from tests.support import ask, ds_thread, metric_series, set_latency, wait_until
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +50,6 @@ def clean_simulator(simulator):
 
 def openai_client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=TEST_KEY, max_retries=0, timeout=30)
-
-
-def ask(client: openai.OpenAI, text: str, thread_id: str) -> str:
-    reply = client.chat.completions.create(
-        model="lang-agent",
-        messages=[{"role": "user", "content": text}],
-        extra_body={"thread_id": thread_id},
-    )
-    return reply.choices[0].message.content
 
 
 def stream_text(client: openai.OpenAI, text: str, thread_id: str) -> tuple[str, str | None]:
