@@ -100,6 +100,17 @@ def uvicorn_config(
     )
 
 
+def server_config(app: ASGIApp, settings: Settings, *, host: str, port: int) -> uvicorn.Config:
+    """`uvicorn_config` with the server's SHUTDOWN_GRACE_S and REQUEST_READ_TIMEOUT_S."""
+    return uvicorn_config(
+        app,
+        host=host,
+        port=port,
+        grace_s=settings.shutdown_grace_s,
+        read_timeout_s=settings.request_read_timeout_s,
+    )
+
+
 async def serve(servers: Sequence[uvicorn.Server], *, names: Sequence[str] = ()) -> None:
     """Serve them all until one stops: when one app fails to start, the rest stop too rather
     than serve on without it. `names`, one per server, prefix uvicorn's lines."""
@@ -198,13 +209,7 @@ def run(factory: str, *, settings: Settings, host: str, port: int) -> int:
 
         return run_workers(factory, settings=settings, host=host, port=port)
     server = uvicorn.Server(
-        uvicorn_config(
-            load_factory(factory)(settings),
-            host=host,
-            port=port,
-            grace_s=settings.shutdown_grace_s,
-            read_timeout_s=settings.request_read_timeout_s,
-        )
+        server_config(load_factory(factory)(settings), settings, host=host, port=port)
     )
     serve_until_stopped([server])
     return 0 if server.started else STARTUP_FAILURE
@@ -231,21 +236,14 @@ def run_agent_and_viewer(settings: Settings) -> int:
     warn_of_short_keys(settings)
     servers = [
         uvicorn.Server(
-            uvicorn_config(
-                create_app(settings),
-                host=settings.host,
-                port=settings.port,
-                grace_s=settings.shutdown_grace_s,
-                read_timeout_s=settings.request_read_timeout_s,
-            )
+            server_config(create_app(settings), settings, host=settings.host, port=settings.port)
         ),
         uvicorn.Server(
-            uvicorn_config(
+            server_config(
                 create_viewer_app(settings),
+                settings,
                 host=settings.viewer_host,
                 port=settings.viewer_port,
-                grace_s=settings.shutdown_grace_s,
-                read_timeout_s=settings.request_read_timeout_s,
             )
         ),
     ]

@@ -9,8 +9,8 @@ from fastapi_server.serve import (
     configure_logging,
     database_or_exit,
     serve_until_stopped,
+    server_config,
     settings_or_exit,
-    uvicorn_config,
     warn_of_short_keys,
 )
 from fastapi_server.viewer import create_viewer_app
@@ -25,12 +25,11 @@ if __name__ == "__main__":
     configure_logging(settings)
     warn_of_short_keys(settings)
     database_or_exit(settings)
-    config = uvicorn_config(
+    config = server_config(
         create_viewer_app(settings),
+        settings,
         host=settings.viewer_host,
         port=settings.viewer_port,
-        grace_s=settings.shutdown_grace_s,
-        read_timeout_s=settings.request_read_timeout_s,
     )
     server = uvicorn.Server(config)
     serve_until_stopped([server])

@@ -40,7 +40,7 @@ from fastapi_server.serve import (
     configure_logging,
     load_factory,
     on_stop,
-    uvicorn_config,
+    server_config,
 )
 from lang_agent import loop
 from lang_agent.settings import Settings
@@ -75,13 +75,7 @@ def _worker(
     app.state.group_metrics = group
     share = ConnectionShare(connections, index)
     balanced = ConnectionBalancer(app, share)
-    config = uvicorn_config(
-        balanced,
-        host=host,
-        port=port,
-        grace_s=settings.shutdown_grace_s,
-        read_timeout_s=settings.request_read_timeout_s,
-    )
+    config = server_config(balanced, settings, host=host, port=port)
     server = uvicorn.Server(config)
     loop.run(_serve(server, app, sock, group, share))
     raise SystemExit(0 if server.started else STARTUP_FAILURE)
