@@ -24,7 +24,7 @@ import psycopg
 from langchain_core.messages import HumanMessage
 from psycopg import AsyncConnection
 
-from lang_agent.agent.profiles import load_profiles, profile_models
+from lang_agent.agent.profiles import load_profiles, profile_models, profile_specs
 from lang_agent.agent.state import Profile
 from lang_agent.capture.record import redact_url
 from lang_agent.db import (
@@ -133,11 +133,9 @@ def _model_lines(factory: ModelFactory, profiles: dict[str, Profile]) -> list[Mo
         ModelLine(f"model {role}", f"{role.upper()}_MODEL", spec)
         for role, spec in factory.specs.items()
     ]
-    for name, profile in profiles.items():
-        for role, model in profile.models.items():
-            setting = f"profile {name!r}'s {role} model in PROFILES_FILE"
-            spec = factory.spec(role, model=model)
-            lines.append(ModelLine(f"model {name}/{role}", setting, spec, model))
+    for name, role, model, spec in profile_specs(factory, profiles):
+        setting = f"profile {name!r}'s {role} model in PROFILES_FILE"
+        lines.append(ModelLine(f"model {name}/{role}", setting, spec, model))
     return lines
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from lang_agent.agent.profiles import load_profiles, profile_models
+from lang_agent.agent.profiles import load_profiles, profile_models, profile_specs
 from lang_agent.agent.runner import Agent
 from lang_agent.agent.state import AgentDeps, Profile
 from lang_agent.agent.threads import ThreadLocks
@@ -104,14 +104,10 @@ def _log_models(models: ModelFactory, profiles: dict[str, Profile]) -> None:
     provider's key would otherwise be found by its app's first turn failing."""
     for role, spec in models.specs.items():
         logger.info("role %s → %s", role, spec)
-    for name, profile in profiles.items():
-        for role, model in profile.models.items():
-            spec = models.spec(role, model=model)
-            logger.info("profile %s: role %s → %s", name, role, spec)
-            if spec.lacks_key:
-                logger.warning(
-                    "profile %s: role %s uses %s but no API key is set", name, role, spec
-                )
+    for name, role, _model, spec in profile_specs(models, profiles):
+        logger.info("profile %s: role %s → %s", name, role, spec)
+        if spec.lacks_key:
+            logger.warning("profile %s: role %s uses %s but no API key is set", name, role, spec)
 
 
 @contextlib.asynccontextmanager

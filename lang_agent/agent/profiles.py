@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from lang_agent.agent.state import Profile
-from lang_agent.settings import ROLES, model_name
+from lang_agent.llm.factory import ModelFactory, ModelSpec
+from lang_agent.settings import ROLES, Role, model_name
 
 PROFILE_KEYS = frozenset({"filler", "models"})
 
@@ -69,3 +71,12 @@ def _read(path: Path) -> dict[str, Profile]:
 def profile_models(profiles: dict[str, Profile]) -> list[str]:
     """Every model a profile names, for what must be ready for them (the simulator)."""
     return [model for profile in profiles.values() for model in profile.models.values()]
+
+
+def profile_specs(
+    factory: ModelFactory, profiles: dict[str, Profile]
+) -> Iterator[tuple[str, Role, str, ModelSpec]]:
+    """Each model a profile gives a role of its own: (profile, role, model name, its spec)."""
+    for name, profile in profiles.items():
+        for role, model in profile.models.items():
+            yield name, role, model, factory.spec(role, model=model)
